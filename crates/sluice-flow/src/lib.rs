@@ -1,0 +1,18 @@
+//! The sluice flow file: its serde model, loading with `${env:…}` substitution, and
+//! rustc-style diagnostics that point at the file, line and column of a mistake.
+//!
+//! This crate does no I/O beyond reading flow files; compiling expressions, scripts and
+//! contracts is the engine's job, which reports its findings with [`Diagnostic`] too.
+
+pub mod diagnostic;
+pub mod load;
+pub mod model;
+pub mod text;
+pub mod units;
+
+pub use diagnostic::{Diagnostic, Span};
+pub use load::{LoadedFlow, flow_name_from_path, load_flow_file, parse_flow};
+pub use model::*;
+pub use serde_saphyr::Spanned;
+pub use text::Text;
+pub use units::{ByteSize, Dur};

@@ -1,0 +1,165 @@
+//! The serde model of a flow file (see `docs/flow-format.md`).
+//!
+//! Every struct denies unknown fields, so a typo is a load error with a position rather than
+//! a silently ignored setting.
+
+mod sink;
+mod step;
+mod trigger;
+
+pub use sink::*;
+pub use step::*;
+pub use trigger::*;
+
+use crate::{Dur, Text};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One flow file: a trigger, steps and sinks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowFile {
+    /// Unique across all flows; defaults to the file stem.
+    pub name: Option<Spanned<Text>>,
+    /// Free text for people and the admin API.
+    pub description: Option<Text>,
+    /// Messages processed at once; defaults to the number of cores.
+    pub concurrency: Option<Spanned<usize>>,
+    /// Capacity of the bounded queue between the trigger and the steps.
+    pub queue: Option<Spanned<usize>>,
+    /// Where messages come from.
+    pub trigger: Spanned<TriggerConfig>,
+    /// JSON Schema contracts checked on the way in and out.
+    #[serde(default)]
+    pub contract: ContractConfig,
+    /// The steps, in order.
+    #[serde(default)]
+    pub steps: Vec<Spanned<StepConfig>>,
+    /// Named sinks that `to` and `route` deliver to.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, Spanned<SinkConfig>>,
+    /// Retry and dead-letter policy.
+    #[serde(default)]
+    pub errors: ErrorsConfig,
+    /// Limits of the Rhai sandbox for this flow's scripts.
+    #[serde(default)]
+    pub script_limits: ScriptLimits,
+    /// Example messages and their expected outcome, run before the flow goes live.
+    #[serde(default)]
+    pub tests: Vec<Spanned<TestCase>>,
+}
+
+/// Contracts on the payload entering the steps and leaving for each sink.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractConfig {
+    /// Checked before the first step.
+    pub input: Option<Spanned<Text>>,
+    /// Checked before every sink write.
+    pub output: Option<Spanned<Text>>,
+}
+
+/// What happens when a message fails.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// Retry policy for transient errors.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Where a message goes after its last attempt (original payload plus error envelope).
+    pub dead_letter: Option<Spanned<SinkConfig>>,
+}
+
+/// Exponential backoff for transient (`sink`, `timeout`) errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Total attempts, the first one included.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles each time.
+    #[serde(default = "default_backoff")]
+    pub backoff: Dur,
+    /// Upper bound of the wait.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Dur,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: default_attempts(),
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+fn default_backoff() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+fn default_max_backoff() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// Sandbox limits for Rhai scripts, per message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptLimits {
+    /// Wall-clock deadline of one script run.
+    #[serde(default = "default_deadline")]
+    pub deadline: Dur,
+    /// Maximum number of Rhai operations of one script run.
+    #[serde(default = "default_max_operations")]
+    pub max_operations: u64,
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        ScriptLimits {
+            deadline: default_deadline(),
+            max_operations: default_max_operations(),
+        }
+    }
+}
+
+fn default_deadline() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_max_operations() -> u64 {
+    1_000_000
+}
+
+/// One example message and its expected outcome.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    /// Shown by `sluice test`.
+    pub name: Text,
+    /// The payload given to the first step.
+    pub input: serde_json::Value,
+    /// Extra message metadata.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// What must come out.
+    pub expect: Expectation,
+}
+
+/// The expected outcome of a test case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    /// The sink that must receive the message.
+    pub sink: Option<Spanned<Text>>,
+    /// A subset of the payload that sink receives.
+    pub payload: Option<serde_json::Value>,
+    /// The message must be dropped by a filter.
+    pub filtered: Option<bool>,
+    /// The message must fail with this error kind.
+    pub error: Option<Spanned<Text>>,
+}

@@ -1,0 +1,84 @@
+use crate::Text;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A destination for messages.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// One file per message in a folder.
+    File(FileSinkConfig),
+    /// One line per message on standard output.
+    Stdout(StdoutSinkConfig),
+}
+
+impl SinkConfig {
+    /// The kind of sink, as written in the flow file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::File(_) => "file",
+            SinkConfig::Stdout(_) => "stdout",
+        }
+    }
+}
+
+/// How a payload is written out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// Compact JSON.
+    #[default]
+    Json,
+    /// Indented JSON.
+    Pretty,
+    /// Compact JSON followed by a newline.
+    NdjsonLine,
+    /// A string payload as it is; anything else as compact JSON.
+    Text,
+}
+
+/// What a file sink does when the target name already exists with other content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnConflict {
+    /// Write `name-1.ext`, `name-2.ext`, …
+    #[default]
+    Suffix,
+    /// Fail the message with a `sink` error.
+    Error,
+    /// Replace the existing file.
+    Overwrite,
+}
+
+/// Writes each message to its own file, atomically (temporary name, then rename).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The target folder, relative to the working directory.
+    pub path: Spanned<Text>,
+    /// File name template; `{{ expr }}` holds JMESPath.
+    #[serde(default = "default_name")]
+    pub name: Spanned<Text>,
+    /// Serialization of the payload.
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// Behaviour when the name exists with different content.
+    #[serde(default)]
+    pub on_conflict: OnConflict,
+    /// Flush file and folder to disk before confirming.
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+fn default_name() -> Spanned<Text> {
+    super::trigger::unspanned(Text::from("{{meta('message_id')}}.json"))
+}
+
+/// Prints each message on standard output.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    /// Serialization of the payload (`ndjson-line` is the same as `json` here).
+    #[serde(default)]
+    pub format: OutputFormat,
+}

@@ -1,0 +1,141 @@
+use crate::{ByteSize, Dur, Text};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::time::Duration;
+
+/// Where a flow's messages come from; exactly one per flow.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TriggerConfig {
+    /// Files dropped into a folder.
+    File(FileTriggerConfig),
+}
+
+impl TriggerConfig {
+    /// A short human description, e.g. `file inbox/orders`.
+    pub fn describe(&self) -> String {
+        match self {
+            TriggerConfig::File(file) => format!("file {}", file.path.value),
+        }
+    }
+}
+
+/// How the content of a file becomes messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// The whole file is one JSON value.
+    #[default]
+    Json,
+    /// One JSON value per non-empty line.
+    Ndjson,
+    /// One message per row.
+    Csv,
+    /// The file as a UTF-8 string.
+    Text,
+    /// The file as a base64 string.
+    Bytes,
+}
+
+/// What to do with a file whose messages all succeeded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSuccess {
+    /// Move it to `.done/`.
+    #[default]
+    Move,
+    /// Delete it.
+    Delete,
+}
+
+/// The file trigger: watches one folder and claims stable files by renaming them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTriggerConfig {
+    /// The watched folder, relative to the working directory.
+    pub path: Spanned<Text>,
+    /// Which file names to take.
+    #[serde(default = "default_glob")]
+    pub glob: Spanned<Text>,
+    /// How a file becomes messages.
+    #[serde(default)]
+    pub format: FileFormat,
+    /// Move to `.done/` or delete after success.
+    #[serde(default)]
+    pub on_success: OnSuccess,
+    /// Larger files go to `.error/` without being read.
+    #[serde(default = "default_max_size")]
+    pub max_size: ByteSize,
+    /// Minimum age since the file was first seen.
+    #[serde(default = "default_min_age")]
+    pub min_age: Dur,
+    /// Interval between looks at files that are settling.
+    #[serde(default = "default_check_interval")]
+    pub check_interval: Dur,
+    /// Consecutive identical looks (size and mtime) before a file is taken.
+    #[serde(default = "default_stable_checks")]
+    pub stable_checks: u32,
+    /// Interval of the full rescan that backs up filesystem notifications.
+    #[serde(default = "default_rescan_interval")]
+    pub rescan_interval: Dur,
+    /// Files claimed at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// CSV options, for `format: csv`.
+    #[serde(default)]
+    pub csv: CsvOptions,
+}
+
+/// CSV parsing options.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvOptions {
+    /// Field delimiter, one ASCII character.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: Spanned<Text>,
+    /// The first row names the fields.
+    #[serde(default = "default_true")]
+    pub header: bool,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            delimiter: default_delimiter(),
+            header: true,
+        }
+    }
+}
+
+pub(crate) fn unspanned<T>(value: T) -> Spanned<T> {
+    let nowhere = serde_saphyr::Location::UNKNOWN;
+    Spanned::new(value, nowhere, nowhere)
+}
+
+fn default_glob() -> Spanned<Text> {
+    unspanned(Text::from("*"))
+}
+fn default_delimiter() -> Spanned<Text> {
+    unspanned(Text::from(","))
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_size() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_min_age() -> Dur {
+    Dur(Duration::from_millis(500))
+}
+fn default_check_interval() -> Dur {
+    Dur(Duration::from_millis(200))
+}
+fn default_stable_checks() -> u32 {
+    3
+}
+fn default_rescan_interval() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_max_in_flight() -> usize {
+    256
+}
