@@ -1,1 +1,28 @@
-//! placeholder
+//! The sluice engine: compiles flows into steps and runs messages through them, with
+//! bounded queues, concurrency limits, retries, dead letters and end-to-end acknowledgement;
+//! keeps the registry of running flows and hot-reloads them.
+//!
+//! Data flows one way: trigger → queue → steps → sinks → ack.
+
+pub mod compile;
+pub mod connector;
+pub mod contract;
+pub mod error;
+pub mod expr;
+pub mod flow;
+pub mod message;
+pub mod registry;
+pub mod script;
+pub mod steps;
+pub mod testing;
+pub mod value;
+pub mod watch;
+
+pub use compile::{Folders, compile};
+pub use connector::{
+    Acker, BuildContext, Connectors, Envelope, Failure, Inlet, Outcome, Outgoing, Sink, Trigger,
+};
+pub use error::{ErrorEnvelope, ErrorKind, FlowError, Violation};
+pub use flow::CompiledFlow;
+pub use message::{Message, Meta, Payload};
+pub use registry::{Registry, RegistryOptions, build_flow, flow_files};

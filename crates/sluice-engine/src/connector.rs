@@ -1,0 +1,141 @@
+//! The contract between the engine and the connectors: sinks, triggers, acknowledgements.
+//!
+//! A connector does I/O only. Queues, concurrency, retries, dead letters and acks are the
+//! engine's, written once here and in [`crate::flow`].
+
+use crate::error::{ErrorEnvelope, FlowError};
+use crate::message::{Message, Meta, Payload};
+use async_trait::async_trait;
+use sluice_flow::{Diagnostic, LoadedFlow, SinkConfig, Span, Spanned, TriggerConfig};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A message on its way to one sink.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The payload to write.
+    pub payload: Payload,
+    /// The message metadata (for templates and headers).
+    pub meta: Arc<Meta>,
+}
+
+/// A destination. `write` returns only once the data is durably handed over.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Writes one message. Retryable errors are retried by the engine.
+    async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError>;
+
+    /// Where `write` would put this message (for `sluice exec`), without writing anything.
+    fn target(&self, out: &mut Outgoing) -> Result<String, FlowError>;
+}
+
+/// How one message ended, reported back to its trigger.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every delivery was confirmed by its sinks.
+    Delivered,
+    /// The steps ended without any delivery.
+    Completed,
+    /// A filter dropped the message.
+    Filtered,
+    /// The message failed; it may have been dead-lettered.
+    Failed(Box<Failure>),
+}
+
+/// The details of a failed message.
+#[derive(Debug)]
+pub struct Failure {
+    /// The error.
+    pub error: FlowError,
+    /// The envelope written to the dead letter and beside rejected files.
+    pub envelope: ErrorEnvelope,
+    /// Whether the dead-letter sink confirmed it.
+    pub dead_lettered: bool,
+}
+
+/// Receives the outcome of one message; the trigger acknowledges its source in it.
+///
+/// The engine awaits `ack` before it takes the next message on that worker, so the number
+/// of messages between "sinks confirmed" and "source acknowledged" never exceeds the
+/// flow's concurrency. A dropped acker (shutdown) means "not processed": the source must
+/// redeliver.
+#[async_trait]
+pub trait Acker: Send {
+    /// Acknowledges (or rejects) the source of the message.
+    async fn ack(self: Box<Self>, outcome: Outcome);
+}
+
+/// A message plus the acknowledgement owed to its source.
+pub struct Envelope {
+    /// The message.
+    pub message: Message,
+    /// Called once with the outcome.
+    pub ack: Box<dyn Acker>,
+}
+
+/// The sending end of a flow's bounded queue, handed to its trigger.
+#[derive(Clone)]
+pub struct Inlet {
+    flow: Arc<str>,
+    tx: mpsc::Sender<Envelope>,
+}
+
+impl Inlet {
+    /// An inlet feeding `tx`.
+    pub fn new(flow: &str, tx: mpsc::Sender<Envelope>) -> Self {
+        Inlet {
+            flow: flow.into(),
+            tx,
+        }
+    }
+
+    /// The flow's name (for message metadata and logs).
+    pub fn flow(&self) -> &str {
+        &self.flow
+    }
+
+    /// Queues a message, waiting while the queue is full (backpressure). Fails only when
+    /// the flow is stopping; the envelope comes back so the caller can release its source.
+    pub async fn send(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
+        self.tx.send(envelope).await.map_err(|e| Box::new(e.0))
+    }
+}
+
+/// A source of messages for one flow.
+#[async_trait]
+pub trait Trigger: Send {
+    /// Runs until `stop` is cancelled, feeding messages into `inlet`.
+    async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken);
+}
+
+/// What a connector needs to build itself: the flow, for positioned diagnostics.
+pub struct BuildContext<'a> {
+    /// The flow file being compiled.
+    pub flow: &'a LoadedFlow,
+}
+
+impl BuildContext<'_> {
+    /// A diagnostic at a position in the flow file.
+    pub fn diagnostic<T>(&self, at: &Spanned<T>, message: impl Into<String>) -> Diagnostic {
+        self.flow.diagnostic(Span::of(at), message)
+    }
+}
+
+/// Builds sinks and triggers from their configuration; the binary supplies one.
+pub trait Connectors: Send + Sync {
+    /// Builds (and checks) a sink; nothing is opened or written yet.
+    fn sink(
+        &self,
+        name: &str,
+        config: &Spanned<SinkConfig>,
+        cx: &BuildContext<'_>,
+    ) -> Result<Arc<dyn Sink>, Diagnostic>;
+
+    /// Builds (and checks) a trigger; it starts working only when run.
+    fn trigger(
+        &self,
+        config: &Spanned<TriggerConfig>,
+        cx: &BuildContext<'_>,
+    ) -> Result<Box<dyn Trigger>, Diagnostic>;
+}

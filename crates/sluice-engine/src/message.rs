@@ -1,0 +1,231 @@
+//! A message: its payload (kept in whichever form the last step produced) and its metadata.
+
+use crate::value;
+use jmespath::{Rcvar, Variable};
+use rhai::Dynamic;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Message metadata: `message_id`, `flow`, `received_at`, `file.name`, …
+pub type Meta = BTreeMap<String, String>;
+
+/// A payload that remembers every form it has been converted to.
+///
+/// Each step asks for the form it needs; a conversion happens only when that form is not
+/// already present, and a step that changes the payload keeps only the form it produced.
+#[derive(Clone, Debug)]
+pub struct Payload {
+    json: Option<Value>,
+    jmes: Option<Rcvar>,
+    rhai: Option<Dynamic>,
+}
+
+impl Payload {
+    /// A payload in JSON form.
+    pub fn from_json(value: Value) -> Self {
+        Payload {
+            json: Some(value),
+            jmes: None,
+            rhai: None,
+        }
+    }
+
+    /// A payload in JMESPath form.
+    pub fn from_jmes(value: Rcvar) -> Self {
+        Payload {
+            json: None,
+            jmes: Some(value),
+            rhai: None,
+        }
+    }
+
+    /// A payload in Rhai form.
+    pub fn from_rhai(value: Dynamic) -> Self {
+        Payload {
+            json: None,
+            jmes: None,
+            rhai: Some(value),
+        }
+    }
+
+    /// The JSON form, converting once if needed.
+    pub fn json(&mut self) -> Result<&Value, String> {
+        if self.json.is_none() {
+            let converted = if let Some(jmes) = &self.jmes {
+                value::jmes_to_json(jmes)
+            } else if let Some(rhai) = &self.rhai {
+                value::rhai_to_json(rhai)?
+            } else {
+                Value::Null
+            };
+            self.json = Some(converted);
+        }
+        Ok(self.json.get_or_insert(Value::Null))
+    }
+
+    /// The JMESPath form (a cheap shared handle), converting once if needed.
+    pub fn jmes(&mut self) -> Result<Rcvar, String> {
+        if let Some(jmes) = &self.jmes {
+            return Ok(jmes.clone());
+        }
+        let converted = if let Some(json) = &self.json {
+            value::json_to_jmes(json)
+        } else if let Some(rhai) = &self.rhai {
+            value::rhai_to_jmes(rhai)?
+        } else {
+            Rcvar::new(Variable::Null)
+        };
+        self.jmes = Some(converted.clone());
+        Ok(converted)
+    }
+
+    /// Takes the Rhai form for a script to mutate; the payload is empty until replaced.
+    pub fn take_rhai(&mut self) -> Dynamic {
+        if let Some(rhai) = self.rhai.take() {
+            self.json = None;
+            self.jmes = None;
+            return rhai;
+        }
+        let converted = if let Some(jmes) = &self.jmes {
+            value::jmes_to_rhai(jmes)
+        } else if let Some(json) = &self.json {
+            value::json_to_rhai(json)
+        } else {
+            Dynamic::UNIT
+        };
+        self.json = None;
+        self.jmes = None;
+        converted
+    }
+
+    /// The JSON value, consuming the payload.
+    pub fn into_json(mut self) -> Result<Value, String> {
+        self.json()?;
+        Ok(self.json.unwrap_or(Value::Null))
+    }
+
+    /// A copy for a delivery: the cheapest form to copy (JMESPath values are shared).
+    pub fn snapshot(&self) -> Payload {
+        match &self.jmes {
+            Some(jmes) => Payload::from_jmes(jmes.clone()),
+            None => self.clone(),
+        }
+    }
+
+    /// Serializes to compact JSON from whichever form is at hand, without converting.
+    pub fn to_json_vec(&self) -> Result<Vec<u8>, String> {
+        let result = if let Some(json) = &self.json {
+            serde_json::to_vec(json)
+        } else if let Some(jmes) = &self.jmes {
+            serde_json::to_vec(&**jmes)
+        } else if let Some(rhai) = &self.rhai {
+            return serde_json::to_vec(&value::rhai_to_json(rhai)?).map_err(|e| e.to_string());
+        } else {
+            Ok(b"null".to_vec())
+        };
+        result.map_err(|e| format!("cannot serialize the payload: {e}"))
+    }
+
+    /// Reads a field path (`a.b.c`) from whichever form is at hand, without converting.
+    pub fn get_path(&self, path: &[String]) -> Option<PathValue> {
+        if let Some(jmes) = &self.jmes {
+            let mut cur: &Variable = jmes;
+            for key in path {
+                cur = match cur {
+                    Variable::Object(map) => map.get(key)?,
+                    _ => return None,
+                };
+            }
+            return PathValue::from_jmes(cur);
+        }
+        if let Some(json) = &self.json {
+            let mut cur = json;
+            for key in path {
+                cur = cur.get(key)?;
+            }
+            return PathValue::from_json(cur);
+        }
+        let rhai = self.rhai.as_ref()?;
+        let mut cur = rhai.clone();
+        for key in path {
+            let next = cur.read_lock::<rhai::Map>()?.get(key.as_str())?.clone();
+            cur = next;
+        }
+        if cur.is_string() {
+            Some(PathValue::Text(cur.into_string().ok()?))
+        } else if let Ok(i) = cur.as_int() {
+            Some(PathValue::Text(i.to_string()))
+        } else if let Ok(f) = cur.as_float() {
+            Some(PathValue::Text(serde_json::Number::from_f64(f)?.to_string()))
+        } else if let Ok(b) = cur.as_bool() {
+            Some(PathValue::Text(b.to_string()))
+        } else if cur.is_unit() {
+            Some(PathValue::Null)
+        } else {
+            Some(PathValue::Other)
+        }
+    }
+}
+
+/// A scalar read by [`Payload::get_path`], rendered for a template.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PathValue {
+    /// A string, number or boolean, as text.
+    Text(String),
+    /// `null`.
+    Null,
+    /// An array or object.
+    Other,
+}
+
+impl PathValue {
+    fn from_json(v: &Value) -> Option<Self> {
+        Some(match v {
+            Value::String(s) => PathValue::Text(s.clone()),
+            Value::Number(n) => PathValue::Text(n.to_string()),
+            Value::Bool(b) => PathValue::Text(b.to_string()),
+            Value::Null => PathValue::Null,
+            _ => PathValue::Other,
+        })
+    }
+
+    fn from_jmes(v: &Variable) -> Option<Self> {
+        Some(match v {
+            Variable::String(s) => PathValue::Text(s.clone()),
+            Variable::Number(n) => PathValue::Text(n.to_string()),
+            Variable::Bool(b) => PathValue::Text(b.to_string()),
+            Variable::Null => PathValue::Null,
+            _ => PathValue::Other,
+        })
+    }
+}
+
+/// One message travelling through a flow.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// The payload in its current form.
+    pub payload: Payload,
+    /// Metadata; shared because most steps only read it.
+    pub meta: Arc<Meta>,
+}
+
+impl Message {
+    /// A new message with a fresh id, the flow name and the time of arrival in its metadata.
+    pub fn new(flow: &str, payload: Value, mut meta: Meta) -> Self {
+        meta.entry("message_id".to_owned())
+            .or_insert_with(|| uuid::Uuid::now_v7().to_string());
+        meta.insert("flow".to_owned(), flow.to_owned());
+        meta.entry("received_at".to_owned())
+            .or_insert_with(|| humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
+        Message {
+            payload: Payload::from_json(payload),
+            meta: Arc::new(meta),
+        }
+    }
+
+    /// The message id.
+    pub fn id(&self) -> &str {
+        self.meta.get("message_id").map(String::as_str).unwrap_or("-")
+    }
+}

@@ -1,0 +1,352 @@
+//! The set of running flows: start, hot reload, stop. One flow file → one running flow.
+//!
+//! A reload builds the new version completely (parse, compile, contracts, scripts, `tests:`)
+//! before it replaces the running one; on any error the running version stays and the error
+//! is logged with its `file:line:col` and kept for the admin API.
+
+use crate::compile::{Folders, compile, normalize};
+use crate::connector::{Connectors, Inlet};
+use crate::flow::{CompiledFlow, run_workers};
+use crate::testing::run_test;
+use arc_swap::ArcSwap;
+use sluice_flow::{Diagnostic, TriggerConfig, load_flow_file};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Parses, compiles and (optionally) tests one flow file.
+pub fn build_flow(
+    path: &Path,
+    folders: &Folders,
+    connectors: &dyn Connectors,
+    run_tests: bool,
+) -> Result<CompiledFlow, Vec<Diagnostic>> {
+    let loaded = load_flow_file(path).map_err(|d| vec![d])?;
+    let compiled = compile(&loaded, folders, connectors)?;
+    if run_tests {
+        let failures: Vec<Diagnostic> = compiled
+            .tests
+            .iter()
+            .filter_map(|test| {
+                run_test(&compiled, test).err().map(|reason| {
+                    loaded
+                        .diagnostic(test.span, format!("test `{}` failed: {reason}", test.name))
+                        .with_help("fix the flow or the test case")
+                })
+            })
+            .collect();
+        if !failures.is_empty() {
+            return Err(failures);
+        }
+    }
+    Ok(compiled)
+}
+
+/// Is `path` a flow file (`*.yaml` / `*.yml`, not hidden)?
+pub fn is_flow_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    !hidden
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml") | Some("yml")
+        )
+}
+
+/// Every flow file in a folder, sorted by name.
+pub fn flow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && is_flow_file(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Settings of a running registry.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// The flows folder.
+    pub flows: PathBuf,
+    /// Where contracts and scripts resolve.
+    pub folders: Folders,
+    /// How long a stopping flow may take to finish its in-flight messages.
+    pub drain_timeout: Duration,
+}
+
+struct RunningFlow {
+    path: PathBuf,
+    current: Arc<ArcSwap<CompiledFlow>>,
+    stop: CancellationToken,
+    trigger: JoinHandle<()>,
+    workers: JoinHandle<()>,
+}
+
+/// A flow's state for status reports.
+#[derive(Clone, Debug)]
+pub struct FlowStatus {
+    /// Name.
+    pub name: String,
+    /// Flow file.
+    pub path: PathBuf,
+    /// Running version.
+    pub version: String,
+    /// The last failed reload of its file, if the failure is still current.
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    running: BTreeMap<String, RunningFlow>,
+    errors: HashMap<PathBuf, Vec<Diagnostic>>,
+}
+
+/// The running flows of one `sluice run`.
+pub struct Registry {
+    options: RegistryOptions,
+    connectors: Arc<dyn Connectors>,
+    state: Mutex<State>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(options: RegistryOptions, connectors: Arc<dyn Connectors>) -> Arc<Self> {
+        Arc::new(Registry {
+            options,
+            connectors,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The registry's options.
+    pub fn options(&self) -> &RegistryOptions {
+        &self.options
+    }
+
+    /// Loads every flow file of the flows folder; invalid ones are logged and skipped.
+    pub async fn start_all(&self) -> std::io::Result<()> {
+        for path in flow_files(&self.options.flows)? {
+            self.apply(&path).await;
+        }
+        Ok(())
+    }
+
+    /// Status of every running flow and every flow file that failed to load.
+    pub async fn status(&self) -> Vec<FlowStatus> {
+        let state = self.state.lock().await;
+        let mut out: Vec<FlowStatus> = state
+            .running
+            .iter()
+            .map(|(name, flow)| FlowStatus {
+                name: name.clone(),
+                path: flow.path.clone(),
+                version: flow.current.load().version.clone(),
+                last_error: state
+                    .errors
+                    .get(&flow.path)
+                    .map(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// (Re)loads one flow file, or stops its flow when the file is gone.
+    pub async fn apply(&self, path: &Path) {
+        let mut state = self.state.lock().await;
+        let owner = state
+            .running
+            .iter()
+            .find(|(_, f)| f.path == path)
+            .map(|(name, _)| name.clone());
+        if !path.exists() {
+            state.errors.remove(path);
+            if let Some(name) = owner {
+                self.stop(&mut state, &name).await;
+                tracing::info!(flow = %name, file = %path.display(), "flow stopped (file removed)");
+            }
+            return;
+        }
+        let built = build_flow(path, &self.options.folders, self.connectors.as_ref(), true);
+        let compiled = match built {
+            Ok(compiled) => compiled,
+            Err(diagnostics) => {
+                for d in &diagnostics {
+                    match &owner {
+                        Some(name) => tracing::error!(flow = %name, "reload failed, the running version stays: {d}"),
+                        None => tracing::error!(file = %path.display(), "reload failed, flow not started: {d}"),
+                    }
+                }
+                state.errors.insert(path.to_owned(), diagnostics);
+                return;
+            }
+        };
+        let name = compiled.name.clone();
+        if let Some(other) = state.running.get(&name).filter(|f| f.path != path) {
+            if other.path.exists() {
+                let d = Diagnostic::file(
+                    path,
+                    format!(
+                        "flow name `{name}` is claimed by both {} and {}",
+                        other.path.display(),
+                        path.display()
+                    ),
+                )
+                .with_help("give one of them another `name:`; the flow from the first file keeps running");
+                tracing::error!(file = %path.display(), "reload failed, flow not started: {d}");
+                state.errors.insert(path.to_owned(), vec![d]);
+                return;
+            }
+        }
+        state.errors.remove(path);
+        // The file now defines another name: the flow it used to define stops.
+        if let Some(old) = owner.filter(|old| *old != name) {
+            self.stop(&mut state, &old).await;
+            tracing::info!(flow = %old, file = %path.display(), "flow stopped (renamed to {name})");
+        }
+        let version = compiled.version.clone();
+        if let Some(running) = state.running.get(&name) {
+            let old = running.current.load();
+            let same_shape = same_trigger(&old.trigger_config, &compiled.trigger_config)
+                && old.concurrency == compiled.concurrency
+                && old.queue == compiled.queue;
+            if same_shape {
+                running.current.store(Arc::new(compiled));
+                tracing::info!(flow = %name, version = %version, "flow reloaded");
+                return;
+            }
+            drop(old);
+            // A new trigger or queue shape: drain the old one first so that two triggers
+            // never claim from the same source at once.
+            self.stop(&mut state, &name).await;
+            let running = self.start(compiled);
+            state.running.insert(name.clone(), running);
+            tracing::info!(flow = %name, version = %version, "flow reloaded (trigger restarted)");
+            return;
+        }
+        let trigger = compiled.trigger_config.describe();
+        let running = self.start(compiled);
+        state.running.insert(name.clone(), running);
+        tracing::info!(flow = %name, version = %version, trigger = %trigger, "flow ready");
+    }
+
+    fn start(&self, compiled: CompiledFlow) -> RunningFlow {
+        let trigger = compiled
+            .trigger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let (tx, rx) = mpsc::channel(compiled.queue.max(1));
+        let concurrency = compiled.concurrency.max(1);
+        let path = compiled.path.clone();
+        let inlet = Inlet::new(&compiled.name, tx);
+        let current = Arc::new(ArcSwap::from_pointee(compiled));
+        let workers = tokio::spawn(run_workers(rx, current.clone(), concurrency));
+        let stop = CancellationToken::new();
+        let trigger = match trigger {
+            Some(trigger) => tokio::spawn(trigger.run(inlet, stop.clone())),
+            None => tokio::spawn(async {}),
+        };
+        RunningFlow {
+            path,
+            current,
+            stop,
+            trigger,
+            workers,
+        }
+    }
+
+    async fn stop(&self, state: &mut State, name: &str) {
+        let Some(flow) = state.running.remove(name) else {
+            return;
+        };
+        drain(name, flow, self.options.drain_timeout).await;
+    }
+
+    /// Stops every flow: triggers first, then in-flight messages finish (bounded).
+    pub async fn shutdown(&self) {
+        let mut state = self.state.lock().await;
+        let flows = std::mem::take(&mut state.running);
+        for flow in flows.values() {
+            flow.stop.cancel();
+        }
+        for (name, flow) in flows {
+            drain(&name, flow, self.options.drain_timeout).await;
+        }
+    }
+
+    /// Reloads what a set of changed paths affects: flow files themselves, and every flow
+    /// that depends on a changed schema or script (plus flows that failed to load, since a
+    /// new schema or script may be what they were missing).
+    pub async fn apply_changes(&self, changed: &[PathBuf]) {
+        let mut flow_files: Vec<PathBuf> = Vec::new();
+        let mut others: Vec<PathBuf> = Vec::new();
+        let flows_dir = normalize(&self.options.flows);
+        for path in changed {
+            if normalize(path).parent() == Some(flows_dir.as_path()) && is_flow_file(path) {
+                if !flow_files.contains(path) {
+                    flow_files.push(path.clone());
+                }
+            } else {
+                others.push(normalize(path));
+            }
+        }
+        if !others.is_empty() {
+            let state = self.state.lock().await;
+            for flow in state.running.values() {
+                let deps = &flow.current.load().dependencies;
+                if deps.iter().any(|d| others.contains(&normalize(d))) && !flow_files.contains(&flow.path) {
+                    flow_files.push(flow.path.clone());
+                }
+            }
+            for path in state.errors.keys() {
+                if !flow_files.contains(path) {
+                    flow_files.push(path.clone());
+                }
+            }
+        }
+        flow_files.sort();
+        for path in flow_files {
+            self.apply(&path).await;
+        }
+    }
+}
+
+async fn drain(name: &str, flow: RunningFlow, timeout: Duration) {
+    flow.stop.cancel();
+    let RunningFlow { trigger, workers, .. } = flow;
+    let finished = tokio::time::timeout(timeout, async {
+        let _ = trigger.await;
+        let _ = workers.await;
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(flow = %name, "in-flight messages did not finish within {}; their sources will be redelivered", humantime::format_duration(timeout));
+    }
+}
+
+/// Two trigger configurations that claim the same source the same way (positions ignored).
+fn same_trigger(a: &TriggerConfig, b: &TriggerConfig) -> bool {
+    match (a, b) {
+        (TriggerConfig::File(a), TriggerConfig::File(b)) => {
+            a.path.value == b.path.value
+                && a.glob.value == b.glob.value
+                && a.format == b.format
+                && a.on_success == b.on_success
+                && a.max_size == b.max_size
+                && a.min_age == b.min_age
+                && a.check_interval == b.check_interval
+                && a.stable_checks == b.stable_checks
+                && a.rescan_interval == b.rescan_interval
+                && a.max_in_flight == b.max_in_flight
+                && a.csv.delimiter.value == b.csv.delimiter.value
+                && a.csv.header == b.csv.header
+        }
+    }
+}

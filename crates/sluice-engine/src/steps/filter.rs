@@ -1,0 +1,27 @@
+use super::{Control, Exec, Step};
+use crate::error::{ErrorKind, FlowError};
+use crate::expr::Expr;
+
+/// `filter: <jmespath>` — drops the message unless the predicate is truthy.
+pub struct Filter {
+    predicate: Expr,
+}
+
+impl Filter {
+    /// A filter step.
+    pub fn new(predicate: Expr) -> Self {
+        Filter { predicate }
+    }
+}
+
+impl Step for Filter {
+    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+        let data = exec.jmes()?;
+        let keep = self
+            .predicate
+            .search(data, &exec.meta)
+            .map_err(|e| FlowError::new(ErrorKind::Transform, e))?
+            .is_truthy();
+        Ok(if keep { Control::Continue } else { Control::Drop })
+    }
+}

@@ -1,0 +1,29 @@
+use super::{Control, Exec, Step};
+use crate::error::FlowError;
+use crate::expr::Template;
+
+/// `log: <template>` — writes one line to the log with the message id and flow.
+pub struct Log {
+    template: Template,
+}
+
+impl Log {
+    /// A log step.
+    pub fn new(template: Template) -> Self {
+        Log { template }
+    }
+}
+
+impl Step for Log {
+    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+        let flow = exec.meta.get("flow").cloned().unwrap_or_default();
+        let message_id = exec.meta.get("message_id").cloned().unwrap_or_default();
+        let meta = exec.meta.clone();
+        // A log line that cannot be rendered is itself logged; it never fails the message.
+        match self.template.render(&mut exec.payload, &meta) {
+            Ok(line) => tracing::info!(flow = %flow, message_id = %message_id, "{line}"),
+            Err(e) => tracing::warn!(flow = %flow, message_id = %message_id, "log step: {e}"),
+        }
+        Ok(Control::Continue)
+    }
+}

@@ -1,0 +1,42 @@
+use super::{Control, Exec, Step};
+use crate::error::{ErrorKind, FlowError};
+use crate::expr::Expr;
+use crate::message::Payload;
+use jmespath::{Rcvar, Variable};
+
+/// `set: {field: <jmespath>}` — evaluates each expression against the payload and merges
+/// the results in as fields.
+pub struct Set {
+    fields: Vec<(String, Expr)>,
+}
+
+impl Set {
+    /// A set step.
+    pub fn new(fields: Vec<(String, Expr)>) -> Self {
+        Set { fields }
+    }
+}
+
+impl Step for Set {
+    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+        let data = exec.jmes()?;
+        let Some(object) = data.as_object() else {
+            return Err(FlowError::new(
+                ErrorKind::Transform,
+                format!(
+                    "`set` needs an object payload, but the payload is {}",
+                    data.get_type()
+                ),
+            ));
+        };
+        let mut merged = object.clone();
+        for (field, expr) in &self.fields {
+            let value = expr
+                .search(data.clone(), &exec.meta)
+                .map_err(|e| FlowError::new(ErrorKind::Transform, format!("field `{field}`: {e}")))?;
+            merged.insert(field.clone(), value);
+        }
+        exec.payload = Payload::from_jmes(Rcvar::new(Variable::Object(merged)));
+        Ok(Control::Continue)
+    }
+}

@@ -1,0 +1,28 @@
+use super::{Control, Exec, Step};
+use crate::error::{ErrorKind, FlowError};
+use crate::expr::Expr;
+use crate::message::Payload;
+
+/// `transform: <jmespath>` — replaces the payload with the expression's result.
+pub struct Transform {
+    expr: Expr,
+}
+
+impl Transform {
+    /// A transform step.
+    pub fn new(expr: Expr) -> Self {
+        Transform { expr }
+    }
+}
+
+impl Step for Transform {
+    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+        let data = exec.jmes()?;
+        let result = self
+            .expr
+            .search(data, &exec.meta)
+            .map_err(|e| FlowError::new(ErrorKind::Transform, e))?;
+        exec.payload = Payload::from_jmes(result);
+        Ok(Control::Continue)
+    }
+}
