@@ -1,0 +1,263 @@
+//! The file sink: one file per message, written under a temporary name and renamed, with a
+//! name template that can never leave the sink's folder.
+
+use super::finish::split_extension;
+use async_trait::async_trait;
+use sluice_engine::expr::Template;
+use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Payload, Sink};
+use sluice_flow::{Diagnostic, FileSinkConfig, OnConflict, OutputFormat, Span};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Writes each message to `<path>/<rendered name>`.
+pub struct FileSink {
+    folder: Arc<PathBuf>,
+    name: Template,
+    format: OutputFormat,
+    on_conflict: OnConflict,
+    fsync: bool,
+}
+
+impl FileSink {
+    /// Builds the sink, compiling its name template.
+    pub fn new(_sink: &str, config: &FileSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
+        let folder = config.path.value.as_str();
+        if folder.trim().is_empty() {
+            return Err(cx
+                .diagnostic(&config.path, "the sink `path` is empty")
+                .with_help("give the folder to write into, e.g. `outbox/orders`"));
+        }
+        let name = Template::compile(config.name.value.as_str()).map_err(|e| {
+            let span = sluice_engine::compile::position_in_scalar(
+                &cx.flow.source,
+                Span::of(&config.name),
+                0,
+                e.offset,
+            );
+            cx.flow
+                .diagnostic(span, e.message)
+                .with_help("a name template is text with `{{ jmespath }}` holes, e.g. \"{{order_id}}.json\"")
+        })?;
+        if name.is_literal() {
+            check_name(config.name.value.as_str()).map_err(|e| {
+                cx.diagnostic(&config.name, e.message)
+                    .with_help("a file name, without folders")
+            })?;
+        }
+        Ok(FileSink {
+            folder: Arc::new(PathBuf::from(folder)),
+            name,
+            format: config.format,
+            on_conflict: config.on_conflict,
+            fsync: config.fsync,
+        })
+    }
+
+    fn render_name(&self, out: &mut Outgoing) -> Result<String, FlowError> {
+        let name = self
+            .name
+            .render(&mut out.payload, &out.meta)
+            .map_err(|e| FlowError::permanent(ErrorKind::Sink, format!("file name: {e}")))?;
+        check_name(&name)?;
+        Ok(name)
+    }
+}
+
+/// A rendered name must be a plain file name inside the folder.
+fn check_name(name: &str) -> Result<(), FlowError> {
+    let refuse = |why: &str| {
+        Err(FlowError::permanent(
+            ErrorKind::Sink,
+            format!("refusing file name `{}`: {why}", name.escape_debug()),
+        ))
+    };
+    if name.is_empty() {
+        return refuse("it is empty");
+    }
+    if name.contains('/') || name.contains('\\') {
+        return refuse("it contains a path separator; names may not leave the sink folder");
+    }
+    if name == "." || name == ".." || name.contains("..") {
+        return refuse("it contains `..`; names may not leave the sink folder");
+    }
+    if name.contains('\0') {
+        return refuse("it contains a NUL byte");
+    }
+    if Path::new(name).is_absolute() {
+        return refuse("it is an absolute path");
+    }
+    if name.len() > 255 {
+        return refuse("it is longer than 255 bytes");
+    }
+    Ok(())
+}
+
+/// Serializes a payload for a sink.
+pub fn serialize(format: OutputFormat, payload: &mut Payload) -> Result<Vec<u8>, FlowError> {
+    let fail = |e: String| FlowError::permanent(ErrorKind::Sink, e);
+    match format {
+        OutputFormat::Json => payload.to_json_vec().map_err(fail),
+        OutputFormat::NdjsonLine => {
+            let mut bytes = payload.to_json_vec().map_err(fail)?;
+            bytes.push(b'\n');
+            Ok(bytes)
+        }
+        OutputFormat::Pretty => {
+            let value = payload.json().map_err(fail)?;
+            serde_json::to_vec_pretty(value).map_err(|e| fail(e.to_string()))
+        }
+        OutputFormat::Text => match payload.json().map_err(fail)? {
+            serde_json::Value::String(s) => Ok(s.clone().into_bytes()),
+            other => serde_json::to_vec(other).map_err(|e| fail(e.to_string())),
+        },
+    }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
+        let name = self.render_name(out)?;
+        let bytes = serialize(self.format, &mut out.payload)?;
+        let folder = self.folder.clone();
+        let (on_conflict, fsync) = (self.on_conflict, self.fsync);
+        let written = tokio::task::spawn_blocking(move || {
+            write_file(&folder, &name, &bytes, on_conflict, fsync)
+        })
+        .await
+        .map_err(|e| FlowError::new(ErrorKind::Sink, format!("file write task failed: {e}")))?;
+        written.map(|_| ())
+    }
+
+    fn target(&self, out: &mut Outgoing) -> Result<String, FlowError> {
+        let name = self.render_name(out)?;
+        Ok(self.folder.join(name).display().to_string())
+    }
+}
+
+/// Writes `bytes` as `folder/name` atomically; returns the path written (or found identical).
+fn write_file(
+    folder: &Path,
+    name: &str,
+    bytes: &[u8],
+    on_conflict: OnConflict,
+    fsync: bool,
+) -> Result<PathBuf, FlowError> {
+    let io_error = |what: &str, e: io::Error| {
+        FlowError::new(ErrorKind::Sink, format!("{what} in {}: {e}", folder.display()))
+    };
+    let tmp = folder.join(format!(".{name}.tmp-{}", uuid::Uuid::now_v7().simple()));
+    let create = |tmp: &Path| -> io::Result<()> {
+        let mut file = std::fs::File::create(tmp)?;
+        file.write_all(bytes)?;
+        if fsync {
+            file.sync_all()?;
+        }
+        Ok(())
+    };
+    if let Err(e) = create(&tmp) {
+        if e.kind() != io::ErrorKind::NotFound {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_error("cannot write a temporary file", e));
+        }
+        std::fs::create_dir_all(folder).map_err(|e| io_error("cannot create the folder", e))?;
+        create(&tmp).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_error("cannot write a temporary file", e)
+        })?;
+    }
+    let result = place(folder, name, &tmp, bytes, on_conflict);
+    let _ = std::fs::remove_file(&tmp);
+    let target = result?;
+    if fsync {
+        if let Ok(dir) = std::fs::File::open(folder) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(target)
+}
+
+/// Links the temporary file to its final name without ever replacing another file silently.
+fn place(folder: &Path, name: &str, tmp: &Path, bytes: &[u8], on_conflict: OnConflict) -> Result<PathBuf, FlowError> {
+    let (stem, ext) = split_extension(name);
+    for n in 0..10_000u32 {
+        let target = if n == 0 {
+            folder.join(name)
+        } else {
+            folder.join(format!("{stem}-{n}{ext}"))
+        };
+        // A hard link fails if the name exists, which makes "create, never replace" atomic.
+        match std::fs::hard_link(tmp, &target) {
+            Ok(()) => return Ok(target),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if std::fs::read(&target).is_ok_and(|existing| existing == bytes) {
+                    // The same content is already there: a redelivery after a crash.
+                    return Ok(target);
+                }
+                match on_conflict {
+                    OnConflict::Suffix => continue,
+                    OnConflict::Overwrite => {
+                        std::fs::rename(tmp, &target).map_err(|e| {
+                            FlowError::new(ErrorKind::Sink, format!("cannot replace {}: {e}", target.display()))
+                        })?;
+                        return Ok(target);
+                    }
+                    OnConflict::Error => {
+                        return Err(FlowError::permanent(
+                            ErrorKind::Sink,
+                            format!(
+                                "{} already exists with different content (on_conflict: error)",
+                                target.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(FlowError::new(
+                    ErrorKind::Sink,
+                    format!("cannot create {}: {e}", target.display()),
+                ));
+            }
+        }
+    }
+    Err(FlowError::permanent(
+        ErrorKind::Sink,
+        format!("no free name for `{name}` in {} after 10000 suffixes", folder.display()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape_the_folder() {
+        for bad in ["", "../x", "a/b", "a\\b", "..", "/etc/passwd", "a\0b"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("order-1.json").is_ok());
+    }
+
+    #[test]
+    fn identical_content_is_delivered_and_different_content_is_suffixed_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let a = write_file(&out, "x.json", b"1", OnConflict::Suffix, false).unwrap();
+        assert_eq!(a, out.join("x.json"));
+        let again = write_file(&out, "x.json", b"1", OnConflict::Suffix, false).unwrap();
+        assert_eq!(again, out.join("x.json"));
+        let other = write_file(&out, "x.json", b"2", OnConflict::Suffix, false).unwrap();
+        assert_eq!(other, out.join("x-1.json"));
+        let err = write_file(&out, "x.json", b"3", OnConflict::Error, false).unwrap_err();
+        assert!(!err.retryable);
+        write_file(&out, "x.json", b"4", OnConflict::Overwrite, true).unwrap();
+        assert_eq!(std::fs::read(out.join("x.json")).unwrap(), b"4");
+        let leftovers: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left behind");
+    }
+}

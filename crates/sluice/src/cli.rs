@@ -1,0 +1,91 @@
+//! Command-line arguments.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// sluice — declarative integration flows: a trigger, steps and sinks per YAML file.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SLUICE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where flows, contracts and scripts live.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Folders {
+    /// Folder of flow files (`*.yaml`).
+    #[arg(long, default_value = "flows")]
+    pub flows: PathBuf,
+    /// Folder of JSON Schema contracts (`order.v1` → `<schemas>/order.v1.json`).
+    #[arg(long, default_value = "schemas")]
+    pub schemas: PathBuf,
+    /// Folder of Rhai scripts.
+    #[arg(long, default_value = "scripts")]
+    pub scripts: PathBuf,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every flow in the flows folder, hot-reloading on changes.
+    Run {
+        #[command(flatten)]
+        folders: Folders,
+        /// How long stopping flows may take to finish in-flight messages.
+        #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+        shutdown_grace: std::time::Duration,
+    },
+    /// Check flows: parse, compile every expression, script and contract. Exit 1 on any error.
+    Check {
+        #[command(flatten)]
+        folders: Folders,
+        /// Flow files to check (default: every flow in the flows folder).
+        files: Vec<PathBuf>,
+    },
+    /// Run the `tests:` of flows. Exit 1 when a test fails or a flow is invalid.
+    Test {
+        #[command(flatten)]
+        folders: Folders,
+        /// Flow files to test (default: every flow in the flows folder).
+        files: Vec<PathBuf>,
+    },
+    /// Run one input through a flow and print the result; nothing is written anywhere.
+    Exec {
+        #[command(flatten)]
+        folders: Folders,
+        /// The flow file.
+        flow: PathBuf,
+        /// The input file, or `-` for standard input; decoded with the trigger's format.
+        #[arg(long, short)]
+        input: PathBuf,
+    },
+    /// Print the JSON Schema of the flow format.
+    Schema,
+}
+
+impl Command {
+    /// Commands whose output is the point keep the log to warnings.
+    pub fn is_quiet(&self) -> bool {
+        !matches!(self, Command::Run { .. })
+    }
+}
+
+fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<humantime::Duration>()
+        .map(Into::into)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); e.g. 30s"))
+}

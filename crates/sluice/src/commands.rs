@@ -1,0 +1,269 @@
+//! The subcommands: `run`, `check`, `test`, `exec`, `schema`.
+
+use crate::cli::{Cli, Command, Folders};
+use anyhow::{Context, bail};
+use sluice_connectors::StandardConnectors;
+use sluice_engine::registry::{Registry, RegistryOptions, build_flow, flow_files};
+use sluice_engine::testing::{dry_run, run_test};
+use sluice_engine::{CompiledFlow, Meta};
+use sluice_flow::{Diagnostic, FileFormat, TriggerConfig};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// The JSON Schema of the flow format, as published in `schemas/`.
+const FLOW_SCHEMA: &str = include_str!("../../../schemas/sluice-flow.schema.json");
+
+/// Runs a command and returns its exit code (0 ok, 1 invalid flow or input).
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            folders,
+            shutdown_grace,
+        } => run(folders, shutdown_grace),
+        Command::Check { folders, files } => check(&folders, files),
+        Command::Test { folders, files } => test(&folders, files),
+        Command::Exec {
+            folders,
+            flow,
+            input,
+        } => exec(&folders, &flow, &input),
+        Command::Schema => {
+            println!("{}", FLOW_SCHEMA.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn engine_folders(folders: &Folders) -> sluice_engine::Folders {
+    sluice_engine::Folders {
+        schemas: folders.schemas.clone(),
+        scripts: folders.scripts.clone(),
+    }
+}
+
+fn run(folders: Folders, grace: std::time::Duration) -> anyhow::Result<ExitCode> {
+    if !folders.flows.is_dir() {
+        bail!(
+            "the flows folder `{}` does not exist; create it or pass --flows DIR",
+            folders.flows.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let registry = Registry::new(
+            RegistryOptions {
+                flows: folders.flows.clone(),
+                folders: engine_folders(&folders),
+                drain_timeout: grace,
+            },
+            Arc::new(StandardConnectors),
+        );
+        registry
+            .start_all()
+            .await
+            .with_context(|| format!("cannot read the flows folder `{}`", folders.flows.display()))?;
+        let running = registry.status().await.len();
+        tracing::info!(flows = running, "sluice running; watching {}, {}, {}", folders.flows.display(), folders.schemas.display(), folders.scripts.display());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let watcher = tokio::spawn(sluice_engine::watch::watch(
+            registry.clone(),
+            vec![folders.flows.clone(), folders.schemas.clone(), folders.scripts.clone()],
+            stop.clone(),
+        ));
+        shutdown_signal().await;
+        tracing::info!("stopping: no new messages; finishing those in flight (up to {})", humantime::format_duration(grace));
+        stop.cancel();
+        let _ = watcher.await;
+        registry.shutdown().await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The flow files a command works on: the arguments, or every flow in the flows folder.
+fn selected_files(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+    if !files.is_empty() {
+        return Ok(files);
+    }
+    flow_files(&folders.flows)
+        .with_context(|| format!("cannot read the flows folder `{}`; pass flow files or --flows DIR", folders.flows.display()))
+}
+
+/// Builds every file, reporting diagnostics and duplicate names; returns the valid flows.
+fn build_all(folders: &Folders, files: &[PathBuf]) -> (Vec<CompiledFlow>, usize) {
+    let mut flows: Vec<CompiledFlow> = Vec::new();
+    let mut invalid = 0;
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    for path in files {
+        match build_flow(path, &engine_folders(folders), &StandardConnectors, false) {
+            Ok(flow) => {
+                if let Some(first) = names.get(&flow.name) {
+                    let d = Diagnostic::file(
+                        path,
+                        format!(
+                            "flow name `{}` is claimed by both {} and {}",
+                            flow.name,
+                            first.display(),
+                            path.display()
+                        ),
+                    )
+                    .with_help("give one of them another `name:` (names default to the file stem)");
+                    eprint!("{}", d.render());
+                    invalid += 1;
+                    continue;
+                }
+                names.insert(flow.name.clone(), path.clone());
+                flows.push(flow);
+            }
+            Err(diagnostics) => {
+                invalid += 1;
+                for d in diagnostics {
+                    eprint!("{}", d.render());
+                    eprintln!();
+                }
+            }
+        }
+    }
+    (flows, invalid)
+}
+
+fn check(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let files = selected_files(folders, files)?;
+    let (flows, invalid) = build_all(folders, &files);
+    if invalid > 0 {
+        eprintln!("error: {invalid} of {} flow files invalid", files.len());
+        return Ok(ExitCode::from(1));
+    }
+    for flow in &flows {
+        eprintln!("ok {} ({})", flow.name, flow.path.display());
+    }
+    eprintln!("{} flow files checked, all valid", files.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let files = selected_files(folders, files)?;
+    let (flows, invalid) = build_all(folders, &files);
+    let (mut passed, mut failed) = (0, 0);
+    for flow in &flows {
+        if flow.tests.is_empty() {
+            println!("-- {}: no tests", flow.name);
+        }
+        for case in &flow.tests {
+            match run_test(flow, case) {
+                Ok(()) => {
+                    passed += 1;
+                    println!("ok {}: {}", flow.name, case.name);
+                }
+                Err(reason) => {
+                    failed += 1;
+                    let at = case
+                        .span
+                        .map(|s| format!(" ({}:{}:{})", flow.path.display(), s.line, s.column))
+                        .unwrap_or_default();
+                    println!("FAIL {}: {}: {reason}{at}", flow.name, case.name);
+                }
+            }
+        }
+    }
+    println!(
+        "test result: {passed} passed, {failed} failed{}",
+        if invalid > 0 { format!(", {invalid} invalid flow files") } else { String::new() }
+    );
+    Ok(if failed > 0 || invalid > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<ExitCode> {
+    let flow = match build_flow(flow_path, &engine_folders(folders), &StandardConnectors, false) {
+        Ok(flow) => flow,
+        Err(diagnostics) => {
+            for d in diagnostics {
+                eprint!("{}", d.render());
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let (bytes, name) = if input == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read the input from stdin")?;
+        (bytes, "stdin".to_owned())
+    } else {
+        let bytes = std::fs::read(input)
+            .with_context(|| format!("cannot read the input file `{}`", input.display()))?;
+        let name = input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (bytes, name)
+    };
+    let TriggerConfig::File(trigger) = &flow.trigger_config;
+    let records = match sluice_connectors::file::decode_input(&bytes, trigger.format, &trigger.csv) {
+        Ok(records) => records,
+        Err(reason) => {
+            eprintln!("error: the input `{}` cannot be read as {}: {reason}", input.display(), format_name(trigger.format));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut results = Vec::new();
+    for (payload, line) in records {
+        let mut meta = Meta::new();
+        meta.insert("file.name".to_owned(), name.clone());
+        meta.insert("file.path".to_owned(), input.display().to_string());
+        meta.insert("file.size".to_owned(), bytes.len().to_string());
+        if let Some(line) = line {
+            meta.insert("file.line".to_owned(), line.to_string());
+        }
+        results.push(dry_run(&flow, payload, meta));
+    }
+    let failed = results.iter().any(|r| r.outcome == "error");
+    let text = if results.len() == 1 {
+        serde_json::to_string_pretty(&results[0])
+    } else {
+        serde_json::to_string_pretty(&results)
+    }
+    .context("cannot print the result")?;
+    println!("{text}");
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn format_name(format: FileFormat) -> &'static str {
+    match format {
+        FileFormat::Json => "json",
+        FileFormat::Ndjson => "ndjson",
+        FileFormat::Csv => "csv",
+        FileFormat::Text => "text",
+        FileFormat::Bytes => "bytes",
+    }
+}
