@@ -5,6 +5,10 @@
 //! and concurrency belong to the engine. [`StandardConnectors`] is the registry the binary
 //! hands to the engine: adding a connector adds one match arm there.
 
+// A `Diagnostic` carries its snippet and hints; it is built once per mistake, on a cold
+// path, so returning it unboxed is simpler and costs nothing that matters.
+#![allow(clippy::result_large_err)]
+
 pub mod file;
 pub mod stdout;
 

@@ -1,1 +1,180 @@
-fn main() {}
+//! The order-intake pipeline (validate → transform → script → route → serialize) on
+//! ~250-byte orders: the engine, side by side with a plain loop making the same library
+//! calls in the straightforward way (serde conversions between the libraries).
+//!
+//! Run: `cargo bench -p sluice-engine --bench pipeline`
+
+use async_trait::async_trait;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use jmespath::ToJmespath;
+use serde_json::{Value, json};
+use sluice_engine::{
+    BuildContext, Connectors, FlowError, Message, Meta, Outgoing, Sink, Trigger, compile,
+};
+use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig, parse_flow};
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+const SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["id", "currency", "customer", "lines"],
+  "properties": {
+    "id": {"type": "string"},
+    "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+    "customer": {"type": "object", "required": ["id", "tier"],
+                 "properties": {"id": {"type": "string"}, "country": {"type": "string"},
+                                "tier": {"enum": ["gold", "silver", "standard"]}}},
+    "lines": {"type": "array", "items": {"type": "object", "required": ["sku", "qty", "price"],
+              "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1},
+                             "price": {"type": "number", "minimum": 0}}}}
+  }
+}"#;
+
+const SCRIPT: &str = r#"
+let total = 0.0;
+for line in payload.lines {
+    line.total = line.qty.to_float() * line.price;
+    total += line.total;
+}
+payload.total = total;
+payload.priority = if payload.customer.tier == "gold" || total >= 1000.0 { "high" } else { "normal" };
+"#;
+
+const TRANSFORM: &str = "{order_id: id, currency: currency, customer: customer, lines: lines}";
+const WHEN: &str = "priority == 'high'";
+
+fn order() -> Value {
+    json!({
+        "id": "o-10017", "currency": "EUR",
+        "customer": {"id": "c-981", "country": "DE", "tier": "silver"},
+        "lines": [
+            {"sku": "A1-RED", "qty": 2, "price": 9.5},
+            {"sku": "B7-XL", "qty": 1, "price": 120.0},
+            {"sku": "C3", "qty": 5, "price": 3.25}
+        ],
+        "note": "leave at the back door"
+    })
+}
+
+struct NullSink;
+
+#[async_trait]
+impl Sink for NullSink {
+    async fn write(&self, _out: &mut Outgoing) -> Result<(), FlowError> {
+        Ok(())
+    }
+    fn target(&self, _out: &mut Outgoing) -> Result<String, FlowError> {
+        Ok(String::new())
+    }
+}
+
+struct NullTrigger;
+
+#[async_trait]
+impl Trigger for NullTrigger {
+    async fn run(
+        self: Box<Self>,
+        _inlet: sluice_engine::Inlet,
+        _stop: tokio_util::sync::CancellationToken,
+    ) {
+    }
+}
+
+struct NullConnectors;
+
+impl Connectors for NullConnectors {
+    fn sink(
+        &self,
+        _: &str,
+        _: &Spanned<SinkConfig>,
+        _: &BuildContext<'_>,
+    ) -> Result<Arc<dyn Sink>, Diagnostic> {
+        Ok(Arc::new(NullSink))
+    }
+    fn trigger(
+        &self,
+        _: &Spanned<TriggerConfig>,
+        _: &BuildContext<'_>,
+    ) -> Result<Box<dyn Trigger>, Diagnostic> {
+        Ok(Box::new(NullTrigger))
+    }
+}
+
+fn engine_flow(dir: &Path) -> sluice_engine::CompiledFlow {
+    std::fs::write(dir.join("order.v1.json"), SCHEMA).unwrap();
+    let script = SCRIPT
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect::<String>();
+    let yaml = format!(
+        "name: bench\ntrigger:\n  file: {{ path: inbox }}\nsteps:\n  - validate: order.v1\n  - transform: \"{TRANSFORM}\"\n  - script: |\n{script}  - route:\n      - when: \"{WHEN}\"\n        to: express\n      - else: standard\nsinks:\n  express: {{ stdout: {{}} }}\n  standard: {{ stdout: {{}} }}\n"
+    );
+    let loaded = parse_flow(Path::new("bench.yaml"), yaml).unwrap();
+    let folders = sluice_engine::Folders {
+        schemas: dir.to_owned(),
+        scripts: dir.to_owned(),
+    };
+    compile(&loaded, &folders, &NullConnectors).unwrap_or_else(|d| panic!("{d:?}"))
+}
+
+fn pipeline(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = engine_flow(dir.path());
+    let input = order();
+    assert!(serde_json::to_vec(&input).unwrap().len() >= 240);
+
+    // The plain loop: the same libraries, each fed through serde the usual way.
+    let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let transform = jmespath::compile(TRANSFORM).unwrap();
+    let when = jmespath::compile(WHEN).unwrap();
+    let rhai_engine = rhai::Engine::new();
+    let ast = rhai_engine.compile(SCRIPT).unwrap();
+    let plain = |order: &Value| -> Vec<u8> {
+        assert!(validator.is_valid(order));
+        let data = order.to_jmespath().unwrap();
+        let shaped: Value = serde_json::to_value(&*transform.search(data).unwrap()).unwrap();
+        let mut scope = rhai::Scope::new();
+        scope.push_dynamic("payload", rhai::serde::to_dynamic(&shaped).unwrap());
+        rhai_engine.run_ast_with_scope(&mut scope, &ast).unwrap();
+        let priced: Value =
+            rhai::serde::from_dynamic(&scope.get_value::<rhai::Dynamic>("payload").unwrap())
+                .unwrap();
+        let express = when
+            .search((&priced).to_jmespath().unwrap())
+            .unwrap()
+            .is_truthy();
+        let mut bytes = serde_json::to_vec(&priced).unwrap();
+        bytes.push(express as u8);
+        bytes
+    };
+
+    let engine = |order: &Value| -> Vec<u8> {
+        let message = Message::new("bench", order.clone(), Meta::new());
+        let executed = flow.execute(message).unwrap();
+        let delivery = &executed.deliveries[0];
+        let mut bytes = delivery.payload.to_json_vec().unwrap();
+        bytes.push((delivery.sinks[0] == "express") as u8);
+        bytes
+    };
+
+    // Both produce the same document.
+    let a: Value = serde_json::from_slice(&plain(&input)[..plain(&input).len() - 1]).unwrap();
+    let b: Value = serde_json::from_slice(&engine(&input)[..engine(&input).len() - 1]).unwrap();
+    assert_eq!(a, b);
+
+    let mut group = c.benchmark_group("order-intake");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("engine", |bench| {
+        bench.iter(|| black_box(engine(black_box(&input))))
+    });
+    group.bench_function("plain_loop", |bench| {
+        bench.iter(|| black_box(plain(black_box(&input))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);

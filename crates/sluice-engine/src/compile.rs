@@ -91,20 +91,27 @@ pub fn compile(
         }
     }
 
-    if let Some(c) = &file.concurrency {
-        if c.value == 0 {
-            cx.error(Span::of(c), "`concurrency` must be at least 1", "use 1 or more");
-        }
+    if let Some(c) = &file.concurrency
+        && c.value == 0
+    {
+        cx.error(
+            Span::of(c),
+            "`concurrency` must be at least 1",
+            "use 1 or more",
+        );
     }
-    if let Some(q) = &file.queue {
-        if q.value == 0 {
-            cx.error(Span::of(q), "`queue` must be at least 1", "use 1 or more");
-        }
+    if let Some(q) = &file.queue
+        && q.value == 0
+    {
+        cx.error(Span::of(q), "`queue` must be at least 1", "use 1 or more");
     }
     if file.errors.retry.attempts == 0 {
         cx.diagnostics.push(
-            flow.diagnostic(None, "`errors.retry.attempts` must be at least 1 (it counts the first try)")
-                .with_help("use `attempts: 1` for no retries"),
+            flow.diagnostic(
+                None,
+                "`errors.retry.attempts` must be at least 1 (it counts the first try)",
+            )
+            .with_help("use `attempts: 1` for no retries"),
         );
     }
 
@@ -116,7 +123,11 @@ pub fn compile(
         .as_ref()
         .map(|c| c.value)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let queue = file.queue.as_ref().map(|q| q.value).unwrap_or(concurrency * 4);
+    let queue = file
+        .queue
+        .as_ref()
+        .map(|q| q.value)
+        .unwrap_or(concurrency * 4);
     let version = version_hash(&flow.source, &cx.dependencies);
     Ok(CompiledFlow {
         name: flow.name.clone(),
@@ -219,7 +230,12 @@ impl Compiler<'_> {
         }
     }
 
-    fn check_sink_folder(&mut self, config: &Spanned<SinkConfig>, watched: Option<&Path>, what: &str) {
+    fn check_sink_folder(
+        &mut self,
+        config: &Spanned<SinkConfig>,
+        watched: Option<&Path>,
+        what: &str,
+    ) {
         let (SinkConfig::File(file), Some(watched)) = (&config.value, watched) else {
             return;
         };
@@ -240,7 +256,11 @@ impl Compiler<'_> {
         match Expr::compile(text.value.as_str()) {
             Ok(expr) => Some(expr),
             Err(e) => {
-                self.expr_error(text, &e, "check the JMESPath syntax: https://jmespath.org/specification.html");
+                self.expr_error(
+                    text,
+                    &e,
+                    "check the JMESPath syntax: https://jmespath.org/specification.html",
+                );
                 None
             }
         }
@@ -249,7 +269,10 @@ impl Compiler<'_> {
     fn expr_error(&mut self, text: &Spanned<Text>, e: &ExprError, help: &str) {
         let (line, column) = line_col(text.value.as_str(), e.offset);
         let span = position_in_scalar(&self.flow.source, Span::of(text), line, column);
-        let d = self.flow.diagnostic(span, e.message.clone()).with_help(help);
+        let d = self
+            .flow
+            .diagnostic(span, e.message.clone())
+            .with_help(help);
         self.diagnostics.push(d);
     }
 
@@ -258,9 +281,10 @@ impl Compiler<'_> {
         for name in &targets.value.0 {
             if !sinks.contains(&name.as_str()) {
                 ok = false;
-                let mut d = self
-                    .flow
-                    .diagnostic(Span::of(targets), format!("route to undefined sink `{name}`"));
+                let mut d = self.flow.diagnostic(
+                    Span::of(targets),
+                    format!("route to undefined sink `{name}`"),
+                );
                 if let Some(close) = did_you_mean(name, sinks.iter().copied()) {
                     d = d.with_help(format!("did you mean `{close}`?"));
                 }
@@ -298,7 +322,11 @@ impl Compiler<'_> {
             StepConfig::Filter(text) => Box::new(steps::Filter::new(self.expr(text)?)),
             StepConfig::Set(fields) => {
                 if fields.is_empty() {
-                    self.error(Span::of(step), "`set` has no fields", "add `field: <jmespath>` entries");
+                    self.error(
+                        Span::of(step),
+                        "`set` has no fields",
+                        "add `field: <jmespath>` entries",
+                    );
                     return None;
                 }
                 let mut compiled = Vec::new();
@@ -324,17 +352,22 @@ impl Compiler<'_> {
                     let a = &arm.value;
                     let span = Span::of(arm);
                     let action = match (&a.when, &a.to, &a.steps, &a.otherwise) {
-                        (Some(_), Some(to), None, None) => {
-                            self.targets(to, sinks).map(|t| RouteAction::Deliver(t.into()))
-                        }
-                        (Some(_), None, Some(nested), None) => {
-                            Some(RouteAction::Steps(self.steps(nested, &format!("{label}.steps"), sinks)))
-                        }
+                        (Some(_), Some(to), None, None) => self
+                            .targets(to, sinks)
+                            .map(|t| RouteAction::Deliver(t.into())),
+                        (Some(_), None, Some(nested), None) => Some(RouteAction::Steps(
+                            self.steps(nested, &format!("{label}.steps"), sinks),
+                        )),
                         (None, None, None, Some(to)) => {
                             if i + 1 != arms.len() {
-                                self.error(span, "`else` must be the last arm of a route", "move the `else` arm to the end");
+                                self.error(
+                                    span,
+                                    "`else` must be the last arm of a route",
+                                    "move the `else` arm to the end",
+                                );
                             }
-                            self.targets(to, sinks).map(|t| RouteAction::Deliver(t.into()))
+                            self.targets(to, sinks)
+                                .map(|t| RouteAction::Deliver(t.into()))
                         }
                         _ => {
                             self.error(
@@ -357,7 +390,11 @@ impl Compiler<'_> {
                     }
                 }
                 if arms.is_empty() {
-                    self.error(Span::of(step), "`route` has no arms", "add `- when: <jmespath>` arms");
+                    self.error(
+                        Span::of(step),
+                        "`route` has no arms",
+                        "add `- when: <jmespath>` arms",
+                    );
                     return None;
                 }
                 if failed {
@@ -390,7 +427,11 @@ impl Compiler<'_> {
             let source = match std::fs::read_to_string(&path) {
                 Ok(s) => s,
                 Err(e) => {
-                    self.error(Span::of(text), format!("cannot read script {}: {e}", path.display()), "check the file's permissions");
+                    self.error(
+                        Span::of(text),
+                        format!("cannot read script {}: {e}", path.display()),
+                        "check the file's permissions",
+                    );
                     return None;
                 }
             };
@@ -400,7 +441,11 @@ impl Compiler<'_> {
                     let d = Diagnostic::at(
                         &path,
                         &source,
-                        Some(Span { line: line as u64, column: column as u64, len: 1 }),
+                        Some(Span {
+                            line: line as u64,
+                            column: column as u64,
+                            len: 1,
+                        }),
                         format!("Rhai syntax error: {message}"),
                     )
                     .with_help(format!("in the script used by flow `{}`", self.flow.name));
@@ -421,28 +466,37 @@ impl Compiler<'_> {
                 let d = self
                     .flow
                     .diagnostic(span, format!("Rhai syntax error: {message}"))
-                    .with_help(format!("at line {line}, column {column} of the inline script"));
+                    .with_help(format!(
+                        "at line {line}, column {column} of the inline script"
+                    ));
                 self.diagnostics.push(d);
                 None
             }
         }
     }
 
-    fn test(&mut self, case: &Spanned<sluice_flow::TestCase>, sinks: &[&str]) -> Option<CompiledTest> {
+    fn test(
+        &mut self,
+        case: &Spanned<sluice_flow::TestCase>,
+        sinks: &[&str],
+    ) -> Option<CompiledTest> {
         let expect = &case.value.expect;
         let mut ok = true;
-        if let Some(sink) = &expect.sink {
-            if !sinks.contains(&sink.value.as_str()) {
-                let mut d = self.flow.diagnostic(
-                    Span::of(sink),
-                    format!("test `{}` expects undefined sink `{}`", case.value.name, sink.value),
-                );
-                if let Some(close) = did_you_mean(&sink.value, sinks.iter().copied()) {
-                    d = d.with_help(format!("did you mean `{close}`?"));
-                }
-                self.diagnostics.push(d);
-                ok = false;
+        if let Some(sink) = &expect.sink
+            && !sinks.contains(&sink.value.as_str())
+        {
+            let mut d = self.flow.diagnostic(
+                Span::of(sink),
+                format!(
+                    "test `{}` expects undefined sink `{}`",
+                    case.value.name, sink.value
+                ),
+            );
+            if let Some(close) = did_you_mean(&sink.value, sinks.iter().copied()) {
+                d = d.with_help(format!("did you mean `{close}`?"));
             }
+            self.diagnostics.push(d);
+            ok = false;
         }
         let error = match &expect.error {
             Some(kind) => match ErrorKind::parse(kind.value.as_str()) {
@@ -489,7 +543,12 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Maps a (0-based) line and column inside a YAML scalar's value to a file position.
 /// Handles plain and quoted one-line scalars, and `|`/`>` block scalars.
-pub fn position_in_scalar(source: &str, at: Option<Span>, line: usize, column: usize) -> Option<Span> {
+pub fn position_in_scalar(
+    source: &str,
+    at: Option<Span>,
+    line: usize,
+    column: usize,
+) -> Option<Span> {
     let at = at?;
     let lines: Vec<&str> = source.lines().collect();
     let start_line = lines.get(at.line.saturating_sub(1) as usize)?;
@@ -511,11 +570,65 @@ pub fn position_in_scalar(source: &str, at: Option<Span>, line: usize, column: u
             column: at.column + 1 + column as u64,
             len: 1,
         }),
-        _ if line == 0 => Some(Span {
+        _ if line == 0 && !is_block_content(&lines, at) => Some(Span {
             line: at.line,
             column: at.column + column as u64,
             len: 1,
         }),
-        _ => Some(Span { len: 1, ..at }),
+        _ => {
+            // A block scalar's position is its first content line; later lines keep its indentation.
+            let content_line = at.line as usize + line;
+            let text = lines.get(content_line - 1)?;
+            let indent = text.chars().take_while(|c| *c == ' ').count();
+            Some(Span {
+                line: content_line as u64,
+                column: (indent + column + 1) as u64,
+                len: 1,
+            })
+        }
+    }
+}
+
+/// True when the scalar at `at` is the content of a `|` or `>` block (the line before ends
+/// with the block indicator).
+fn is_block_content(lines: &[&str], at: Span) -> bool {
+    let Some(before) = (at.line as usize).checked_sub(2).and_then(|i| lines.get(i)) else {
+        return false;
+    };
+    let before = before.split(" #").next().unwrap_or("").trim_end();
+    let indicator = before.trim_end_matches(|c: char| c == '-' || c == '+' || c.is_ascii_digit());
+    indicator.ends_with('|') || indicator.ends_with('>')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_inside_scalars() {
+        let source =
+            "steps:\n  - filter: \"a ==\"\n  - script: |\n      let a = 1;\n      let = 2;\n";
+        let quoted = Span {
+            line: 2,
+            column: 13,
+            len: 1,
+        };
+        assert_eq!(
+            position_in_scalar(source, Some(quoted), 0, 3).map(|s| (s.line, s.column)),
+            Some((2, 17))
+        );
+        let block = Span {
+            line: 4,
+            column: 7,
+            len: 1,
+        };
+        assert_eq!(
+            position_in_scalar(source, Some(block), 1, 4).map(|s| (s.line, s.column)),
+            Some((5, 11))
+        );
+        assert_eq!(
+            position_in_scalar(source, Some(block), 0, 4).map(|s| (s.line, s.column)),
+            Some((4, 11))
+        );
     }
 }

@@ -81,16 +81,24 @@ pub fn load_contract(
         Err(e) => {
             let mut d = flow_diagnostic(
                 at,
-                format!("contract `{reference}` not found: cannot read {} ({e})", path.display()),
+                format!(
+                    "contract `{reference}` not found: cannot read {} ({e})",
+                    path.display()
+                ),
             );
             let available = available_contracts(schemas_dir);
-            if let Some(close) =
-                sluice_flow::diagnostic::did_you_mean(reference, available.iter().map(String::as_str))
-            {
+            if let Some(close) = sluice_flow::diagnostic::did_you_mean(
+                reference,
+                available.iter().map(String::as_str),
+            ) {
                 d = d.with_help(format!("did you mean `{close}`?"));
             }
             if !available.is_empty() {
-                d = d.with_help(format!("contracts in {}: {}", schemas_dir.display(), available.join(", ")));
+                d = d.with_help(format!(
+                    "contracts in {}: {}",
+                    schemas_dir.display(),
+                    available.join(", ")
+                ));
             } else {
                 d = d.with_help(format!(
                     "create {} with a JSON Schema, or fix the name",
@@ -164,7 +172,11 @@ mod tests {
         .unwrap();
         let diag = |_: Option<Span>, m: String| Diagnostic::file("f", m);
         let contract = load_contract("order", dir.path(), &diag, None).unwrap();
-        assert!(contract.check(&json!({"id": "a", "lines": [{"qty": 2}]})).is_ok());
+        assert!(
+            contract
+                .check(&json!({"id": "a", "lines": [{"qty": 2}]}))
+                .is_ok()
+        );
         let err = contract
             .check(&json!({"id": 5, "lines": [{"qty": 0}]}))
             .unwrap_err();
@@ -172,6 +184,12 @@ mod tests {
         assert!(pointers.contains(&"/id"), "{pointers:?}");
         assert!(pointers.contains(&"/lines/0/qty"), "{pointers:?}");
         let missing = load_contract("ordr", dir.path(), &diag, None).unwrap_err();
-        assert!(missing.help.iter().any(|h| h.contains("did you mean `order`")), "{missing}");
+        assert!(
+            missing
+                .help
+                .iter()
+                .any(|h| h.contains("did you mean `order`")),
+            "{missing}"
+        );
     }
 }

@@ -117,7 +117,16 @@ impl fmt::Display for FlowError {
         }
         write!(f, ": {}", self.message)?;
         for v in self.violations.iter().take(5) {
-            write!(f, "; {} {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message)?;
+            write!(
+                f,
+                "; {} {}",
+                if v.pointer.is_empty() {
+                    "/"
+                } else {
+                    &v.pointer
+                },
+                v.message
+            )?;
         }
         if self.violations.len() > 5 {
             write!(f, "; … {} more", self.violations.len() - 5)?;
@@ -153,7 +162,13 @@ pub struct ErrorEnvelope {
 
 impl ErrorEnvelope {
     /// The envelope for `error` after `attempts` attempts.
-    pub fn new(flow: &str, version: &str, message_id: &str, error: &FlowError, attempts: u32) -> Self {
+    pub fn new(
+        flow: &str,
+        version: &str,
+        message_id: &str,
+        error: &FlowError,
+        attempts: u32,
+    ) -> Self {
         ErrorEnvelope {
             flow: flow.to_owned(),
             flow_version: version.to_owned(),

@@ -1,6 +1,6 @@
 //! JMESPath expressions with a `meta('name')` function, and `{{ expr }}` templates.
 
-use crate::message::{Meta, Payload, PathValue};
+use crate::message::{Meta, PathValue, Payload};
 use jmespath::functions::Function;
 use jmespath::{Context, JmespathError, Rcvar, Runtime, Variable};
 use std::cell::RefCell;
@@ -36,11 +36,8 @@ impl Function for MetaFunction {
                 ),
             ));
         };
-        let value = CURRENT_META.with(|meta| {
-            meta.borrow()
-                .as_ref()
-                .and_then(|m| m.get(&name).cloned())
-        });
+        let value =
+            CURRENT_META.with(|meta| meta.borrow().as_ref().and_then(|m| m.get(&name).cloned()));
         Ok(Rcvar::new(match value {
             Some(v) => Variable::String(v),
             None => Variable::Null,
@@ -185,7 +182,9 @@ impl Template {
                         ));
                     }
                     Some(PathValue::Null) | None => {
-                        return Err(format!("`{{{{{text}}}}}` is missing or null in the payload"));
+                        return Err(format!(
+                            "`{{{{{text}}}}}` is missing or null in the payload"
+                        ));
                     }
                 },
                 Part::Expr(expr) => {
@@ -238,7 +237,12 @@ mod tests {
         let out = expr.search(Rcvar::new(Variable::Null), &meta()).unwrap();
         assert_eq!(out.as_string().map(String::as_str), Some("a.json"));
         let missing = Expr::compile("meta('nope')").unwrap();
-        assert!(missing.search(Rcvar::new(Variable::Null), &meta()).unwrap().is_null());
+        assert!(
+            missing
+                .search(Rcvar::new(Variable::Null), &meta())
+                .unwrap()
+                .is_null()
+        );
     }
 
     #[test]
@@ -252,11 +256,17 @@ mod tests {
 
     #[test]
     fn templates_render_paths_and_expressions() {
-        let t = Template::compile("{{order_id}}-{{ customer.id }}-{{ length(lines) }}.json").unwrap();
-        let mut p = Payload::from_json(json!({"order_id": "o-1", "customer": {"id": 7}, "lines": [1, 2]}));
+        let t =
+            Template::compile("{{order_id}}-{{ customer.id }}-{{ length(lines) }}.json").unwrap();
+        let mut p =
+            Payload::from_json(json!({"order_id": "o-1", "customer": {"id": 7}, "lines": [1, 2]}));
         assert_eq!(t.render(&mut p, &meta()).unwrap(), "o-1-7-2.json");
         let mut missing = Payload::from_json(json!({}));
-        assert!(t.render(&mut missing, &meta()).unwrap_err().contains("order_id"));
+        assert!(
+            t.render(&mut missing, &meta())
+                .unwrap_err()
+                .contains("order_id")
+        );
         let m = Template::compile("{{ meta('file.name') }}").unwrap();
         assert_eq!(m.render(&mut missing, &meta()).unwrap(), "a.json");
     }

@@ -79,16 +79,16 @@ impl CompiledFlow {
         }
         let mut exec = Exec::new(payload, meta);
         let control = self.steps.run(&mut exec)?;
-        if control == Control::Continue {
-            if let Some(contract) = &self.output_contract {
-                for delivery in &mut exec.deliveries {
-                    let json = delivery.payload.json().map_err(|e| {
-                        FlowError::new(ErrorKind::Transform, e).at_step("contract.output")
-                    })?;
-                    contract
-                        .check(json)
-                        .map_err(|e| e.at_step("contract.output"))?;
-                }
+        if control == Control::Continue
+            && let Some(contract) = &self.output_contract
+        {
+            for delivery in &mut exec.deliveries {
+                let json = delivery.payload.json().map_err(|e| {
+                    FlowError::new(ErrorKind::Transform, e).at_step("contract.output")
+                })?;
+                contract
+                    .check(json)
+                    .map_err(|e| e.at_step("contract.output"))?;
             }
         }
         Ok(Executed {
@@ -142,7 +142,10 @@ impl CompiledFlow {
                 let Some(sink) = self.sinks.get(sink_name) else {
                     // Compilation checks every sink name, so this is unreachable in practice.
                     return Err((
-                        FlowError::permanent(ErrorKind::Sink, format!("no sink named `{sink_name}`")),
+                        FlowError::permanent(
+                            ErrorKind::Sink,
+                            format!("no sink named `{sink_name}`"),
+                        ),
                         1,
                     ));
                 };
@@ -158,7 +161,10 @@ impl CompiledFlow {
         } else {
             join_all(writes).await
         };
-        results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+        results
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
     async fn write_with_retry(

@@ -4,6 +4,10 @@
 //!
 //! Data flows one way: trigger → queue → steps → sinks → ack.
 
+// A `Diagnostic` carries its snippet and hints; it is built once per mistake, on a cold
+// path, so returning it unboxed is simpler and costs nothing that matters.
+#![allow(clippy::result_large_err)]
+
 pub mod compile;
 pub mod connector;
 pub mod contract;

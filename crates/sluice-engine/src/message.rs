@@ -157,7 +157,9 @@ impl Payload {
         } else if let Ok(i) = cur.as_int() {
             Some(PathValue::Text(i.to_string()))
         } else if let Ok(f) = cur.as_float() {
-            Some(PathValue::Text(serde_json::Number::from_f64(f)?.to_string()))
+            Some(PathValue::Text(
+                serde_json::Number::from_f64(f)?.to_string(),
+            ))
         } else if let Ok(b) = cur.as_bool() {
             Some(PathValue::Text(b.to_string()))
         } else if cur.is_unit() {
@@ -216,8 +218,9 @@ impl Message {
         meta.entry("message_id".to_owned())
             .or_insert_with(|| uuid::Uuid::now_v7().to_string());
         meta.insert("flow".to_owned(), flow.to_owned());
-        meta.entry("received_at".to_owned())
-            .or_insert_with(|| humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
+        meta.entry("received_at".to_owned()).or_insert_with(|| {
+            humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+        });
         Message {
             payload: Payload::from_json(payload),
             meta: Arc::new(meta),
@@ -226,6 +229,9 @@ impl Message {
 
     /// The message id.
     pub fn id(&self) -> &str {
-        self.meta.get("message_id").map(String::as_str).unwrap_or("-")
+        self.meta
+            .get("message_id")
+            .map(String::as_str)
+            .unwrap_or("-")
     }
 }

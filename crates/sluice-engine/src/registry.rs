@@ -46,6 +46,33 @@ pub fn build_flow(
     Ok(compiled)
 }
 
+/// The error for a second file claiming a flow name, pointing at its `name:` (or at the top
+/// of the file when the name comes from the file stem).
+pub fn duplicate_name(path: &Path, name: &str, first: &Path) -> Diagnostic {
+    let message = format!(
+        "flow name `{name}` is claimed by both {} and {}",
+        first.display(),
+        path.display()
+    );
+    let diagnostic = match sluice_flow::load_flow_file(path) {
+        Ok(loaded) => {
+            let span = loaded
+                .file
+                .name
+                .as_ref()
+                .and_then(sluice_flow::Span::of)
+                .unwrap_or(sluice_flow::Span {
+                    line: 1,
+                    column: 1,
+                    len: 1,
+                });
+            loaded.diagnostic(Some(span), message)
+        }
+        Err(_) => Diagnostic::file(path, message),
+    };
+    diagnostic.with_help("give one of them another `name:` (a name defaults to the file stem); the flow from the first file keeps running")
+}
+
 /// Is `path` a flow file (`*.yaml` / `*.yml`, not hidden)?
 pub fn is_flow_file(path: &Path) -> bool {
     let hidden = path
@@ -147,10 +174,12 @@ impl Registry {
                 name: name.clone(),
                 path: flow.path.clone(),
                 version: flow.current.load().version.clone(),
-                last_error: state
-                    .errors
-                    .get(&flow.path)
-                    .map(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
+                last_error: state.errors.get(&flow.path).map(|d| {
+                    d.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -179,8 +208,12 @@ impl Registry {
             Err(diagnostics) => {
                 for d in &diagnostics {
                     match &owner {
-                        Some(name) => tracing::error!(flow = %name, "reload failed, the running version stays: {d}"),
-                        None => tracing::error!(file = %path.display(), "reload failed, flow not started: {d}"),
+                        Some(name) => {
+                            tracing::error!(flow = %name, "reload failed, the running version stays: {d}")
+                        }
+                        None => {
+                            tracing::error!(file = %path.display(), "reload failed, flow not started: {d}")
+                        }
                     }
                 }
                 state.errors.insert(path.to_owned(), diagnostics);
@@ -188,21 +221,13 @@ impl Registry {
             }
         };
         let name = compiled.name.clone();
-        if let Some(other) = state.running.get(&name).filter(|f| f.path != path) {
-            if other.path.exists() {
-                let d = Diagnostic::file(
-                    path,
-                    format!(
-                        "flow name `{name}` is claimed by both {} and {}",
-                        other.path.display(),
-                        path.display()
-                    ),
-                )
-                .with_help("give one of them another `name:`; the flow from the first file keeps running");
-                tracing::error!(file = %path.display(), "reload failed, flow not started: {d}");
-                state.errors.insert(path.to_owned(), vec![d]);
-                return;
-            }
+        if let Some(other) = state.running.get(&name).filter(|f| f.path != path)
+            && other.path.exists()
+        {
+            let d = duplicate_name(path, &name, &other.path);
+            tracing::error!(file = %path.display(), "reload failed, flow not started: {d}");
+            state.errors.insert(path.to_owned(), vec![d]);
+            return;
         }
         state.errors.remove(path);
         // The file now defines another name: the flow it used to define stops.
@@ -301,7 +326,9 @@ impl Registry {
             let state = self.state.lock().await;
             for flow in state.running.values() {
                 let deps = &flow.current.load().dependencies;
-                if deps.iter().any(|d| others.contains(&normalize(d))) && !flow_files.contains(&flow.path) {
+                if deps.iter().any(|d| others.contains(&normalize(d)))
+                    && !flow_files.contains(&flow.path)
+                {
                     flow_files.push(flow.path.clone());
                 }
             }
@@ -320,7 +347,9 @@ impl Registry {
 
 async fn drain(name: &str, flow: RunningFlow, timeout: Duration) {
     flow.stop.cancel();
-    let RunningFlow { trigger, workers, .. } = flow;
+    let RunningFlow {
+        trigger, workers, ..
+    } = flow;
     let finished = tokio::time::timeout(timeout, async {
         let _ = trigger.await;
         let _ = workers.await;

@@ -3,7 +3,7 @@
 
 use crate::error::{ErrorKind, FlowError};
 use crate::message::{Meta, Payload};
-use rhai::{Dynamic, Engine, Scope, AST};
+use rhai::{AST, Dynamic, Engine, Scope};
 use sluice_flow::ScriptLimits;
 use std::cell::Cell;
 use std::sync::Arc;
@@ -117,7 +117,10 @@ impl Sandbox {
             other => {
                 let pos = other.position();
                 match pos.line() {
-                    Some(line) => format!("{} (script line {line})", other.to_string().trim_end_matches(&format!(" ({pos})"))),
+                    Some(line) => format!(
+                        "{} (script line {line})",
+                        other.to_string().trim_end_matches(&format!(" ({pos})"))
+                    ),
                     None => other.to_string(),
                 }
             }
@@ -145,11 +148,16 @@ mod tests {
     #[test]
     fn mutates_the_payload_and_reads_meta() {
         let s = sandbox(1000, 100_000);
-        let ast = s.compile("payload.total = payload.qty * 2; payload.from = meta[\"flow\"];").unwrap();
+        let ast = s
+            .compile("payload.total = payload.qty * 2; payload.from = meta[\"flow\"];")
+            .unwrap();
         let mut p = Payload::from_json(json!({"qty": 3}));
         let meta = Arc::new(Meta::from([("flow".to_owned(), "f".to_owned())]));
         s.run(&ast, &mut p, &meta).unwrap();
-        assert_eq!(p.into_json().unwrap(), json!({"qty": 3, "total": 6, "from": "f"}));
+        assert_eq!(
+            p.into_json().unwrap(),
+            json!({"qty": 3, "total": 6, "from": "f"})
+        );
     }
 
     #[test]
@@ -158,7 +166,11 @@ mod tests {
         let ast = s.compile("loop { }").unwrap();
         let started = Instant::now();
         let err = s
-            .run(&ast, &mut Payload::from_json(json!({})), &Arc::new(Meta::new()))
+            .run(
+                &ast,
+                &mut Payload::from_json(json!({})),
+                &Arc::new(Meta::new()),
+            )
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Script);
         assert!(err.message.contains("deadline"), "{}", err.message);
@@ -169,7 +181,14 @@ mod tests {
     fn no_imports_and_syntax_errors_have_lines() {
         let s = sandbox(100, 10_000);
         let ast = s.compile("import \"x\" as y; 1").unwrap();
-        assert!(s.run(&ast, &mut Payload::from_json(json!({})), &Arc::new(Meta::new())).is_err());
+        assert!(
+            s.run(
+                &ast,
+                &mut Payload::from_json(json!({})),
+                &Arc::new(Meta::new())
+            )
+            .is_err()
+        );
         let (line, _, message) = s.compile("let a = 1;\nlet = ;").unwrap_err();
         assert_eq!(line, 2, "{message}");
     }

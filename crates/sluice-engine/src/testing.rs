@@ -10,6 +10,9 @@ use serde_json::Value;
 use sluice_flow::Span;
 use std::collections::BTreeMap;
 
+/// Metadata key set on the messages of `tests:` cases.
+pub const TEST_MARKER: &str = "sluice.test";
+
 /// A test case, checked at compile time (its sink exists, its error kind is known).
 #[derive(Debug, Clone)]
 pub struct CompiledTest {
@@ -138,7 +141,11 @@ pub fn dry_run(flow: &CompiledFlow, payload: Value, meta: Meta) -> DryRun {
         }
     }
     DryRun {
-        outcome: if deliveries.is_empty() { "completed" } else { "delivered" },
+        outcome: if deliveries.is_empty() {
+            "completed"
+        } else {
+            "delivered"
+        },
         payload,
         route,
         deliveries,
@@ -149,40 +156,59 @@ pub fn dry_run(flow: &CompiledFlow, payload: Value, meta: Meta) -> DryRun {
 /// Runs one test case; `Err` says what differed.
 pub fn run_test(flow: &CompiledFlow, test: &CompiledTest) -> Result<(), String> {
     let mut meta = test.meta.clone();
+    meta.insert(TEST_MARKER.to_owned(), "true".to_owned());
     meta.entry("message_id".to_owned())
         .or_insert_with(|| format!("test-{}", test.name.replace(' ', "-")));
     let run = dry_run(flow, test.input.clone(), meta);
     if let Some(kind) = test.error {
         return match &run.error {
             Some(e) if e.kind == kind => Ok(()),
-            Some(e) => Err(format!("expected a `{kind}` error, got a `{}` error: {}", e.kind, e.message)),
-            None => Err(format!("expected a `{kind}` error, but the message was {}", run.outcome)),
+            Some(e) => Err(format!(
+                "expected a `{kind}` error, got a `{}` error: {}",
+                e.kind, e.message
+            )),
+            None => Err(format!(
+                "expected a `{kind}` error, but the message was {}",
+                run.outcome
+            )),
         };
     }
     if let Some(e) = &run.error {
-        let mut text = format!("the message failed with a `{}` error: {}", e.kind, e.message);
+        let mut text = format!(
+            "the message failed with a `{}` error: {}",
+            e.kind, e.message
+        );
         for v in &e.violations {
             text.push_str(&format!("; {} {}", v.pointer, v.message));
         }
         return Err(text);
     }
     let filtered = run.outcome == "filtered";
-    if let Some(expected) = test.filtered {
-        if expected != filtered {
-            return Err(if expected {
-                format!("expected the message to be filtered, but it was {}", run.outcome)
-            } else {
-                "the message was filtered".to_owned()
-            });
-        }
+    if let Some(expected) = test.filtered
+        && expected != filtered
+    {
+        return Err(if expected {
+            format!(
+                "expected the message to be filtered, but it was {}",
+                run.outcome
+            )
+        } else {
+            "the message was filtered".to_owned()
+        });
     }
     match &test.sink {
         Some(sink) => {
             let Some(delivery) = run.deliveries.iter().find(|d| &d.sink == sink) else {
                 return Err(if run.route.is_empty() {
-                    format!("expected delivery to `{sink}`, but the message was {}", run.outcome)
+                    format!(
+                        "expected delivery to `{sink}`, but the message was {}",
+                        run.outcome
+                    )
                 } else {
-                    format!("expected delivery to `{sink}`, got {}", run.route.join(", "))
+                    format!(
+                        "expected delivery to `{sink}`, got {}",
+                        run.route.join(", ")
+                    )
                 });
             };
             if let Some(expected) = &test.payload {
@@ -191,7 +217,10 @@ pub fn run_test(flow: &CompiledFlow, test: &CompiledTest) -> Result<(), String> 
         }
         None => {
             if test.filtered.is_none() && !run.route.is_empty() && test.payload.is_none() {
-                return Err(format!("expected no delivery, got {}", run.route.join(", ")));
+                return Err(format!(
+                    "expected no delivery, got {}",
+                    run.route.join(", ")
+                ));
             }
             if let Some(expected) = &test.payload {
                 subset_match(expected, &run.payload, "")?;
@@ -211,7 +240,9 @@ pub fn subset_match(expected: &Value, actual: &Value, pointer: &str) -> Result<(
                 let child = format!("{pointer}/{key}");
                 match a.get(key) {
                     Some(actual) => subset_match(value, actual, &child)?,
-                    None => return Err(format!("{child}: expected {value}, but the key is missing")),
+                    None => {
+                        return Err(format!("{child}: expected {value}, but the key is missing"));
+                    }
                 }
             }
             Ok(())

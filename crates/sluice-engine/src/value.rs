@@ -67,7 +67,9 @@ pub fn jmes_to_rhai(value: &Variable) -> Dynamic {
         Variable::Bool(b) => Dynamic::from_bool(*b),
         Variable::Number(n) => number_to_rhai(n),
         Variable::String(s) => Dynamic::from(s.clone()),
-        Variable::Array(items) => Dynamic::from_array(items.iter().map(|v| jmes_to_rhai(v)).collect()),
+        Variable::Array(items) => {
+            Dynamic::from_array(items.iter().map(|v| jmes_to_rhai(v)).collect())
+        }
         Variable::Object(map) => Dynamic::from_map(
             map.iter()
                 .map(|(k, v)| (k.as_str().into(), jmes_to_rhai(v)))
@@ -93,7 +95,8 @@ pub fn rhai_to_json(value: &Dynamic) -> Result<Value, String> {
         Value::Number(i.into())
     } else if let Ok(f) = value.as_float() {
         Value::Number(
-            Number::from_f64(f).ok_or_else(|| format!("the number {f} cannot be written as JSON"))?,
+            Number::from_f64(f)
+                .ok_or_else(|| format!("the number {f} cannot be written as JSON"))?,
         )
     } else if value.is_string() {
         Value::String(value.clone().into_string().unwrap_or_default())
@@ -130,7 +133,8 @@ pub fn rhai_to_jmes(value: &Dynamic) -> Result<Rcvar, String> {
         Variable::Number(i.into())
     } else if let Ok(f) = value.as_float() {
         Variable::Number(
-            Number::from_f64(f).ok_or_else(|| format!("the number {f} cannot be written as JSON"))?,
+            Number::from_f64(f)
+                .ok_or_else(|| format!("the number {f} cannot be written as JSON"))?,
         )
     } else if value.is_string() {
         Variable::String(value.clone().into_string().unwrap_or_default())

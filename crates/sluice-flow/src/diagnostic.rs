@@ -140,17 +140,27 @@ impl fmt::Display for Diagnostic {
 
 impl std::error::Error for Diagnostic {}
 
-/// The closest candidate to `word`, if it is close enough to be a plausible typo.
+/// The closest candidate to `word`, if it is close enough to be a plausible typo: at most
+/// two edits away (a swap of neighbours counts as one), or very similar overall.
 pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
+        .map(|c| {
+            (
+                strsim::osa_distance(word, c),
+                strsim::jaro_winkler(word, c),
+                c,
+            )
+        })
+        .filter(|(edits, similarity, c)| {
+            (*edits <= 2 && *edits < word.chars().count().min(c.chars().count()))
+                || *similarity > 0.85
+        })
+        .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
+        .map(|(_, _, c)| c)
 }
 
 #[cfg(test)]
@@ -189,5 +199,7 @@ mod tests {
             Some("transform")
         );
         assert_eq!(did_you_mean("zzz", ["transform", "filter"]), None);
+        assert_eq!(did_you_mean("lgo", ["log", "to", "set"]), Some("log"));
+        assert_eq!(did_you_mean("sinkz", ["sinks", "steps"]), Some("sinks"));
     }
 }

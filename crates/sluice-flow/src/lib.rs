@@ -4,6 +4,10 @@
 //! This crate does no I/O beyond reading flow files; compiling expressions, scripts and
 //! contracts is the engine's job, which reports its findings with [`Diagnostic`] too.
 
+// A `Diagnostic` carries its snippet and hints; it is built once per mistake, on a cold
+// path, so returning it unboxed is simpler and costs nothing that matters.
+#![allow(clippy::result_large_err)]
+
 pub mod diagnostic;
 pub mod load;
 pub mod model;

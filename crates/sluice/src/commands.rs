@@ -3,12 +3,12 @@
 use crate::cli::{Cli, Command, Folders};
 use anyhow::{Context, bail};
 use sluice_connectors::StandardConnectors;
-use sluice_engine::registry::{Registry, RegistryOptions, build_flow, flow_files};
+use sluice_engine::registry::{Registry, RegistryOptions, build_flow, duplicate_name, flow_files};
 use sluice_engine::testing::{dry_run, run_test};
 use sluice_engine::{CompiledFlow, Meta};
-use sluice_flow::{Diagnostic, FileFormat, TriggerConfig};
+use sluice_flow::{FileFormat, TriggerConfig};
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             input,
         } => exec(&folders, &flow, &input),
         Command::Schema => {
-            println!("{}", FLOW_SCHEMA.trim_end());
+            out(FLOW_SCHEMA.trim_end());
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -64,20 +64,32 @@ fn run(folders: Folders, grace: std::time::Duration) -> anyhow::Result<ExitCode>
             },
             Arc::new(StandardConnectors),
         );
-        registry
-            .start_all()
-            .await
-            .with_context(|| format!("cannot read the flows folder `{}`", folders.flows.display()))?;
+        registry.start_all().await.with_context(|| {
+            format!("cannot read the flows folder `{}`", folders.flows.display())
+        })?;
         let running = registry.status().await.len();
-        tracing::info!(flows = running, "sluice running; watching {}, {}, {}", folders.flows.display(), folders.schemas.display(), folders.scripts.display());
+        tracing::info!(
+            flows = running,
+            "sluice running; watching {}, {}, {}",
+            folders.flows.display(),
+            folders.schemas.display(),
+            folders.scripts.display()
+        );
         let stop = tokio_util::sync::CancellationToken::new();
         let watcher = tokio::spawn(sluice_engine::watch::watch(
             registry.clone(),
-            vec![folders.flows.clone(), folders.schemas.clone(), folders.scripts.clone()],
+            vec![
+                folders.flows.clone(),
+                folders.schemas.clone(),
+                folders.scripts.clone(),
+            ],
             stop.clone(),
         ));
         shutdown_signal().await;
-        tracing::info!("stopping: no new messages; finishing those in flight (up to {})", humantime::format_duration(grace));
+        tracing::info!(
+            "stopping: no new messages; finishing those in flight (up to {})",
+            humantime::format_duration(grace)
+        );
         stop.cancel();
         let _ = watcher.await;
         registry.shutdown().await;
@@ -90,13 +102,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -111,8 +124,12 @@ fn selected_files(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<Vec<
     if !files.is_empty() {
         return Ok(files);
     }
-    flow_files(&folders.flows)
-        .with_context(|| format!("cannot read the flows folder `{}`; pass flow files or --flows DIR", folders.flows.display()))
+    flow_files(&folders.flows).with_context(|| {
+        format!(
+            "cannot read the flows folder `{}`; pass flow files or --flows DIR",
+            folders.flows.display()
+        )
+    })
 }
 
 /// Builds every file, reporting diagnostics and duplicate names; returns the valid flows.
@@ -124,16 +141,7 @@ fn build_all(folders: &Folders, files: &[PathBuf]) -> (Vec<CompiledFlow>, usize)
         match build_flow(path, &engine_folders(folders), &StandardConnectors, false) {
             Ok(flow) => {
                 if let Some(first) = names.get(&flow.name) {
-                    let d = Diagnostic::file(
-                        path,
-                        format!(
-                            "flow name `{}` is claimed by both {} and {}",
-                            flow.name,
-                            first.display(),
-                            path.display()
-                        ),
-                    )
-                    .with_help("give one of them another `name:` (names default to the file stem)");
+                    let d = duplicate_name(path, &flow.name, first);
                     eprint!("{}", d.render());
                     invalid += 1;
                     continue;
@@ -173,13 +181,13 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let (mut passed, mut failed) = (0, 0);
     for flow in &flows {
         if flow.tests.is_empty() {
-            println!("-- {}: no tests", flow.name);
+            out(&format!("-- {}: no tests", flow.name));
         }
         for case in &flow.tests {
             match run_test(flow, case) {
                 Ok(()) => {
                     passed += 1;
-                    println!("ok {}: {}", flow.name, case.name);
+                    out(&format!("ok {}: {}", flow.name, case.name));
                 }
                 Err(reason) => {
                     failed += 1;
@@ -187,15 +195,19 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
                         .span
                         .map(|s| format!(" ({}:{}:{})", flow.path.display(), s.line, s.column))
                         .unwrap_or_default();
-                    println!("FAIL {}: {}: {reason}{at}", flow.name, case.name);
+                    out(&format!("FAIL {}: {}: {reason}{at}", flow.name, case.name));
                 }
             }
         }
     }
-    println!(
+    out(&format!(
         "test result: {passed} passed, {failed} failed{}",
-        if invalid > 0 { format!(", {invalid} invalid flow files") } else { String::new() }
-    );
+        if invalid > 0 {
+            format!(", {invalid} invalid flow files")
+        } else {
+            String::new()
+        }
+    ));
     Ok(if failed > 0 || invalid > 0 {
         ExitCode::from(1)
     } else {
@@ -204,7 +216,12 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<ExitCode> {
-    let flow = match build_flow(flow_path, &engine_folders(folders), &StandardConnectors, false) {
+    let flow = match build_flow(
+        flow_path,
+        &engine_folders(folders),
+        &StandardConnectors,
+        false,
+    ) {
         Ok(flow) => flow,
         Err(diagnostics) => {
             for d in diagnostics {
@@ -229,10 +246,15 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
         (bytes, name)
     };
     let TriggerConfig::File(trigger) = &flow.trigger_config;
-    let records = match sluice_connectors::file::decode_input(&bytes, trigger.format, &trigger.csv) {
+    let records = match sluice_connectors::file::decode_input(&bytes, trigger.format, &trigger.csv)
+    {
         Ok(records) => records,
         Err(reason) => {
-            eprintln!("error: the input `{}` cannot be read as {}: {reason}", input.display(), format_name(trigger.format));
+            eprintln!(
+                "error: the input `{}` cannot be read as {}: {reason}",
+                input.display(),
+                format_name(trigger.format)
+            );
             return Ok(ExitCode::from(1));
         }
     };
@@ -254,8 +276,12 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
         serde_json::to_string_pretty(&results)
     }
     .context("cannot print the result")?;
-    println!("{text}");
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    out(&text);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn format_name(format: FileFormat) -> &'static str {
@@ -265,5 +291,18 @@ fn format_name(format: FileFormat) -> &'static str {
         FileFormat::Csv => "csv",
         FileFormat::Text => "text",
         FileFormat::Bytes => "bytes",
+    }
+}
+
+/// Prints a line on stdout; a closed pipe (`sluice schema | head`) ends the program quietly.
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let written = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
     }
 }

@@ -4,6 +4,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use sluice_flow::{CsvOptions, FileFormat};
 
+#[derive(Debug)]
 /// One message from a file: its payload and its 1-based line (ndjson) or row (csv).
 pub struct Record {
     /// The payload.
@@ -14,7 +15,12 @@ pub struct Record {
 
 /// Decodes a whole file; an error says why, with a position where there is one.
 pub fn decode(bytes: &[u8], format: FileFormat, csv: &CsvOptions) -> Result<Vec<Record>, String> {
-    let single = |payload| Ok(vec![Record { payload, line: None }]);
+    let single = |payload| {
+        Ok(vec![Record {
+            payload,
+            line: None,
+        }])
+    };
     match format {
         FileFormat::Bytes => single(Value::String(
             base64::engine::general_purpose::STANDARD.encode(bytes),
@@ -58,12 +64,18 @@ fn utf8(bytes: &[u8]) -> Result<&str, String> {
 
 fn json_error(e: &serde_json::Error) -> String {
     let what = match e.classify() {
-        serde_json::error::Category::Eof => "malformed JSON: the file ends in the middle of a value",
+        serde_json::error::Category::Eof => {
+            "malformed JSON: the file ends in the middle of a value"
+        }
         _ => "malformed JSON",
     };
     let detail = e.to_string();
     let detail = detail.split(" at line ").next().unwrap_or(&detail);
-    format!("{what} at line {} column {}: {detail}", e.line(), e.column())
+    format!(
+        "{what} at line {} column {}: {detail}",
+        e.line(),
+        e.column()
+    )
 }
 
 fn decode_csv(text: &str, options: &CsvOptions) -> Result<Vec<Record>, String> {

@@ -107,9 +107,15 @@ mod tests {
             let claimed = inflight.join("a.json");
             std::fs::write(&claimed, format!("{round}")).unwrap();
             let sidecar = serde_json::json!({"kind": "contract"});
-            let target = finish(dir.path(), &claimed, "a.json", Disposition::Rejected, Some(&sidecar))
-                .unwrap()
-                .unwrap();
+            let target = finish(
+                dir.path(),
+                &claimed,
+                "a.json",
+                Disposition::Rejected,
+                Some(&sidecar),
+            )
+            .unwrap()
+            .unwrap();
             assert!(sidecar_path(&target).exists());
             assert_eq!(std::fs::read_to_string(&target).unwrap(), round.to_string());
         }

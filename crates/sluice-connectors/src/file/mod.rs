@@ -17,7 +17,8 @@ pub fn decode_input(
     format: sluice_flow::FileFormat,
     csv: &sluice_flow::CsvOptions,
 ) -> Result<Vec<(serde_json::Value, Option<usize>)>, String> {
-    decode::decode(bytes, format, csv).map(|records| records.into_iter().map(|r| (r.payload, r.line)).collect())
+    decode::decode(bytes, format, csv)
+        .map(|records| records.into_iter().map(|r| (r.payload, r.line)).collect())
 }
 
 /// Names the file trigger never takes: hidden files and the usual temporary names.

@@ -21,7 +21,11 @@ pub struct FileSink {
 
 impl FileSink {
     /// Builds the sink, compiling its name template.
-    pub fn new(_sink: &str, config: &FileSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
+    pub fn new(
+        _sink: &str,
+        config: &FileSinkConfig,
+        cx: &BuildContext<'_>,
+    ) -> Result<Self, Diagnostic> {
         let folder = config.path.value.as_str();
         if folder.trim().is_empty() {
             return Err(cx
@@ -35,9 +39,9 @@ impl FileSink {
                 0,
                 e.offset,
             );
-            cx.flow
-                .diagnostic(span, e.message)
-                .with_help("a name template is text with `{{ jmespath }}` holes, e.g. \"{{order_id}}.json\"")
+            cx.flow.diagnostic(span, e.message).with_help(
+                "a name template is text with `{{ jmespath }}` holes, e.g. \"{{order_id}}.json\"",
+            )
         })?;
         if name.is_literal() {
             check_name(config.name.value.as_str()).map_err(|e| {
@@ -144,7 +148,10 @@ fn write_file(
     fsync: bool,
 ) -> Result<PathBuf, FlowError> {
     let io_error = |what: &str, e: io::Error| {
-        FlowError::new(ErrorKind::Sink, format!("{what} in {}: {e}", folder.display()))
+        FlowError::new(
+            ErrorKind::Sink,
+            format!("{what} in {}: {e}", folder.display()),
+        )
     };
     let tmp = folder.join(format!(".{name}.tmp-{}", uuid::Uuid::now_v7().simple()));
     let create = |tmp: &Path| -> io::Result<()> {
@@ -169,16 +176,20 @@ fn write_file(
     let result = place(folder, name, &tmp, bytes, on_conflict);
     let _ = std::fs::remove_file(&tmp);
     let target = result?;
-    if fsync {
-        if let Ok(dir) = std::fs::File::open(folder) {
-            let _ = dir.sync_all();
-        }
+    if fsync && let Ok(dir) = std::fs::File::open(folder) {
+        let _ = dir.sync_all();
     }
     Ok(target)
 }
 
 /// Links the temporary file to its final name without ever replacing another file silently.
-fn place(folder: &Path, name: &str, tmp: &Path, bytes: &[u8], on_conflict: OnConflict) -> Result<PathBuf, FlowError> {
+fn place(
+    folder: &Path,
+    name: &str,
+    tmp: &Path,
+    bytes: &[u8],
+    on_conflict: OnConflict,
+) -> Result<PathBuf, FlowError> {
     let (stem, ext) = split_extension(name);
     for n in 0..10_000u32 {
         let target = if n == 0 {
@@ -198,7 +209,10 @@ fn place(folder: &Path, name: &str, tmp: &Path, bytes: &[u8], on_conflict: OnCon
                     OnConflict::Suffix => continue,
                     OnConflict::Overwrite => {
                         std::fs::rename(tmp, &target).map_err(|e| {
-                            FlowError::new(ErrorKind::Sink, format!("cannot replace {}: {e}", target.display()))
+                            FlowError::new(
+                                ErrorKind::Sink,
+                                format!("cannot replace {}: {e}", target.display()),
+                            )
                         })?;
                         return Ok(target);
                     }
@@ -223,7 +237,10 @@ fn place(folder: &Path, name: &str, tmp: &Path, bytes: &[u8], on_conflict: OnCon
     }
     Err(FlowError::permanent(
         ErrorKind::Sink,
-        format!("no free name for `{name}` in {} after 10000 suffixes", folder.display()),
+        format!(
+            "no free name for `{name}` in {} after 10000 suffixes",
+            folder.display()
+        ),
     ))
 }
 

@@ -35,7 +35,13 @@ impl Stability {
     }
 
     /// Records a look at a file; returns true when the file is ready to be taken.
-    pub fn observe(&mut self, name: &str, size: u64, mtime: Option<SystemTime>, now: Instant) -> bool {
+    pub fn observe(
+        &mut self,
+        name: &str,
+        size: u64,
+        mtime: Option<SystemTime>,
+        now: Instant,
+    ) -> bool {
         let entry = self.seen.entry(name.to_owned()).or_insert(Seen {
             first_seen: now,
             size,
@@ -52,7 +58,8 @@ impl Stability {
             entry.stable_looks += 1;
             entry.last_look = now;
         }
-        entry.stable_looks >= self.stable_checks && now.duration_since(entry.first_seen) >= self.min_age
+        entry.stable_looks >= self.stable_checks
+            && now.duration_since(entry.first_seen) >= self.min_age
     }
 
     /// Forgets a file (taken, or gone).

@@ -8,7 +8,9 @@ use super::is_ignored_name;
 use super::stability::Stability;
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use sluice_engine::{Acker, BuildContext, Envelope, ErrorKind, Inlet, Message, Meta, Outcome, Trigger};
+use sluice_engine::{
+    Acker, BuildContext, Envelope, ErrorKind, Inlet, Message, Meta, Outcome, Trigger,
+};
 use sluice_flow::{Diagnostic, FileTriggerConfig, OnSuccess};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -48,13 +50,19 @@ impl FileTrigger {
             .compile_matcher();
         if config.csv.delimiter.value.len() != 1 {
             return Err(cx
-                .diagnostic(&config.csv.delimiter, "the csv delimiter must be one ASCII character")
+                .diagnostic(
+                    &config.csv.delimiter,
+                    "the csv delimiter must be one ASCII character",
+                )
                 .with_help("for example `,`, `;` or a tab"));
         }
         if config.max_in_flight == 0 {
             return Err(cx
                 .flow
-                .diagnostic(sluice_flow::Span::of(&config.path), "`max_in_flight` must be at least 1")
+                .diagnostic(
+                    sluice_flow::Span::of(&config.path),
+                    "`max_in_flight` must be at least 1",
+                )
                 .with_help("use 1 or more"));
         }
         Ok(FileTrigger {
@@ -111,7 +119,13 @@ impl Trigger for FileTrigger {
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
             };
             lock(&shared.in_flight).insert(name.clone());
-            tokio::spawn(process(shared.clone(), inlet.clone(), name, permit, stop.clone()));
+            tokio::spawn(process(
+                shared.clone(),
+                inlet.clone(),
+                name,
+                permit,
+                stop.clone(),
+            ));
         }
 
         let _watcher = watch_folder(&self.folder, poke_tx);
@@ -128,7 +142,8 @@ impl Trigger for FileTrigger {
             }
             while poke_rx.try_recv().is_ok() {}
             last_scan = Instant::now();
-            self.scan_and_claim(&shared, &inlet, &slots, &mut gate, &stop).await;
+            self.scan_and_claim(&shared, &inlet, &slots, &mut gate, &stop)
+                .await;
             let wait = if gate.has_pending() {
                 self.config.check_interval.0
             } else {
@@ -190,7 +205,13 @@ impl FileTrigger {
                 Ok(()) => {
                     gate.forget(&name);
                     lock(&shared.in_flight).insert(name.clone());
-                    tokio::spawn(process(shared.clone(), inlet.clone(), name, permit, stop.clone()));
+                    tokio::spawn(process(
+                        shared.clone(),
+                        inlet.clone(),
+                        name,
+                        permit,
+                        stop.clone(),
+                    ));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => gate.forget(&name),
                 Err(e) => {
@@ -202,7 +223,10 @@ impl FileTrigger {
 }
 
 /// Regular files in `folder` whose names match the glob and are not temporary names.
-fn scan(folder: &Path, glob: &globset::GlobMatcher) -> std::io::Result<Vec<(String, u64, Option<SystemTime>)>> {
+fn scan(
+    folder: &Path,
+    glob: &globset::GlobMatcher,
+) -> std::io::Result<Vec<(String, u64, Option<SystemTime>)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(folder)? {
         let Ok(entry) = entry else { continue };
@@ -230,7 +254,10 @@ fn list_names(folder: &Path) -> Vec<String> {
         .collect()
 }
 
-fn watch_folder(folder: &Path, poke: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+fn watch_folder(
+    folder: &Path,
+    poke: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
@@ -247,7 +274,9 @@ fn watch_folder(folder: &Path, poke: mpsc::UnboundedSender<()>) -> Option<notify
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One claimed file: counts its outstanding messages and moves it when the last is acked.
@@ -272,13 +301,21 @@ impl Drop for Claim {
 
 impl Claim {
     fn finish(&self, disposition: Disposition, sidecar: Option<Value>) {
-        match finish(&self.shared.folder, &self.path, &self.name, disposition, sidecar.as_ref()) {
+        match finish(
+            &self.shared.folder,
+            &self.path,
+            &self.name,
+            disposition,
+            sidecar.as_ref(),
+        ) {
             Ok(target) => {
                 if disposition != Disposition::Done && disposition != Disposition::Delete {
                     tracing::warn!(flow = %self.shared.flow, file = %self.name, to = %target.map(|t| t.display().to_string()).unwrap_or_default(), "file not processed; see its .error.json");
                 }
             }
-            Err(e) => tracing::error!(flow = %self.shared.flow, file = %self.path.display(), "cannot move the finished file: {e}; it stays in .inflight/ and will be processed again at the next start"),
+            Err(e) => {
+                tracing::error!(flow = %self.shared.flow, file = %self.path.display(), "cannot move the finished file: {e}; it stays in .inflight/ and will be processed again at the next start")
+            }
         }
     }
 
@@ -368,7 +405,10 @@ async fn process(
         Ok(decode(&bytes, format, &csv).map(|records| (size, records)))
     })
     .await;
-    let multi = matches!(format, sluice_flow::FileFormat::Ndjson | sluice_flow::FileFormat::Csv);
+    let multi = matches!(
+        format,
+        sluice_flow::FileFormat::Ndjson | sluice_flow::FileFormat::Csv
+    );
     let claim = claim(multi);
     let (size, records) = match read {
         Ok(Ok(Ok(decoded))) => decoded,

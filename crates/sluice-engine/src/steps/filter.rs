@@ -22,6 +22,10 @@ impl Step for Filter {
             .search(data, &exec.meta)
             .map_err(|e| FlowError::new(ErrorKind::Transform, e))?
             .is_truthy();
-        Ok(if keep { Control::Continue } else { Control::Drop })
+        Ok(if keep {
+            Control::Continue
+        } else {
+            Control::Drop
+        })
     }
 }

@@ -21,6 +21,10 @@ impl Step for Log {
         let meta = exec.meta.clone();
         // A log line that cannot be rendered is itself logged; it never fails the message.
         match self.template.render(&mut exec.payload, &meta) {
+            // `tests:` cases run at every reload; their log lines would read like traffic.
+            Ok(line) if exec.meta.contains_key(crate::testing::TEST_MARKER) => {
+                tracing::debug!(flow = %flow, message_id = %message_id, test = true, "{line}")
+            }
             Ok(line) => tracing::info!(flow = %flow, message_id = %message_id, "{line}"),
             Err(e) => tracing::warn!(flow = %flow, message_id = %message_id, "log step: {e}"),
         }

@@ -31,9 +31,9 @@ impl Step for Set {
         };
         let mut merged = object.clone();
         for (field, expr) in &self.fields {
-            let value = expr
-                .search(data.clone(), &exec.meta)
-                .map_err(|e| FlowError::new(ErrorKind::Transform, format!("field `{field}`: {e}")))?;
+            let value = expr.search(data.clone(), &exec.meta).map_err(|e| {
+                FlowError::new(ErrorKind::Transform, format!("field `{field}`: {e}"))
+            })?;
             merged.insert(field.clone(), value);
         }
         exec.payload = Payload::from_jmes(Rcvar::new(Variable::Object(merged)));

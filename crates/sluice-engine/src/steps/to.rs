@@ -10,7 +10,9 @@ pub struct To {
 impl To {
     /// A delivery to these sinks (names already checked to exist).
     pub fn new(sinks: Vec<String>) -> Self {
-        To { sinks: sinks.into() }
+        To {
+            sinks: sinks.into(),
+        }
     }
 
     pub(crate) fn record(sinks: &Arc<[String]>, exec: &mut Exec) {
