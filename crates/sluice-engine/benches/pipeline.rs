@@ -132,7 +132,25 @@ fn pipeline(c: &mut Criterion) {
     let when = jmespath::compile(WHEN).unwrap();
     let rhai_engine = rhai::Engine::new();
     let ast = rhai_engine.compile(SCRIPT).unwrap();
-    let plain = |order: &Value| -> Vec<u8> {
+    // The same sandbox settings as the engine's (limits, deadline check), so that the
+    // comparison is between ways of running the same work.
+    let far_deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    let mut sandboxed_engine = rhai::Engine::new();
+    sandboxed_engine
+        .set_max_operations(1_000_000)
+        .set_max_call_levels(32)
+        .set_max_expr_depths(64, 32)
+        .set_max_string_size(1 << 20)
+        .set_max_array_size(100_000)
+        .set_max_map_size(10_000)
+        .on_progress(move |ops| {
+            if ops % 256 == 0 && std::time::Instant::now() >= far_deadline {
+                Some(rhai::Dynamic::UNIT)
+            } else {
+                None
+            }
+        });
+    let run_plain = |rhai_engine: &rhai::Engine, order: &Value| -> Vec<u8> {
         assert!(validator.is_valid(order));
         let data = order.to_jmespath().unwrap();
         let shaped: Value = serde_json::to_value(&*transform.search(data).unwrap()).unwrap();
@@ -150,6 +168,8 @@ fn pipeline(c: &mut Criterion) {
         bytes.push(express as u8);
         bytes
     };
+    let plain = |order: &Value| run_plain(&rhai_engine, order);
+    let plain_sandboxed = |order: &Value| run_plain(&sandboxed_engine, order);
 
     let engine = |order: &Value| -> Vec<u8> {
         let message = Message::new("bench", order.clone(), Meta::new());
@@ -172,6 +192,9 @@ fn pipeline(c: &mut Criterion) {
     });
     group.bench_function("plain_loop", |bench| {
         bench.iter(|| black_box(plain(black_box(&input))))
+    });
+    group.bench_function("plain_loop_sandboxed", |bench| {
+        bench.iter(|| black_box(plain_sandboxed(black_box(&input))))
     });
     group.finish();
 }

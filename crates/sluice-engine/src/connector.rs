@@ -33,14 +33,22 @@ pub trait Sink: Send + Sync {
 /// How one message ended, reported back to its trigger.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Every delivery was confirmed by its sinks.
-    Delivered,
-    /// The steps ended without any delivery.
-    Completed,
+    /// Every delivery was confirmed by its sinks. Carries the final payload when the
+    /// envelope asked for a reply.
+    Delivered(Option<Reply>),
+    /// The steps ended without any delivery. Carries the final payload when asked for.
+    Completed(Option<Reply>),
     /// A filter dropped the message.
     Filtered,
     /// The message failed; it may have been dead-lettered.
     Failed(Box<Failure>),
+}
+
+/// The final payload of a message, for request-reply triggers (the HTTP response body).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The payload after the last step.
+    pub payload: serde_json::Value,
 }
 
 /// The details of a failed message.
@@ -72,6 +80,9 @@ pub struct Envelope {
     pub message: Message,
     /// Called once with the outcome.
     pub ack: Box<dyn Acker>,
+    /// Whether the trigger wants the final payload back in the outcome (request-reply);
+    /// converting it costs, so one-way triggers say no.
+    pub reply: bool,
 }
 
 /// The sending end of a flow's bounded queue, handed to its trigger.

@@ -1,7 +1,7 @@
 //! A compiled flow version and the path of one message through it:
 //! input contract → steps → output contract → sinks (with retry) → dead letter → outcome.
 
-use crate::connector::{Envelope, Failure, Outcome, Outgoing, Sink, Trigger};
+use crate::connector::{Envelope, Failure, Outcome, Outgoing, Reply, Sink, Trigger};
 use crate::contract::Contract;
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
 use crate::message::{Message, Meta, Payload};
@@ -100,7 +100,7 @@ impl CompiledFlow {
     }
 
     /// Runs one message end to end, including sink writes, retries and the dead letter.
-    pub async fn handle(&self, message: Message) -> Outcome {
+    pub async fn handle(&self, message: Message, want_reply: bool) -> Outcome {
         let message_id = message.id().to_owned();
         let original = self
             .dead_letter
@@ -111,11 +111,16 @@ impl CompiledFlow {
                 tracing::debug!(flow = %self.name, message_id = %message_id, "filtered");
                 return Outcome::Filtered;
             }
-            Ok(executed) if executed.deliveries.is_empty() => return Outcome::Completed,
-            Ok(executed) => match self.deliver(executed).await {
-                Ok(()) => return Outcome::Delivered,
-                Err(failed) => failed,
-            },
+            Ok(mut executed) if executed.deliveries.is_empty() => {
+                return Outcome::Completed(reply(&mut executed, want_reply));
+            }
+            Ok(mut executed) => {
+                let reply = reply(&mut executed, want_reply);
+                match self.deliver(executed).await {
+                    Ok(()) => return Outcome::Delivered(reply),
+                    Err(failed) => failed,
+                }
+            }
             Err(error) => (error, 1),
         };
         let envelope = ErrorEnvelope::new(&self.name, &self.version, &message_id, &error, attempts);
@@ -217,6 +222,15 @@ impl CompiledFlow {
     }
 }
 
+fn reply(executed: &mut Executed, wanted: bool) -> Option<Reply> {
+    if !wanted {
+        return None;
+    }
+    Some(Reply {
+        payload: executed.payload.json().cloned().unwrap_or(Value::Null),
+    })
+}
+
 /// Takes messages from the flow's queue and runs up to `concurrency` of them at once, each
 /// on the flow version that was current when it started. Returns when the queue is closed
 /// and every message taken has been acknowledged.
@@ -226,13 +240,18 @@ pub async fn run_workers(
     concurrency: usize,
 ) {
     let limit = Arc::new(Semaphore::new(concurrency));
-    while let Some(Envelope { message, ack }) = rx.recv().await {
+    while let Some(Envelope {
+        message,
+        ack,
+        reply,
+    }) = rx.recv().await
+    {
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
         let flow = current.load_full();
         tokio::spawn(async move {
-            let outcome = flow.handle(message).await;
+            let outcome = flow.handle(message, reply).await;
             ack.ack(outcome).await;
             drop(permit);
         });

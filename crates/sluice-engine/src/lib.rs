@@ -24,7 +24,8 @@ pub mod watch;
 
 pub use compile::{Folders, compile};
 pub use connector::{
-    Acker, BuildContext, Connectors, Envelope, Failure, Inlet, Outcome, Outgoing, Sink, Trigger,
+    Acker, BuildContext, Connectors, Envelope, Failure, Inlet, Outcome, Outgoing, Reply, Sink,
+    Trigger,
 };
 pub use error::{ErrorEnvelope, ErrorKind, FlowError, Violation};
 pub use flow::CompiledFlow;

@@ -447,7 +447,12 @@ async fn process(
             claim: claim.clone(),
             line: record.line,
         });
-        if inlet.send(Envelope { message, ack }).await.is_err() {
+        let envelope = Envelope {
+            message,
+            ack,
+            reply: false,
+        };
+        if inlet.send(envelope).await.is_err() {
             return;
         }
     }
