@@ -1,13 +1,13 @@
 //! Turns a parsed flow file into a [`CompiledFlow`]: every expression, script, contract,
 //! sink and trigger is built here, so a mistake is a load error with a position.
 
-use crate::connector::{BuildContext, Connectors};
+use crate::connector::{BuildContext, Connectors, Sink};
 use crate::contract::{Contract, contract_path, load_contract};
 use crate::error::ErrorKind;
 use crate::expr::{Expr, ExprError, Template};
 use crate::flow::CompiledFlow;
 use crate::script::Sandbox;
-use crate::steps::{self, RouteAction, Steps};
+use crate::steps::{self, Node, RouteAction, Steps};
 use crate::testing::CompiledTest;
 use sluice_flow::diagnostic::did_you_mean;
 use sluice_flow::{
@@ -16,6 +16,8 @@ use sluice_flow::{
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+mod eip;
 
 /// Where a flow's references resolve.
 #[derive(Clone, Debug)]
@@ -48,6 +50,9 @@ pub fn compile(
         contracts: HashMap::new(),
         dependencies: Vec::new(),
         sandbox: Arc::new(Sandbox::new(&flow.name, &flow.file.script_limits)),
+        sink_map: HashMap::new(),
+        calls: Vec::new(),
+        stateful: Vec::new(),
     };
     let build = BuildContext { flow };
     let file = &flow.file;
@@ -82,7 +87,13 @@ pub fn compile(
     let input_contract = file.contract.input.as_ref().and_then(|c| cx.contract(c));
     let output_contract = file.contract.output.as_ref().and_then(|c| cx.contract(c));
     let sink_names: Vec<&str> = file.sinks.keys().map(String::as_str).collect();
+    cx.sink_map = sinks.clone();
     let steps = cx.steps(&file.steps, "steps", &sink_names);
+    let breakers = file
+        .errors
+        .circuit_breaker
+        .as_ref()
+        .and_then(|config| cx.breakers(config, &sink_names, &sinks));
 
     let mut tests = Vec::new();
     for case in &file.tests {
@@ -146,6 +157,9 @@ pub fn compile(
         retry: file.errors.retry.clone(),
         tests,
         dependencies: cx.dependencies,
+        breakers,
+        calls: cx.calls,
+        stateful: cx.stateful,
     })
 }
 
@@ -196,6 +210,9 @@ struct Compiler<'a> {
     contracts: HashMap<String, Arc<Contract>>,
     dependencies: Vec<PathBuf>,
     sandbox: Arc<Sandbox>,
+    sink_map: HashMap<String, Arc<dyn Sink>>,
+    calls: Vec<(String, Option<Span>)>,
+    stateful: Vec<Arc<dyn steps::Stateful>>,
 }
 
 impl Compiler<'_> {
@@ -301,22 +318,182 @@ impl Compiler<'_> {
 
     fn steps(&mut self, list: &[Spanned<StepConfig>], prefix: &str, sinks: &[&str]) -> Steps {
         let mut steps = Steps::default();
-        for (i, step) in list.iter().enumerate() {
+        let mut i = 0;
+        while i < list.len() {
+            let step = &list[i];
             let label = format!("{prefix}[{i}] ({})", step.value.kind());
-            if let Some(built) = self.step(step, &format!("{prefix}[{i}]"), sinks) {
-                steps.push(label, built);
+            let path = format!("{prefix}[{i}]");
+            if let StepConfig::Try(body) = &step.value {
+                // `try` and the `catch` after it compile into one step.
+                let handler = match list.get(i + 1).map(|s| &s.value) {
+                    Some(StepConfig::Catch(handler)) => Some(handler),
+                    _ => None,
+                };
+                if let Some(built) = self.try_catch(step, body, handler, &path, sinks) {
+                    steps.push_async(label, built);
+                }
+                i += if handler.is_some() { 2 } else { 1 };
+                continue;
             }
+            if let StepConfig::Catch(_) = &step.value {
+                self.error(
+                    Span::of(step),
+                    "`catch` must come right after a `try` step",
+                    "put the steps that may fail in a `- try: [...]` step just before this one",
+                );
+                i += 1;
+                continue;
+            }
+            let top = prefix == "steps";
+            if !top && matches!(step.value, StepConfig::Split(_) | StepConfig::Aggregate(_)) {
+                self.error(
+                    Span::of(step),
+                    format!(
+                        "`{}` may only be a top-level step, not inside `route` or `try`",
+                        step.value.kind()
+                    ),
+                    "move it to the flow's `steps:` list",
+                );
+                i += 1;
+                continue;
+            }
+            if let Some(built) = self.step(step, &path, sinks) {
+                steps.push_node(label, built);
+            }
+            i += 1;
         }
         steps
     }
 
-    fn step(
+    fn try_catch(
         &mut self,
         step: &Spanned<StepConfig>,
+        body: &[Spanned<StepConfig>],
+        handler: Option<&Vec<Spanned<StepConfig>>>,
         path: &str,
         sinks: &[&str],
-    ) -> Option<Box<dyn steps::Step>> {
-        Some(match &step.value {
+    ) -> Option<Box<dyn steps::AsyncStep>> {
+        let Some(handler) = handler else {
+            self.error(
+                Span::of(step),
+                "`try` must be followed by a `catch` step",
+                "add `- catch: [...]` right after it, with the steps that handle the error (the error is in meta('error.kind'), meta('error.message'), meta('error.step'))",
+            );
+            return None;
+        };
+        if body.is_empty() {
+            self.error(
+                Span::of(step),
+                "`try` has no steps",
+                "list the steps that may fail: `- try: [ {script: ...} ]`",
+            );
+            return None;
+        }
+        let before = self.diagnostics.len();
+        let body = self.steps(body, &format!("{path}.try"), sinks);
+        let handler = self.steps(handler, &format!("{path}.catch"), sinks);
+        (self.diagnostics.len() == before)
+            .then(|| Box::new(steps::TryCatch::new(body, handler)) as Box<dyn steps::AsyncStep>)
+    }
+
+    /// The `errors.circuit_breaker` of the flow: one breaker per sink.
+    fn breakers(
+        &mut self,
+        config: &Spanned<sluice_flow::CircuitBreakerConfig>,
+        sinks: &[&str],
+        built: &HashMap<String, Arc<dyn Sink>>,
+    ) -> Option<crate::breaker::Breakers> {
+        let c = &config.value;
+        let mut ok = true;
+        if c.failures.value == 0 {
+            self.error(
+                Span::of(&c.failures).or(Span::of(config)),
+                "`failures` must be at least 1",
+                "the number of failed writes within `window` that opens the circuit, e.g. 5",
+            );
+            ok = false;
+        }
+        if c.probes.value == 0 {
+            self.error(
+                Span::of(&c.probes).or(Span::of(config)),
+                "`probes` must be at least 1",
+                "the number of trial writes while half-open, e.g. 1",
+            );
+            ok = false;
+        }
+        if c.window.0.is_zero() || c.open_for.0.is_zero() {
+            self.error(
+                Span::of(config),
+                "`window` and `open_for` must be longer than 0",
+                "for example `window: 10s`, `open_for: 5s`",
+            );
+            ok = false;
+        }
+        if let Some(fallback) = &c.fallback
+            && !sinks.contains(&fallback.value.as_str())
+        {
+            self.unknown_sink(fallback, fallback.value.as_str(), sinks, "fallback to");
+            ok = false;
+        }
+        ok.then(|| {
+            crate::breaker::Breakers::new(
+                built.keys(),
+                crate::breaker::BreakerSettings {
+                    failures: c.failures.value,
+                    window: c.window.0,
+                    open_for: c.open_for.0,
+                    probes: c.probes.value,
+                },
+                c.fallback.as_ref().map(|f| f.value.0.clone()),
+            )
+        })
+    }
+
+    fn unknown_sink<T>(&mut self, at: &Spanned<T>, name: &str, sinks: &[&str], what: &str) {
+        let mut d = self
+            .flow
+            .diagnostic(Span::of(at), format!("{what} undefined sink `{name}`"));
+        if let Some(close) = did_you_mean(name, sinks.iter().copied()) {
+            d = d.with_help(format!("did you mean `{close}`?"));
+        }
+        d = d.with_help(if sinks.is_empty() {
+            "the flow defines no sinks; add one under `sinks:`".to_owned()
+        } else {
+            format!("defined sinks: {}", sinks.join(", "))
+        });
+        self.diagnostics.push(d);
+    }
+
+    /// An expression whose position falls back to the step's when it has none (shorthand).
+    fn expr_at(&mut self, text: &Spanned<Text>, step: Option<Span>) -> Option<Expr> {
+        if Span::of(text).is_some() {
+            return self.expr(text);
+        }
+        match Expr::compile(text.value.as_str()) {
+            Ok(expr) => Some(expr),
+            Err(e) => {
+                self.error(
+                    step,
+                    e.message,
+                    "check the JMESPath syntax: https://jmespath.org/specification.html",
+                );
+                None
+            }
+        }
+    }
+
+    fn optional_expr(&mut self, text: &Option<Spanned<Text>>) -> Result<Option<Expr>, ()> {
+        match text {
+            None => Ok(None),
+            Some(t) => self.expr(t).map(Some).ok_or(()),
+        }
+    }
+
+    fn step(&mut self, step: &Spanned<StepConfig>, path: &str, sinks: &[&str]) -> Option<Node> {
+        if let Some(node) = self.eip_step(step, path, sinks) {
+            return node;
+        }
+        Some(Node::Sync(match &step.value {
             StepConfig::Validate(name) => Box::new(steps::Validate::new(self.contract(name)?)),
             StepConfig::Transform(text) => Box::new(steps::Transform::new(self.expr(text)?)),
             StepConfig::Filter(text) => Box::new(steps::Filter::new(self.expr(text)?)),
@@ -400,9 +577,11 @@ impl Compiler<'_> {
                 if failed {
                     return None;
                 }
-                Box::new(steps::Route::new(compiled))
+                return Some(Node::Async(Box::new(steps::Route::new(compiled))));
             }
-        })
+            // Compiled by `eip_step` (or, for `try`/`catch`, by `steps`).
+            _ => return None,
+        }))
     }
 
     fn script(&mut self, text: &Spanned<Text>) -> Option<Box<dyn steps::Step>> {
@@ -505,7 +684,7 @@ impl Compiler<'_> {
                     self.error(
                         Span::of(kind),
                         format!("unknown error kind `{}`", kind.value),
-                        "expected one of contract, transform, script, sink, timeout, trigger",
+                        "expected one of contract, transform, script, sink, timeout, trigger, throttle",
                     );
                     ok = false;
                     None

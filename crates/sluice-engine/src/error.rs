@@ -19,17 +19,20 @@ pub enum ErrorKind {
     Timeout,
     /// The trigger could not turn its input into a message (unreadable, malformed, too big).
     Trigger,
+    /// A `throttle` with `reject` refused the message (over its rate or concurrency).
+    Throttle,
 }
 
 impl ErrorKind {
     /// Every kind, as written in flow files.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::Contract,
         ErrorKind::Transform,
         ErrorKind::Script,
         ErrorKind::Sink,
         ErrorKind::Timeout,
         ErrorKind::Trigger,
+        ErrorKind::Throttle,
     ];
 
     /// The name used in flow files, sidecars and metrics.
@@ -41,6 +44,7 @@ impl ErrorKind {
             ErrorKind::Sink => "sink",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Trigger => "trigger",
+            ErrorKind::Throttle => "throttle",
         }
     }
 

@@ -1,14 +1,17 @@
 //! A compiled flow version and the path of one message through it:
 //! input contract → steps → output contract → sinks (with retry) → dead letter → outcome.
 
+use crate::breaker::Breakers;
 use crate::connector::{Envelope, Failure, Outcome, Outgoing, Reply, Sink, Trigger};
 use crate::contract::Contract;
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
+use crate::hold::{BatchTracker, Hold, HoldInner};
 use crate::message::{Message, Meta, Payload};
-use crate::steps::{Control, Exec, Steps};
+use crate::steps::{Control, Delivery, Exec, Fork, Steps};
 use crate::testing::CompiledTest;
 use arc_swap::ArcSwap;
-use futures_util::future::join_all;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, join_all};
 use serde_json::{Value, json};
 use sluice_flow::{RetryConfig, TriggerConfig};
 use std::collections::HashMap;
@@ -51,6 +54,12 @@ pub struct CompiledFlow {
     pub tests: Vec<CompiledTest>,
     /// Schema and script files this version was built from (a change reloads the flow).
     pub dependencies: Vec<PathBuf>,
+    /// `errors.circuit_breaker`: one breaker per sink.
+    pub breakers: Option<Breakers>,
+    /// Flows this one runs with `call`, with where (for cycle diagnostics).
+    pub calls: Vec<(String, Option<sluice_flow::Span>)>,
+    /// Steps with state across messages, told when the flow stops or is replaced.
+    pub stateful: Vec<Arc<dyn crate::steps::Stateful>>,
 }
 
 /// The result of running the steps of one message, before any I/O.
@@ -66,19 +75,82 @@ pub struct Executed {
 }
 
 impl CompiledFlow {
-    /// Runs the input contract, the steps and the output contract; no I/O.
+    /// Runs the input contract, the steps and the output contract as a dry run (no I/O, no
+    /// waiting, no state touched); `split` children run one after the other and their
+    /// deliveries are collected. Used by `tests:`, `sluice exec` and the benchmarks.
     pub fn execute(&self, message: Message) -> Result<Executed, FlowError> {
-        let Message { mut payload, meta } = message;
-        if let Some(contract) = &self.input_contract {
-            let json = payload
+        let Message { payload, meta } = message;
+        let mut exec = Exec::new(payload, meta);
+        exec.dry = true;
+        // A dry run never suspends: every step that could wait skips the wait when `dry`.
+        match self.dry_from(exec, 0).now_or_never() {
+            Some(result) => result,
+            None => Err(FlowError::permanent(
+                ErrorKind::Transform,
+                "a step tried to wait during a dry run",
+            )),
+        }
+    }
+
+    fn dry_from(&self, mut exec: Exec, start: usize) -> BoxFuture<'_, Result<Executed, FlowError>> {
+        async move {
+            let (control, at) = self.steps_from(&mut exec, start).await?;
+            if control != Control::Fork {
+                return Ok(Executed {
+                    control,
+                    payload: exec.payload,
+                    meta: exec.meta,
+                    deliveries: exec.deliveries,
+                });
+            }
+            let Some(Fork::Split(children)) = exec.fork.take() else {
+                // `aggregate` completes at once in a dry run and never forks.
+                return Err(FlowError::permanent(
+                    ErrorKind::Transform,
+                    "unexpected fork in a dry run",
+                ));
+            };
+            let mut payloads = Vec::new();
+            let mut deliveries = exec.deliveries;
+            for child in children.into_execs(&exec.meta, None) {
+                let mut child = child;
+                child.dry = true;
+                let done = self.dry_from(child, at + 1).await?;
+                if done.control == Control::Continue {
+                    let mut payload = done.payload;
+                    payloads.push(payload.json().cloned().unwrap_or(Value::Null));
+                }
+                deliveries.extend(done.deliveries);
+            }
+            Ok(Executed {
+                control: Control::Continue,
+                payload: Payload::from_json(Value::Array(payloads)),
+                meta: exec.meta,
+                deliveries,
+            })
+        }
+        .boxed()
+    }
+
+    /// The input contract (at the start), the steps from `start`, and the output contract
+    /// of every delivery when the steps ran to the end.
+    async fn steps_from(
+        &self,
+        exec: &mut Exec,
+        start: usize,
+    ) -> Result<(Control, usize), FlowError> {
+        if start == 0
+            && let Some(contract) = &self.input_contract
+        {
+            let json = exec
+                .payload
                 .json()
                 .map_err(|e| FlowError::new(ErrorKind::Transform, e).at_step("contract.input"))?;
             contract
                 .check(json)
                 .map_err(|e| e.at_step("contract.input"))?;
         }
-        let mut exec = Exec::new(payload, meta);
-        let control = self.steps.run(&mut exec)?;
+        let (control, at) = self.steps.run_from(start, exec).await?;
         if control == Control::Continue
             && let Some(contract) = &self.output_contract
         {
@@ -91,42 +163,99 @@ impl CompiledFlow {
                     .map_err(|e| e.at_step("contract.output"))?;
             }
         }
-        Ok(Executed {
-            control,
-            payload: exec.payload,
-            meta: exec.meta,
-            deliveries: exec.deliveries,
-        })
+        Ok((control, at))
     }
 
     /// Runs one message end to end, including sink writes, retries and the dead letter.
     pub async fn handle(&self, message: Message, want_reply: bool) -> Outcome {
-        let message_id = message.id().to_owned();
-        let original = self
-            .dead_letter
-            .as_ref()
-            .map(|_| (message.payload.clone(), message.meta.clone()));
-        let (error, attempts) = match self.execute(message) {
-            Ok(executed) if executed.control == Control::Drop => {
-                tracing::debug!(flow = %self.name, message_id = %message_id, "filtered");
-                return Outcome::Filtered;
-            }
-            Ok(mut executed) if executed.deliveries.is_empty() => {
-                return Outcome::Completed(reply(&mut executed, want_reply));
-            }
-            Ok(mut executed) => {
-                let reply = reply(&mut executed, want_reply);
-                match self.deliver(executed).await {
-                    Ok(()) => return Outcome::Delivered(reply),
-                    Err(failed) => failed,
+        match self.process(message, want_reply, None).await {
+            Some(outcome) => outcome,
+            None => Outcome::Failed(Box::new(abandoned(self, "-"))),
+        }
+    }
+
+    /// Runs one message end to end under a hold (its worker slot and batch). `None` means
+    /// the message was abandoned (an aggregate group dropped at shutdown): its acker must
+    /// be dropped unacknowledged so that the source redelivers it.
+    pub async fn process(
+        &self,
+        message: Message,
+        want_reply: bool,
+        hold: Option<Hold>,
+    ) -> Option<Outcome> {
+        let Message { payload, meta } = message;
+        let mut exec = Exec::new(payload, meta);
+        exec.hold = hold;
+        self.run(exec, 0, want_reply, true).await
+    }
+
+    /// Runs a message from step `start` on: steps, deliveries, and (when `dead_letter`) the
+    /// dead letter on failure. Boxed because split children and aggregates recurse.
+    fn run(
+        &self,
+        mut exec: Exec,
+        start: usize,
+        want_reply: bool,
+        dead_letter: bool,
+    ) -> BoxFuture<'_, Option<Outcome>> {
+        async move {
+            let message_id = exec
+                .meta
+                .get("message_id")
+                .cloned()
+                .unwrap_or_else(|| "-".to_owned());
+            let original = self
+                .dead_letter
+                .as_ref()
+                .filter(|_| dead_letter)
+                .map(|_| (exec.payload.snapshot(), exec.meta.clone()));
+            let (error, attempts) = match self.steps_from(&mut exec, start).await {
+                Ok((Control::Drop, _)) => {
+                    tracing::debug!(flow = %self.name, message_id = %message_id, "filtered");
+                    exec.finish(true);
+                    return Some(Outcome::Filtered);
                 }
-            }
-            Err(error) => (error, 1),
-        };
-        let envelope = ErrorEnvelope::new(&self.name, &self.version, &message_id, &error, attempts);
+                Ok((Control::Fork, at)) => {
+                    return self.forked(exec, at, want_reply, dead_letter).await;
+                }
+                Ok((Control::Continue, _)) => {
+                    let reply = reply(&mut exec.payload, want_reply);
+                    if exec.deliveries.is_empty() {
+                        exec.finish(true);
+                        return Some(Outcome::Completed(reply));
+                    }
+                    match self.deliver(&exec.meta, &exec.deliveries).await {
+                        Ok(()) => {
+                            exec.finish(true);
+                            return Some(Outcome::Delivered(reply));
+                        }
+                        Err(failed) => failed,
+                    }
+                }
+                Err(error) => (error, 1),
+            };
+            exec.finish(false);
+            Some(
+                self.fail(error, attempts, &message_id, original, dead_letter)
+                    .await,
+            )
+        }
+        .boxed()
+    }
+
+    /// Logs a failed message and dead-letters it (when asked to and configured).
+    async fn fail(
+        &self,
+        error: FlowError,
+        attempts: u32,
+        message_id: &str,
+        original: Option<(Payload, Arc<Meta>)>,
+        dead_letter: bool,
+    ) -> Outcome {
+        let envelope = ErrorEnvelope::new(&self.name, &self.version, message_id, &error, attempts);
         tracing::warn!(flow = %self.name, message_id = %message_id, kind = %error.kind, "message failed: {error}");
         let dead_lettered = match (&self.dead_letter, original) {
-            (Some(sink), Some((payload, meta))) => {
+            (Some(sink), Some((payload, meta))) if dead_letter => {
                 self.dead_letter_write(sink.as_ref(), payload, meta, &envelope)
                     .await
             }
@@ -139,10 +268,170 @@ impl CompiledFlow {
         }))
     }
 
+    /// Runs a message for a `call` from another flow: contracts, steps and (unless `dry`)
+    /// deliveries, without this flow's dead letter (the caller handles the error). `None`:
+    /// this flow filtered the message.
+    pub async fn call(
+        &self,
+        payload: Payload,
+        meta: Meta,
+        dry: bool,
+    ) -> Result<Option<Payload>, FlowError> {
+        let mut exec = Exec::new(payload, Arc::new(meta));
+        exec.dry = dry;
+        let result = self.steps_from(&mut exec, 0).await;
+        let result = match result {
+            Err(e) => Err(e),
+            Ok((Control::Drop, _)) => Ok(None),
+            Ok((Control::Fork, _)) => Err(FlowError::permanent(
+                ErrorKind::Transform,
+                "a called flow cannot `split` or `aggregate`",
+            )),
+            Ok((Control::Continue, _)) if dry || exec.deliveries.is_empty() => {
+                Ok(Some(exec.payload.snapshot()))
+            }
+            Ok((Control::Continue, _)) => self
+                .deliver(&exec.meta, &exec.deliveries)
+                .await
+                .map(|()| Some(exec.payload.snapshot()))
+                .map_err(|(e, _)| e),
+        };
+        exec.finish(result.is_ok());
+        result
+    }
+
+    /// Carries on after `split` (the children) or `aggregate` (the group).
+    async fn forked(
+        &self,
+        mut exec: Exec,
+        at: usize,
+        want_reply: bool,
+        dead_letter: bool,
+    ) -> Option<Outcome> {
+        match exec.fork.take() {
+            Some(Fork::Split(children)) => self.run_children(exec, children, at, dead_letter).await,
+            Some(Fork::Park(parked)) => self.run_parked(exec, parked, at, want_reply).await,
+            None => {
+                exec.finish(true);
+                Some(Outcome::Completed(None))
+            }
+        }
+    }
+
+    /// Runs every child of a split (all at once: a child may wait in an aggregate group
+    /// for its siblings), then the parent's own deliveries; combines the outcomes.
+    async fn run_children(
+        &self,
+        mut exec: Exec,
+        children: crate::steps::split::Children,
+        at: usize,
+        dead_letter: bool,
+    ) -> Option<Outcome> {
+        let message_id = exec.meta.get("message_id").cloned().unwrap_or_default();
+        let original = self
+            .dead_letter
+            .as_ref()
+            .filter(|_| dead_letter)
+            .map(|_| (exec.payload.snapshot(), exec.meta.clone()));
+        let fail_parent = children.fail_parent;
+        // The children share the parent's hold; the parent settles when the last child does.
+        let hold = exec.hold.take();
+        let execs = children.into_execs(&exec.meta, hold.as_ref());
+        drop(hold);
+        let runs = execs
+            .into_iter()
+            .map(|child| self.run(child, at + 1, false, dead_letter && !fail_parent));
+        let outcomes = join_all(runs).await;
+        let mut failure: Option<Box<Failure>> = None;
+        for outcome in outcomes {
+            match outcome {
+                None => {
+                    exec.finish(false);
+                    return None;
+                }
+                Some(Outcome::Failed(f)) if fail_parent || !f.dead_lettered => {
+                    failure.get_or_insert(f);
+                }
+                Some(_) => {}
+            }
+        }
+        let failed = match failure {
+            Some(f) if fail_parent => Some((f.error, f.envelope.attempts)),
+            Some(f) => {
+                // A child failed and no dead letter took it: the parent must not be
+                // acknowledged as done, or the child would be lost.
+                exec.finish(false);
+                return Some(Outcome::Failed(f));
+            }
+            None if exec.deliveries.is_empty() => {
+                exec.finish(true);
+                return Some(Outcome::Delivered(None));
+            }
+            None => self.deliver(&exec.meta, &exec.deliveries).await.err(),
+        };
+        match failed {
+            None => {
+                exec.finish(true);
+                Some(Outcome::Delivered(None))
+            }
+            Some((error, attempts)) => {
+                exec.finish(false);
+                Some(
+                    self.fail(error, attempts, &message_id, original, dead_letter)
+                        .await,
+                )
+            }
+        }
+    }
+
+    /// A message that joined an aggregate group gives back its slot and waits. The group's
+    /// first member (the leader) runs the aggregated message through the rest of the steps
+    /// and hands the outcome to every other member.
+    async fn run_parked(
+        &self,
+        mut exec: Exec,
+        parked: crate::steps::aggregate::Parked,
+        at: usize,
+        want_reply: bool,
+    ) -> Option<Outcome> {
+        use crate::steps::aggregate::Parked;
+        drop(exec.hold.take());
+        exec.guards.clear();
+        let outcome = match parked {
+            Parked::Member(rx) => rx.await.ok().flatten(),
+            Parked::Leader(rx) => match rx.await {
+                Err(_) => None,
+                Ok(closed) => {
+                    let (aggregated, followers) = closed.into_parts();
+                    let outcome = match aggregated {
+                        Ok(next) => self.run(next, at + 1, want_reply, true).await,
+                        Err((error, meta)) => {
+                            let id = meta.get("message_id").cloned().unwrap_or_default();
+                            Some(self.fail(error, 1, &id, None, true).await)
+                        }
+                    };
+                    for follower in followers {
+                        let _ = follower.send(outcome.as_ref().map(replicate));
+                    }
+                    outcome
+                }
+            },
+        };
+        let success = outcome
+            .as_ref()
+            .is_some_and(|o| !matches!(o, Outcome::Failed(_)));
+        exec.finish(success);
+        outcome
+    }
+
     /// Writes every delivery, each sink in parallel, retrying transient failures.
-    async fn deliver(&self, executed: Executed) -> Result<(), (FlowError, u32)> {
+    async fn deliver(
+        &self,
+        meta: &Arc<Meta>,
+        deliveries: &[Delivery],
+    ) -> Result<(), (FlowError, u32)> {
         let mut writes = Vec::new();
-        for delivery in &executed.deliveries {
+        for delivery in deliveries {
             for sink_name in delivery.sinks.iter() {
                 let Some(sink) = self.sinks.get(sink_name) else {
                     // Compilation checks every sink name, so this is unreachable in practice.
@@ -156,20 +445,51 @@ impl CompiledFlow {
                 };
                 let out = Outgoing {
                     payload: delivery.payload.clone(),
-                    meta: executed.meta.clone(),
+                    meta: meta.clone(),
                 };
-                writes.push(self.write_with_retry(sink_name, sink.as_ref(), out));
+                writes.push(self.write_guarded(sink_name, sink.as_ref(), out));
             }
         }
-        let results = if writes.len() == 1 {
-            vec![writes.pop().expect("one write").await]
-        } else {
-            join_all(writes).await
-        };
+        let results = join_all(writes).await;
         results
             .into_iter()
             .find_map(Result::err)
             .map_or(Ok(()), Err)
+    }
+
+    /// Writes through the sink's circuit breaker (when configured): while the circuit is
+    /// open the write fails at once, or goes to the fallback sink.
+    async fn write_guarded(
+        &self,
+        sink_name: &str,
+        sink: &dyn Sink,
+        out: Outgoing,
+    ) -> Result<(), (FlowError, u32)> {
+        let Some(breakers) = &self.breakers else {
+            return self.write_with_retry(sink_name, sink, out).await;
+        };
+        let Some(breaker) = breakers.get(sink_name) else {
+            return self.write_with_retry(sink_name, sink, out).await;
+        };
+        if !breaker.allow() {
+            if let Some(fallback) = breakers.fallback.as_ref() {
+                if let Some(fb) = self.sinks.get(fallback) {
+                    tracing::debug!(flow = %self.name, sink = %sink_name, fallback = %fallback, "circuit open: writing to the fallback sink");
+                    return self.write_with_retry(fallback, fb.as_ref(), out).await;
+                }
+            }
+            return Err((
+                FlowError::permanent(
+                    ErrorKind::Sink,
+                    format!("circuit open: sink `{sink_name}` keeps failing; not tried"),
+                )
+                .at_step(format!("sink {sink_name}")),
+                0,
+            ));
+        }
+        let result = self.write_with_retry(sink_name, sink, out).await;
+        breaker.record(result.is_ok(), &self.name, sink_name);
+        result
     }
 
     async fn write_with_retry(
@@ -222,24 +542,53 @@ impl CompiledFlow {
     }
 }
 
-fn reply(executed: &mut Executed, wanted: bool) -> Option<Reply> {
+fn reply(payload: &mut Payload, wanted: bool) -> Option<Reply> {
     if !wanted {
         return None;
     }
     Some(Reply {
-        payload: executed.payload.json().cloned().unwrap_or(Value::Null),
+        payload: payload.json().cloned().unwrap_or(Value::Null),
     })
 }
 
+/// A copy of an outcome for another member of an aggregate group.
+fn replicate(outcome: &Outcome) -> Outcome {
+    match outcome {
+        Outcome::Delivered(_) => Outcome::Delivered(None),
+        Outcome::Completed(_) => Outcome::Completed(None),
+        Outcome::Filtered => Outcome::Filtered,
+        Outcome::Failed(f) => Outcome::Failed(Box::new(Failure {
+            error: f.error.clone(),
+            envelope: f.envelope.clone(),
+            dead_lettered: f.dead_lettered,
+        })),
+    }
+}
+
+fn abandoned(flow: &CompiledFlow, message_id: &str) -> Failure {
+    let error = FlowError::new(
+        ErrorKind::Timeout,
+        "the message was abandoned while waiting in an aggregate group",
+    );
+    Failure {
+        envelope: ErrorEnvelope::new(&flow.name, &flow.version, message_id, &error, 1),
+        error,
+        dead_lettered: false,
+    }
+}
+
 /// Takes messages from the flow's queue and runs up to `concurrency` of them at once, each
-/// on the flow version that was current when it started. Returns when the queue is closed
-/// and every message taken has been acknowledged.
+/// on the flow version that was current when it started. Returns when the queue is closed,
+/// every message taken has settled, the flow's stateful steps were told to stop, and every
+/// message task has ended (acknowledged, or abandoned for redelivery).
 pub async fn run_workers(
     mut rx: mpsc::Receiver<Envelope>,
     current: Arc<ArcSwap<CompiledFlow>>,
     concurrency: usize,
 ) {
     let limit = Arc::new(Semaphore::new(concurrency));
+    let batches = BatchTracker::new();
+    let tasks = tokio_util::task::TaskTracker::new();
     while let Some(Envelope {
         message,
         ack,
@@ -250,12 +599,39 @@ pub async fn run_workers(
             break;
         };
         let flow = current.load_full();
-        tokio::spawn(async move {
-            let outcome = flow.handle(message, reply).await;
-            ack.ack(outcome).await;
-            drop(permit);
+        let hold = HoldInner::new(Some(permit), &batches, &message.meta);
+        tasks.spawn(async move {
+            match flow.process(message, reply, Some(hold)).await {
+                Some(outcome) => ack.ack(outcome).await,
+                // Abandoned: dropping the acker unacknowledged makes the source redeliver.
+                None => drop(ack),
+            }
         });
     }
-    // Every permit back means every message taken has been acknowledged.
+    // Every permit back means every message taken has settled (ended, or parked).
     let _ = limit.acquire_many(concurrency as u32).await;
+    // Parked messages end when their aggregate groups are completed or abandoned.
+    current.load().stop_stateful();
+    tasks.close();
+    tasks.wait().await;
+}
+
+impl CompiledFlow {
+    /// Tells every stateful step that the flow stops (aggregates complete or abandon their
+    /// open groups).
+    pub fn stop_stateful(&self) {
+        for step in &self.stateful {
+            step.stop();
+        }
+    }
+
+    /// Tells the stateful steps of this (replaced) version whose state the next version
+    /// does not share that they are retired: their open groups complete now.
+    pub fn retire(&self, next: &CompiledFlow) {
+        for step in &self.stateful {
+            if !next.stateful.iter().any(|n| n.same_state(step.as_ref())) {
+                step.retire();
+            }
+        }
+    }
 }

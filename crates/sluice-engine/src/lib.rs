@@ -8,15 +8,19 @@
 // path, so returning it unboxed is simpler and costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
+pub mod breaker;
 pub mod compile;
 pub mod connector;
 pub mod contract;
+pub mod directory;
 pub mod error;
 pub mod expr;
 pub mod flow;
+pub mod hold;
 pub mod message;
 pub mod registry;
 pub mod script;
+pub mod state;
 pub mod steps;
 pub mod testing;
 pub mod value;

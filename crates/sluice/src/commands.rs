@@ -163,7 +163,8 @@ fn build_all(folders: &Folders, files: &[PathBuf]) -> (Vec<CompiledFlow>, usize)
 
 fn check(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let files = selected_files(folders, files)?;
-    let (flows, invalid) = build_all(folders, &files);
+    let (flows, mut invalid) = build_all(folders, &files);
+    invalid += check_calls(&flows);
     if invalid > 0 {
         eprintln!("error: {invalid} of {} flow files invalid", files.len());
         return Ok(ExitCode::from(1));
@@ -177,7 +178,16 @@ fn check(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
 
 fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let files = selected_files(folders, files)?;
-    let (flows, invalid) = build_all(folders, &files);
+    let (flows, mut invalid) = build_all(folders, &files);
+    invalid += check_calls(&flows);
+    // `call` steps find the flows they name in the directory, as under `sluice run`.
+    let flows: Vec<Arc<CompiledFlow>> = flows.into_iter().map(Arc::new).collect();
+    for flow in &flows {
+        sluice_engine::directory::register(
+            &flow.name,
+            Arc::new(arc_swap::ArcSwap::new(flow.clone())),
+        );
+    }
     let (mut passed, mut failed) = (0, 0);
     for flow in &flows {
         if flow.tests.is_empty() {
@@ -213,6 +223,63 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Reports `call`s of flows that are not among `flows`, and cycles of calls; returns the
+/// number of flows with such mistakes.
+fn check_calls(flows: &[CompiledFlow]) -> usize {
+    let graph: std::collections::BTreeMap<String, Vec<String>> = flows
+        .iter()
+        .map(|f| {
+            (
+                f.name.clone(),
+                f.calls.iter().map(|(n, _)| n.clone()).collect(),
+            )
+        })
+        .collect();
+    let mut invalid = 0;
+    for flow in flows {
+        let mut problems = Vec::new();
+        for (callee, span) in &flow.calls {
+            if !graph.contains_key(callee) {
+                let names: Vec<&str> = graph.keys().map(String::as_str).collect();
+                let mut help = format!("flows checked: {}", names.join(", "));
+                if let Some(close) =
+                    sluice_flow::diagnostic::did_you_mean(callee, names.iter().copied())
+                {
+                    help = format!("did you mean `{close}`? {help}");
+                }
+                problems.push((*span, format!("`call` of undefined flow `{callee}`"), help));
+            }
+        }
+        if let Some(cycle) = sluice_engine::directory::find_cycle(&flow.name, &graph) {
+            let span = flow
+                .calls
+                .iter()
+                .find(|(n, _)| cycle.get(1) == Some(n))
+                .and_then(|(_, s)| *s);
+            problems.push((
+                span,
+                format!("a cycle of calls: {}", cycle.join(" → ")),
+                "a cycle of `call`s would never end; break it by calling a flow that does not call back".to_owned(),
+            ));
+        }
+        if problems.is_empty() {
+            continue;
+        }
+        invalid += 1;
+        let Ok(loaded) = sluice_flow::load_flow_file(&flow.path) else {
+            continue;
+        };
+        for (span, message, help) in problems {
+            eprint!(
+                "{}",
+                loaded.diagnostic(span, message).with_help(help).render()
+            );
+            eprintln!();
+        }
+    }
+    invalid
 }
 
 fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<ExitCode> {

@@ -118,9 +118,44 @@ pub fn serialize(format: OutputFormat, payload: &mut Payload) -> Result<Vec<u8>,
     }
 }
 
+/// Test hook: `SLUICE_TEST_SINK_DELAY=<duration>` makes every file write take at least that
+/// long and logs how many writes are under way at once (`writers=N`). End-to-end tests use it
+/// to stand for a slow sink (a throttle's concurrency limit must hold against it); it is not
+/// part of the flow format.
+const TEST_DELAY_VAR: &str = "SLUICE_TEST_SINK_DELAY";
+
+static TEST_WRITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn test_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var(TEST_DELAY_VAR)
+            .ok()
+            .and_then(|v| humantime::parse_duration(v.trim()).ok())
+    })
+}
+
+/// Counts a write under way for the test hook.
+struct TestWriter;
+
+impl Drop for TestWriter {
+    fn drop(&mut self) {
+        TEST_WRITERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[async_trait]
 impl Sink for FileSink {
     async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
+        let _writer = match test_delay() {
+            Some(delay) => {
+                let n = TEST_WRITERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                tracing::info!(writers = n, "test sink delay: write started");
+                tokio::time::sleep(delay).await;
+                Some(TestWriter)
+            }
+            None => None,
+        };
         let name = self.render_name(out)?;
         let bytes = serialize(self.format, &mut out.payload)?;
         let folder = self.folder.clone();

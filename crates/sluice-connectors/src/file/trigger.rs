@@ -431,6 +431,10 @@ async fn process(
     }
     claim.remaining.store(records.len(), Ordering::SeqCst);
     let original = shared.folder.join(&name).display().to_string();
+    // The file is one batch: the engine notices when every message of it has settled
+    // (`aggregate … end_of_batch`). A fresh id per claim: a redelivered file is a new batch.
+    let batch_id = uuid::Uuid::now_v7().to_string();
+    let batch_size = records.len().to_string();
     for record in records {
         if stop.is_cancelled() {
             return;
@@ -442,6 +446,11 @@ async fn process(
         if let Some(line) = record.line {
             meta.insert("file.line".to_owned(), line.to_string());
         }
+        meta.insert(sluice_engine::hold::BATCH_ID.to_owned(), batch_id.clone());
+        meta.insert(
+            sluice_engine::hold::BATCH_SIZE.to_owned(),
+            batch_size.clone(),
+        );
         let message = Message::new(&shared.flow, record.payload, meta);
         let ack = Box::new(FileAck {
             claim: claim.clone(),

@@ -1,16 +1,26 @@
 //! Compiled steps: one module per step kind, all behind the [`Step`] trait.
 //!
-//! Steps are pure and synchronous: they transform the payload and record deliveries. Sink
-//! I/O happens after the last step, in the runtime, where retries and acks live.
+//! Most steps are pure and synchronous ([`Step`]): they transform the payload and record
+//! deliveries. Steps that wait (throttle, call, a persistent dedupe store) or that hold state
+//! across messages implement [`AsyncStep`] instead. Sink I/O happens after the last step, in
+//! the runtime, where retries and acks live. `split` and `aggregate` end a top-level run with
+//! [`Control::Fork`]; the runtime then carries on with the children or the group.
 
+pub mod aggregate;
+pub mod call;
+pub mod dedupe;
 mod filter;
 mod log;
 mod route;
 mod script;
 mod set;
+pub mod split;
+pub mod throttle;
 mod to;
 mod transform;
+pub mod try_catch;
 mod validate;
+pub mod wiretap;
 
 pub use filter::Filter;
 pub use log::Log;
@@ -19,11 +29,18 @@ pub use script::Script;
 pub use set::Set;
 pub use to::To;
 pub use transform::Transform;
+pub use try_catch::TryCatch;
 pub use validate::Validate;
 
 use crate::error::{ErrorKind, FlowError};
+use crate::hold::Hold;
 use crate::message::{Meta, Payload};
+use async_trait::async_trait;
 use std::sync::Arc;
+
+/// Work to do when a message is finished: called with `true` when it was delivered,
+/// completed or filtered, `false` when it failed or was abandoned.
+pub type Finally = Box<dyn FnOnce(bool) + Send>;
 
 /// A payload bound for some sinks, recorded by `to` or `route`.
 #[derive(Clone, Debug)]
@@ -42,6 +59,25 @@ pub struct Exec {
     pub meta: Arc<Meta>,
     /// Deliveries recorded so far.
     pub deliveries: Vec<Delivery>,
+    /// A dry run (`tests:`, `sluice exec`): steps with outside effects or state across
+    /// messages behave as documented for dry runs and never wait.
+    pub dry: bool,
+    /// The message's hold on its worker slot and its batch; dropped when it settles.
+    pub hold: Option<Hold>,
+    /// Kept until the message is finished (e.g. a throttle's concurrency permit).
+    pub guards: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// Called when the message is finished (e.g. a dedupe key is confirmed or removed).
+    pub finally: Vec<Finally>,
+    /// Set together with [`Control::Fork`] by `split` and `aggregate`.
+    pub fork: Option<Fork>,
+}
+
+/// What a top-level run that ended with [`Control::Fork`] continues with.
+pub enum Fork {
+    /// One child per payload, each running the steps after the split.
+    Split(split::Children),
+    /// The message joined an aggregate group and waits for it.
+    Park(aggregate::Parked),
 }
 
 impl Exec {
@@ -51,7 +87,24 @@ impl Exec {
             payload,
             meta,
             deliveries: Vec::new(),
+            dry: false,
+            hold: None,
+            guards: Vec::new(),
+            finally: Vec::new(),
+            fork: None,
         }
+    }
+
+    /// Runs the `finally` work with the message's result.
+    pub fn finish(&mut self, success: bool) {
+        for f in self.finally.drain(..) {
+            f(success);
+        }
+    }
+
+    /// Sets a metadata entry (metadata is shared, so it is copied on first write).
+    pub fn set_meta(&mut self, key: &str, value: impl Into<String>) {
+        Arc::make_mut(&mut self.meta).insert(key.to_owned(), value.into());
     }
 
     /// The JMESPath form of the payload; a conversion failure is a `transform` error.
@@ -69,6 +122,8 @@ pub enum Control {
     Continue,
     /// The message was filtered out: stop, acknowledge, count.
     Drop,
+    /// A `split` or `aggregate` took over (see [`Exec::fork`]); top level only.
+    Fork,
 }
 
 /// One compiled step.
@@ -77,16 +132,55 @@ pub trait Step: Send + Sync {
     fn run(&self, exec: &mut Exec) -> Result<Control, FlowError>;
 }
 
+/// A step that may wait, or that keeps state across messages.
+#[async_trait]
+pub trait AsyncStep: Send + Sync {
+    /// Runs the step on one message.
+    async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError>;
+}
+
+/// A step whose state outlives one message (aggregate groups), told about the flow's life.
+pub trait Stateful: Send + Sync {
+    /// The flow stops: complete or abandon what is open, as configured.
+    fn stop(&self);
+    /// This version was replaced by one that does not share the state: complete what is open.
+    fn retire(&self);
+    /// An identity of the shared state (steps of two versions may share one).
+    fn state_id(&self) -> usize;
+    /// Whether two steps share their state.
+    fn same_state(&self, other: &dyn Stateful) -> bool {
+        self.state_id() == other.state_id()
+    }
+}
+
+/// A compiled step of either kind; pure steps are called without boxing a future.
+pub enum Node {
+    /// A pure, synchronous step.
+    Sync(Box<dyn Step>),
+    /// A step that may wait or keeps state.
+    Async(Box<dyn AsyncStep>),
+}
+
 /// A sequence of steps, each labelled for error messages (`steps[2] (script)`).
 #[derive(Default)]
 pub struct Steps {
-    steps: Vec<(String, Box<dyn Step>)>,
+    steps: Vec<(String, Node)>,
 }
 
 impl Steps {
     /// Appends a step.
     pub fn push(&mut self, label: String, step: Box<dyn Step>) {
-        self.steps.push((label, step));
+        self.steps.push((label, Node::Sync(step)));
+    }
+
+    /// Appends a step that may wait or keeps state.
+    pub fn push_async(&mut self, label: String, step: Box<dyn AsyncStep>) {
+        self.steps.push((label, Node::Async(step)));
+    }
+
+    /// Appends a compiled step of either kind.
+    pub fn push_node(&mut self, label: String, node: Node) {
+        self.steps.push((label, node));
     }
 
     /// Number of steps.
@@ -99,15 +193,29 @@ impl Steps {
         self.steps.is_empty()
     }
 
-    /// Runs every step in order until one drops the message or fails.
-    pub fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
-        for (label, step) in &self.steps {
-            match step.run(exec) {
+    /// Runs every step in order until one drops the message, forks it or fails.
+    pub async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+        self.run_from(0, exec).await.map(|(control, _)| control)
+    }
+
+    /// Runs the steps from index `start`; returns how the run ended and the index of the
+    /// step that ended it (the length when every step ran).
+    pub async fn run_from(
+        &self,
+        start: usize,
+        exec: &mut Exec,
+    ) -> Result<(Control, usize), FlowError> {
+        for (i, (label, step)) in self.steps.iter().enumerate().skip(start) {
+            let result = match step {
+                Node::Sync(step) => step.run(exec),
+                Node::Async(step) => step.run(exec).await,
+            };
+            match result {
                 Ok(Control::Continue) => {}
-                Ok(Control::Drop) => return Ok(Control::Drop),
+                Ok(other) => return Ok((other, i)),
                 Err(e) => return Err(e.at_step(label.clone())),
             }
         }
-        Ok(Control::Continue)
+        Ok((Control::Continue, self.steps.len()))
     }
 }

@@ -1,6 +1,7 @@
-use super::{Control, Exec, Step, Steps, To};
+use super::{AsyncStep, Control, Exec, Steps, To};
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
+use async_trait::async_trait;
 use std::sync::Arc;
 
 /// What a matching route arm does.
@@ -32,8 +33,10 @@ impl Route {
     }
 }
 
-impl Step for Route {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+// Asynchronous because an arm's nested steps may wait.
+#[async_trait]
+impl AsyncStep for Route {
+    async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         for (label, arm) in &self.arms {
             if let Some(when) = &arm.when {
                 let data = exec.jmes()?;
@@ -50,7 +53,7 @@ impl Step for Route {
                     To::record(sinks, exec);
                     Ok(Control::Continue)
                 }
-                RouteAction::Steps(steps) => steps.run(exec),
+                RouteAction::Steps(steps) => steps.run(exec).await,
             };
         }
         Ok(Control::Continue)

@@ -3,10 +3,12 @@
 //! Every struct denies unknown fields, so a typo is a load error with a position rather than
 //! a silently ignored setting.
 
+mod eip;
 mod sink;
 mod step;
 mod trigger;
 
+pub use eip::*;
 pub use sink::*;
 pub use step::*;
 pub use trigger::*;
@@ -70,6 +72,8 @@ pub struct ErrorsConfig {
     pub retry: RetryConfig,
     /// Where a message goes after its last attempt (original payload plus error envelope).
     pub dead_letter: Option<Spanned<SinkConfig>>,
+    /// One circuit breaker per sink: fail fast while a sink keeps failing.
+    pub circuit_breaker: Option<Spanned<CircuitBreakerConfig>>,
 }
 
 /// Exponential backoff for transient (`sink`, `timeout`) errors.

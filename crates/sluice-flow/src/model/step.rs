@@ -1,3 +1,4 @@
+use super::{AggregateConfig, DedupeConfig, SplitConfig, ThrottleConfig};
 use crate::Text;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -25,6 +26,22 @@ pub enum StepConfig {
     To(Spanned<Targets>),
     /// Write a templated line to the log.
     Log(Spanned<Text>),
+    /// One child message per element of an array (see [`SplitConfig`]).
+    Split(Spanned<SplitConfig>),
+    /// Collect messages into groups and emit one message per completed group.
+    Aggregate(Spanned<AggregateConfig>),
+    /// Drop messages whose key was seen before (idempotent receiver).
+    Dedupe(Spanned<DedupeConfig>),
+    /// Copy the payload to a sink without waiting for it and without failing the message.
+    Wiretap(Spanned<Text>),
+    /// Rate and concurrency limits.
+    Throttle(Spanned<ThrottleConfig>),
+    /// Run another flow synchronously and continue with its result.
+    Call(Spanned<Text>),
+    /// Steps whose error is handled by the `catch` step that follows.
+    Try(Vec<Spanned<StepConfig>>),
+    /// Steps run when the steps of the preceding `try` failed.
+    Catch(Vec<Spanned<StepConfig>>),
 }
 
 impl StepConfig {
@@ -39,6 +56,14 @@ impl StepConfig {
             StepConfig::Route(_) => "route",
             StepConfig::To(_) => "to",
             StepConfig::Log(_) => "log",
+            StepConfig::Split(_) => "split",
+            StepConfig::Aggregate(_) => "aggregate",
+            StepConfig::Dedupe(_) => "dedupe",
+            StepConfig::Wiretap(_) => "wiretap",
+            StepConfig::Throttle(_) => "throttle",
+            StepConfig::Call(_) => "call",
+            StepConfig::Try(_) => "try",
+            StepConfig::Catch(_) => "catch",
         }
     }
 }

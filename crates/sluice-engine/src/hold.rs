@@ -1,0 +1,158 @@
+//! A message's hold on its worker slot and on its batch.
+//!
+//! A message occupies one of its flow's `concurrency` slots while it runs. A message that
+//! waits in an `aggregate` group must give its slot back, or a full set of waiting messages
+//! would stop the flow; and the message that ends a batch (the last record of a file) must be
+//! noticed so that `aggregate … end_of_batch` can complete its groups. Both happen when the
+//! message *settles*: when it ends, or parks in an aggregate group. Split children share
+//! their parent's hold, so the parent settles when its last child does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Metadata naming the batch a message belongs to (set by the file trigger: one per file).
+pub const BATCH_ID: &str = "batch.id";
+/// Metadata giving the number of messages in the batch.
+pub const BATCH_SIZE: &str = "batch.size";
+
+/// Shared by a message and its split children; dropping the last clone settles it.
+pub type Hold = Arc<HoldInner>;
+
+/// What a [`Hold`] keeps: the worker slot and the batch membership.
+pub struct HoldInner {
+    _permit: Option<OwnedSemaphorePermit>,
+    batch: Option<(Arc<BatchTracker>, String)>,
+}
+
+impl HoldInner {
+    /// A hold on a worker slot and, when the message names its batch, on that batch.
+    pub fn new(
+        permit: Option<OwnedSemaphorePermit>,
+        tracker: &Arc<BatchTracker>,
+        meta: &crate::Meta,
+    ) -> Hold {
+        let batch = match (meta.get(BATCH_ID), meta.get(BATCH_SIZE)) {
+            (Some(id), Some(size)) => size.parse::<usize>().ok().map(|size| {
+                tracker.expect(id, size);
+                (tracker.clone(), id.clone())
+            }),
+            _ => None,
+        };
+        Arc::new(HoldInner {
+            _permit: permit,
+            batch,
+        })
+    }
+
+    /// The batch tracker of the message's flow, when the message belongs to a batch.
+    pub fn tracker(&self) -> Option<&Arc<BatchTracker>> {
+        self.batch.as_ref().map(|(t, _)| t)
+    }
+}
+
+impl Drop for HoldInner {
+    fn drop(&mut self) {
+        if let Some((tracker, id)) = &self.batch {
+            tracker.settle(id);
+        }
+    }
+}
+
+/// Told when every message of a batch has settled.
+pub trait BatchListener: Send + Sync {
+    /// The batch `id` ended.
+    fn batch_ended(&self, id: &str);
+}
+
+/// Counts settled messages per batch for one running flow.
+#[derive(Default)]
+pub struct BatchTracker {
+    state: Mutex<TrackerState>,
+}
+
+#[derive(Default)]
+struct TrackerState {
+    /// Batch id → (messages settled, batch size).
+    batches: HashMap<String, (usize, usize)>,
+    listeners: Vec<Weak<dyn BatchListener>>,
+}
+
+impl BatchTracker {
+    /// A tracker with no batches.
+    pub fn new() -> Arc<Self> {
+        Arc::new(BatchTracker::default())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, TrackerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expect(&self, id: &str, size: usize) {
+        self.state()
+            .batches
+            .entry(id.to_owned())
+            .or_insert((0, size));
+    }
+
+    /// Registers a listener (once; held weakly).
+    pub fn listen(&self, listener: Weak<dyn BatchListener>) {
+        let mut state = self.state();
+        state.listeners.retain(|l| l.strong_count() > 0);
+        if !state.listeners.iter().any(|l| l.ptr_eq(&listener)) {
+            state.listeners.push(listener);
+        }
+    }
+
+    fn settle(&self, id: &str) {
+        let listeners = {
+            let mut state = self.state();
+            let Some(entry) = state.batches.get_mut(id) else {
+                return;
+            };
+            entry.0 += 1;
+            if entry.0 < entry.1 {
+                return;
+            }
+            state.batches.remove(id);
+            state.listeners.clone()
+        };
+        // Called without the lock: a listener may settle further holds.
+        for listener in listeners.iter().filter_map(Weak::upgrade) {
+            listener.batch_ended(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Count(AtomicUsize);
+    impl BatchListener for Count {
+        fn batch_ended(&self, _id: &str) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_batch_ends_when_its_last_message_settles() {
+        let tracker = BatchTracker::new();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let weak: Weak<dyn BatchListener> =
+            Arc::downgrade(&(count.clone() as Arc<dyn BatchListener>));
+        tracker.listen(weak);
+        let mut meta = crate::Meta::new();
+        meta.insert(BATCH_ID.into(), "b".into());
+        meta.insert(BATCH_SIZE.into(), "2".into());
+        let a = HoldInner::new(None, &tracker, &meta);
+        let b = HoldInner::new(None, &tracker, &meta);
+        let child = a.clone();
+        drop(a);
+        drop(b);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "a child still holds");
+        drop(child);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+}

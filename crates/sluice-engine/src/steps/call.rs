@@ -1,0 +1,73 @@
+//! `call: <flow>` — runs another flow synchronously (its contracts, steps and sinks) and
+//! continues with its final payload: request-reply between flows.
+//!
+//! Flows are looked up by name when the message runs, in [`crate::directory`], so the called
+//! flow may be reloaded independently. A cycle of calls is a load error; a depth limit in the
+//! metadata guards against anything that slips through.
+
+use super::{AsyncStep, Control, Exec};
+use crate::error::{ErrorKind, FlowError};
+use async_trait::async_trait;
+
+/// Metadata: how deep in nested calls a message is.
+pub const CALL_DEPTH: &str = "call.depth";
+/// Nested calls at most.
+pub const MAX_DEPTH: usize = 16;
+
+/// The compiled `call` step.
+pub struct Call {
+    flow: String,
+}
+
+impl Call {
+    /// A call of the flow named `flow`.
+    pub fn new(flow: &str) -> Self {
+        Call {
+            flow: flow.to_owned(),
+        }
+    }
+}
+
+#[async_trait]
+impl AsyncStep for Call {
+    async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+        let depth: usize = exec
+            .meta
+            .get(CALL_DEPTH)
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        if depth >= MAX_DEPTH {
+            return Err(FlowError::permanent(
+                ErrorKind::Transform,
+                format!("calls nested deeper than {MAX_DEPTH}; is there a cycle of calls?"),
+            ));
+        }
+        let Some(flow) = crate::directory::lookup(&self.flow) else {
+            return Err(FlowError::new(
+                ErrorKind::Sink,
+                format!("the called flow `{}` is not running", self.flow),
+            ));
+        };
+        let mut meta = (*exec.meta).clone();
+        meta.insert(CALL_DEPTH.to_owned(), (depth + 1).to_string());
+        meta.insert("flow".to_owned(), flow.name.clone());
+        let payload = exec.payload.snapshot();
+        let result = flow.call(payload, meta, exec.dry).await;
+        let payload = result.map_err(|e| {
+            let step = e.step.clone().unwrap_or_default();
+            FlowError {
+                message: format!("in called flow `{}` ({step}): {}", self.flow, e.message),
+                step: None,
+                ..e
+            }
+        })?;
+        match payload {
+            Some(payload) => {
+                exec.payload = payload;
+                Ok(Control::Continue)
+            }
+            // The called flow filtered the message: so is it here.
+            None => Ok(Control::Drop),
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `try: [steps]` followed by `catch: [steps]` — handles an error inside the flow.
+//!
+//! When a step of `try` fails, the payload and the deliveries go back to what they were when
+//! `try` began, the error is put in the metadata (`error.kind`, `error.message`,
+//! `error.step`), and the `catch` steps run; the message then continues after `catch`. Sink
+//! errors happen after the steps and are not caught (they have retries and the dead letter).
+
+use super::{AsyncStep, Control, Exec, Steps};
+use crate::error::FlowError;
+use async_trait::async_trait;
+
+/// The compiled pair of `try` and `catch`.
+pub struct TryCatch {
+    body: Steps,
+    handler: Steps,
+}
+
+impl TryCatch {
+    /// A `try` body with its `catch` handler.
+    pub fn new(body: Steps, handler: Steps) -> Self {
+        TryCatch { body, handler }
+    }
+}
+
+#[async_trait]
+impl AsyncStep for TryCatch {
+    async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+        let payload = exec.payload.snapshot();
+        let deliveries = exec.deliveries.len();
+        match self.body.run(exec).await {
+            Ok(control) => Ok(control),
+            Err(error) => {
+                exec.payload = payload;
+                exec.deliveries.truncate(deliveries);
+                exec.set_meta("error.kind", error.kind.as_str());
+                exec.set_meta("error.message", error.message.clone());
+                exec.set_meta("error.step", error.step.clone().unwrap_or_default());
+                self.handler.run(exec).await
+            }
+        }
+    }
+}
