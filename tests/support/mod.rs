@@ -295,6 +295,11 @@ impl Sluice {
     /// Starts `sluice <args>` in the sandbox; stderr (the log) is appended to
     /// `<sandbox>/sluice.log`, stdout to `<sandbox>/sluice.stdout`.
     pub fn start(sandbox: &Sandbox, args: &[&str]) -> Sluice {
+        Sluice::start_with_env(sandbox, args, &[])
+    }
+
+    /// Like [`Sluice::start`], with extra environment variables.
+    pub fn start_with_env(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Sluice {
         let log = sandbox.path("sluice.log");
         let stderr = OpenOptions::new()
             .create(true)
@@ -312,6 +317,7 @@ impl Sluice {
             .current_dir(sandbox.root())
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
