@@ -35,7 +35,9 @@ fn orders() -> (String, BTreeMap<String, (u64, u64, u64)>) {
     let mut expected = BTreeMap::new();
     let mut seed: u64 = 7;
     let mut next = |n: u64| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) % n
     };
     for i in 0..1000 {
@@ -59,13 +61,21 @@ fn orders() -> (String, BTreeMap<String, (u64, u64, u64)>) {
 
 fn check_totals(sb: &Sandbox, expected: &BTreeMap<String, (u64, u64, u64)>) {
     let names = sb.names("outbox/totals");
-    assert_eq!(names.len(), expected.len(), "one aggregate per order, no duplicates");
+    assert_eq!(
+        names.len(),
+        expected.len(),
+        "one aggregate per order, no duplicates"
+    );
     let (mut all_qty, mut all_cents) = (0, 0);
     for (id, (count, qty, cents)) in expected {
         let total = sb.read_json(&format!("outbox/totals/{id}.json"));
         assert_eq!(total["lines"].as_u64(), Some(*count), "{id}: {total}");
         assert_eq!(total["qty"].as_f64(), Some(*qty as f64), "{id}: {total}");
-        assert_eq!(total["cents"].as_f64(), Some(*cents as f64), "{id}: {total}");
+        assert_eq!(
+            total["cents"].as_f64(),
+            Some(*cents as f64),
+            "{id}: {total}"
+        );
         all_qty += total["qty"].as_f64().unwrap() as u64;
         all_cents += total["cents"].as_f64().unwrap() as u64;
     }
@@ -79,7 +89,8 @@ fn split_then_aggregate_on_end_of_file_restores_every_order_before_the_file_is_d
     let sb = Sandbox::new();
     sb.write(
         "flows/orders.yaml",
-        FLOW.replace("@FAST@", FAST_TRIGGER).replace("@FSYNC@", "false"),
+        FLOW.replace("@FAST@", FAST_TRIGGER)
+            .replace("@FSYNC@", "false"),
     );
     let (text, expected) = orders();
     let mut sluice = Sluice::run(&sb);
@@ -100,7 +111,12 @@ fn split_then_aggregate_on_end_of_file_restores_every_order_before_the_file_is_d
         }
     });
     check_totals(&sb, &expected);
-    assert_eq!(sb.count("inbox/orders/.error"), 0, "{}", sluice.log_tail(30));
+    assert_eq!(
+        sb.count("inbox/orders/.error"),
+        0,
+        "{}",
+        sluice.log_tail(30)
+    );
     sluice.assert_running();
 }
 
@@ -110,7 +126,8 @@ fn sigkill_while_aggregating_then_restart_loses_no_aggregate() {
     // fsync makes the 1,000 writes slow enough to be killed among them.
     sb.write(
         "flows/orders.yaml",
-        FLOW.replace("@FAST@", FAST_TRIGGER).replace("@FSYNC@", "true"),
+        FLOW.replace("@FAST@", FAST_TRIGGER)
+            .replace("@FSYNC@", "true"),
     );
     let (text, expected) = orders();
     let mut first = Sluice::run(&sb);
