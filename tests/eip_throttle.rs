@@ -34,7 +34,9 @@ sinks:
     );
     let mut sluice = Sluice::run(&sb);
     sluice.wait_ready("rate");
-    let lines: String = (0..1500).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+    let lines: String = (0..1500)
+        .map(|n| format!("{}\n", json!({"n": n})))
+        .collect();
     sb.write_atomic("inbox/rate/many.ndjson", lines);
     let out = sb.path("outbox/rate");
     sluice.expect_within(secs(30), "the first message passes", || {
@@ -95,7 +97,7 @@ fn a_concurrency_limit_of_4_holds_against_a_slow_sink() {
         let mut sluice =
             Sluice::start_with_env(&sb, &["run"], &[("SLUICE_TEST_SINK_DELAY", "150ms")]);
         sluice.wait_ready("slow");
-        let lines: String = (0..40).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+        let lines: String = (0..40).map(|n| format!("{}\n", json!({"n": n}))).collect();
         sb.write_atomic("inbox/slow/batch.ndjson", lines);
         sluice.expect_within(secs(60), "40 messages delivered", || {
             sb.count("outbox/slow") == 40 && sb.count("inbox/slow/.done") == 1

@@ -472,11 +472,11 @@ impl CompiledFlow {
             return self.write_with_retry(sink_name, sink, out).await;
         };
         if !breaker.allow() {
-            if let Some(fallback) = breakers.fallback.as_ref() {
-                if let Some(fb) = self.sinks.get(fallback) {
-                    tracing::debug!(flow = %self.name, sink = %sink_name, fallback = %fallback, "circuit open: writing to the fallback sink");
-                    return self.write_with_retry(fallback, fb.as_ref(), out).await;
-                }
+            if let Some(fallback) = breakers.fallback.as_ref()
+                && let Some(fb) = self.sinks.get(fallback)
+            {
+                tracing::debug!(flow = %self.name, sink = %sink_name, fallback = %fallback, "circuit open: writing to the fallback sink");
+                return self.write_with_retry(fallback, fb.as_ref(), out).await;
             }
             return Err((
                 FlowError::permanent(

@@ -62,15 +62,18 @@ pub enum Parked {
 
 type Follower = oneshot::Sender<Option<Outcome>>;
 
+/// The aggregated message, or the error building it (with the metadata it would have had).
+pub type Aggregated = Result<Exec, (FlowError, Arc<Meta>)>;
+
 /// A completed group, handed to its leader.
 pub struct Closed {
-    message: Result<Exec, (FlowError, Arc<Meta>)>,
+    message: Aggregated,
     followers: Vec<Follower>,
 }
 
 impl Closed {
     /// The aggregated message (or the error building it) and the other members' channels.
-    pub fn into_parts(self) -> (Result<Exec, (FlowError, Arc<Meta>)>, Vec<Follower>) {
+    pub fn into_parts(self) -> (Aggregated, Vec<Follower>) {
         (self.message, self.followers)
     }
 }
