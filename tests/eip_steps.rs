@@ -333,3 +333,146 @@ sinks:
     assert_eq!(out["n"], 1);
     sluice.expect_within(secs(10), "done", || sb.count("inbox/agg/.done") == 4);
 }
+
+#[test]
+fn on_shutdown_complete_delivers_open_groups_and_abandon_leaves_them_for_redelivery() {
+    for (mode, delivered) in [("complete", true), ("abandon", false)] {
+        let sb = Sandbox::new();
+        sb.write(
+            "flows/agg.yaml",
+            format!(
+                r#"name: agg
+trigger:
+  file:
+    path: inbox/agg
+    {FAST_TRIGGER}
+steps:
+  - aggregate: {{ size: 10, on_shutdown: {mode}, output: "{{n: length(@)}}" }}
+  - to: out
+sinks:
+  out: {{ file: {{ path: outbox/agg, name: "group.json" }} }}
+"#
+            ),
+        );
+        let mut sluice = Sluice::run(&sb);
+        sluice.wait_ready("agg");
+        for i in 0..3 {
+            sb.drop_json("inbox/agg", &format!("{i}.json"), &json!({"i": i}));
+        }
+        sluice.expect_within(secs(10), "three members wait", || {
+            sb.count("inbox/agg/.inflight") == 3
+        });
+        let status = sluice.terminate(secs(20));
+        assert!(
+            status.success(),
+            "{mode}: {status:?}\n{}",
+            sluice.log_tail(20)
+        );
+        if delivered {
+            assert_eq!(sb.read_json("outbox/agg/group.json"), json!({"n": 3}));
+            assert_eq!(sb.count("inbox/agg/.done"), 3);
+        } else {
+            assert!(!sb.exists("outbox/agg/group.json"));
+            assert_eq!(
+                sb.count("inbox/agg/.inflight"),
+                3,
+                "left for the next start"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_failing_child_dead_letters_itself_or_fails_its_parent() {
+    for (option, parent_fails) in [("", false), (", on_child_error: fail_parent", true)] {
+        let sb = Sandbox::new();
+        sb.write(
+            "flows/split.yaml",
+            format!(
+                r#"name: split
+trigger:
+  file:
+    path: inbox/split
+    {FAST_TRIGGER}
+steps:
+  - split: {{ on: items{option} }}
+  - script: |
+      if payload.bad == true {{ throw "bad item " + payload.id; }}
+  - to: out
+sinks:
+  out: {{ file: {{ path: outbox/split, name: "{{{{id}}}}.json" }} }}
+errors:
+  dead_letter: {{ file: {{ path: dead-letter/split }} }}
+"#
+            ),
+        );
+        let mut sluice = Sluice::run(&sb);
+        sluice.wait_ready("split");
+        let items = json!({"items": [{"id": "a"}, {"id": "b", "bad": true}, {"id": "c"}]});
+        sb.drop_json("inbox/split", "order.json", &items);
+        if parent_fails {
+            sluice.expect_within(secs(20), "the file fails", || {
+                sb.exists("inbox/split/.error/order.json")
+            });
+            let letters = sb.names("dead-letter/split");
+            assert_eq!(letters.len(), 1, "the parent, once");
+            let name = letters.iter().next().unwrap();
+            let letter = sb.read_json(&format!("dead-letter/split/{name}"));
+            assert_eq!(letter["message"], items, "the parent is dead-lettered");
+            assert!(
+                letter["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("bad item b")
+            );
+        } else {
+            sluice.expect_within(secs(20), "the file is done", || {
+                sb.exists("inbox/split/.done/order.json")
+            });
+            let letters = sb.names("dead-letter/split");
+            assert_eq!(letters.len(), 1, "the child, alone");
+            let name = letters.iter().next().unwrap();
+            let letter = sb.read_json(&format!("dead-letter/split/{name}"));
+            assert_eq!(letter["message"], json!({"id": "b", "bad": true}));
+            assert_eq!(letter["meta"]["split.index"], "1");
+        }
+        assert!(sb.exists("outbox/split/a.json") && sb.exists("outbox/split/c.json"));
+    }
+}
+
+#[test]
+fn a_failing_wiretap_never_fails_the_message() {
+    let sb = Sandbox::new();
+    sb.write("outbox/tap", "a file where the wiretap's folder should be");
+    sb.write(
+        "flows/tap.yaml",
+        format!(
+            r#"name: tap
+trigger:
+  file:
+    path: inbox/tap
+    {FAST_TRIGGER}
+steps:
+  - wiretap: tap
+  - to: out
+sinks:
+  out: {{ file: {{ path: outbox/out, name: "{{{{id}}}}.json" }} }}
+  tap: {{ file: {{ path: outbox/tap }} }}
+"#
+        ),
+    );
+    let mut sluice = Sluice::run(&sb);
+    sluice.wait_ready("tap");
+    for i in 0..5 {
+        sb.drop_json("inbox/tap", &format!("{i}.json"), &json!({"id": i}));
+    }
+    sluice.expect_within(secs(20), "5 files done", || {
+        sb.count("inbox/tap/.done") == 5
+    });
+    assert_eq!(sb.count("outbox/out"), 5);
+    sluice.wait_for_line(
+        "the wiretap failures are logged and counted",
+        secs(10),
+        |l| l.contains("wiretap write failed") && l.contains("failed=5"),
+    );
+}

@@ -354,6 +354,27 @@ impl Sluice {
         }
     }
 
+    /// Sends SIGTERM (a graceful stop) and waits up to `timeout` for the exit; returns its
+    /// status. Panics with the log tail when the process does not exit in time.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        if self.is_running() {
+            unsafe {
+                libc::kill(self.pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        while self.is_running() {
+            if Instant::now() >= deadline {
+                panic!(
+                    "sluice did not exit within {timeout:?} after SIGTERM\n--- log tail ---\n{}",
+                    self.log_tail(40)
+                );
+            }
+            thread::sleep(millis(20));
+        }
+        self.status.expect("an exited process has a status")
+    }
+
     /// Whether the process is still alive (records its exit status otherwise).
     pub fn is_running(&mut self) -> bool {
         if self.status.is_some() {
