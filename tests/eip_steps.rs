@@ -208,6 +208,25 @@ fn the_eip_examples_pass_their_tests() {
         assert_eq!(out.code, Some(0), "{name}: {}", out.all());
         assert!(out.stdout.contains(" 0 failed"), "{name}: {}", out.all());
     }
+    // `sluice exec` dry-runs split children, aggregates of one and the called flow.
+    let sb = Sandbox::new();
+    example(&sb, "order-totals");
+    let out = sb.cli(
+        &[
+            "exec",
+            "flows/order-lines.yaml",
+            "--input",
+            "inputs/orders-1.ndjson",
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let results = out.stdout_json();
+    assert_eq!(results[0]["outcome"], "delivered", "{results}");
+    assert_eq!(
+        results[0]["payload"][0]["summary"], "order o-1: 1 line(s)",
+        "{results}"
+    );
 }
 
 #[test]

@@ -172,6 +172,17 @@ impl Breakers {
     pub fn get(&self, sink: &str) -> Option<&Breaker> {
         self.breakers.get(sink)
     }
+
+    /// Every sink's circuit state, for status reports and metrics.
+    pub fn states(&self) -> Vec<(String, CircuitState)> {
+        let mut states: Vec<_> = self
+            .breakers
+            .iter()
+            .map(|(name, b)| (name.clone(), b.state()))
+            .collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        states
+    }
 }
 
 #[cfg(test)]

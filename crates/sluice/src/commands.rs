@@ -297,6 +297,21 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
             return Ok(ExitCode::from(1));
         }
     };
+    if !flow.calls.is_empty() {
+        // The flows it `call`s come from the flows folder, as under `sluice run`.
+        for path in flow_files(&folders.flows).unwrap_or_default() {
+            if let Ok(other) =
+                build_flow(&path, &engine_folders(folders), &StandardConnectors, false)
+                && other.name != flow.name
+            {
+                let name = other.name.clone();
+                sluice_engine::directory::register(
+                    &name,
+                    Arc::new(arc_swap::ArcSwap::from_pointee(other)),
+                );
+            }
+        }
+    }
     let (bytes, name) = if input == Path::new("-") {
         let mut bytes = Vec::new();
         std::io::stdin()
