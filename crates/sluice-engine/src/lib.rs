@@ -26,6 +26,9 @@ pub mod testing;
 pub mod value;
 pub mod watch;
 
+#[cfg(test)]
+mod eip_tests;
+
 pub use compile::{Folders, compile};
 pub use connector::{
     Acker, BuildContext, Connectors, Envelope, Failure, Inlet, Outcome, Outgoing, Reply, Sink,

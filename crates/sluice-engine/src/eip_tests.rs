@@ -1,0 +1,199 @@
+//! Unit tests of the EIP steps through the engine's own message path (no binary, no files):
+//! dry runs as `tests:` see them, and live runs with holds, batches and a recording sink.
+
+use crate::connector::{BuildContext, Connectors, Outcome, Outgoing, Sink, Trigger};
+use crate::error::{ErrorKind, FlowError};
+use crate::flow::CompiledFlow;
+use crate::hold::{BATCH_ID, BATCH_SIZE, BatchTracker, HoldInner};
+use crate::message::{Message, Meta};
+use crate::steps::Control;
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig, parse_flow};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+type Written = Arc<Mutex<Vec<(String, Value)>>>;
+
+struct Recording(String, Written);
+
+#[async_trait]
+impl Sink for Recording {
+    async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
+        let value = out.payload.json().cloned().unwrap_or(Value::Null);
+        if value.get("fail").is_some() {
+            return Err(FlowError::permanent(ErrorKind::Sink, "refused"));
+        }
+        self.1.lock().unwrap().push((self.0.clone(), value));
+        Ok(())
+    }
+    fn target(&self, _out: &mut Outgoing) -> Result<String, FlowError> {
+        Ok(self.0.clone())
+    }
+}
+
+struct Idle;
+
+#[async_trait]
+impl Trigger for Idle {
+    async fn run(self: Box<Self>, _: crate::Inlet, _: tokio_util::sync::CancellationToken) {}
+}
+
+struct Stub(Written);
+
+impl Connectors for Stub {
+    fn sink(
+        &self,
+        name: &str,
+        _: &Spanned<SinkConfig>,
+        _: &BuildContext<'_>,
+    ) -> Result<Arc<dyn Sink>, Diagnostic> {
+        Ok(Arc::new(Recording(name.to_owned(), self.0.clone())))
+    }
+    fn trigger(
+        &self,
+        _: &Spanned<TriggerConfig>,
+        _: &BuildContext<'_>,
+    ) -> Result<Box<dyn Trigger>, Diagnostic> {
+        Ok(Box::new(Idle))
+    }
+}
+
+fn flow(name: &str, steps: &str) -> (CompiledFlow, Written) {
+    let yaml = format!(
+        "name: {name}\ntrigger:\n  file: {{ path: inbox/{name} }}\nsteps:\n{steps}\nsinks:\n  out: {{ stdout: {{}} }}\n  other: {{ stdout: {{}} }}\n"
+    );
+    let loaded = parse_flow(Path::new("t.yaml"), yaml).unwrap_or_else(|d| panic!("{d}"));
+    let written: Written = Arc::default();
+    let compiled = crate::compile(&loaded, &crate::Folders::default(), &Stub(written.clone()))
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    (compiled, written)
+}
+
+fn message(flow: &str, payload: Value, batch: Option<(&str, usize)>) -> Message {
+    let mut meta = Meta::new();
+    if let Some((id, size)) = batch {
+        meta.insert(BATCH_ID.to_owned(), id.to_owned());
+        meta.insert(BATCH_SIZE.to_owned(), size.to_string());
+    }
+    Message::new(flow, payload, meta)
+}
+
+#[test]
+fn try_catch_restores_the_payload_and_exposes_the_error() {
+    let (f, _) = flow(
+        "tc",
+        "  - try:\n      - set: { touched: \"`true`\" }\n      - transform: \"`5`\"\n      - set: { b: a }\n  - catch:\n      - set: { kind: \"meta('error.kind')\", step: \"meta('error.step')\" }\n  - to: out",
+    );
+    let mut done = f.execute(message("tc", json!({"a": 1}), None)).unwrap();
+    let payload = done.payload.json().unwrap().clone();
+    assert_eq!(
+        payload.get("touched"),
+        None,
+        "the try's changes are undone: {payload}"
+    );
+    assert_eq!(payload["kind"], "transform");
+    assert!(
+        payload["step"].as_str().unwrap().contains("try"),
+        "{payload}"
+    );
+}
+
+#[test]
+fn a_dry_split_runs_every_child_and_a_dry_aggregate_completes_a_group_of_one() {
+    let (f, _) = flow(
+        "dry",
+        "  - split: items\n  - aggregate: { size: 5, output: \"{n: length(@), first: [0]}\" }\n  - to: out",
+    );
+    let done = f
+        .execute(message("dry", json!({"items": [1, 2, 3]}), None))
+        .unwrap();
+    assert_eq!(done.control, Control::Continue);
+    assert_eq!(done.deliveries.len(), 3);
+    let mut first = done.deliveries[2].payload.clone();
+    assert_eq!(first.json().unwrap(), &json!({"n": 1, "first": 3}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_children_aggregate_back_when_their_batch_ends() {
+    let (f, written) = flow(
+        "agg",
+        "  - split: lines\n  - aggregate: { key: k, end_of_batch: true, output: \"{k: [0].k, sum: sum([].v)}\" }\n  - to: out",
+    );
+    let f = Arc::new(f);
+    let tracker = BatchTracker::new();
+    let inputs = [
+        json!({"lines": [{"k": "a", "v": 1}, {"k": "b", "v": 2}]}),
+        json!({"lines": [{"k": "a", "v": 3}]}),
+    ];
+    let mut tasks = Vec::new();
+    for input in inputs {
+        let m = message("agg", input, Some(("file-1", 2)));
+        let hold = HoldInner::new(None, &tracker, &m.meta);
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            f.process(m, false, Some(hold)).await
+        }));
+    }
+    for t in tasks {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), t)
+            .await
+            .expect("the batch ended and the groups completed")
+            .unwrap();
+        assert!(
+            matches!(outcome, Some(Outcome::Delivered(_))),
+            "{outcome:?}"
+        );
+    }
+    let mut got: Vec<Value> = written
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|w| w.1.clone())
+        .collect();
+    got.sort_by_key(|v| v["k"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        got,
+        vec![json!({"k": "a", "sum": 4.0}), json!({"k": "b", "sum": 2.0})]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_drops_a_duplicate_and_forgets_the_key_of_a_failed_message() {
+    let (f, written) = flow("dd", "  - dedupe: { key: id }\n  - to: out");
+    let run = |v: Value| {
+        let f = &f;
+        async move { f.process(message("dd", v, None), false, None).await }
+    };
+    assert!(matches!(
+        run(json!({"id": 1})).await,
+        Some(Outcome::Delivered(_))
+    ));
+    assert!(matches!(
+        run(json!({"id": 1})).await,
+        Some(Outcome::Filtered)
+    ));
+    assert!(matches!(
+        run(json!({"id": 2, "fail": true})).await,
+        Some(Outcome::Failed(_))
+    ));
+    assert!(
+        matches!(run(json!({"id": 2})).await, Some(Outcome::Delivered(_))),
+        "the failed message's key was removed"
+    );
+    assert_eq!(written.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_rejects_over_its_rate() {
+    let (f, _) = flow(
+        "th",
+        "  - throttle: { rate: 1/h, on_rate: reject }\n  - to: out",
+    );
+    let first = f.process(message("th", json!({}), None), false, None).await;
+    assert!(matches!(first, Some(Outcome::Delivered(_))));
+    match f.process(message("th", json!({}), None), false, None).await {
+        Some(Outcome::Failed(failure)) => assert_eq!(failure.error.kind, ErrorKind::Throttle),
+        other => panic!("{other:?}"),
+    }
+}
