@@ -18,6 +18,7 @@ fn a_rate_of_50_per_second_lets_500_through_in_10_seconds() {
         "flows/rate.yaml",
         format!(
             r#"name: rate
+concurrency: 4
 trigger:
   file:
     path: inbox/rate

@@ -197,3 +197,127 @@ async fn a_throttle_rejects_over_its_rate() {
         other => panic!("{other:?}"),
     }
 }
+
+async fn run_all(f: &Arc<CompiledFlow>, payloads: Vec<Value>) -> Vec<Option<Outcome>> {
+    let tasks: Vec<_> = payloads
+        .into_iter()
+        .map(|p| {
+            let f = f.clone();
+            let name = f.name.clone();
+            tokio::spawn(async move { f.process(message(&name, p, None), false, None).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), t)
+            .await
+            .expect("every member finished")
+            .unwrap();
+        out.push(done);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_completes_by_size_predicate_timeout_and_overflow() {
+    let (f, written) = flow(
+        "by",
+        "  - aggregate: { key: k, size: 3, when: \"[?last] | length(@) > `0`\", timeout: 200ms, max_groups: 2, output: \"{k: [0].k, n: length(@), reason: '-'}\" }\n  - set: { reason: \"meta('aggregate.reason')\" }\n  - to: out",
+    );
+    let f = Arc::new(f);
+    let outcomes = run_all(
+        &f,
+        vec![
+            json!({"k": "size"}),
+            json!({"k": "size"}),
+            json!({"k": "size"}),
+            json!({"k": "when", "last": true}),
+            json!({"k": "slow"}),
+        ],
+    )
+    .await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Some(Outcome::Delivered(_))))
+    );
+    let got: Vec<(String, Value)> = written
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| (v["k"].as_str().unwrap().to_owned(), v.clone()))
+        .collect();
+    let reason = |k: &str| {
+        got.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v["reason"].clone())
+    };
+    assert_eq!(reason("size"), Some(json!("size")));
+    assert_eq!(reason("when"), Some(json!("when")));
+    assert_eq!(reason("slow"), Some(json!("timeout")));
+
+    // Two groups open at most: a third key completes the oldest at once.
+    written.lock().unwrap().clear();
+    let outcomes = run_all(
+        &f,
+        vec![json!({"k": "a"}), json!({"k": "b"}), json!({"k": "c"})],
+    )
+    .await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Some(Outcome::Delivered(_))))
+    );
+    let reasons: Vec<Value> = written
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v["reason"].clone())
+        .collect();
+    assert_eq!(reasons.len(), 3);
+    assert_eq!(
+        reasons.iter().filter(|r| **r == json!("overflow")).count(),
+        1,
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_rejects_over_its_concurrency() {
+    let (f, _) = flow(
+        "tc2",
+        "  - throttle: { concurrency: 1, on_concurrency: reject }\n  - call: tc2-slow\n  - to: out",
+    );
+    // The called flow is not running: the first message fails there, after passing the
+    // throttle; the throttle's permit is back once it failed.
+    let first = f
+        .process(message("tc2", json!({}), None), false, None)
+        .await;
+    match first {
+        Some(Outcome::Failed(failure)) => assert!(failure.error.message.contains("not running")),
+        other => panic!("{other:?}"),
+    }
+    let mut exec = crate::steps::Exec::new(
+        crate::message::Payload::from_json(json!({})),
+        Arc::new(Meta::new()),
+    );
+    let limits = Arc::new(crate::steps::throttle::Limits::new(
+        None,
+        Some((1, sluice_flow::OnLimit::Reject)),
+    ));
+    let step = crate::steps::throttle::Throttle::new("t", None, limits);
+    use crate::steps::AsyncStep;
+    assert_eq!(step.run(&mut exec).await.unwrap(), Control::Continue);
+    let mut second = crate::steps::Exec::new(
+        crate::message::Payload::from_json(json!({})),
+        Arc::new(Meta::new()),
+    );
+    let err = step.run(&mut second).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Throttle);
+    drop(exec);
+    assert_eq!(
+        step.run(&mut second).await.unwrap(),
+        Control::Continue,
+        "the permit came back"
+    );
+}
