@@ -1,8 +1,13 @@
 //! Compiling the enterprise-integration-pattern steps, each with positioned diagnostics.
 
 use super::Compiler;
+use crate::connector::Sink;
+use crate::expr::Expr;
 use crate::steps::{self, Node};
+use sluice_flow::Text;
+use sluice_flow::diagnostic::did_you_mean;
 use sluice_flow::{Span, Spanned, StepConfig};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -312,5 +317,138 @@ impl Compiler<'_> {
             key,
             limits,
         ))))
+    }
+
+    pub(super) fn try_catch(
+        &mut self,
+        step: &Spanned<StepConfig>,
+        body: &[Spanned<StepConfig>],
+        handler: Option<&Vec<Spanned<StepConfig>>>,
+        path: &str,
+        sinks: &[&str],
+    ) -> Option<Box<dyn steps::AsyncStep>> {
+        let Some(handler) = handler else {
+            self.error(
+                Span::of(step),
+                "`try` must be followed by a `catch` step",
+                "add `- catch: [...]` right after it, with the steps that handle the error (the error is in meta('error.kind'), meta('error.message'), meta('error.step'))",
+            );
+            return None;
+        };
+        if body.is_empty() {
+            self.error(
+                Span::of(step),
+                "`try` has no steps",
+                "list the steps that may fail: `- try: [ {script: ...} ]`",
+            );
+            return None;
+        }
+        let before = self.diagnostics.len();
+        let body = self.steps(body, &format!("{path}.try"), sinks);
+        let handler = self.steps(handler, &format!("{path}.catch"), sinks);
+        (self.diagnostics.len() == before)
+            .then(|| Box::new(steps::TryCatch::new(body, handler)) as Box<dyn steps::AsyncStep>)
+    }
+
+    /// The `errors.circuit_breaker` of the flow: one breaker per sink.
+    pub(super) fn breakers(
+        &mut self,
+        config: &Spanned<sluice_flow::CircuitBreakerConfig>,
+        sinks: &[&str],
+        built: &HashMap<String, Arc<dyn Sink>>,
+    ) -> Option<crate::breaker::Breakers> {
+        let c = &config.value;
+        let mut ok = true;
+        if c.failures.value == 0 {
+            self.error(
+                Span::of(&c.failures).or(Span::of(config)),
+                "`failures` must be at least 1",
+                "the number of failed writes within `window` that opens the circuit, e.g. 5",
+            );
+            ok = false;
+        }
+        if c.probes.value == 0 {
+            self.error(
+                Span::of(&c.probes).or(Span::of(config)),
+                "`probes` must be at least 1",
+                "the number of trial writes while half-open, e.g. 1",
+            );
+            ok = false;
+        }
+        if c.window.0.is_zero() || c.open_for.0.is_zero() {
+            self.error(
+                Span::of(config),
+                "`window` and `open_for` must be longer than 0",
+                "for example `window: 10s`, `open_for: 5s`",
+            );
+            ok = false;
+        }
+        if let Some(fallback) = &c.fallback
+            && !sinks.contains(&fallback.value.as_str())
+        {
+            self.unknown_sink(fallback, fallback.value.as_str(), sinks, "fallback to");
+            ok = false;
+        }
+        ok.then(|| {
+            crate::breaker::Breakers::new(
+                built.keys(),
+                crate::breaker::BreakerSettings {
+                    failures: c.failures.value,
+                    window: c.window.0,
+                    open_for: c.open_for.0,
+                    probes: c.probes.value,
+                },
+                c.fallback.as_ref().map(|f| f.value.0.clone()),
+            )
+        })
+    }
+
+    pub(super) fn unknown_sink<T>(
+        &mut self,
+        at: &Spanned<T>,
+        name: &str,
+        sinks: &[&str],
+        what: &str,
+    ) {
+        let mut d = self
+            .flow
+            .diagnostic(Span::of(at), format!("{what} undefined sink `{name}`"));
+        if let Some(close) = did_you_mean(name, sinks.iter().copied()) {
+            d = d.with_help(format!("did you mean `{close}`?"));
+        }
+        d = d.with_help(if sinks.is_empty() {
+            "the flow defines no sinks; add one under `sinks:`".to_owned()
+        } else {
+            format!("defined sinks: {}", sinks.join(", "))
+        });
+        self.diagnostics.push(d);
+    }
+
+    /// An expression whose position falls back to the step's when it has none (shorthand).
+    pub(super) fn expr_at(&mut self, text: &Spanned<Text>, step: Option<Span>) -> Option<Expr> {
+        if Span::of(text).is_some() {
+            return self.expr(text);
+        }
+        match Expr::compile(text.value.as_str()) {
+            Ok(expr) => Some(expr),
+            Err(e) => {
+                self.error(
+                    step,
+                    e.message,
+                    "check the JMESPath syntax: https://jmespath.org/specification.html",
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn optional_expr(
+        &mut self,
+        text: &Option<Spanned<Text>>,
+    ) -> Result<Option<Expr>, ()> {
+        match text {
+            None => Ok(None),
+            Some(t) => self.expr(t).map(Some).ok_or(()),
+        }
     }
 }
