@@ -169,6 +169,19 @@ fn a_cycle_of_calls_across_files_is_a_load_error() {
         out.all()
     );
 
+    sb.write(
+        "flows/c.yaml",
+        "name: c\ntrigger:\n  file: { path: inbox/c }\nsteps:\n  - split: items\n",
+    );
+    let out = sb.cli(&["check"], None);
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("flow `c` cannot be called: it has a `split` step"),
+        "{}",
+        out.all()
+    );
+
     // The running registry refuses the flow that would close a cycle.
     sb.write("flows/c.yaml", caller("c", "b"));
     sb.remove("flows/a.yaml");

@@ -241,6 +241,25 @@ fn check_calls(flows: &[CompiledFlow]) -> usize {
     for flow in flows {
         let mut problems = Vec::new();
         for (callee, span) in &flow.calls {
+            let forks = flows
+                .iter()
+                .find(|f| &f.name == callee)
+                .and_then(|f| sluice_flow::load_flow_file(&f.path).ok())
+                .and_then(|loaded| {
+                    loaded
+                        .file
+                        .steps
+                        .iter()
+                        .map(|s| s.value.kind())
+                        .find(|k| matches!(*k, "split" | "aggregate"))
+                });
+            if let Some(kind) = forks {
+                problems.push((
+                    *span,
+                    format!("flow `{callee}` cannot be called: it has a `{kind}` step"),
+                    "a call returns one result; split and aggregate belong in flows fed by a trigger".to_owned(),
+                ));
+            }
             if !graph.contains_key(callee) {
                 let names: Vec<&str> = graph.keys().map(String::as_str).collect();
                 let mut help = format!("flows checked: {}", names.join(", "));
