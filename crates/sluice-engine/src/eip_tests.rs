@@ -321,3 +321,63 @@ async fn a_throttle_rejects_over_its_concurrency() {
         "the permit came back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_without_a_key_uses_a_hash_of_the_payload() {
+    let (f, written) = flow("dh", "  - dedupe: { ttl: 1m }\n  - to: out");
+    let run = |v: Value| {
+        let f = &f;
+        async move { f.process(message("dh", v, None), false, None).await }
+    };
+    assert!(matches!(
+        run(json!({"a": 1})).await,
+        Some(Outcome::Delivered(_))
+    ));
+    assert!(matches!(
+        run(json!({"a": 1})).await,
+        Some(Outcome::Filtered)
+    ));
+    assert!(matches!(
+        run(json!({"a": 2})).await,
+        Some(Outcome::Delivered(_))
+    ));
+    assert_eq!(written.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_completes_by_interval_while_members_keep_coming() {
+    let (f, written) = flow(
+        "iv",
+        "  - aggregate: { interval: 300ms, output: \"{n: length(@)}\" }\n  - set: { reason: \"meta('aggregate.reason')\" }\n  - to: out",
+    );
+    let f = Arc::new(f);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let f2 = f.clone();
+        tasks.push(tokio::spawn(async move {
+            f2.process(message("iv", json!({}), None), false, None)
+                .await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for t in tasks {
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), t)
+            .await
+            .expect("finished")
+            .unwrap();
+        assert!(matches!(done, Some(Outcome::Delivered(_))), "{done:?}");
+    }
+    let got: Vec<Value> = written
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|w| w.1.clone())
+        .collect();
+    assert!(
+        got.len() >= 2,
+        "an inactivity timeout would never fire here: {got:?}"
+    );
+    assert!(got.iter().all(|v| v["reason"] == "interval"), "{got:?}");
+    let total: u64 = got.iter().map(|v| v["n"].as_u64().unwrap()).sum();
+    assert_eq!(total, 6);
+}
