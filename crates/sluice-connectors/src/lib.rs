@@ -10,17 +10,48 @@
 #![allow(clippy::result_large_err)]
 
 pub mod file;
+pub mod http;
+pub mod schedule;
 pub mod stdout;
 
 use sluice_engine::{BuildContext, Connectors, Sink, Trigger};
 use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig};
 use std::sync::Arc;
 
-/// Every connector that ships with sluice.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct StandardConnectors;
+/// Every connector that ships with sluice, with the resources they share (the HTTP
+/// listener).
+#[derive(Clone)]
+pub struct StandardConnectors {
+    http: Arc<http::HttpHub>,
+}
+
+impl Default for StandardConnectors {
+    /// Connectors for commands that never run triggers (`check`, `test`, `exec`).
+    fn default() -> Self {
+        StandardConnectors::new(http::HttpHub::new("127.0.0.1:8080"))
+    }
+}
+
+impl StandardConnectors {
+    /// Connectors sharing `http` as the listener of every `http` trigger.
+    pub fn new(http: Arc<http::HttpHub>) -> Self {
+        StandardConnectors { http }
+    }
+}
 
 impl Connectors for StandardConnectors {
+    fn claim(&self, config: &TriggerConfig) -> Option<String> {
+        match config {
+            TriggerConfig::File(file) => Some(format!(
+                "file {}",
+                sluice_engine::compile::normalize(std::path::Path::new(file.path.value.as_str()))
+                    .display()
+            )),
+            TriggerConfig::Http(http) => http::HttpTrigger::claim(http),
+            TriggerConfig::Schedule(_) => None,
+        }
+    }
+
     fn sink(
         &self,
         name: &str,
@@ -30,6 +61,7 @@ impl Connectors for StandardConnectors {
         match &config.value {
             SinkConfig::File(file) => Ok(Arc::new(file::FileSink::new(name, file, cx)?)),
             SinkConfig::Stdout(stdout) => Ok(Arc::new(stdout::StdoutSink::new(stdout))),
+            SinkConfig::Http(http) => Ok(Arc::new(http::HttpSink::new(http, cx)?)),
         }
     }
 
@@ -40,6 +72,14 @@ impl Connectors for StandardConnectors {
     ) -> Result<Box<dyn Trigger>, Diagnostic> {
         match &config.value {
             TriggerConfig::File(file) => Ok(Box::new(file::FileTrigger::new(file, cx)?)),
+            TriggerConfig::Http(config) => Ok(Box::new(http::HttpTrigger::new(
+                self.http.clone(),
+                config,
+                cx,
+            )?)),
+            TriggerConfig::Schedule(config) => {
+                Ok(Box::new(schedule::ScheduleTrigger::new(config, cx)?))
+            }
         }
     }
 }

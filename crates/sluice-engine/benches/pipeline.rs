@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt;
 use jmespath::ToJmespath;
 use serde_json::{Value, json};
 use sluice_engine::{
@@ -85,6 +86,10 @@ impl Trigger for NullTrigger {
 struct NullConnectors;
 
 impl Connectors for NullConnectors {
+    fn claim(&self, _: &TriggerConfig) -> Option<String> {
+        None
+    }
+
     fn sink(
         &self,
         _: &str,
@@ -173,7 +178,12 @@ fn pipeline(c: &mut Criterion) {
 
     let engine = |order: &Value| -> Vec<u8> {
         let message = Message::new("bench", order.clone(), Meta::new());
-        let executed = flow.execute(message).unwrap();
+        // The pipeline has no asynchronous step, so the future is ready at its first poll.
+        let executed = flow
+            .execute(message)
+            .now_or_never()
+            .expect("no async steps")
+            .unwrap();
         let delivery = &executed.deliveries[0];
         let mut bytes = delivery.payload.to_json_vec().unwrap();
         bytes.push((delivery.sinks[0] == "express") as u8);

@@ -154,6 +154,14 @@ pub fn compile(
         steps,
         sinks,
         dead_letter,
+        dead_letter_folder: file
+            .errors
+            .dead_letter
+            .as_ref()
+            .and_then(|d| match &d.value {
+                SinkConfig::File(f) => Some(PathBuf::from(f.path.value.as_str())),
+                _ => None,
+            }),
         retry: file.errors.retry.clone(),
         tests,
         dependencies: cx.dependencies,
@@ -167,6 +175,7 @@ pub fn compile(
 pub fn watched_folder(trigger: &TriggerConfig) -> Option<PathBuf> {
     match trigger {
         TriggerConfig::File(file) => Some(normalize(Path::new(file.path.value.as_str()))),
+        _ => None,
     }
 }
 
@@ -330,7 +339,7 @@ impl Compiler<'_> {
                     _ => None,
                 };
                 if let Some(built) = self.try_catch(step, body, handler, &path, sinks) {
-                    steps.push_async(label, built);
+                    steps.push_async(&self.flow.name, label, built);
                 }
                 i += if handler.is_some() { 2 } else { 1 };
                 continue;
@@ -358,7 +367,7 @@ impl Compiler<'_> {
                 continue;
             }
             if let Some(built) = self.step(step, &path, sinks) {
-                steps.push_node(label, built);
+                steps.push_node(&self.flow.name, label, built);
             }
             i += 1;
         }
@@ -397,6 +406,36 @@ impl Compiler<'_> {
                     return None;
                 }
             },
+            StepConfig::Reply(reply) => {
+                let status = match &reply.status {
+                    Some(status) if !(100..=599).contains(&status.value) => {
+                        self.error(
+                            Span::of(status),
+                            format!("`{}` is not an HTTP status", status.value),
+                            "use a status from 100 to 599",
+                        );
+                        return None;
+                    }
+                    Some(status) => Some(status.value),
+                    None => None,
+                };
+                let mut headers = Vec::new();
+                for (name, value) in &reply.headers {
+                    match Template::compile(value.value.as_str()) {
+                        Ok(t) => headers.push((name.clone(), t)),
+                        Err(e) => {
+                            self.expr_error(
+                                value,
+                                &e,
+                                "a header value is text with `{{ jmespath }}` holes",
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Box::new(steps::Reply::new(status, headers))
+            }
+            StepConfig::Enrich(enrich) => self.enrich(enrich)?,
             StepConfig::Route(arms) => {
                 let mut compiled = Vec::new();
                 let mut failed = false;
@@ -453,11 +492,60 @@ impl Compiler<'_> {
                 if failed {
                     return None;
                 }
-                return Some(Node::Async(Box::new(steps::Route::new(compiled))));
+                return Some(Node::Sync(Box::new(steps::Route::new(compiled))));
             }
             // Compiled by `eip_step` (or, for `try`/`catch`, by `steps`).
             _ => return None,
         }))
+    }
+
+    fn enrich(&mut self, config: &sluice_flow::EnrichConfig) -> Option<Box<dyn steps::Step>> {
+        let headers: Vec<(String, String)> = config
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.0.clone()))
+            .collect();
+        let call = match crate::http_client::HttpCall::new(
+            config.method,
+            config.url.value.as_str(),
+            &headers,
+            config.timeout.0,
+        ) {
+            Ok(call) => call,
+            Err((which, e)) => {
+                let at = if which == "url" {
+                    &config.url
+                } else {
+                    &config.headers[&which]
+                };
+                self.expr_error(at, &e, "a template is text with `{{ jmespath }}` holes");
+                return None;
+            }
+        };
+        let body = match &config.body {
+            Some(text) => Some(self.expr(text)?),
+            None => None,
+        };
+        let mut query = Vec::new();
+        for (name, text) in &config.query {
+            query.push((name.clone(), self.expr(text)?));
+        }
+        if config.into.value.trim().is_empty() {
+            self.error(
+                Span::of(&config.into),
+                "`into` is empty",
+                "name the payload field that receives the answer",
+            );
+            return None;
+        }
+        Some(Box::new(steps::Enrich::new(
+            &self.flow.name,
+            call,
+            body,
+            query,
+            config.into.value.0.clone(),
+            self.flow.file.errors.retry.clone(),
+        )))
     }
 
     fn script(&mut self, text: &Spanned<Text>) -> Option<Box<dyn steps::Step>> {

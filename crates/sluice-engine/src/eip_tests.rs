@@ -57,6 +57,9 @@ impl Connectors for Stub {
     ) -> Result<Box<dyn Trigger>, Diagnostic> {
         Ok(Box::new(Idle))
     }
+    fn claim(&self, _: &TriggerConfig) -> Option<String> {
+        None
+    }
 }
 
 fn flow(name: &str, steps: &str) -> (CompiledFlow, Written) {
@@ -79,13 +82,16 @@ fn message(flow: &str, payload: Value, batch: Option<(&str, usize)>) -> Message 
     Message::new(flow, payload, meta)
 }
 
-#[test]
-fn try_catch_restores_the_payload_and_exposes_the_error() {
+#[tokio::test]
+async fn try_catch_restores_the_payload_and_exposes_the_error() {
     let (f, _) = flow(
         "tc",
         "  - try:\n      - set: { touched: \"`true`\" }\n      - transform: \"`5`\"\n      - set: { b: a }\n  - catch:\n      - set: { kind: \"meta('error.kind')\", step: \"meta('error.step')\" }\n  - to: out",
     );
-    let mut done = f.execute(message("tc", json!({"a": 1}), None)).unwrap();
+    let mut done = f
+        .execute(message("tc", json!({"a": 1}), None))
+        .await
+        .unwrap();
     let payload = done.payload.json().unwrap().clone();
     assert_eq!(
         payload.get("touched"),
@@ -99,14 +105,15 @@ fn try_catch_restores_the_payload_and_exposes_the_error() {
     );
 }
 
-#[test]
-fn a_dry_split_runs_every_child_and_a_dry_aggregate_completes_a_group_of_one() {
+#[tokio::test]
+async fn a_dry_split_runs_every_child_and_a_dry_aggregate_completes_a_group_of_one() {
     let (f, _) = flow(
         "dry",
         "  - split: items\n  - aggregate: { size: 5, output: \"{n: length(@), first: [0]}\" }\n  - to: out",
     );
     let done = f
         .execute(message("dry", json!({"items": [1, 2, 3]}), None))
+        .await
         .unwrap();
     assert_eq!(done.control, Control::Continue);
     assert_eq!(done.deliveries.len(), 3);

@@ -82,6 +82,10 @@ pub struct FlowError {
     pub violations: Vec<Violation>,
     /// Whether another attempt may succeed.
     pub retryable: bool,
+    /// The earliest time another attempt makes sense (an HTTP `Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
+    /// Attempts made before giving up (1 unless retried).
+    pub attempts: u32,
 }
 
 impl FlowError {
@@ -93,6 +97,8 @@ impl FlowError {
             step: None,
             violations: Vec::new(),
             retryable: matches!(kind, ErrorKind::Sink | ErrorKind::Timeout),
+            retry_after: None,
+            attempts: 1,
         }
     }
 

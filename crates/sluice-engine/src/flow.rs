@@ -7,6 +7,8 @@ use crate::contract::Contract;
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
 use crate::hold::{BatchTracker, Hold, HoldInner};
 use crate::message::{Message, Meta, Payload};
+use crate::retry::with_retry;
+use crate::stats::FlowStats;
 use crate::steps::{Control, Delivery, Exec, Fork, Steps};
 use crate::testing::CompiledTest;
 use arc_swap::ArcSwap;
@@ -17,7 +19,6 @@ use sluice_flow::{RetryConfig, TriggerConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
 /// One version of a flow, ready to run messages. Immutable; a reload builds a new one.
@@ -48,6 +49,8 @@ pub struct CompiledFlow {
     pub sinks: HashMap<String, Arc<dyn Sink>>,
     /// `errors.dead_letter`.
     pub dead_letter: Option<Arc<dyn Sink>>,
+    /// The folder of a `file` dead-letter sink (listed by the admin API).
+    pub dead_letter_folder: Option<PathBuf>,
     /// `errors.retry`.
     pub retry: RetryConfig,
     /// `tests:`.
@@ -72,24 +75,19 @@ pub struct Executed {
     pub meta: Arc<Meta>,
     /// Deliveries to perform.
     pub deliveries: Vec<crate::steps::Delivery>,
+    /// Status and headers set by `reply` steps.
+    pub reply: crate::steps::ReplySpec,
 }
 
 impl CompiledFlow {
     /// Runs the input contract, the steps and the output contract as a dry run (no I/O, no
     /// waiting, no state touched); `split` children run one after the other and their
     /// deliveries are collected. Used by `tests:`, `sluice exec` and the benchmarks.
-    pub fn execute(&self, message: Message) -> Result<Executed, FlowError> {
+    pub async fn execute(&self, message: Message) -> Result<Executed, FlowError> {
         let Message { payload, meta } = message;
         let mut exec = Exec::new(payload, meta);
         exec.dry = true;
-        // A dry run never suspends: every step that could wait skips the wait when `dry`.
-        match self.dry_from(exec, 0).now_or_never() {
-            Some(result) => result,
-            None => Err(FlowError::permanent(
-                ErrorKind::Transform,
-                "a step tried to wait during a dry run",
-            )),
-        }
+        self.dry_from(exec, 0).await
     }
 
     fn dry_from(&self, mut exec: Exec, start: usize) -> BoxFuture<'_, Result<Executed, FlowError>> {
@@ -101,6 +99,7 @@ impl CompiledFlow {
                     payload: exec.payload,
                     meta: exec.meta,
                     deliveries: exec.deliveries,
+                    reply: exec.reply,
                 });
             }
             let Some(Fork::Split(children)) = exec.fork.take() else {
@@ -127,6 +126,7 @@ impl CompiledFlow {
                 payload: Payload::from_json(Value::Array(payloads)),
                 meta: exec.meta,
                 deliveries,
+                reply: exec.reply,
             })
         }
         .boxed()
@@ -219,7 +219,7 @@ impl CompiledFlow {
                     return self.forked(exec, at, want_reply, dead_letter).await;
                 }
                 Ok((Control::Continue, _)) => {
-                    let reply = reply(&mut exec.payload, want_reply);
+                    let reply = reply(&mut exec, want_reply);
                     if exec.deliveries.is_empty() {
                         exec.finish(true);
                         return Some(Outcome::Completed(reply));
@@ -232,7 +232,10 @@ impl CompiledFlow {
                         Err(failed) => failed,
                     }
                 }
-                Err(error) => (error, 1),
+                Err(error) => {
+                    let attempts = error.attempts.max(1);
+                    (error, attempts)
+                }
             };
             exec.finish(false);
             Some(
@@ -496,23 +499,14 @@ impl CompiledFlow {
         &self,
         sink_name: &str,
         sink: &dyn Sink,
-        mut out: Outgoing,
+        out: Outgoing,
     ) -> Result<(), (FlowError, u32)> {
-        let attempts = self.retry.attempts.max(1);
-        let mut wait = self.retry.backoff.0;
-        let mut attempt = 1;
-        loop {
-            match sink.write(&mut out).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.retryable && attempt < attempts => {
-                    tracing::warn!(flow = %self.name, sink = %sink_name, attempt, "sink write failed, retrying in {}: {}", humantime::format_duration(wait), e.message);
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(self.retry.max_backoff.0.max(Duration::from_millis(1)));
-                    attempt += 1;
-                }
-                Err(e) => return Err((e.at_step(format!("sink {sink_name}")), attempt)),
-            }
-        }
+        with_retry(&self.retry, &self.name, sink_name, || {
+            let mut out = out.clone();
+            async move { sink.write(&mut out).await }
+        })
+        .await
+        .map_err(|(e, attempts)| (e.at_step(format!("sink {sink_name}")), attempts))
     }
 
     async fn dead_letter_write(
@@ -542,12 +536,15 @@ impl CompiledFlow {
     }
 }
 
-fn reply(payload: &mut Payload, wanted: bool) -> Option<Reply> {
+fn reply(exec: &mut Exec, wanted: bool) -> Option<Reply> {
     if !wanted {
         return None;
     }
     Some(Reply {
-        payload: payload.json().cloned().unwrap_or(Value::Null),
+        payload: exec.payload.json().cloned().unwrap_or(Value::Null),
+        status: exec.reply.status,
+        headers: std::mem::take(&mut exec.reply.headers),
+        message_id: exec.meta.get("message_id").cloned().unwrap_or_default(),
     })
 }
 
@@ -585,6 +582,7 @@ pub async fn run_workers(
     mut rx: mpsc::Receiver<Envelope>,
     current: Arc<ArcSwap<CompiledFlow>>,
     concurrency: usize,
+    stats: Arc<FlowStats>,
 ) {
     let limit = Arc::new(Semaphore::new(concurrency));
     let batches = BatchTracker::new();
@@ -600,11 +598,20 @@ pub async fn run_workers(
         };
         let flow = current.load_full();
         let hold = HoldInner::new(Some(permit), &batches, &message.meta);
+        let stats = stats.clone();
         tasks.spawn(async move {
+            let started = std::time::Instant::now();
+            stats.started();
             match flow.process(message, reply, Some(hold)).await {
-                Some(outcome) => ack.ack(outcome).await,
+                Some(outcome) => {
+                    stats.finished(&outcome, started.elapsed());
+                    ack.ack(outcome).await
+                }
                 // Abandoned: dropping the acker unacknowledged makes the source redeliver.
-                None => drop(ack),
+                None => {
+                    stats.abandoned();
+                    drop(ack)
+                }
             }
         });
     }

@@ -9,8 +9,10 @@
 pub mod aggregate;
 pub mod call;
 pub mod dedupe;
+mod enrich;
 mod filter;
 mod log;
+mod reply;
 mod route;
 mod script;
 mod set;
@@ -22,8 +24,10 @@ pub mod try_catch;
 mod validate;
 pub mod wiretap;
 
+pub use enrich::Enrich;
 pub use filter::Filter;
 pub use log::Log;
+pub use reply::Reply;
 pub use route::{Route, RouteAction, RouteArm};
 pub use script::Script;
 pub use set::Set;
@@ -70,6 +74,17 @@ pub struct Exec {
     pub finally: Vec<Finally>,
     /// Set together with [`Control::Fork`] by `split` and `aggregate`.
     pub fork: Option<Fork>,
+    /// What `reply` steps set for a request-reply trigger.
+    pub reply: ReplySpec,
+}
+
+/// The status and headers of a request-reply answer, as set by `reply` steps.
+#[derive(Clone, Debug, Default)]
+pub struct ReplySpec {
+    /// The status, when set.
+    pub status: Option<u16>,
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 /// What a top-level run that ended with [`Control::Fork`] continues with.
@@ -92,6 +107,7 @@ impl Exec {
             guards: Vec::new(),
             finally: Vec::new(),
             fork: None,
+            reply: ReplySpec::default(),
         }
     }
 
@@ -126,10 +142,28 @@ pub enum Control {
     Fork,
 }
 
+/// A step's pending work, for the steps that wait on I/O (`enrich`).
+pub type StepFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Control, FlowError>> + Send + 'a>>;
+
 /// One compiled step.
+///
+/// Most steps are pure and synchronous and implement only [`Step::run`]; a step that waits
+/// on I/O says so with [`Step::is_async`] and implements [`Step::run_async`]. Keeping the
+/// synchronous path separate means the common steps cost no allocation per message.
 pub trait Step: Send + Sync {
-    /// Runs the step on one message.
+    /// Runs a synchronous step on one message.
     fn run(&self, exec: &mut Exec) -> Result<Control, FlowError>;
+
+    /// True when the step must be run with [`Step::run_async`].
+    fn is_async(&self) -> bool {
+        false
+    }
+
+    /// Runs an asynchronous step on one message.
+    fn run_async<'a>(&'a self, exec: &'a mut Exec) -> StepFuture<'a> {
+        Box::pin(std::future::ready(self.run(exec)))
+    }
 }
 
 /// A step that may wait, or that keeps state across messages.
@@ -161,26 +195,32 @@ pub enum Node {
     Async(Box<dyn AsyncStep>),
 }
 
-/// A sequence of steps, each labelled for error messages (`steps[2] (script)`).
+/// A sequence of steps, each labelled for error messages (`steps[2] (script)`) and timed
+/// into the `sluice_step_duration_seconds` histogram.
 #[derive(Default)]
 pub struct Steps {
-    steps: Vec<(String, Node)>,
+    steps: Vec<(String, Node, metrics::Histogram)>,
 }
 
 impl Steps {
-    /// Appends a step.
-    pub fn push(&mut self, label: String, step: Box<dyn Step>) {
-        self.steps.push((label, Node::Sync(step)));
+    /// Appends a step; `flow` labels its latency histogram.
+    pub fn push(&mut self, flow: &str, label: String, step: Box<dyn Step>) {
+        self.push_node(flow, label, Node::Sync(step));
     }
 
     /// Appends a step that may wait or keeps state.
-    pub fn push_async(&mut self, label: String, step: Box<dyn AsyncStep>) {
-        self.steps.push((label, Node::Async(step)));
+    pub fn push_async(&mut self, flow: &str, label: String, step: Box<dyn AsyncStep>) {
+        self.push_node(flow, label, Node::Async(step));
     }
 
     /// Appends a compiled step of either kind.
-    pub fn push_node(&mut self, label: String, node: Node) {
-        self.steps.push((label, node));
+    pub fn push_node(&mut self, flow: &str, label: String, node: Node) {
+        let histogram = metrics::histogram!(
+            "sluice_step_duration_seconds",
+            "flow" => flow.to_owned(),
+            "step" => label.clone()
+        );
+        self.steps.push((label, node, histogram));
     }
 
     /// Number of steps.
@@ -191,6 +231,14 @@ impl Steps {
     /// True when there are no steps.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
+    }
+
+    /// True when some step (or nested step) may wait.
+    pub fn is_async(&self) -> bool {
+        self.steps.iter().any(|(_, node, _)| match node {
+            Node::Sync(step) => step.is_async(),
+            Node::Async(_) => true,
+        })
     }
 
     /// Runs every step in order until one drops the message, forks it or fails.
@@ -205,11 +253,14 @@ impl Steps {
         start: usize,
         exec: &mut Exec,
     ) -> Result<(Control, usize), FlowError> {
-        for (i, (label, step)) in self.steps.iter().enumerate().skip(start) {
-            let result = match step {
+        for (i, (label, node, histogram)) in self.steps.iter().enumerate().skip(start) {
+            let started = std::time::Instant::now();
+            let result = match node {
+                Node::Sync(step) if step.is_async() => step.run_async(exec).await,
                 Node::Sync(step) => step.run(exec),
                 Node::Async(step) => step.run(exec).await,
             };
+            histogram.record(started.elapsed().as_secs_f64());
             match result {
                 Ok(Control::Continue) => {}
                 Ok(other) => return Ok((other, i)),

@@ -1,7 +1,6 @@
-use super::{AsyncStep, Control, Exec, Steps, To};
+use super::{Control, Exec, Step, StepFuture, Steps, To};
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
-use async_trait::async_trait;
 use std::sync::Arc;
 
 /// What a matching route arm does.
@@ -33,10 +32,9 @@ impl Route {
     }
 }
 
-// Asynchronous because an arm's nested steps may wait.
-#[async_trait]
-impl AsyncStep for Route {
-    async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+impl Route {
+    /// The first arm that matches, or `None`.
+    fn pick(&self, exec: &mut Exec) -> Result<Option<&RouteAction>, FlowError> {
         for (label, arm) in &self.arms {
             if let Some(when) = &arm.when {
                 let data = exec.jmes()?;
@@ -48,14 +46,42 @@ impl AsyncStep for Route {
                     continue;
                 }
             }
-            return match &arm.action {
-                RouteAction::Deliver(sinks) => {
-                    To::record(sinks, exec);
-                    Ok(Control::Continue)
-                }
-                RouteAction::Steps(steps) => steps.run(exec).await,
-            };
+            return Ok(Some(&arm.action));
+        }
+        Ok(None)
+    }
+}
+
+impl Step for Route {
+    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+        match self.pick(exec)? {
+            Some(RouteAction::Deliver(sinks)) => To::record(sinks, exec),
+            Some(RouteAction::Steps(_)) => {
+                return Err(FlowError::new(
+                    ErrorKind::Transform,
+                    "internal: a route with nested steps must run asynchronously",
+                ));
+            }
+            None => {}
         }
         Ok(Control::Continue)
+    }
+
+    fn is_async(&self) -> bool {
+        // Nested steps run through `Steps::run`, which is async.
+        self.arms
+            .iter()
+            .any(|(_, arm)| matches!(arm.action, RouteAction::Steps(_)))
+    }
+
+    fn run_async<'a>(&'a self, exec: &'a mut Exec) -> StepFuture<'a> {
+        Box::pin(async move {
+            match self.pick(exec)? {
+                Some(RouteAction::Deliver(sinks)) => To::record(sinks, exec),
+                Some(RouteAction::Steps(steps)) => return steps.run(exec).await,
+                None => {}
+            }
+            Ok(Control::Continue)
+        })
     }
 }

@@ -4,11 +4,13 @@
 //! a silently ignored setting.
 
 mod eip;
+mod http;
 mod sink;
 mod step;
 mod trigger;
 
 pub use eip::*;
+pub use http::*;
 pub use sink::*;
 pub use step::*;
 pub use trigger::*;

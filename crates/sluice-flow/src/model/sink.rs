@@ -10,6 +10,8 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// One line per message on standard output.
     Stdout(StdoutSinkConfig),
+    /// An HTTP request per message.
+    Http(crate::HttpSinkConfig),
 }
 
 impl SinkConfig {
@@ -18,6 +20,7 @@ impl SinkConfig {
         match self {
             SinkConfig::File(_) => "file",
             SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Http(_) => "http",
         }
     }
 }

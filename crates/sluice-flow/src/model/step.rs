@@ -42,6 +42,10 @@ pub enum StepConfig {
     Try(Vec<Spanned<StepConfig>>),
     /// Steps run when the steps of the preceding `try` failed.
     Catch(Vec<Spanned<StepConfig>>),
+    /// Set the status and headers of a request-reply answer.
+    Reply(crate::ReplyConfig),
+    /// Call an HTTP endpoint and merge the answer into the payload.
+    Enrich(Box<crate::EnrichConfig>),
 }
 
 impl StepConfig {
@@ -64,6 +68,8 @@ impl StepConfig {
             StepConfig::Call(_) => "call",
             StepConfig::Try(_) => "try",
             StepConfig::Catch(_) => "catch",
+            StepConfig::Reply(_) => "reply",
+            StepConfig::Enrich(_) => "enrich",
         }
     }
 }

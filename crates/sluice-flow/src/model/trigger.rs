@@ -9,6 +9,10 @@ use std::time::Duration;
 pub enum TriggerConfig {
     /// Files dropped into a folder.
     File(FileTriggerConfig),
+    /// Requests on the shared HTTP listener.
+    Http(crate::HttpTriggerConfig),
+    /// A clock.
+    Schedule(crate::ScheduleTriggerConfig),
 }
 
 impl TriggerConfig {
@@ -16,6 +20,17 @@ impl TriggerConfig {
     pub fn describe(&self) -> String {
         match self {
             TriggerConfig::File(file) => format!("file {}", file.path.value),
+            TriggerConfig::Http(http) => {
+                format!("http {} {}", http.method.as_str(), http.path.value)
+            }
+            TriggerConfig::Schedule(schedule) => match (&schedule.every, &schedule.cron) {
+                (Some(every), _) => format!(
+                    "schedule every {}",
+                    humantime::format_duration(every.value.0)
+                ),
+                (None, Some(cron)) => format!("schedule cron {}", cron.value),
+                (None, None) => "schedule".to_owned(),
+            },
         }
     }
 }
