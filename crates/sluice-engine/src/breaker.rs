@@ -57,12 +57,26 @@ struct Circuit {
 pub struct Breaker {
     settings: BreakerSettings,
     circuit: Mutex<Circuit>,
+    /// `sluice_circuit_state{flow, sink}`: 0 closed, 1 half-open, 2 open.
+    gauge: metrics::Gauge,
 }
 
 impl Breaker {
     /// A closed breaker.
     pub fn new(settings: BreakerSettings) -> Self {
+        Breaker::labelled(settings, "", "")
+    }
+
+    /// A closed breaker whose state is the gauge `sluice_circuit_state{flow, sink}`.
+    pub fn labelled(settings: BreakerSettings, flow: &str, sink: &str) -> Self {
+        let gauge = metrics::gauge!(
+            "sluice_circuit_state",
+            "flow" => flow.to_owned(),
+            "sink" => sink.to_owned()
+        );
+        gauge.set(0.0);
         Breaker {
+            gauge,
             settings,
             circuit: Mutex::new(Circuit {
                 state: CircuitState::Closed,
@@ -79,6 +93,14 @@ impl Breaker {
         self.circuit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn publish(&self, state: CircuitState) {
+        self.gauge.set(match state {
+            CircuitState::Closed => 0.0,
+            CircuitState::HalfOpen => 1.0,
+            CircuitState::Open => 2.0,
+        });
+    }
+
     /// The current state.
     pub fn state(&self) -> CircuitState {
         self.lock().state
@@ -91,6 +113,7 @@ impl Breaker {
             c.state = CircuitState::HalfOpen;
             c.probes_out = 0;
             c.probes_ok = 0;
+            self.publish(CircuitState::HalfOpen);
             tracing::info!(circuit = "half-open", "circuit half-open: probing the sink");
         }
         match c.state {
@@ -125,6 +148,7 @@ impl Breaker {
                     c.state = CircuitState::Open;
                     c.opened_at = now;
                     c.failures.clear();
+                    self.publish(CircuitState::Open);
                     tracing::warn!(flow = %flow, sink = %sink, circuit = "open", "circuit opened: {} failed writes within {}; failing fast for {}", self.settings.failures, humantime::format_duration(self.settings.window), humantime::format_duration(self.settings.open_for));
                 }
             }
@@ -132,12 +156,14 @@ impl Breaker {
                 c.probes_ok += 1;
                 if c.probes_ok >= self.settings.probes.max(1) {
                     c.state = CircuitState::Closed;
+                    self.publish(CircuitState::Closed);
                     tracing::info!(flow = %flow, sink = %sink, circuit = "closed", fast_failures = c.fast_failures, "circuit closed: the sink recovered");
                 }
             }
             (CircuitState::HalfOpen, false) => {
                 c.state = CircuitState::Open;
                 c.opened_at = now;
+                self.publish(CircuitState::Open);
                 tracing::warn!(flow = %flow, sink = %sink, circuit = "open", "circuit opened again: a probe failed");
             }
             // A write that started before the circuit opened: its result changes nothing.
@@ -156,6 +182,7 @@ pub struct Breakers {
 impl Breakers {
     /// One breaker per named sink (the fallback sink gets none).
     pub fn new<'a>(
+        flow: &str,
         sinks: impl IntoIterator<Item = &'a String>,
         settings: BreakerSettings,
         fallback: Option<String>,
@@ -163,7 +190,7 @@ impl Breakers {
         let breakers = sinks
             .into_iter()
             .filter(|name| Some(*name) != fallback.as_ref())
-            .map(|name| (name.clone(), Breaker::new(settings)))
+            .map(|name| (name.clone(), Breaker::labelled(settings, flow, name)))
             .collect();
         Breakers { breakers, fallback }
     }

@@ -5,7 +5,7 @@ use crate::breaker::Breakers;
 use crate::connector::{Envelope, Failure, Outcome, Outgoing, Reply, Sink, Trigger};
 use crate::contract::Contract;
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
-use crate::hold::{BatchTracker, Hold, HoldInner};
+use crate::hold::{BatchTracker, Hold, HoldInner, Slot};
 use crate::message::{Message, Meta, Payload};
 use crate::retry::with_retry;
 use crate::stats::FlowStats;
@@ -398,7 +398,9 @@ impl CompiledFlow {
         want_reply: bool,
     ) -> Option<Outcome> {
         use crate::steps::aggregate::Parked;
-        drop(exec.hold.take());
+        if let Some(hold) = exec.hold.take() {
+            hold.park();
+        }
         exec.guards.clear();
         let outcome = match parked {
             Parked::Member(rx) => rx.await.ok().flatten(),
@@ -597,9 +599,12 @@ pub async fn run_workers(
             break;
         };
         let flow = current.load_full();
-        let hold = HoldInner::new(Some(permit), &batches, &message.meta);
+        let slot = Slot::new(permit);
+        let hold = HoldInner::new(Some(slot.clone()), &batches, &message.meta);
         let stats = stats.clone();
         tasks.spawn(async move {
+            // The slot goes back after the acknowledgement (or earlier, if the message parks).
+            let _slot = slot;
             let started = std::time::Instant::now();
             stats.started();
             match flow.process(message, reply, Some(hold)).await {
@@ -615,7 +620,7 @@ pub async fn run_workers(
             }
         });
     }
-    // Every permit back means every message taken has settled (ended, or parked).
+    // Every permit back means every message taken was acknowledged or parked.
     let _ = limit.acquire_many(concurrency as u32).await;
     // Parked messages end when their aggregate groups are completed or abandoned.
     current.load().stop_stateful();

@@ -8,6 +8,7 @@
 //! their parent's hold, so the parent settles when its last child does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -19,19 +20,32 @@ pub const BATCH_SIZE: &str = "batch.size";
 /// Shared by a message and its split children; dropping the last clone settles it.
 pub type Hold = Arc<HoldInner>;
 
+/// A worker slot. The worker keeps it until the message is acknowledged, so that no more
+/// than `concurrency` messages sit between "sinks confirmed" and "source acknowledged"; a
+/// message that parks in an aggregate group gives it back early.
+pub struct Slot(Mutex<Option<OwnedSemaphorePermit>>);
+
+impl Slot {
+    /// A slot holding `permit`.
+    pub fn new(permit: OwnedSemaphorePermit) -> Arc<Slot> {
+        Arc::new(Slot(Mutex::new(Some(permit))))
+    }
+
+    fn release(&self) {
+        drop(self.0.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+}
+
 /// What a [`Hold`] keeps: the worker slot and the batch membership.
 pub struct HoldInner {
-    _permit: Option<OwnedSemaphorePermit>,
+    slot: Option<Arc<Slot>>,
     batch: Option<(Arc<BatchTracker>, String)>,
+    parked: AtomicBool,
 }
 
 impl HoldInner {
     /// A hold on a worker slot and, when the message names its batch, on that batch.
-    pub fn new(
-        permit: Option<OwnedSemaphorePermit>,
-        tracker: &Arc<BatchTracker>,
-        meta: &crate::Meta,
-    ) -> Hold {
+    pub fn new(slot: Option<Arc<Slot>>, tracker: &Arc<BatchTracker>, meta: &crate::Meta) -> Hold {
         let batch = match (meta.get(BATCH_ID), meta.get(BATCH_SIZE)) {
             (Some(id), Some(size)) => size.parse::<usize>().ok().map(|size| {
                 tracker.expect(id, size);
@@ -40,9 +54,16 @@ impl HoldInner {
             _ => None,
         };
         Arc::new(HoldInner {
-            _permit: permit,
+            slot,
             batch,
+            parked: AtomicBool::new(false),
         })
+    }
+
+    /// The message (or one of its split children) parks in an aggregate group: when it
+    /// settles, the worker slot is given back at once instead of after the acknowledgement.
+    pub fn park(&self) {
+        self.parked.store(true, Ordering::SeqCst);
     }
 
     /// The batch tracker of the message's flow, when the message belongs to a batch.
@@ -53,6 +74,11 @@ impl HoldInner {
 
 impl Drop for HoldInner {
     fn drop(&mut self) {
+        if self.parked.load(Ordering::SeqCst)
+            && let Some(slot) = &self.slot
+        {
+            slot.release();
+        }
         if let Some((tracker, id)) = &self.batch {
             tracker.settle(id);
         }

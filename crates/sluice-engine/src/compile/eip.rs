@@ -391,6 +391,7 @@ impl Compiler<'_> {
         }
         ok.then(|| {
             crate::breaker::Breakers::new(
+                &self.flow.name,
                 built.keys(),
                 crate::breaker::BreakerSettings {
                     failures: c.failures.value,
