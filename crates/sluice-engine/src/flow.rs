@@ -108,6 +108,7 @@ impl CompiledFlow {
     /// Runs one message end to end, including sink writes, retries and the dead letter.
     pub async fn handle(&self, message: Message, want_reply: bool) -> Outcome {
         let message_id = message.id().to_owned();
+        let correlation_id = message.meta.get("correlation_id").cloned();
         let original = self
             .dead_letter
             .as_ref()
@@ -132,7 +133,9 @@ impl CompiledFlow {
                 (error, attempts)
             }
         };
-        let envelope = ErrorEnvelope::new(&self.name, &self.version, &message_id, &error, attempts);
+        let mut envelope =
+            ErrorEnvelope::new(&self.name, &self.version, &message_id, &error, attempts);
+        envelope.correlation_id = correlation_id;
         tracing::warn!(flow = %self.name, message_id = %message_id, kind = %error.kind, "message failed: {error}");
         let dead_lettered = match (&self.dead_letter, original) {
             (Some(sink), Some((payload, meta))) => {
