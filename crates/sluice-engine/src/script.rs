@@ -190,6 +190,7 @@ mod tests {
         let err = s
             .run(
                 &ast,
+                false,
                 &mut Payload::from_json(json!({})),
                 &Arc::new(Meta::new()),
             )
@@ -206,6 +207,7 @@ mod tests {
         assert!(
             s.run(
                 &ast,
+                false,
                 &mut Payload::from_json(json!({})),
                 &Arc::new(Meta::new())
             )
