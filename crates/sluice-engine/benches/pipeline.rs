@@ -195,6 +195,25 @@ fn pipeline(c: &mut Criterion) {
     let b: Value = serde_json::from_slice(&engine(&input)[..engine(&input).len() - 1]).unwrap();
     assert_eq!(a, b);
 
+    // `PIPELINE_ONLY=engine|plain_loop|plain_loop_sandboxed PIPELINE_ITERATIONS=n` runs one
+    // variant n times and exits: for instruction counts under `valgrind --tool=callgrind`,
+    // which are repeatable on a noisy machine where timings are not.
+    if let Ok(only) = std::env::var("PIPELINE_ONLY") {
+        let n: usize = std::env::var("PIPELINE_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        for _ in 0..n {
+            let out = match only.as_str() {
+                "engine" => engine(&input),
+                "plain_loop" => plain(&input),
+                _ => plain_sandboxed(&input),
+            };
+            black_box(out);
+        }
+        std::process::exit(0);
+    }
+
     let mut group = c.benchmark_group("order-intake");
     group.throughput(Throughput::Elements(1));
     group.bench_function("engine", |bench| {

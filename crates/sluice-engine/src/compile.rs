@@ -579,7 +579,11 @@ impl Compiler<'_> {
                 }
             };
             return match self.sandbox.compile(&source) {
-                Ok(ast) => Some(Box::new(steps::Script::new(self.sandbox.clone(), ast))),
+                Ok(ast) => Some(Box::new(steps::Script::new(
+                    self.sandbox.clone(),
+                    ast,
+                    &source,
+                ))),
                 Err((line, column, message)) => {
                     let d = Diagnostic::at(
                         &path,
@@ -598,7 +602,11 @@ impl Compiler<'_> {
             };
         }
         match self.sandbox.compile(value) {
-            Ok(ast) => Some(Box::new(steps::Script::new(self.sandbox.clone(), ast))),
+            Ok(ast) => Some(Box::new(steps::Script::new(
+                self.sandbox.clone(),
+                ast,
+                value,
+            ))),
             Err((line, column, message)) => {
                 let span = position_in_scalar(
                     &self.flow.source,

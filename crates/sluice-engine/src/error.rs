@@ -168,6 +168,9 @@ pub struct ErrorEnvelope {
     pub time: String,
     /// The message id.
     pub message_id: String,
+    /// The correlation id the message arrived with (HTTP `traceparent` / `x-correlation-id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 impl ErrorEnvelope {
@@ -189,6 +192,7 @@ impl ErrorEnvelope {
             attempts,
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             message_id: message_id.to_owned(),
+            correlation_id: None,
         }
     }
 }

@@ -255,7 +255,11 @@ impl CompiledFlow {
         original: Option<(Payload, Arc<Meta>)>,
         dead_letter: bool,
     ) -> Outcome {
-        let envelope = ErrorEnvelope::new(&self.name, &self.version, message_id, &error, attempts);
+        let mut envelope =
+            ErrorEnvelope::new(&self.name, &self.version, message_id, &error, attempts);
+        envelope.correlation_id = original
+            .as_ref()
+            .and_then(|(_, meta)| meta.get("correlation_id").cloned());
         tracing::warn!(flow = %self.name, message_id = %message_id, kind = %error.kind, "message failed: {error}");
         let dead_lettered = match (&self.dead_letter, original) {
             (Some(sink), Some((payload, meta))) if dead_letter => {

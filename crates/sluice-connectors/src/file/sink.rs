@@ -208,9 +208,22 @@ fn write_file(
             io_error("cannot write a temporary file", e)
         })?;
     }
-    let result = place(folder, name, &tmp, bytes, on_conflict);
-    let _ = std::fs::remove_file(&tmp);
-    let target = result?;
+    let target = if on_conflict == OnConflict::Overwrite {
+        // Replacing is what was asked for: one atomic rename, no comparison needed.
+        let target = folder.join(name);
+        std::fs::rename(&tmp, &target).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            FlowError::new(
+                ErrorKind::Sink,
+                format!("cannot replace {}: {e}", target.display()),
+            )
+        })?;
+        target
+    } else {
+        let result = place(folder, name, &tmp, bytes, on_conflict);
+        let _ = std::fs::remove_file(&tmp);
+        result?
+    };
     if fsync && let Ok(dir) = std::fs::File::open(folder) {
         let _ = dir.sync_all();
     }

@@ -41,6 +41,7 @@ pub struct HttpHub {
     listener: Mutex<Listener>,
     shutdown: CancellationToken,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    counters: RwLock<std::collections::HashMap<(String, u16), metrics::Counter>>,
 }
 
 impl HttpHub {
@@ -53,6 +54,7 @@ impl HttpHub {
             listener: Mutex::new(Listener::Idle),
             shutdown: CancellationToken::new(),
             server: Mutex::new(None),
+            counters: RwLock::default(),
         })
     }
 
@@ -140,6 +142,31 @@ impl HttpHub {
         if let Some(server) = server {
             let _ = tokio::time::timeout(grace, server).await;
         }
+    }
+
+    /// Counts an answered request; handles are cached because building a labelled counter
+    /// on every request costs more than the rest of the bookkeeping.
+    fn count(&self, flow: &str, status: u16) {
+        let key = (flow.to_owned(), status);
+        if let Some(counter) = self
+            .counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(
+            "sluice_http_requests_total",
+            "flow" => flow.to_owned(),
+            "status" => status.to_string()
+        );
+        counter.increment(1);
+        self.counters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, counter);
     }
 
     fn find(
@@ -315,14 +342,8 @@ async fn handle(State(hub): State<Arc<HttpHub>>, request: Request<Body>) -> Resp
             );
         }
     };
-    let flow = route.inlet.flow().to_owned();
     let response = serve(&route, params, request).await;
-    metrics::counter!(
-        "sluice_http_requests_total",
-        "flow" => flow,
-        "status" => response.status().as_u16().to_string()
-    )
-    .increment(1);
+    hub.count(route.inlet.flow(), response.status().as_u16());
     response
 }
 
