@@ -237,10 +237,17 @@ impl CompiledFlow {
                     (error, attempts)
                 }
             };
+            let correlation_id = exec.meta.get("correlation_id").cloned();
             exec.finish(false);
             Some(
-                self.fail(error, attempts, &message_id, original, dead_letter)
-                    .await,
+                self.fail(
+                    error,
+                    attempts,
+                    (&message_id, correlation_id),
+                    original,
+                    dead_letter,
+                )
+                .await,
             )
         }
         .boxed()
@@ -251,15 +258,14 @@ impl CompiledFlow {
         &self,
         error: FlowError,
         attempts: u32,
-        message_id: &str,
+        message: (&str, Option<String>),
         original: Option<(Payload, Arc<Meta>)>,
         dead_letter: bool,
     ) -> Outcome {
+        let (message_id, correlation_id) = message;
         let mut envelope =
             ErrorEnvelope::new(&self.name, &self.version, message_id, &error, attempts);
-        envelope.correlation_id = original
-            .as_ref()
-            .and_then(|(_, meta)| meta.get("correlation_id").cloned());
+        envelope.correlation_id = correlation_id;
         tracing::warn!(flow = %self.name, message_id = %message_id, kind = %error.kind, "message failed: {error}");
         let dead_lettered = match (&self.dead_letter, original) {
             (Some(sink), Some((payload, meta))) if dead_letter => {
@@ -382,10 +388,17 @@ impl CompiledFlow {
                 Some(Outcome::Delivered(None))
             }
             Some((error, attempts)) => {
+                let correlation_id = exec.meta.get("correlation_id").cloned();
                 exec.finish(false);
                 Some(
-                    self.fail(error, attempts, &message_id, original, dead_letter)
-                        .await,
+                    self.fail(
+                        error,
+                        attempts,
+                        (&message_id, correlation_id),
+                        original,
+                        dead_letter,
+                    )
+                    .await,
                 )
             }
         }
@@ -416,7 +429,8 @@ impl CompiledFlow {
                         Ok(next) => self.run(next, at + 1, want_reply, true).await,
                         Err((error, meta)) => {
                             let id = meta.get("message_id").cloned().unwrap_or_default();
-                            Some(self.fail(error, 1, &id, None, true).await)
+                            let correlation_id = meta.get("correlation_id").cloned();
+                            Some(self.fail(error, 1, (&id, correlation_id), None, true).await)
                         }
                     };
                     for follower in followers {
