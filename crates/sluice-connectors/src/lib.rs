@@ -9,16 +9,34 @@
 // path, so returning it unboxed is simpler and costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
+pub mod channel;
+pub mod codec;
 pub mod file;
+pub mod nats;
 pub mod stdout;
 
 use sluice_engine::{BuildContext, Connectors, Sink, Trigger};
-use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig};
+use sluice_flow::{Diagnostic, Settings, SinkConfig, Spanned, TriggerConfig};
 use std::sync::Arc;
 
-/// Every connector that ships with sluice.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct StandardConnectors;
+/// Every connector that ships with sluice, with the state they share in one process: the
+/// broker connections and the channel backend (the in-process hub by default).
+#[derive(Debug, Default, Clone)]
+pub struct StandardConnectors {
+    nats: nats::NatsClients,
+    channels: channel::Channels,
+}
+
+impl StandardConnectors {
+    /// The connectors configured by `sluice.yaml` (see [`Settings`]).
+    pub fn new(settings: &Settings) -> Self {
+        let nats = nats::NatsClients::default();
+        StandardConnectors {
+            channels: channel::Channels::new(settings, nats.clone()),
+            nats,
+        }
+    }
+}
 
 impl Connectors for StandardConnectors {
     fn sink(
@@ -30,6 +48,10 @@ impl Connectors for StandardConnectors {
         match &config.value {
             SinkConfig::File(file) => Ok(Arc::new(file::FileSink::new(name, file, cx)?)),
             SinkConfig::Stdout(stdout) => Ok(Arc::new(stdout::StdoutSink::new(stdout))),
+            SinkConfig::Nats(nats) => {
+                Ok(Arc::new(nats::NatsSink::new(nats, self.nats.clone(), cx)?))
+            }
+            SinkConfig::Channel(channel) => self.channels.sink(channel, cx),
         }
     }
 
@@ -40,6 +62,12 @@ impl Connectors for StandardConnectors {
     ) -> Result<Box<dyn Trigger>, Diagnostic> {
         match &config.value {
             TriggerConfig::File(file) => Ok(Box::new(file::FileTrigger::new(file, cx)?)),
+            TriggerConfig::Nats(nats) => Ok(Box::new(nats::NatsTrigger::new(
+                nats,
+                self.nats.clone(),
+                cx,
+            )?)),
+            TriggerConfig::Channel(channel) => self.channels.trigger(channel, cx),
         }
     }
 }

@@ -153,6 +153,7 @@ pub fn compile(
 pub fn watched_folder(trigger: &TriggerConfig) -> Option<PathBuf> {
     match trigger {
         TriggerConfig::File(file) => Some(normalize(Path::new(file.path.value.as_str()))),
+        _ => None,
     }
 }
 

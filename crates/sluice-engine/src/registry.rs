@@ -377,5 +377,7 @@ fn same_trigger(a: &TriggerConfig, b: &TriggerConfig) -> bool {
                 && a.csv.delimiter.value == b.csv.delimiter.value
                 && a.csv.header == b.csv.header
         }
+        // Other triggers restart on any change; their sources redeliver what was in flight.
+        _ => a == b,
     }
 }

@@ -212,7 +212,9 @@ mod tests {
     fn a_minimal_flow_parses_with_defaults() {
         let flow = parse(HEAD).unwrap();
         assert_eq!(flow.name, "t");
-        let crate::TriggerConfig::File(file) = &flow.file.trigger.value;
+        let crate::TriggerConfig::File(file) = &flow.file.trigger.value else {
+            panic!("expected a file trigger");
+        };
         assert_eq!(file.path.value.as_str(), "inbox");
         assert_eq!(file.glob.value.as_str(), "*");
         assert_eq!(file.stable_checks, 3);

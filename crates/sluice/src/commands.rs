@@ -37,6 +37,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The connectors, configured by `sluice.yaml` in the working directory when there is one.
+fn connectors() -> anyhow::Result<StandardConnectors> {
+    let settings = sluice_flow::Settings::load(Path::new(".")).map_err(anyhow::Error::msg)?;
+    Ok(StandardConnectors::new(&settings))
+}
+
 fn engine_folders(folders: &Folders) -> sluice_engine::Folders {
     sluice_engine::Folders {
         schemas: folders.schemas.clone(),
@@ -62,7 +68,7 @@ fn run(folders: Folders, grace: std::time::Duration) -> anyhow::Result<ExitCode>
                 folders: engine_folders(&folders),
                 drain_timeout: grace,
             },
-            Arc::new(StandardConnectors),
+            Arc::new(connectors()?),
         );
         registry.start_all().await.with_context(|| {
             format!("cannot read the flows folder `{}`", folders.flows.display())
@@ -137,8 +143,15 @@ fn build_all(folders: &Folders, files: &[PathBuf]) -> (Vec<CompiledFlow>, usize)
     let mut flows: Vec<CompiledFlow> = Vec::new();
     let mut invalid = 0;
     let mut names: HashMap<String, PathBuf> = HashMap::new();
+    let connectors = match connectors() {
+        Ok(connectors) => connectors,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return (flows, files.len().max(1));
+        }
+    };
     for path in files {
-        match build_flow(path, &engine_folders(folders), &StandardConnectors, false) {
+        match build_flow(path, &engine_folders(folders), &connectors, false) {
             Ok(flow) => {
                 if let Some(first) = names.get(&flow.name) {
                     let d = duplicate_name(path, &flow.name, first);
@@ -216,12 +229,7 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<ExitCode> {
-    let flow = match build_flow(
-        flow_path,
-        &engine_folders(folders),
-        &StandardConnectors,
-        false,
-    ) {
+    let flow = match build_flow(flow_path, &engine_folders(folders), &connectors()?, false) {
         Ok(flow) => flow,
         Err(diagnostics) => {
             for d in diagnostics {
@@ -245,7 +253,10 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
             .unwrap_or_default();
         (bytes, name)
     };
-    let TriggerConfig::File(trigger) = &flow.trigger_config;
+    let TriggerConfig::File(trigger) = &flow.trigger_config else {
+        // Broker triggers have no input file format: the input is one JSON message.
+        return exec_json(&flow, &bytes, input);
+    };
     let records = match sluice_connectors::file::decode_input(&bytes, trigger.format, &trigger.csv)
     {
         Ok(records) => records,
@@ -277,6 +288,25 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
     }
     .context("cannot print the result")?;
     out(&text);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `exec` for a flow whose trigger is not a file: the input is one JSON message.
+fn exec_json(flow: &CompiledFlow, bytes: &[u8], input: &Path) -> anyhow::Result<ExitCode> {
+    let payload: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(payload) => payload,
+        Err(e) => {
+            eprintln!("error: the input `{}` is not JSON: {e}", input.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let result = dry_run(flow, payload, Meta::new());
+    let failed = result.outcome == "error";
+    out(&serde_json::to_string_pretty(&result).context("cannot print the result")?);
     Ok(if failed {
         ExitCode::from(1)
     } else {

@@ -3,10 +3,12 @@
 //! Every struct denies unknown fields, so a typo is a load error with a position rather than
 //! a silently ignored setting.
 
+mod brokers;
 mod sink;
 mod step;
 mod trigger;
 
+pub use brokers::*;
 pub use sink::*;
 pub use step::*;
 pub use trigger::*;

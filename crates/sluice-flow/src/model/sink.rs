@@ -10,6 +10,10 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// One line per message on standard output.
     Stdout(StdoutSinkConfig),
+    /// Publishes to a NATS subject (JetStream by default).
+    Nats(super::NatsSinkConfig),
+    /// Sends to a named channel that another flow consumes.
+    Channel(super::ChannelConfig),
 }
 
 impl SinkConfig {
@@ -18,6 +22,8 @@ impl SinkConfig {
         match self {
             SinkConfig::File(_) => "file",
             SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Nats(_) => "nats",
+            SinkConfig::Channel(_) => "channel",
         }
     }
 }

@@ -9,6 +9,10 @@ use std::time::Duration;
 pub enum TriggerConfig {
     /// Files dropped into a folder.
     File(FileTriggerConfig),
+    /// A NATS JetStream durable consumer (or a core NATS subject).
+    Nats(super::NatsTriggerConfig),
+    /// Messages another flow sent to a named channel.
+    Channel(super::ChannelConfig),
 }
 
 impl TriggerConfig {
@@ -16,6 +20,14 @@ impl TriggerConfig {
     pub fn describe(&self) -> String {
         match self {
             TriggerConfig::File(file) => format!("file {}", file.path.value),
+            TriggerConfig::Nats(nats) => match &nats.stream {
+                Some(stream) => format!(
+                    "nats stream {} subject {}",
+                    stream.value, nats.subject.value
+                ),
+                None => format!("nats subject {}", nats.subject.value),
+            },
+            TriggerConfig::Channel(channel) => format!("channel {}", channel.name.value),
         }
     }
 }
