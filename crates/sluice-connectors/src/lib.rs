@@ -9,6 +9,7 @@
 // path, so returning it unboxed is simpler and costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
+pub mod amqp;
 pub mod channel;
 pub mod codec;
 pub mod file;
@@ -52,6 +53,7 @@ impl Connectors for StandardConnectors {
                 Ok(Arc::new(nats::NatsSink::new(nats, self.nats.clone(), cx)?))
             }
             SinkConfig::Channel(channel) => self.channels.sink(channel, cx),
+            SinkConfig::Amqp(amqp) => Ok(Arc::new(amqp::AmqpSink::new(amqp, cx)?)),
         }
     }
 
@@ -68,6 +70,7 @@ impl Connectors for StandardConnectors {
                 cx,
             )?)),
             TriggerConfig::Channel(channel) => self.channels.trigger(channel, cx),
+            TriggerConfig::Amqp(amqp) => Ok(Box::new(amqp::AmqpTrigger::new(amqp, cx)?)),
         }
     }
 }

@@ -125,8 +125,11 @@ pub struct AmqpTriggerConfig {
     pub url: Spanned<Text>,
     /// The queue; declared durable when missing.
     pub queue: Spanned<Text>,
-    /// Unacknowledged deliveries at once (default: the flow's queue plus concurrency).
+    /// Unacknowledged deliveries at once (default: the flow's concurrency).
     pub prefetch: Option<u16>,
+    /// Pause before a failed message (not dead-lettered) is rejected with requeue.
+    #[serde(default = "default_nak_delay")]
+    pub requeue_delay: Dur,
     /// How the message body becomes a payload.
     #[serde(default)]
     pub format: MessageFormat,

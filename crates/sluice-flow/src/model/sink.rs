@@ -14,6 +14,8 @@ pub enum SinkConfig {
     Nats(super::NatsSinkConfig),
     /// Sends to a named channel that another flow consumes.
     Channel(super::ChannelConfig),
+    /// Publishes to a RabbitMQ exchange with publisher confirms.
+    Amqp(super::AmqpSinkConfig),
 }
 
 impl SinkConfig {
@@ -24,6 +26,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Nats(_) => "nats",
             SinkConfig::Channel(_) => "channel",
+            SinkConfig::Amqp(_) => "amqp",
         }
     }
 }

@@ -13,6 +13,8 @@ pub enum TriggerConfig {
     Nats(super::NatsTriggerConfig),
     /// Messages another flow sent to a named channel.
     Channel(super::ChannelConfig),
+    /// A RabbitMQ (AMQP 0-9-1) queue.
+    Amqp(super::AmqpTriggerConfig),
 }
 
 impl TriggerConfig {
@@ -28,6 +30,7 @@ impl TriggerConfig {
                 None => format!("nats subject {}", nats.subject.value),
             },
             TriggerConfig::Channel(channel) => format!("channel {}", channel.name.value),
+            TriggerConfig::Amqp(amqp) => format!("amqp queue {}", amqp.queue.value),
         }
     }
 }
