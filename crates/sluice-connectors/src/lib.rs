@@ -14,6 +14,7 @@ pub mod channel;
 pub mod codec;
 pub mod file;
 pub mod nats;
+pub mod redis_streams;
 pub mod stdout;
 
 use sluice_engine::{BuildContext, Connectors, Sink, Trigger};
@@ -54,6 +55,7 @@ impl Connectors for StandardConnectors {
             }
             SinkConfig::Channel(channel) => self.channels.sink(channel, cx),
             SinkConfig::Amqp(amqp) => Ok(Arc::new(amqp::AmqpSink::new(amqp, cx)?)),
+            SinkConfig::Redis(redis) => Ok(Arc::new(redis_streams::RedisSink::new(redis, cx)?)),
         }
     }
 
@@ -71,6 +73,9 @@ impl Connectors for StandardConnectors {
             )?)),
             TriggerConfig::Channel(channel) => self.channels.trigger(channel, cx),
             TriggerConfig::Amqp(amqp) => Ok(Box::new(amqp::AmqpTrigger::new(amqp, cx)?)),
+            TriggerConfig::Redis(redis) => {
+                Ok(Box::new(redis_streams::RedisTrigger::new(redis, cx)?))
+            }
         }
     }
 }

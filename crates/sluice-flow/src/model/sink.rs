@@ -16,6 +16,8 @@ pub enum SinkConfig {
     Channel(super::ChannelConfig),
     /// Publishes to a RabbitMQ exchange with publisher confirms.
     Amqp(super::AmqpSinkConfig),
+    /// Appends to a Redis Stream (`XADD`).
+    Redis(super::RedisSinkConfig),
 }
 
 impl SinkConfig {
@@ -27,6 +29,7 @@ impl SinkConfig {
             SinkConfig::Nats(_) => "nats",
             SinkConfig::Channel(_) => "channel",
             SinkConfig::Amqp(_) => "amqp",
+            SinkConfig::Redis(_) => "redis",
         }
     }
 }

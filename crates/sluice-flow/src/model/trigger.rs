@@ -15,6 +15,8 @@ pub enum TriggerConfig {
     Channel(super::ChannelConfig),
     /// A RabbitMQ (AMQP 0-9-1) queue.
     Amqp(super::AmqpTriggerConfig),
+    /// A Redis Stream, read through a consumer group.
+    Redis(super::RedisTriggerConfig),
 }
 
 impl TriggerConfig {
@@ -31,6 +33,7 @@ impl TriggerConfig {
             },
             TriggerConfig::Channel(channel) => format!("channel {}", channel.name.value),
             TriggerConfig::Amqp(amqp) => format!("amqp queue {}", amqp.queue.value),
+            TriggerConfig::Redis(redis) => format!("redis stream {}", redis.stream.value),
         }
     }
 }
