@@ -295,6 +295,11 @@ impl Sluice {
     /// Starts `sluice <args>` in the sandbox; stderr (the log) is appended to
     /// `<sandbox>/sluice.log`, stdout to `<sandbox>/sluice.stdout`.
     pub fn start(sandbox: &Sandbox, args: &[&str]) -> Sluice {
+        Sluice::start_with_env(sandbox, args, &[])
+    }
+
+    /// [`Sluice::start`] with extra environment variables.
+    pub fn start_with_env(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Sluice {
         let log = sandbox.path("sluice.log");
         let stderr = OpenOptions::new()
             .create(true)
@@ -312,6 +317,7 @@ impl Sluice {
             .current_dir(sandbox.root())
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
@@ -779,4 +785,40 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs SQL through `psql` against the test database (`postgres` user, database `test`,
+/// 127.0.0.1:5432); returns the unaligned, tuples-only output. Panics on an SQL error.
+pub fn psql(sql: &str) -> String {
+    let output = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAq",
+            "-c",
+            sql,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run psql");
+    assert!(
+        output.status.success(),
+        "psql failed: {}\n{sql}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The PostgreSQL URL the connector tests use.
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Whether PostgreSQL and `psql` are there (skips or fails like [`service_available`]).
+pub fn postgres_available() -> bool {
+    service_available("PostgreSQL", 5432) && program_available("psql")
 }

@@ -14,6 +14,7 @@ pub mod channel;
 pub mod codec;
 pub mod file;
 pub mod nats;
+pub mod postgres;
 pub mod redis_streams;
 pub mod stdout;
 
@@ -56,6 +57,7 @@ impl Connectors for StandardConnectors {
             SinkConfig::Channel(channel) => self.channels.sink(channel, cx),
             SinkConfig::Amqp(amqp) => Ok(Arc::new(amqp::AmqpSink::new(amqp, cx)?)),
             SinkConfig::Redis(redis) => Ok(Arc::new(redis_streams::RedisSink::new(redis, cx)?)),
+            SinkConfig::Postgres(pg) => Ok(Arc::new(postgres::PostgresSink::new(pg, cx)?)),
         }
     }
 
@@ -76,6 +78,7 @@ impl Connectors for StandardConnectors {
             TriggerConfig::Redis(redis) => {
                 Ok(Box::new(redis_streams::RedisTrigger::new(redis, cx)?))
             }
+            TriggerConfig::Postgres(pg) => Ok(Box::new(postgres::OutboxTrigger::new(pg, cx)?)),
         }
     }
 }

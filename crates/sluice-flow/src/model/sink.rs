@@ -18,6 +18,8 @@ pub enum SinkConfig {
     Amqp(super::AmqpSinkConfig),
     /// Appends to a Redis Stream (`XADD`).
     Redis(super::RedisSinkConfig),
+    /// Inserts or upserts a row in PostgreSQL (or runs a parameterised statement).
+    Postgres(super::PostgresSinkConfig),
 }
 
 impl SinkConfig {
@@ -30,6 +32,7 @@ impl SinkConfig {
             SinkConfig::Channel(_) => "channel",
             SinkConfig::Amqp(_) => "amqp",
             SinkConfig::Redis(_) => "redis",
+            SinkConfig::Postgres(_) => "postgres",
         }
     }
 }

@@ -17,6 +17,8 @@ pub enum TriggerConfig {
     Amqp(super::AmqpTriggerConfig),
     /// A Redis Stream, read through a consumer group.
     Redis(super::RedisTriggerConfig),
+    /// A PostgreSQL outbox table, polled with `FOR UPDATE SKIP LOCKED`.
+    Postgres(super::PostgresTriggerConfig),
 }
 
 impl TriggerConfig {
@@ -34,6 +36,7 @@ impl TriggerConfig {
             TriggerConfig::Channel(channel) => format!("channel {}", channel.name.value),
             TriggerConfig::Amqp(amqp) => format!("amqp queue {}", amqp.queue.value),
             TriggerConfig::Redis(redis) => format!("redis stream {}", redis.stream.value),
+            TriggerConfig::Postgres(pg) => format!("postgres outbox {}", pg.table.value),
         }
     }
 }
