@@ -118,6 +118,13 @@ impl Inlet {
 pub trait Trigger: Send {
     /// Runs until `stop` is cancelled, feeding messages into `inlet`.
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken);
+
+    /// For triggers that depend on a connection (brokers, databases): a flag that is `true`
+    /// while connected and consuming, for readiness reporting. Take it before `run`.
+    /// `None`: the trigger is always ready.
+    fn health(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        None
+    }
 }
 
 /// What a connector needs to build itself: the flow, for positioned diagnostics.

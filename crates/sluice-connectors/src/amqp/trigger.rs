@@ -52,10 +52,6 @@ impl AmqpTrigger {
         })
     }
 
-    /// `true` while the consumer is connected.
-    pub fn health(&self) -> Health {
-        self.health.clone()
-    }
 
     async fn consume(
         &self,
@@ -174,6 +170,10 @@ impl AmqpTrigger {
 
 #[async_trait]
 impl Trigger for AmqpTrigger {
+    fn health(&self) -> Option<Health> {
+        Some(self.health.clone())
+    }
+
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {

@@ -116,10 +116,6 @@ impl NatsTrigger {
         }
     }
 
-    /// `true` while the consumer is connected and reading.
-    pub fn health(&self) -> Health {
-        self.health.clone()
-    }
 
     async fn consume_jetstream(
         &self,
@@ -308,6 +304,10 @@ fn header_meta(message: &async_nats::Message, meta: &mut Meta) {
 
 #[async_trait]
 impl Trigger for NatsTrigger {
+    fn health(&self) -> Option<Health> {
+        Some(self.health.clone())
+    }
+
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {

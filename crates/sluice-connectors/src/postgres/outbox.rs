@@ -52,10 +52,6 @@ impl OutboxTrigger {
         })
     }
 
-    /// `true` while the trigger is connected.
-    pub fn health(&self) -> Health {
-        self.health.clone()
-    }
 
     async fn consume(
         &self,
@@ -161,6 +157,10 @@ impl OutboxTrigger {
 
 #[async_trait]
 impl Trigger for OutboxTrigger {
+    fn health(&self) -> Option<Health> {
+        Some(self.health.clone())
+    }
+
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {

@@ -69,10 +69,6 @@ impl RedisTrigger {
         })
     }
 
-    /// `true` while the consumer is connected.
-    pub fn health(&self) -> Health {
-        self.health.clone()
-    }
 
     async fn consume(
         &self,
@@ -258,6 +254,10 @@ impl RedisTrigger {
 
 #[async_trait]
 impl Trigger for RedisTrigger {
+    fn health(&self) -> Option<Health> {
+        Some(self.health.clone())
+    }
+
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
