@@ -127,7 +127,10 @@ async fn js_setup(js: &jetstream::Context, tag: &str, n: usize) -> Res<(String, 
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let mut acks = Vec::new();
         for &i in chunk {
-            acks.push(js.publish(format!("bench.{tag}.in"), order(i).into()).await?);
+            acks.push(
+                js.publish(format!("bench.{tag}.in"), order(i).into())
+                    .await?,
+            );
         }
         for a in acks {
             a.await?;

@@ -52,7 +52,6 @@ impl AmqpTrigger {
         })
     }
 
-
     async fn consume(
         &self,
         inlet: &Inlet,

@@ -116,7 +116,6 @@ impl NatsTrigger {
         }
     }
 
-
     async fn consume_jetstream(
         &self,
         source: &JetStreamSource,

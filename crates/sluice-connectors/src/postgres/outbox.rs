@@ -52,7 +52,6 @@ impl OutboxTrigger {
         })
     }
 
-
     async fn consume(
         &self,
         inlet: &Inlet,

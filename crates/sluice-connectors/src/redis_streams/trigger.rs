@@ -69,7 +69,6 @@ impl RedisTrigger {
         })
     }
 
-
     async fn consume(
         &self,
         inlet: &Inlet,
