@@ -281,6 +281,7 @@ def bench(args):
             "write_s": None if args.prefill else round(t_written - t_first, 3),
             "drain_s": round(drain, 3),
             "outbox_complete_s": round(t_outbox - t_first, 3),
+            "after_last_write_s": None if args.prefill else round(t_end - t_written, 3),
             "files_per_s": round(n / drain, 1),
             "end_vmhwm_kib": end["VmHWM"],
             "end_vmrss_kib": end["VmRSS"],
@@ -318,6 +319,7 @@ def table(r):
     ] if r["mode"] == "prefill" else [
         ("writing the files took", f"{r['write_s']:.3f} s"),
         ("drain (first file -> all done)", f"{r['drain_s']:.3f} s"),
+        ("  of which after the last write", f"{r['after_last_write_s']:.3f} s"),
     ]) + [
         ("  outbox complete at", f"{r['outbox_complete_s']:.3f} s"),
         ("throughput", f"{r['files_per_s']:.0f} files/s"),

@@ -89,10 +89,6 @@ impl Backoff {
     }
 }
 
-/// Whether a trigger is connected to its broker right now; shared with whoever reports
-/// readiness. Starts unhealthy.
-pub type Health = std::sync::Arc<std::sync::atomic::AtomicBool>;
-
 /// Checks a name used as a stream, queue, consumer or channel name: non-empty, made of
 /// letters, digits, `-` and `_` (the set every broker accepts).
 pub fn check_name(name: &str) -> Result<(), String> {

@@ -13,35 +13,71 @@ pub mod amqp;
 pub mod channel;
 pub mod codec;
 pub mod file;
+pub mod http;
 pub mod nats;
 pub mod postgres;
 pub mod redis_streams;
+pub mod schedule;
 pub mod stdout;
 
 use sluice_engine::{BuildContext, Connectors, Sink, Trigger};
 use sluice_flow::{Diagnostic, Settings, SinkConfig, Spanned, TriggerConfig};
 use std::sync::Arc;
 
-/// Every connector that ships with sluice, with the state they share in one process: the
-/// broker connections and the channel backend (the in-process hub by default).
-#[derive(Debug, Default, Clone)]
+/// Every connector that ships with sluice, with the resources they share (the HTTP
+/// listener, the NATS connections, the channel backend).
+#[derive(Clone)]
 pub struct StandardConnectors {
+    http: Arc<http::HttpHub>,
     nats: nats::NatsClients,
     channels: channel::Channels,
 }
 
+impl Default for StandardConnectors {
+    /// Connectors for commands that never run triggers (`check`, `test`, `exec`).
+    fn default() -> Self {
+        StandardConnectors::new(http::HttpHub::new("127.0.0.1:8080"))
+    }
+}
+
 impl StandardConnectors {
-    /// The connectors configured by `sluice.yaml` (see [`Settings`]).
-    pub fn new(settings: &Settings) -> Self {
+    /// Connectors sharing `http` as the listener of every `http` trigger.
+    pub fn new(http: Arc<http::HttpHub>) -> Self {
         let nats = nats::NatsClients::default();
         StandardConnectors {
-            channels: channel::Channels::new(settings, nats.clone()),
+            http,
+            channels: channel::Channels::new(&Settings::default(), nats.clone()),
             nats,
         }
+    }
+
+    /// The same connectors with the channel backend `sluice.yaml` chose (see [`Settings`]).
+    pub fn with_settings(mut self, settings: &Settings) -> Self {
+        self.channels = channel::Channels::new(settings, self.nats.clone());
+        self
     }
 }
 
 impl Connectors for StandardConnectors {
+    fn claim(&self, config: &TriggerConfig) -> Option<String> {
+        match config {
+            TriggerConfig::File(file) => Some(format!(
+                "file {}",
+                sluice_engine::compile::normalize(std::path::Path::new(file.path.value.as_str()))
+                    .display()
+            )),
+            TriggerConfig::Http(http) => http::HttpTrigger::claim(http),
+            TriggerConfig::Schedule(_) => None,
+            // Broker sources are shared on purpose: flows and processes using the same
+            // durable, queue, group or outbox split the work between them.
+            TriggerConfig::Nats(_)
+            | TriggerConfig::Channel(_)
+            | TriggerConfig::Amqp(_)
+            | TriggerConfig::Redis(_)
+            | TriggerConfig::Postgres(_) => None,
+        }
+    }
+
     fn sink(
         &self,
         name: &str,
@@ -51,6 +87,7 @@ impl Connectors for StandardConnectors {
         match &config.value {
             SinkConfig::File(file) => Ok(Arc::new(file::FileSink::new(name, file, cx)?)),
             SinkConfig::Stdout(stdout) => Ok(Arc::new(stdout::StdoutSink::new(stdout))),
+            SinkConfig::Http(http) => Ok(Arc::new(http::HttpSink::new(http, cx)?)),
             SinkConfig::Nats(nats) => {
                 Ok(Arc::new(nats::NatsSink::new(nats, self.nats.clone(), cx)?))
             }
@@ -68,6 +105,14 @@ impl Connectors for StandardConnectors {
     ) -> Result<Box<dyn Trigger>, Diagnostic> {
         match &config.value {
             TriggerConfig::File(file) => Ok(Box::new(file::FileTrigger::new(file, cx)?)),
+            TriggerConfig::Http(config) => Ok(Box::new(http::HttpTrigger::new(
+                self.http.clone(),
+                config,
+                cx,
+            )?)),
+            TriggerConfig::Schedule(config) => {
+                Ok(Box::new(schedule::ScheduleTrigger::new(config, cx)?))
+            }
             TriggerConfig::Nats(nats) => Ok(Box::new(nats::NatsTrigger::new(
                 nats,
                 self.nats.clone(),

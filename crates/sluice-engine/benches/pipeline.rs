@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt;
 use jmespath::ToJmespath;
 use serde_json::{Value, json};
 use sluice_engine::{
@@ -85,6 +86,10 @@ impl Trigger for NullTrigger {
 struct NullConnectors;
 
 impl Connectors for NullConnectors {
+    fn claim(&self, _: &TriggerConfig) -> Option<String> {
+        None
+    }
+
     fn sink(
         &self,
         _: &str,
@@ -173,7 +178,12 @@ fn pipeline(c: &mut Criterion) {
 
     let engine = |order: &Value| -> Vec<u8> {
         let message = Message::new("bench", order.clone(), Meta::new());
-        let executed = flow.execute(message).unwrap();
+        // The pipeline has no asynchronous step, so the future is ready at its first poll.
+        let executed = flow
+            .execute(message)
+            .now_or_never()
+            .expect("no async steps")
+            .unwrap();
         let delivery = &executed.deliveries[0];
         let mut bytes = delivery.payload.to_json_vec().unwrap();
         bytes.push((delivery.sinks[0] == "express") as u8);
@@ -184,6 +194,25 @@ fn pipeline(c: &mut Criterion) {
     let a: Value = serde_json::from_slice(&plain(&input)[..plain(&input).len() - 1]).unwrap();
     let b: Value = serde_json::from_slice(&engine(&input)[..engine(&input).len() - 1]).unwrap();
     assert_eq!(a, b);
+
+    // `PIPELINE_ONLY=engine|plain_loop|plain_loop_sandboxed PIPELINE_ITERATIONS=n` runs one
+    // variant n times and exits: for instruction counts under `valgrind --tool=callgrind`,
+    // which are repeatable on a noisy machine where timings are not.
+    if let Ok(only) = std::env::var("PIPELINE_ONLY") {
+        let n: usize = std::env::var("PIPELINE_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        for _ in 0..n {
+            let out = match only.as_str() {
+                "engine" => engine(&input),
+                "plain_loop" => plain(&input),
+                _ => plain_sandboxed(&input),
+            };
+            black_box(out);
+        }
+        std::process::exit(0);
+    }
 
     let mut group = c.benchmark_group("order-intake");
     group.throughput(Throughput::Elements(1));

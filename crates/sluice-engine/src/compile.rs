@@ -143,6 +143,14 @@ pub fn compile(
         steps,
         sinks,
         dead_letter,
+        dead_letter_folder: file
+            .errors
+            .dead_letter
+            .as_ref()
+            .and_then(|d| match &d.value {
+                SinkConfig::File(f) => Some(PathBuf::from(f.path.value.as_str())),
+                _ => None,
+            }),
         retry: file.errors.retry.clone(),
         tests,
         dependencies: cx.dependencies,
@@ -305,7 +313,7 @@ impl Compiler<'_> {
         for (i, step) in list.iter().enumerate() {
             let label = format!("{prefix}[{i}] ({})", step.value.kind());
             if let Some(built) = self.step(step, &format!("{prefix}[{i}]"), sinks) {
-                steps.push(label, built);
+                steps.push(&self.flow.name, label, built);
             }
         }
         steps
@@ -345,6 +353,36 @@ impl Compiler<'_> {
                     return None;
                 }
             },
+            StepConfig::Reply(reply) => {
+                let status = match &reply.status {
+                    Some(status) if !(100..=599).contains(&status.value) => {
+                        self.error(
+                            Span::of(status),
+                            format!("`{}` is not an HTTP status", status.value),
+                            "use a status from 100 to 599",
+                        );
+                        return None;
+                    }
+                    Some(status) => Some(status.value),
+                    None => None,
+                };
+                let mut headers = Vec::new();
+                for (name, value) in &reply.headers {
+                    match Template::compile(value.value.as_str()) {
+                        Ok(t) => headers.push((name.clone(), t)),
+                        Err(e) => {
+                            self.expr_error(
+                                value,
+                                &e,
+                                "a header value is text with `{{ jmespath }}` holes",
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Box::new(steps::Reply::new(status, headers))
+            }
+            StepConfig::Enrich(enrich) => self.enrich(enrich)?,
             StepConfig::Route(arms) => {
                 let mut compiled = Vec::new();
                 let mut failed = false;
@@ -406,6 +444,55 @@ impl Compiler<'_> {
         })
     }
 
+    fn enrich(&mut self, config: &sluice_flow::EnrichConfig) -> Option<Box<dyn steps::Step>> {
+        let headers: Vec<(String, String)> = config
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.0.clone()))
+            .collect();
+        let call = match crate::http_client::HttpCall::new(
+            config.method,
+            config.url.value.as_str(),
+            &headers,
+            config.timeout.0,
+        ) {
+            Ok(call) => call,
+            Err((which, e)) => {
+                let at = if which == "url" {
+                    &config.url
+                } else {
+                    &config.headers[&which]
+                };
+                self.expr_error(at, &e, "a template is text with `{{ jmespath }}` holes");
+                return None;
+            }
+        };
+        let body = match &config.body {
+            Some(text) => Some(self.expr(text)?),
+            None => None,
+        };
+        let mut query = Vec::new();
+        for (name, text) in &config.query {
+            query.push((name.clone(), self.expr(text)?));
+        }
+        if config.into.value.trim().is_empty() {
+            self.error(
+                Span::of(&config.into),
+                "`into` is empty",
+                "name the payload field that receives the answer",
+            );
+            return None;
+        }
+        Some(Box::new(steps::Enrich::new(
+            &self.flow.name,
+            call,
+            body,
+            query,
+            config.into.value.0.clone(),
+            self.flow.file.errors.retry.clone(),
+        )))
+    }
+
     fn script(&mut self, text: &Spanned<Text>) -> Option<Box<dyn steps::Step>> {
         let value = text.value.as_str();
         let is_file = !value.contains('\n') && value.trim().ends_with(".rhai");
@@ -437,7 +524,11 @@ impl Compiler<'_> {
                 }
             };
             return match self.sandbox.compile(&source) {
-                Ok(ast) => Some(Box::new(steps::Script::new(self.sandbox.clone(), ast))),
+                Ok(ast) => Some(Box::new(steps::Script::new(
+                    self.sandbox.clone(),
+                    ast,
+                    &source,
+                ))),
                 Err((line, column, message)) => {
                     let d = Diagnostic::at(
                         &path,
@@ -456,7 +547,11 @@ impl Compiler<'_> {
             };
         }
         match self.sandbox.compile(value) {
-            Ok(ast) => Some(Box::new(steps::Script::new(self.sandbox.clone(), ast))),
+            Ok(ast) => Some(Box::new(steps::Script::new(
+                self.sandbox.clone(),
+                ast,
+                value,
+            ))),
             Err((line, column, message)) => {
                 let span = position_in_scalar(
                     &self.flow.source,

@@ -7,6 +7,7 @@ use crate::error::{ErrorEnvelope, FlowError};
 use crate::message::{Message, Meta, Payload};
 use async_trait::async_trait;
 use sluice_flow::{Diagnostic, LoadedFlow, SinkConfig, Span, Spanned, TriggerConfig};
+
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,12 @@ pub enum Outcome {
 pub struct Reply {
     /// The payload after the last step.
     pub payload: serde_json::Value,
+    /// A status set by a `reply` step.
+    pub status: Option<u16>,
+    /// Headers set by a `reply` step.
+    pub headers: Vec<(String, String)>,
+    /// The message id.
+    pub message_id: String,
 }
 
 /// The details of a failed message.
@@ -85,19 +92,42 @@ pub struct Envelope {
     pub reply: bool,
 }
 
+/// A trigger's health: `None` when healthy, else why not. Shared with `/readyz`.
+pub type Health = Arc<std::sync::Mutex<Option<String>>>;
+
 /// The sending end of a flow's bounded queue, handed to its trigger.
 #[derive(Clone)]
 pub struct Inlet {
     flow: Arc<str>,
     tx: mpsc::Sender<Envelope>,
+    health: Health,
 }
 
 impl Inlet {
     /// An inlet feeding `tx`.
-    pub fn new(flow: &str, tx: mpsc::Sender<Envelope>) -> Self {
+    pub fn new(flow: &str, tx: mpsc::Sender<Envelope>, health: Health) -> Self {
         Inlet {
             flow: flow.into(),
             tx,
+            health,
+        }
+    }
+
+    /// Marks the trigger unhealthy (the flow then reports unready), with the reason.
+    pub fn set_unhealthy(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if health.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(flow = %self.flow, "trigger unhealthy: {reason}");
+            *health = Some(reason);
+        }
+    }
+
+    /// Marks the trigger healthy again.
+    pub fn set_healthy(&self) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if health.take().is_some() {
+            tracing::info!(flow = %self.flow, "trigger healthy again");
         }
     }
 
@@ -119,11 +149,11 @@ pub trait Trigger: Send {
     /// Runs until `stop` is cancelled, feeding messages into `inlet`.
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken);
 
-    /// For triggers that depend on a connection (brokers, databases): a flag that is `true`
-    /// while connected and consuming, for readiness reporting. Take it before `run`.
-    /// `None`: the trigger is always ready.
-    fn health(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
-        None
+    /// Whether a new version of this trigger may start before the old one has drained
+    /// (true for request-driven triggers such as HTTP, where overlap avoids a gap; false for
+    /// triggers that claim from a shared source, such as a folder).
+    fn can_overlap(&self) -> bool {
+        false
     }
 }
 
@@ -142,6 +172,10 @@ impl BuildContext<'_> {
 
 /// Builds sinks and triggers from their configuration; the binary supplies one.
 pub trait Connectors: Send + Sync {
+    /// The exclusive resource a trigger claims (`http POST /orders`, `file /abs/inbox`);
+    /// two flows claiming the same one is a load error naming both files.
+    fn claim(&self, config: &TriggerConfig) -> Option<String>;
+
     /// Builds (and checks) a sink; nothing is opened or written yet.
     fn sink(
         &self,

@@ -78,6 +78,10 @@ pub struct FlowError {
     pub violations: Vec<Violation>,
     /// Whether another attempt may succeed.
     pub retryable: bool,
+    /// The earliest time another attempt makes sense (an HTTP `Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
+    /// Attempts made before giving up (1 unless retried).
+    pub attempts: u32,
 }
 
 impl FlowError {
@@ -89,6 +93,8 @@ impl FlowError {
             step: None,
             violations: Vec::new(),
             retryable: matches!(kind, ErrorKind::Sink | ErrorKind::Timeout),
+            retry_after: None,
+            attempts: 1,
         }
     }
 
@@ -158,6 +164,9 @@ pub struct ErrorEnvelope {
     pub time: String,
     /// The message id.
     pub message_id: String,
+    /// The correlation id the message arrived with (HTTP `traceparent` / `x-correlation-id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 impl ErrorEnvelope {
@@ -179,6 +188,7 @@ impl ErrorEnvelope {
             attempts,
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             message_id: message_id.to_owned(),
+            correlation_id: None,
         }
     }
 }

@@ -5,6 +5,8 @@ use crate::connector::{Envelope, Failure, Outcome, Outgoing, Reply, Sink, Trigge
 use crate::contract::Contract;
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
 use crate::message::{Message, Meta, Payload};
+use crate::retry::with_retry;
+use crate::stats::FlowStats;
 use crate::steps::{Control, Exec, Steps};
 use crate::testing::CompiledTest;
 use arc_swap::ArcSwap;
@@ -14,7 +16,6 @@ use sluice_flow::{RetryConfig, TriggerConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
 /// One version of a flow, ready to run messages. Immutable; a reload builds a new one.
@@ -45,6 +46,8 @@ pub struct CompiledFlow {
     pub sinks: HashMap<String, Arc<dyn Sink>>,
     /// `errors.dead_letter`.
     pub dead_letter: Option<Arc<dyn Sink>>,
+    /// The folder of a `file` dead-letter sink (listed by the admin API).
+    pub dead_letter_folder: Option<PathBuf>,
     /// `errors.retry`.
     pub retry: RetryConfig,
     /// `tests:`.
@@ -63,11 +66,13 @@ pub struct Executed {
     pub meta: Arc<Meta>,
     /// Deliveries to perform.
     pub deliveries: Vec<crate::steps::Delivery>,
+    /// Status and headers set by `reply` steps.
+    pub reply: crate::steps::ReplySpec,
 }
 
 impl CompiledFlow {
     /// Runs the input contract, the steps and the output contract; no I/O.
-    pub fn execute(&self, message: Message) -> Result<Executed, FlowError> {
+    pub async fn execute(&self, message: Message) -> Result<Executed, FlowError> {
         let Message { mut payload, meta } = message;
         if let Some(contract) = &self.input_contract {
             let json = payload
@@ -78,7 +83,7 @@ impl CompiledFlow {
                 .map_err(|e| e.at_step("contract.input"))?;
         }
         let mut exec = Exec::new(payload, meta);
-        let control = self.steps.run(&mut exec)?;
+        let control = self.steps.run(&mut exec).await?;
         if control == Control::Continue
             && let Some(contract) = &self.output_contract
         {
@@ -96,17 +101,19 @@ impl CompiledFlow {
             payload: exec.payload,
             meta: exec.meta,
             deliveries: exec.deliveries,
+            reply: exec.reply,
         })
     }
 
     /// Runs one message end to end, including sink writes, retries and the dead letter.
     pub async fn handle(&self, message: Message, want_reply: bool) -> Outcome {
         let message_id = message.id().to_owned();
+        let correlation_id = message.meta.get("correlation_id").cloned();
         let original = self
             .dead_letter
             .as_ref()
             .map(|_| (message.payload.clone(), message.meta.clone()));
-        let (error, attempts) = match self.execute(message) {
+        let (error, attempts) = match self.execute(message).await {
             Ok(executed) if executed.control == Control::Drop => {
                 tracing::debug!(flow = %self.name, message_id = %message_id, "filtered");
                 return Outcome::Filtered;
@@ -121,9 +128,14 @@ impl CompiledFlow {
                     Err(failed) => failed,
                 }
             }
-            Err(error) => (error, 1),
+            Err(error) => {
+                let attempts = error.attempts.max(1);
+                (error, attempts)
+            }
         };
-        let envelope = ErrorEnvelope::new(&self.name, &self.version, &message_id, &error, attempts);
+        let mut envelope =
+            ErrorEnvelope::new(&self.name, &self.version, &message_id, &error, attempts);
+        envelope.correlation_id = correlation_id;
         tracing::warn!(flow = %self.name, message_id = %message_id, kind = %error.kind, "message failed: {error}");
         let dead_lettered = match (&self.dead_letter, original) {
             (Some(sink), Some((payload, meta))) => {
@@ -176,23 +188,14 @@ impl CompiledFlow {
         &self,
         sink_name: &str,
         sink: &dyn Sink,
-        mut out: Outgoing,
+        out: Outgoing,
     ) -> Result<(), (FlowError, u32)> {
-        let attempts = self.retry.attempts.max(1);
-        let mut wait = self.retry.backoff.0;
-        let mut attempt = 1;
-        loop {
-            match sink.write(&mut out).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.retryable && attempt < attempts => {
-                    tracing::warn!(flow = %self.name, sink = %sink_name, attempt, "sink write failed, retrying in {}: {}", humantime::format_duration(wait), e.message);
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(self.retry.max_backoff.0.max(Duration::from_millis(1)));
-                    attempt += 1;
-                }
-                Err(e) => return Err((e.at_step(format!("sink {sink_name}")), attempt)),
-            }
-        }
+        with_retry(&self.retry, &self.name, sink_name, || {
+            let mut out = out.clone();
+            async move { sink.write(&mut out).await }
+        })
+        .await
+        .map_err(|(e, attempts)| (e.at_step(format!("sink {sink_name}")), attempts))
     }
 
     async fn dead_letter_write(
@@ -228,6 +231,9 @@ fn reply(executed: &mut Executed, wanted: bool) -> Option<Reply> {
     }
     Some(Reply {
         payload: executed.payload.json().cloned().unwrap_or(Value::Null),
+        status: executed.reply.status,
+        headers: std::mem::take(&mut executed.reply.headers),
+        message_id: executed.meta.get("message_id").cloned().unwrap_or_default(),
     })
 }
 
@@ -238,6 +244,7 @@ pub async fn run_workers(
     mut rx: mpsc::Receiver<Envelope>,
     current: Arc<ArcSwap<CompiledFlow>>,
     concurrency: usize,
+    stats: Arc<FlowStats>,
 ) {
     let limit = Arc::new(Semaphore::new(concurrency));
     while let Some(Envelope {
@@ -250,8 +257,12 @@ pub async fn run_workers(
             break;
         };
         let flow = current.load_full();
+        let stats = stats.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            stats.started();
             let outcome = flow.handle(message, reply).await;
+            stats.finished(&outcome, started.elapsed());
             ack.ack(outcome).await;
             drop(permit);
         });

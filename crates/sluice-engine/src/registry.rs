@@ -5,10 +5,12 @@
 //! is logged with its `file:line:col` and kept for the admin API.
 
 use crate::compile::{Folders, compile, normalize};
-use crate::connector::{Connectors, Inlet};
+use crate::connector::{Connectors, Health, Inlet, Outcome};
 use crate::flow::{CompiledFlow, run_workers};
+use crate::stats::{Counters, FlowStats};
 use crate::testing::run_test;
 use arc_swap::ArcSwap;
+use serde::Serialize;
 use sluice_flow::{Diagnostic, TriggerConfig, load_flow_file};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Parses, compiles and (optionally) tests one flow file.
-pub fn build_flow(
+pub async fn build_flow(
     path: &Path,
     folders: &Folders,
     connectors: &dyn Connectors,
@@ -28,17 +30,16 @@ pub fn build_flow(
     let loaded = load_flow_file(path).map_err(|d| vec![d])?;
     let compiled = compile(&loaded, folders, connectors)?;
     if run_tests {
-        let failures: Vec<Diagnostic> = compiled
-            .tests
-            .iter()
-            .filter_map(|test| {
-                run_test(&compiled, test).err().map(|reason| {
+        let mut failures = Vec::new();
+        for test in &compiled.tests {
+            if let Err(reason) = run_test(&compiled, test).await {
+                failures.push(
                     loaded
                         .diagnostic(test.span, format!("test `{}` failed: {reason}", test.name))
-                        .with_help("fix the flow or the test case")
-                })
-            })
-            .collect();
+                        .with_help("fix the flow or the test case"),
+                );
+            }
+        }
         if !failures.is_empty() {
             return Err(failures);
         }
@@ -113,25 +114,38 @@ struct RunningFlow {
     stop: CancellationToken,
     trigger: JoinHandle<()>,
     workers: JoinHandle<()>,
+    health: Health,
+    claim: Option<String>,
 }
 
-/// A flow's state for status reports.
-#[derive(Clone, Debug)]
+/// A flow's state for status reports and the admin API.
+#[derive(Clone, Debug, Serialize)]
 pub struct FlowStatus {
     /// Name.
     pub name: String,
     /// Flow file.
     pub path: PathBuf,
-    /// Running version.
-    pub version: String,
-    /// The last failed reload of its file, if the failure is still current.
+    /// Running version (content hash); null for a file that never loaded.
+    pub version: Option<String>,
+    /// `running`, or `invalid` for a file that failed to load and runs nothing.
+    pub state: &'static str,
+    /// `description:`.
+    pub description: Option<String>,
+    /// The trigger, e.g. `http POST /orders`.
+    pub trigger: Option<String>,
+    /// Why the trigger is unhealthy, if it is.
+    pub unhealthy: Option<String>,
+    /// The last failed reload of its file (`file:line:col: …`), if still current.
     pub last_error: Option<String>,
+    /// Message counters.
+    pub counters: Counters,
 }
 
 #[derive(Default)]
 struct State {
     running: BTreeMap<String, RunningFlow>,
     errors: HashMap<PathBuf, Vec<Diagnostic>>,
+    stats: HashMap<String, Arc<FlowStats>>,
 }
 
 /// The running flows of one `sluice run`.
@@ -167,23 +181,106 @@ impl Registry {
     /// Status of every running flow and every flow file that failed to load.
     pub async fn status(&self) -> Vec<FlowStatus> {
         let state = self.state.lock().await;
+        let errors_of = |path: &Path| {
+            state.errors.get(path).map(|d| {
+                d.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        };
         let mut out: Vec<FlowStatus> = state
             .running
             .iter()
-            .map(|(name, flow)| FlowStatus {
-                name: name.clone(),
-                path: flow.path.clone(),
-                version: flow.current.load().version.clone(),
-                last_error: state.errors.get(&flow.path).map(|d| {
-                    d.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                }),
+            .map(|(name, flow)| {
+                let current = flow.current.load();
+                FlowStatus {
+                    name: name.clone(),
+                    path: flow.path.clone(),
+                    version: Some(current.version.clone()),
+                    state: "running",
+                    description: current.description.clone(),
+                    trigger: Some(current.trigger_config.describe()),
+                    unhealthy: flow
+                        .health
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                    last_error: errors_of(&flow.path),
+                    counters: state
+                        .stats
+                        .get(name)
+                        .map(|s| s.snapshot())
+                        .unwrap_or_default(),
+                }
             })
             .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        for path in state.errors.keys() {
+            if state.running.values().any(|f| &f.path == path) {
+                continue;
+            }
+            let name = sluice_flow::flow_name_from_path(path);
+            out.push(FlowStatus {
+                counters: state
+                    .stats
+                    .get(&name)
+                    .map(|s| s.snapshot())
+                    .unwrap_or_default(),
+                name,
+                path: path.clone(),
+                version: None,
+                state: "invalid",
+                description: None,
+                trigger: None,
+                unhealthy: None,
+                last_error: errors_of(path),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.path.cmp(&b.path)));
         out
+    }
+
+    /// The file dead-letter folders of the running flows, by flow name.
+    pub async fn dead_letter_folders(&self) -> Vec<(String, PathBuf)> {
+        let state = self.state.lock().await;
+        state
+            .running
+            .iter()
+            .filter_map(|(name, flow)| {
+                flow.current
+                    .load()
+                    .dead_letter_folder
+                    .clone()
+                    .map(|folder| (name.clone(), folder))
+            })
+            .collect()
+    }
+
+    /// Runs one message through a running flow for real (sinks write) and returns its
+    /// outcome; `None` when no such flow runs.
+    pub async fn inject(
+        &self,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Option<(String, Outcome)> {
+        let (flow, stats) = {
+            let state = self.state.lock().await;
+            let flow = state.running.get(name)?.current.load_full();
+            (flow, state.stats.get(name).cloned())
+        };
+        let mut meta = crate::message::Meta::new();
+        meta.insert("admin.inject".to_owned(), "true".to_owned());
+        let message = crate::message::Message::new(name, payload, meta);
+        let id = message.id().to_owned();
+        let started = std::time::Instant::now();
+        if let Some(stats) = &stats {
+            stats.started();
+        }
+        let outcome = flow.handle(message, true).await;
+        if let Some(stats) = &stats {
+            stats.finished(&outcome, started.elapsed());
+        }
+        Some((id, outcome))
     }
 
     /// (Re)loads one flow file, or stops its flow when the file is gone.
@@ -202,7 +299,7 @@ impl Registry {
             }
             return;
         }
-        let built = build_flow(path, &self.options.folders, self.connectors.as_ref(), true);
+        let built = build_flow(path, &self.options.folders, self.connectors.as_ref(), true).await;
         let compiled = match built {
             Ok(compiled) => compiled,
             Err(diagnostics) => {
@@ -217,19 +314,35 @@ impl Registry {
                     }
                 }
                 state.errors.insert(path.to_owned(), diagnostics);
+                metrics::counter!("sluice_reloads_total", "result" => "error").increment(1);
                 return;
             }
         };
         let name = compiled.name.clone();
+        let claim = self.connectors.claim(&compiled.trigger_config);
+        if let Some(claim) = &claim {
+            let clash = state.running.iter().find(|(other, f)| {
+                **other != name && f.path != path && f.claim.as_ref() == Some(claim)
+            });
+            if let Some((other_name, other)) = clash {
+                let d = trigger_clash(path, claim, other_name, &other.path);
+                tracing::error!(file = %path.display(), "reload failed, flow not started: {d}");
+                state.errors.insert(path.to_owned(), vec![d]);
+                metrics::counter!("sluice_reloads_total", "result" => "error").increment(1);
+                return;
+            }
+        }
         if let Some(other) = state.running.get(&name).filter(|f| f.path != path)
             && other.path.exists()
         {
             let d = duplicate_name(path, &name, &other.path);
             tracing::error!(file = %path.display(), "reload failed, flow not started: {d}");
             state.errors.insert(path.to_owned(), vec![d]);
+            metrics::counter!("sluice_reloads_total", "result" => "error").increment(1);
             return;
         }
         state.errors.remove(path);
+        metrics::counter!("sluice_reloads_total", "result" => "ok").increment(1);
         // The file now defines another name: the flow it used to define stops.
         if let Some(old) = owner.filter(|old| *old != name) {
             self.stop(&mut state, &old).await;
@@ -247,32 +360,60 @@ impl Registry {
                 return;
             }
             drop(old);
-            // A new trigger or queue shape: drain the old one first so that two triggers
-            // never claim from the same source at once.
-            self.stop(&mut state, &name).await;
-            let running = self.start(compiled);
-            state.running.insert(name.clone(), running);
+            let overlap = compiled
+                .trigger
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+                .is_some_and(|t| t.can_overlap());
+            if overlap {
+                // Request-driven triggers: the new one takes over before the old one drains,
+                // so no request finds the route missing.
+                let running = self.start(&mut state, compiled, claim);
+                if let Some(old) = state.running.insert(name.clone(), running) {
+                    let timeout = self.options.drain_timeout;
+                    let old_name = name.clone();
+                    tokio::spawn(async move { drain(&old_name, old, timeout).await });
+                }
+            } else {
+                // Triggers that claim from a shared source: drain the old one first so that
+                // two triggers never claim from the same source at once.
+                self.stop(&mut state, &name).await;
+                let running = self.start(&mut state, compiled, claim);
+                state.running.insert(name.clone(), running);
+            }
             tracing::info!(flow = %name, version = %version, "flow reloaded (trigger restarted)");
             return;
         }
         let trigger = compiled.trigger_config.describe();
-        let running = self.start(compiled);
+        let running = self.start(&mut state, compiled, claim);
         state.running.insert(name.clone(), running);
         tracing::info!(flow = %name, version = %version, trigger = %trigger, "flow ready");
     }
 
-    fn start(&self, compiled: CompiledFlow) -> RunningFlow {
+    fn start(
+        &self,
+        state: &mut State,
+        compiled: CompiledFlow,
+        claim: Option<String>,
+    ) -> RunningFlow {
         let trigger = compiled
             .trigger
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
+        let stats = state
+            .stats
+            .entry(compiled.name.clone())
+            .or_insert_with(|| Arc::new(FlowStats::new(&compiled.name)))
+            .clone();
         let (tx, rx) = mpsc::channel(compiled.queue.max(1));
         let concurrency = compiled.concurrency.max(1);
         let path = compiled.path.clone();
-        let inlet = Inlet::new(&compiled.name, tx);
+        let health: Health = Arc::default();
+        let inlet = Inlet::new(&compiled.name, tx, health.clone());
         let current = Arc::new(ArcSwap::from_pointee(compiled));
-        let workers = tokio::spawn(run_workers(rx, current.clone(), concurrency));
+        let workers = tokio::spawn(run_workers(rx, current.clone(), concurrency, stats));
         let stop = CancellationToken::new();
         let trigger = match trigger {
             Some(trigger) => tokio::spawn(trigger.run(inlet, stop.clone())),
@@ -284,6 +425,8 @@ impl Registry {
             stop,
             trigger,
             workers,
+            health,
+            claim,
         }
     }
 
@@ -360,6 +503,19 @@ async fn drain(name: &str, flow: RunningFlow, timeout: Duration) {
     }
 }
 
+fn trigger_clash(path: &Path, claim: &str, other_name: &str, other_path: &Path) -> Diagnostic {
+    let message = format!(
+        "`{claim}` is already taken by flow `{other_name}` ({}); {} cannot use it too",
+        other_path.display(),
+        path.display()
+    );
+    let diagnostic = match sluice_flow::load_flow_file(path) {
+        Ok(loaded) => loaded.diagnostic(sluice_flow::Span::of(&loaded.file.trigger), message),
+        Err(_) => Diagnostic::file(path, message),
+    };
+    diagnostic.with_help("give one of the two flows another path or method")
+}
+
 /// Two trigger configurations that claim the same source the same way (positions ignored).
 fn same_trigger(a: &TriggerConfig, b: &TriggerConfig) -> bool {
     match (a, b) {
@@ -376,6 +532,18 @@ fn same_trigger(a: &TriggerConfig, b: &TriggerConfig) -> bool {
                 && a.max_in_flight == b.max_in_flight
                 && a.csv.delimiter.value == b.csv.delimiter.value
                 && a.csv.header == b.csv.header
+        }
+        (TriggerConfig::Http(a), TriggerConfig::Http(b)) => {
+            a.path.value == b.path.value
+                && a.method == b.method
+                && a.max_body == b.max_body
+                && a.timeout == b.timeout
+                && a.auth.as_ref().map(|x| &x.value) == b.auth.as_ref().map(|x| &x.value)
+        }
+        (TriggerConfig::Schedule(a), TriggerConfig::Schedule(b)) => {
+            a.every.as_ref().map(|x| x.value) == b.every.as_ref().map(|x| x.value)
+                && a.cron.as_ref().map(|x| &x.value) == b.cron.as_ref().map(|x| &x.value)
+                && a.payload == b.payload
         }
         // Other triggers restart on any change; their sources redeliver what was in flight.
         _ => a == b,

@@ -13,6 +13,12 @@ thread_local! {
     // The progress callback is shared by every run of an engine, so the deadline of the run
     // currently executing on this thread lives here.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    // `print` and `debug` callbacks are shared too; this names the message being run.
+    static CURRENT_MESSAGE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+fn current_message() -> String {
+    CURRENT_MESSAGE.with(|m| m.borrow().clone())
 }
 
 /// How often (in Rhai operations) the deadline is looked at; reading the clock on every
@@ -40,10 +46,12 @@ impl Sandbox {
             .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
         engine.disable_symbol("eval");
         let flow_name = flow.to_owned();
-        engine.on_print(move |text| tracing::info!(flow = %flow_name, script = true, "{text}"));
+        engine.on_print(move |text| {
+            tracing::info!(flow = %flow_name, message_id = %current_message(), script = true, "{text}")
+        });
         let flow_name = flow.to_owned();
         engine.on_debug(move |text, _, pos| {
-            tracing::debug!(flow = %flow_name, script = true, line = pos.line(), "{text}")
+            tracing::debug!(flow = %flow_name, message_id = %current_message(), script = true, line = pos.line(), "{text}")
         });
         engine.on_progress(|operations| {
             if operations % DEADLINE_CHECK_EVERY != 0 {
@@ -74,16 +82,30 @@ impl Sandbox {
     }
 
     /// Runs a script over the payload: `payload` is mutable, `meta` read-only; a returned
-    /// value other than `()` replaces the payload.
-    pub fn run(&self, ast: &AST, payload: &mut Payload, meta: &Arc<Meta>) -> Result<(), FlowError> {
+    /// value other than `()` replaces the payload. `uses_meta` says whether the script
+    /// mentions `meta` at all; building the map costs more than many scripts.
+    pub fn run(
+        &self,
+        ast: &AST,
+        uses_meta: bool,
+        payload: &mut Payload,
+        meta: &Arc<Meta>,
+    ) -> Result<(), FlowError> {
         let mut scope = Scope::new();
         scope.push_dynamic("payload", payload.take_rhai());
-        let meta_map: rhai::Map = meta
-            .iter()
-            .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
-            .collect();
-        scope.push_constant("meta", meta_map);
+        if uses_meta {
+            let meta_map: rhai::Map = meta
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
+                .collect();
+            scope.push_constant("meta", meta_map);
+        }
         DEADLINE.set(Some(Instant::now() + self.deadline));
+        CURRENT_MESSAGE.with(|m| {
+            let mut m = m.borrow_mut();
+            m.clear();
+            m.push_str(meta.get("message_id").map(String::as_str).unwrap_or("-"));
+        });
         let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
         DEADLINE.set(None);
         match result {
@@ -153,7 +175,7 @@ mod tests {
             .unwrap();
         let mut p = Payload::from_json(json!({"qty": 3}));
         let meta = Arc::new(Meta::from([("flow".to_owned(), "f".to_owned())]));
-        s.run(&ast, &mut p, &meta).unwrap();
+        s.run(&ast, true, &mut p, &meta).unwrap();
         assert_eq!(
             p.into_json().unwrap(),
             json!({"qty": 3, "total": 6, "from": "f"})
@@ -168,6 +190,7 @@ mod tests {
         let err = s
             .run(
                 &ast,
+                false,
                 &mut Payload::from_json(json!({})),
                 &Arc::new(Meta::new()),
             )
@@ -184,6 +207,7 @@ mod tests {
         assert!(
             s.run(
                 &ast,
+                false,
                 &mut Payload::from_json(json!({})),
                 &Arc::new(Meta::new())
             )

@@ -86,9 +86,9 @@ impl From<FlowError> for DryError {
 }
 
 /// Runs one message through the steps and asks each sink where it would write; writes nothing.
-pub fn dry_run(flow: &CompiledFlow, payload: Value, meta: Meta) -> DryRun {
+pub async fn dry_run(flow: &CompiledFlow, payload: Value, meta: Meta) -> DryRun {
     let message = Message::new(&flow.name, payload, meta);
-    let executed = match flow.execute(message) {
+    let executed = match flow.execute(message).await {
         Ok(executed) => executed,
         Err(e) => {
             return DryRun {
@@ -154,12 +154,12 @@ pub fn dry_run(flow: &CompiledFlow, payload: Value, meta: Meta) -> DryRun {
 }
 
 /// Runs one test case; `Err` says what differed.
-pub fn run_test(flow: &CompiledFlow, test: &CompiledTest) -> Result<(), String> {
+pub async fn run_test(flow: &CompiledFlow, test: &CompiledTest) -> Result<(), String> {
     let mut meta = test.meta.clone();
     meta.insert(TEST_MARKER.to_owned(), "true".to_owned());
     meta.entry("message_id".to_owned())
         .or_insert_with(|| format!("test-{}", test.name.replace(' ', "-")));
-    let run = dry_run(flow, test.input.clone(), meta);
+    let run = dry_run(flow, test.input.clone(), meta).await;
     if let Some(kind) = test.error {
         return match &run.error {
             Some(e) if e.kind == kind => Ok(()),

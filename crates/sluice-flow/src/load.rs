@@ -213,7 +213,7 @@ mod tests {
         let flow = parse(HEAD).unwrap();
         assert_eq!(flow.name, "t");
         let crate::TriggerConfig::File(file) = &flow.file.trigger.value else {
-            panic!("expected a file trigger");
+            panic!("a file trigger");
         };
         assert_eq!(file.path.value.as_str(), "inbox");
         assert_eq!(file.glob.value.as_str(), "*");

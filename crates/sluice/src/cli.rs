@@ -48,6 +48,15 @@ pub enum Command {
         /// How long stopping flows may take to finish in-flight messages.
         #[arg(long, default_value = "30s", value_parser = humantime_duration)]
         shutdown_grace: std::time::Duration,
+        /// The HTTP listener shared by every `http` trigger.
+        #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// The admin server (health, metrics, flows API); `off` disables it.
+        #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9850")]
+        admin: String,
+        /// A bearer token the admin API requires.
+        #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
     /// Check flows: parse, compile every expression, script and contract. Exit 1 on any error.
     Check {

@@ -22,7 +22,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             folders,
             shutdown_grace,
-        } => run(folders, shutdown_grace),
+            listen,
+            admin,
+            admin_token,
+        } => run(RunOptions {
+            folders,
+            grace: shutdown_grace,
+            listen,
+            admin,
+            admin_token,
+        }),
         Command::Check { folders, files } => check(&folders, files),
         Command::Test { folders, files } => test(&folders, files),
         Command::Exec {
@@ -37,12 +46,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The connectors, configured by `sluice.yaml` in the working directory when there is one.
-fn connectors() -> anyhow::Result<StandardConnectors> {
-    let settings = sluice_flow::Settings::load(Path::new(".")).map_err(anyhow::Error::msg)?;
-    Ok(StandardConnectors::new(&settings))
-}
-
 fn engine_folders(folders: &Folders) -> sluice_engine::Folders {
     sluice_engine::Folders {
         schemas: folders.schemas.clone(),
@@ -50,26 +53,66 @@ fn engine_folders(folders: &Folders) -> sluice_engine::Folders {
     }
 }
 
-fn run(folders: Folders, grace: std::time::Duration) -> anyhow::Result<ExitCode> {
+struct RunOptions {
+    folders: Folders,
+    grace: std::time::Duration,
+    listen: String,
+    admin: String,
+    admin_token: Option<String>,
+}
+
+fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
+    // `sluice.yaml` in the working directory: where flow-to-flow channels live.
+    let settings = sluice_flow::Settings::load(Path::new(".")).map_err(anyhow::Error::msg)?;
+    let RunOptions {
+        folders,
+        grace,
+        listen,
+        admin,
+        admin_token,
+    } = options;
     if !folders.flows.is_dir() {
         bail!(
             "the flows folder `{}` does not exist; create it or pass --flows DIR",
             folders.flows.display()
         );
     }
+    // Buckets (seconds) make latency metrics real Prometheus histograms, from a 10 µs step
+    // to a 10 s delivery.
+    const BUCKETS: &[f64] = &[
+        0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+        0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(BUCKETS)
+        .context("invalid histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    sluice_engine::stats::describe_metrics();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let http = sluice_connectors::http::HttpHub::new(listen);
         let registry = Registry::new(
             RegistryOptions {
                 flows: folders.flows.clone(),
                 folders: engine_folders(&folders),
                 drain_timeout: grace,
             },
-            Arc::new(connectors()?),
+            Arc::new(StandardConnectors::new(http.clone()).with_settings(&settings)),
         );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let admin_server = (admin != "off").then(|| {
+            tokio::spawn(crate::admin::serve(
+                admin,
+                admin_token,
+                registry.clone(),
+                metrics,
+                stop.clone(),
+            ))
+        });
         registry.start_all().await.with_context(|| {
             format!("cannot read the flows folder `{}`", folders.flows.display())
         })?;
@@ -81,7 +124,6 @@ fn run(folders: Folders, grace: std::time::Duration) -> anyhow::Result<ExitCode>
             folders.schemas.display(),
             folders.scripts.display()
         );
-        let stop = tokio_util::sync::CancellationToken::new();
         let watcher = tokio::spawn(sluice_engine::watch::watch(
             registry.clone(),
             vec![
@@ -96,9 +138,15 @@ fn run(folders: Folders, grace: std::time::Duration) -> anyhow::Result<ExitCode>
             "stopping: no new messages; finishing those in flight (up to {})",
             humantime::format_duration(grace)
         );
+        // HTTP first: requests already accepted are answered while the flows still run.
+        http.stop_accepting();
+        http.finish_in_flight(grace).await;
+        registry.shutdown().await;
         stop.cancel();
         let _ = watcher.await;
-        registry.shutdown().await;
+        if let Some(admin_server) = admin_server {
+            let _ = admin_server.await;
+        }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
@@ -143,15 +191,13 @@ fn build_all(folders: &Folders, files: &[PathBuf]) -> (Vec<CompiledFlow>, usize)
     let mut flows: Vec<CompiledFlow> = Vec::new();
     let mut invalid = 0;
     let mut names: HashMap<String, PathBuf> = HashMap::new();
-    let connectors = match connectors() {
-        Ok(connectors) => connectors,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return (flows, files.len().max(1));
-        }
-    };
     for path in files {
-        match build_flow(path, &engine_folders(folders), &connectors, false) {
+        match block_on(build_flow(
+            path,
+            &engine_folders(folders),
+            &StandardConnectors::default(),
+            false,
+        )) {
             Ok(flow) => {
                 if let Some(first) = names.get(&flow.name) {
                     let d = duplicate_name(path, &flow.name, first);
@@ -197,7 +243,7 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             out(&format!("-- {}: no tests", flow.name));
         }
         for case in &flow.tests {
-            match run_test(flow, case) {
+            match block_on(run_test(flow, case)) {
                 Ok(()) => {
                     passed += 1;
                     out(&format!("ok {}: {}", flow.name, case.name));
@@ -229,7 +275,12 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<ExitCode> {
-    let flow = match build_flow(flow_path, &engine_folders(folders), &connectors()?, false) {
+    let flow = match block_on(build_flow(
+        flow_path,
+        &engine_folders(folders),
+        &StandardConnectors::default(),
+        false,
+    )) {
         Ok(flow) => flow,
         Err(diagnostics) => {
             for d in diagnostics {
@@ -253,18 +304,18 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
             .unwrap_or_default();
         (bytes, name)
     };
-    let TriggerConfig::File(trigger) = &flow.trigger_config else {
-        // Broker triggers have no input file format: the input is one JSON message.
-        return exec_json(&flow, &bytes, input);
+    // Inputs are decoded like the trigger would; other triggers take JSON.
+    let (format, csv) = match &flow.trigger_config {
+        TriggerConfig::File(trigger) => (trigger.format, trigger.csv.clone()),
+        _ => (FileFormat::Json, Default::default()),
     };
-    let records = match sluice_connectors::file::decode_input(&bytes, trigger.format, &trigger.csv)
-    {
+    let records = match sluice_connectors::file::decode_input(&bytes, format, &csv) {
         Ok(records) => records,
         Err(reason) => {
             eprintln!(
                 "error: the input `{}` cannot be read as {}: {reason}",
                 input.display(),
-                format_name(trigger.format)
+                format_name(format)
             );
             return Ok(ExitCode::from(1));
         }
@@ -278,7 +329,7 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
         if let Some(line) = line {
             meta.insert("file.line".to_owned(), line.to_string());
         }
-        results.push(dry_run(&flow, payload, meta));
+        results.push(block_on(dry_run(&flow, payload, meta)));
     }
     let failed = results.iter().any(|r| r.outcome == "error");
     let text = if results.len() == 1 {
@@ -288,25 +339,6 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
     }
     .context("cannot print the result")?;
     out(&text);
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-/// `exec` for a flow whose trigger is not a file: the input is one JSON message.
-fn exec_json(flow: &CompiledFlow, bytes: &[u8], input: &Path) -> anyhow::Result<ExitCode> {
-    let payload: serde_json::Value = match serde_json::from_slice(bytes) {
-        Ok(payload) => payload,
-        Err(e) => {
-            eprintln!("error: the input `{}` is not JSON: {e}", input.display());
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let result = dry_run(flow, payload, Meta::new());
-    let failed = result.outcome == "error";
-    out(&serde_json::to_string_pretty(&result).context("cannot print the result")?);
     Ok(if failed {
         ExitCode::from(1)
     } else {
@@ -335,4 +367,22 @@ fn out(text: &str) {
         eprintln!("error: cannot write to stdout: {e}");
         std::process::exit(1);
     }
+}
+
+/// Runs a future to completion on a small runtime: `check`, `test` and `exec` are one-shot
+/// commands, but steps such as `enrich` do asynchronous I/O.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    thread_local! {
+        static RUNTIME: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok();
+    }
+    RUNTIME.with(|runtime| match runtime {
+        Some(runtime) => runtime.block_on(future),
+        None => {
+            eprintln!("error: cannot start the async runtime");
+            std::process::exit(1);
+        }
+    })
 }

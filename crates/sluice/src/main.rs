@@ -1,5 +1,6 @@
 //! `sluice`: run, check, test and try integration flows written in YAML.
 
+mod admin;
 mod cli;
 mod commands;
 mod logging;

@@ -2,7 +2,7 @@
 //! delivery after the flow's sinks or its dead letter confirmed, and rejects with requeue
 //! after a failure that was not dead-lettered.
 
-use crate::codec::{self, Backoff, Health};
+use crate::codec::{self, Backoff};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
@@ -11,7 +11,6 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
 use sluice_flow::{AmqpTriggerConfig, Diagnostic, MessageFormat};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +21,6 @@ pub struct AmqpTrigger {
     prefetch: u16,
     requeue_delay: Duration,
     format: MessageFormat,
-    health: Health,
 }
 
 impl AmqpTrigger {
@@ -48,7 +46,6 @@ impl AmqpTrigger {
             prefetch,
             requeue_delay: config.requeue_delay.0,
             format: config.format,
-            health: Health::default(),
         })
     }
 
@@ -87,7 +84,7 @@ impl AmqpTrigger {
             )
             .await
             .map_err(|e| format!("consume `{}`: {e}", self.queue))?;
-        self.health.store(true, Ordering::Relaxed);
+        inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), queue = %self.queue, prefetch = self.prefetch, "amqp consumer ready");
         backoff.reset();
         loop {
@@ -169,18 +166,14 @@ impl AmqpTrigger {
 
 #[async_trait]
 impl Trigger for AmqpTrigger {
-    fn health(&self) -> Option<Health> {
-        Some(self.health.clone())
-    }
-
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
             let result = self.consume(&inlet, &stop, &mut backoff).await;
-            self.health.store(false, Ordering::Relaxed);
             match result {
                 Ok(()) => return,
                 Err(e) => {
+                    inlet.set_unhealthy(e.clone());
                     tracing::warn!(flow = %inlet.flow(), queue = %self.queue, "amqp trigger: {e}; reconnecting in {}", humantime::format_duration(backoff.peek()));
                     if !backoff.wait(&stop).await {
                         return;

@@ -12,6 +12,7 @@ struct Seen {
     mtime: Option<SystemTime>,
     stable_looks: u32,
     last_look: Instant,
+    ready: bool,
 }
 
 /// Tracks files that are waiting to settle.
@@ -48,6 +49,7 @@ impl Stability {
             mtime,
             stable_looks: 1,
             last_look: now,
+            ready: false,
         });
         if entry.size != size || entry.mtime != mtime {
             entry.size = size;
@@ -58,8 +60,15 @@ impl Stability {
             entry.stable_looks += 1;
             entry.last_look = now;
         }
-        entry.stable_looks >= self.stable_checks
-            && now.duration_since(entry.first_seen) >= self.min_age
+        entry.ready = entry.stable_looks >= self.stable_checks
+            && now.duration_since(entry.first_seen) >= self.min_age;
+        entry.ready
+    }
+
+    /// True when a file already passed the gate and waits only for a free slot; such a
+    /// file is not looked at again, so a large backlog costs no repeated `stat` calls.
+    pub fn is_ready(&self, name: &str) -> bool {
+        self.seen.get(name).is_some_and(|e| e.ready)
     }
 
     /// Forgets a file (taken, or gone).
@@ -74,7 +83,7 @@ impl Stability {
 
     /// True when some file is still settling (the scanner then looks again soon).
     pub fn has_pending(&self) -> bool {
-        !self.seen.is_empty()
+        self.seen.values().any(|e| !e.ready)
     }
 }
 

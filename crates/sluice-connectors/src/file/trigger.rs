@@ -12,7 +12,7 @@ use sluice_engine::{
     Acker, BuildContext, Envelope, ErrorKind, Inlet, Message, Meta, Outcome, Trigger,
 };
 use sluice_flow::{Diagnostic, FileTriggerConfig, OnSuccess};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,7 +80,7 @@ struct Shared {
     inflight: PathBuf,
     config: FileTriggerConfig,
     in_flight: Mutex<HashSet<String>>,
-    poke: mpsc::UnboundedSender<()>,
+    poke: mpsc::UnboundedSender<Poke>,
 }
 
 #[async_trait]
@@ -128,76 +128,115 @@ impl Trigger for FileTrigger {
             ));
         }
 
-        let _watcher = watch_folder(&self.folder, poke_tx);
+        let _watcher = watch_folder(&self.folder, poke_tx.clone());
         let mut gate = Stability::new(
             self.config.min_age.0,
             self.config.check_interval.0,
             self.config.stable_checks,
         );
+        let mut ready: VecDeque<String> = VecDeque::new();
         let mut last_scan = Instant::now() - MIN_SCAN_GAP;
+        let mut scan_due = true;
         loop {
-            let since = last_scan.elapsed();
-            if since < MIN_SCAN_GAP {
-                tokio::time::sleep(MIN_SCAN_GAP - since).await;
+            if scan_due {
+                let since = last_scan.elapsed();
+                if since < MIN_SCAN_GAP {
+                    tokio::time::sleep(MIN_SCAN_GAP - since).await;
+                }
+                last_scan = Instant::now();
+                gate = self.scan(&shared, gate, &mut ready).await;
             }
-            while poke_rx.try_recv().is_ok() {}
-            last_scan = Instant::now();
-            self.scan_and_claim(&shared, &inlet, &slots, &mut gate, &stop)
-                .await;
+            self.claim_ready(&shared, &inlet, &slots, &mut gate, &mut ready, &stop);
             let wait = if gate.has_pending() {
                 self.config.check_interval.0
             } else {
                 self.config.rescan_interval.0
             };
-            tokio::select! {
+            scan_due = tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = poke_rx.recv() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
+                poke = poke_rx.recv() => {
+                    // A slot came free: claim from what is known to be ready, no rescan
+                    // needed. A folder change: rescan.
+                    let mut folder_changed = matches!(poke, Some(Poke::Folder));
+                    while let Ok(more) = poke_rx.try_recv() {
+                        folder_changed |= more == Poke::Folder;
+                    }
+                    folder_changed || ready.is_empty() && gate.has_pending()
+                }
+                _ = tokio::time::sleep(wait) => true,
+            };
         }
     }
 }
 
+/// Why the scanner wakes up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Poke {
+    /// Something appeared or changed in the folder.
+    Folder,
+    /// A claim finished, so a slot is free.
+    Slot,
+}
+
 impl FileTrigger {
-    async fn scan_and_claim(
+    /// Lists the folder and passes every settling file through the gate; files that become
+    /// ready join the queue. The gate moves into the blocking task and back.
+    async fn scan(
+        &self,
+        shared: &Arc<Shared>,
+        gate: Stability,
+        ready: &mut VecDeque<String>,
+    ) -> Stability {
+        let folder = self.folder.clone();
+        let glob = self.glob.clone();
+        let fallback = Stability::new(
+            self.config.min_age.0,
+            self.config.check_interval.0,
+            self.config.stable_checks,
+        );
+        let scanned = tokio::task::spawn_blocking(move || {
+            let mut gate = gate;
+            let result = scan(&folder, &glob, &mut gate);
+            (gate, result)
+        })
+        .await;
+        match scanned {
+            Ok((gate, Ok(newly_ready))) => {
+                ready.extend(newly_ready);
+                gate
+            }
+            Ok((gate, Err(e))) => {
+                tracing::warn!(flow = %shared.flow, folder = %self.folder.display(), "cannot scan the watched folder: {e}");
+                gate
+            }
+            Err(_) => fallback,
+        }
+    }
+
+    /// Claims ready files while slots are free.
+    fn claim_ready(
         &self,
         shared: &Arc<Shared>,
         inlet: &Inlet,
         slots: &Arc<Semaphore>,
         gate: &mut Stability,
+        ready: &mut VecDeque<String>,
         stop: &CancellationToken,
     ) {
-        let folder = self.folder.clone();
-        let glob = self.glob.clone();
-        let listing = tokio::task::spawn_blocking(move || scan(&folder, &glob)).await;
-        let entries = match listing {
-            Ok(Ok(entries)) => entries,
-            Ok(Err(e)) => {
-                tracing::warn!(flow = %shared.flow, folder = %self.folder.display(), "cannot scan the watched folder: {e}");
-                return;
-            }
-            Err(_) => return,
-        };
-        let now = Instant::now();
-        let present: HashSet<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        gate.retain(|name| present.contains(name));
-        let mut ready = Vec::new();
-        for (name, size, mtime) in &entries {
-            if gate.observe(name, *size, *mtime, now) {
-                ready.push(name.clone());
-            }
-        }
-        ready.sort();
-        for name in ready {
+        let mut postponed = Vec::new();
+        while let Some(name) = ready.pop_front() {
             if stop.is_cancelled() {
-                return;
+                ready.push_front(name);
+                break;
             }
             if lock(&shared.in_flight).contains(&name) {
                 // A file of the same name is still being processed; take this one after it.
+                postponed.push(name);
                 continue;
             }
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                return;
+                ready.push_front(name);
+                break;
             };
             let from = self.folder.join(&name);
             let to = shared.inflight.join(&name);
@@ -216,31 +255,45 @@ impl FileTrigger {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => gate.forget(&name),
                 Err(e) => {
                     tracing::warn!(flow = %shared.flow, file = %from.display(), "cannot claim the file: {e}");
+                    gate.forget(&name);
                 }
             }
         }
+        ready.extend(postponed);
     }
 }
 
-/// Regular files in `folder` whose names match the glob and are not temporary names.
+/// Lists `folder`, forgets files that are gone, looks at every file still settling, and
+/// returns the names that just became ready (regular files matching the glob, not temporary).
 fn scan(
     folder: &Path,
     glob: &globset::GlobMatcher,
-) -> std::io::Result<Vec<(String, u64, Option<SystemTime>)>> {
-    let mut out = Vec::new();
+    gate: &mut Stability,
+) -> std::io::Result<Vec<String>> {
+    let now = Instant::now();
+    let mut present = HashSet::new();
+    let mut newly_ready = Vec::new();
     for entry in std::fs::read_dir(folder)? {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name().to_string_lossy().into_owned();
         if is_ignored_name(&name) || !glob.is_match(&name) {
             continue;
         }
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
+        // `file_type` comes from the directory listing itself on Linux: no `stat` call.
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
-        out.push((name, meta.len(), meta.modified().ok()));
+        if !gate.is_ready(&name) {
+            let Ok(meta) = entry.metadata() else { continue };
+            if gate.observe(&name, meta.len(), meta.modified().ok(), now) {
+                newly_ready.push(name.clone());
+            }
+        }
+        present.insert(name);
     }
-    Ok(out)
+    gate.retain(|name| present.contains(name));
+    newly_ready.sort();
+    Ok(newly_ready)
 }
 
 fn list_names(folder: &Path) -> Vec<String> {
@@ -256,12 +309,21 @@ fn list_names(folder: &Path) -> Vec<String> {
 
 fn watch_folder(
     folder: &Path,
-    poke: mpsc::UnboundedSender<()>,
+    poke: mpsc::UnboundedSender<Poke>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
+    use notify::event::{EventKind, ModifyKind, RenameMode};
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = poke.send(());
+        // Only appearing or changing files matter; files leaving (our own claims) do not.
+        let relevant = event.is_ok_and(|e| match e.kind {
+            EventKind::Create(_) => true,
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => false,
+            EventKind::Modify(_) => true,
+            EventKind::Any | EventKind::Other => true,
+            EventKind::Access(_) | EventKind::Remove(_) => false,
+        });
+        if relevant {
+            let _ = poke.send(Poke::Folder);
         }
     })
     .map_err(|e| tracing::warn!("file notifications unavailable, relying on rescans: {e}"))
@@ -295,7 +357,7 @@ impl Drop for Claim {
         // Finished or abandoned (shutdown): either way the name is free again. An abandoned
         // file stays in `.inflight/` and is recovered at the next start.
         lock(&self.shared.in_flight).remove(&self.name);
-        let _ = self.shared.poke.send(());
+        let _ = self.shared.poke.send(Poke::Slot);
     }
 }
 

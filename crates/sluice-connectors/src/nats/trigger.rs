@@ -4,13 +4,12 @@
 //! NATS subscription (at-most-once: NATS does not keep what it could not deliver).
 
 use super::NatsClients;
-use crate::codec::{self, Backoff, Health};
+use crate::codec::{self, Backoff};
 use async_nats::jetstream::{self, AckKind, consumer};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
 use sluice_flow::{Diagnostic, MessageFormat, NatsTriggerConfig};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +33,6 @@ pub struct NatsTrigger {
     nak_delay: Duration,
     batch: usize,
     format: MessageFormat,
-    health: Health,
     /// Metadata added to every message (for channels: `channel.name`).
     extra_meta: Vec<(String, String)>,
 }
@@ -88,7 +86,6 @@ impl NatsTrigger {
             nak_delay: config.nak_delay.0,
             batch: config.batch,
             format: config.format,
-            health: Health::default(),
             extra_meta: Vec::new(),
         })
     }
@@ -111,7 +108,6 @@ impl NatsTrigger {
             nak_delay: Duration::from_secs(1),
             batch: 64,
             format: MessageFormat::Json,
-            health: Health::default(),
             extra_meta: vec![("channel.name".to_owned(), channel.to_owned())],
         }
     }
@@ -155,7 +151,8 @@ impl NatsTrigger {
             .messages()
             .await
             .map_err(|e| format!("consumer `{}`: {e}", source.durable))?;
-        self.set_health(true, source);
+        inlet.set_healthy();
+        tracing::info!(flow = %inlet.flow(), stream = %source.stream, durable = %source.durable, "nats consumer ready");
         backoff.reset();
         loop {
             let next = tokio::select! {
@@ -170,13 +167,6 @@ impl NatsTrigger {
             if !self.forward(message, inlet).await {
                 return Ok(());
             }
-        }
-    }
-
-    fn set_health(&self, healthy: bool, source: &JetStreamSource) {
-        let was = self.health.swap(healthy, Ordering::Relaxed);
-        if healthy && !was {
-            tracing::info!(stream = %source.stream, durable = %source.durable, "nats consumer ready");
         }
     }
 
@@ -240,7 +230,7 @@ impl NatsTrigger {
             .subscribe(self.subject.clone())
             .await
             .map_err(|e| format!("subscribe `{}`: {e}", self.subject))?;
-        self.health.store(true, Ordering::Relaxed);
+        inlet.set_healthy();
         backoff.reset();
         loop {
             let next = tokio::select! {
@@ -303,10 +293,6 @@ fn header_meta(message: &async_nats::Message, meta: &mut Meta) {
 
 #[async_trait]
 impl Trigger for NatsTrigger {
-    fn health(&self) -> Option<Health> {
-        Some(self.health.clone())
-    }
-
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
@@ -317,10 +303,10 @@ impl Trigger for NatsTrigger {
                 }
                 None => self.consume_core(&inlet, &stop, &mut backoff).await,
             };
-            self.health.store(false, Ordering::Relaxed);
             match result {
                 Ok(()) => return,
                 Err(e) => {
+                    inlet.set_unhealthy(e.clone());
                     tracing::warn!(flow = %inlet.flow(), "nats trigger: {e}; retrying in {}", humantime::format_duration(backoff.peek()));
                     if !backoff.wait(&stop).await {
                         return;

@@ -6,11 +6,10 @@
 //! `poll`.
 
 use super::{quote_ident, quote_table};
-use crate::codec::{Backoff, Health};
+use crate::codec::Backoff;
 use async_trait::async_trait;
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
 use sluice_flow::{Diagnostic, PostgresTriggerConfig};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +22,6 @@ pub struct OutboxTrigger {
     delete: String,
     batch: i64,
     poll: Duration,
-    health: Health,
 }
 
 impl OutboxTrigger {
@@ -48,7 +46,6 @@ impl OutboxTrigger {
             delete: format!("DELETE FROM {table} WHERE ctid = ANY($1::text[]::tid[])"),
             batch: i64::try_from(config.batch).unwrap_or(i64::MAX),
             poll: config.poll.0,
-            health: Health::default(),
         })
     }
 
@@ -63,7 +60,7 @@ impl OutboxTrigger {
             .get()
             .await
             .map_err(|e| format!("postgres connection: {e}"))?;
-        self.health.store(true, Ordering::Relaxed);
+        inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), table = %self.table_name, "postgres outbox ready");
         backoff.reset();
         loop {
@@ -156,18 +153,14 @@ impl OutboxTrigger {
 
 #[async_trait]
 impl Trigger for OutboxTrigger {
-    fn health(&self) -> Option<Health> {
-        Some(self.health.clone())
-    }
-
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
             let result = self.consume(&inlet, &stop, &mut backoff).await;
-            self.health.store(false, Ordering::Relaxed);
             match result {
                 Ok(()) => return,
                 Err(e) => {
+                    inlet.set_unhealthy(e.clone());
                     tracing::warn!(flow = %inlet.flow(), table = %self.table_name, "postgres outbox: {e}; reconnecting in {}", humantime::format_duration(backoff.peek()));
                     if !backoff.wait(&stop).await {
                         return;

@@ -6,14 +6,13 @@
 //! leaves nothing behind, and an entry whose processing failed is retried that way too.
 
 use super::{CORRELATION_ID_FIELD, MESSAGE_ID_FIELD};
-use crate::codec::{self, Backoff, Health};
+use crate::codec::{self, Backoff};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Value};
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
 use sluice_flow::{Diagnostic, MessageFormat, RedisTriggerConfig};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +29,6 @@ pub struct RedisTrigger {
     batch: usize,
     field: String,
     format: MessageFormat,
-    health: Health,
 }
 
 impl RedisTrigger {
@@ -65,7 +63,6 @@ impl RedisTrigger {
             batch: config.batch,
             field: config.field.to_string(),
             format: config.format,
-            health: Health::default(),
         })
     }
 
@@ -98,7 +95,7 @@ impl RedisTrigger {
         {
             return Err(format!("XGROUP CREATE: {e}"));
         }
-        self.health.store(true, Ordering::Relaxed);
+        inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), stream = %self.stream, group = %self.group, consumer = %self.consumer, "redis consumer ready");
         backoff.reset();
         // Own pending entries first (a restart under a fixed consumer name), then new ones.
@@ -253,18 +250,14 @@ impl RedisTrigger {
 
 #[async_trait]
 impl Trigger for RedisTrigger {
-    fn health(&self) -> Option<Health> {
-        Some(self.health.clone())
-    }
-
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         loop {
             let result = self.consume(&inlet, &stop, &mut backoff).await;
-            self.health.store(false, Ordering::Relaxed);
             match result {
                 Ok(()) => return,
                 Err(e) => {
+                    inlet.set_unhealthy(e.clone());
                     tracing::warn!(flow = %inlet.flow(), stream = %self.stream, "redis trigger: {e}; reconnecting in {}", humantime::format_duration(backoff.peek()));
                     if !backoff.wait(&stop).await {
                         return;

@@ -1,4 +1,4 @@
-use super::{Control, Exec, Step, Steps, To};
+use super::{Control, Exec, Step, StepFuture, Steps, To};
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use std::sync::Arc;
@@ -32,8 +32,9 @@ impl Route {
     }
 }
 
-impl Step for Route {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+impl Route {
+    /// The first arm that matches, or `None`.
+    fn pick(&self, exec: &mut Exec) -> Result<Option<&RouteAction>, FlowError> {
         for (label, arm) in &self.arms {
             if let Some(when) = &arm.when {
                 let data = exec.jmes()?;
@@ -45,14 +46,42 @@ impl Step for Route {
                     continue;
                 }
             }
-            return match &arm.action {
-                RouteAction::Deliver(sinks) => {
-                    To::record(sinks, exec);
-                    Ok(Control::Continue)
-                }
-                RouteAction::Steps(steps) => steps.run(exec),
-            };
+            return Ok(Some(&arm.action));
+        }
+        Ok(None)
+    }
+}
+
+impl Step for Route {
+    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+        match self.pick(exec)? {
+            Some(RouteAction::Deliver(sinks)) => To::record(sinks, exec),
+            Some(RouteAction::Steps(_)) => {
+                return Err(FlowError::new(
+                    ErrorKind::Transform,
+                    "internal: a route with nested steps must run asynchronously",
+                ));
+            }
+            None => {}
         }
         Ok(Control::Continue)
+    }
+
+    fn is_async(&self) -> bool {
+        // Nested steps run through `Steps::run`, which is async.
+        self.arms
+            .iter()
+            .any(|(_, arm)| matches!(arm.action, RouteAction::Steps(_)))
+    }
+
+    fn run_async<'a>(&'a self, exec: &'a mut Exec) -> StepFuture<'a> {
+        Box::pin(async move {
+            match self.pick(exec)? {
+                Some(RouteAction::Deliver(sinks)) => To::record(sinks, exec),
+                Some(RouteAction::Steps(steps)) => return steps.run(exec).await,
+                None => {}
+            }
+            Ok(Control::Continue)
+        })
     }
 }

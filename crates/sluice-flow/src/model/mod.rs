@@ -4,11 +4,13 @@
 //! a silently ignored setting.
 
 mod brokers;
+mod http;
 mod sink;
 mod step;
 mod trigger;
 
 pub use brokers::*;
+pub use http::*;
 pub use sink::*;
 pub use step::*;
 pub use trigger::*;

@@ -20,6 +20,8 @@ pub enum SinkConfig {
     Redis(super::RedisSinkConfig),
     /// Inserts or upserts a row in PostgreSQL (or runs a parameterised statement).
     Postgres(super::PostgresSinkConfig),
+    /// An HTTP request per message.
+    Http(crate::HttpSinkConfig),
 }
 
 impl SinkConfig {
@@ -33,6 +35,7 @@ impl SinkConfig {
             SinkConfig::Amqp(_) => "amqp",
             SinkConfig::Redis(_) => "redis",
             SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::Http(_) => "http",
         }
     }
 }

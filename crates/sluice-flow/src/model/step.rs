@@ -25,6 +25,10 @@ pub enum StepConfig {
     To(Spanned<Targets>),
     /// Write a templated line to the log.
     Log(Spanned<Text>),
+    /// Set the status and headers of a request-reply answer.
+    Reply(crate::ReplyConfig),
+    /// Call an HTTP endpoint and merge the answer into the payload.
+    Enrich(Box<crate::EnrichConfig>),
 }
 
 impl StepConfig {
@@ -39,6 +43,8 @@ impl StepConfig {
             StepConfig::Route(_) => "route",
             StepConfig::To(_) => "to",
             StepConfig::Log(_) => "log",
+            StepConfig::Reply(_) => "reply",
+            StepConfig::Enrich(_) => "enrich",
         }
     }
 }

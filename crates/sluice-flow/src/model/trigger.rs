@@ -19,6 +19,10 @@ pub enum TriggerConfig {
     Redis(super::RedisTriggerConfig),
     /// A PostgreSQL outbox table, polled with `FOR UPDATE SKIP LOCKED`.
     Postgres(super::PostgresTriggerConfig),
+    /// Requests on the shared HTTP listener.
+    Http(crate::HttpTriggerConfig),
+    /// A clock.
+    Schedule(crate::ScheduleTriggerConfig),
 }
 
 impl TriggerConfig {
@@ -37,6 +41,17 @@ impl TriggerConfig {
             TriggerConfig::Amqp(amqp) => format!("amqp queue {}", amqp.queue.value),
             TriggerConfig::Redis(redis) => format!("redis stream {}", redis.stream.value),
             TriggerConfig::Postgres(pg) => format!("postgres outbox {}", pg.table.value),
+            TriggerConfig::Http(http) => {
+                format!("http {} {}", http.method.as_str(), http.path.value)
+            }
+            TriggerConfig::Schedule(schedule) => match (&schedule.every, &schedule.cron) {
+                (Some(every), _) => format!(
+                    "schedule every {}",
+                    humantime::format_duration(every.value.0)
+                ),
+                (None, Some(cron)) => format!("schedule cron {}", cron.value),
+                (None, None) => "schedule".to_owned(),
+            },
         }
     }
 }

@@ -1,0 +1,11 @@
+//! The HTTP connector: request-reply flows on one shared listener, and the `http` sink.
+
+mod auth;
+mod route;
+mod server;
+mod sink;
+mod trigger;
+
+pub use server::HttpHub;
+pub use sink::HttpSink;
+pub use trigger::HttpTrigger;

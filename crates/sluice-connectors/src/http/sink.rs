@@ -1,0 +1,77 @@
+//! The `http` sink: one JSON request per message; retries are the engine's.
+
+use async_trait::async_trait;
+use sluice_engine::http_client::HttpCall;
+use sluice_engine::{BuildContext, FlowError, Outgoing, Sink};
+use sluice_flow::{Diagnostic, HttpSinkConfig, OutputFormat, Span};
+
+/// Sends each payload as a JSON request.
+pub struct HttpSink {
+    call: HttpCall,
+    method: &'static str,
+}
+
+impl HttpSink {
+    /// Compiles the URL and header templates.
+    pub fn new(config: &HttpSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
+        let headers: Vec<(String, String)> = config
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.0.clone()))
+            .collect();
+        let call = HttpCall::new(
+            config.method,
+            config.url.value.as_str(),
+            &headers,
+            config.timeout.0,
+        )
+        .map_err(|(which, e)| {
+            let at = if which == "url" {
+                &config.url
+            } else {
+                &config.headers[&which]
+            };
+            let span = sluice_engine::compile::position_in_scalar(
+                &cx.flow.source,
+                Span::of(at),
+                0,
+                e.offset,
+            );
+            cx.flow
+                .diagnostic(span, e.message)
+                .with_help("a template is text with `{{ jmespath }}` holes")
+        })?;
+        let url = config.url.value.as_str();
+        if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("{{")) {
+            return Err(cx
+                .diagnostic(
+                    &config.url,
+                    format!("`{url}` is not an http:// or https:// URL"),
+                )
+                .with_help("e.g. `http://127.0.0.1:9000/orders`"));
+        }
+        Ok(HttpSink {
+            call,
+            method: config.method.as_str(),
+        })
+    }
+}
+
+#[async_trait]
+impl Sink for HttpSink {
+    async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
+        let body = crate::file::serialize(OutputFormat::Json, &mut out.payload)?;
+        self.call
+            .send(&mut out.payload, &out.meta, &[], Some(body))
+            .await?;
+        Ok(())
+    }
+
+    fn target(&self, out: &mut Outgoing) -> Result<String, FlowError> {
+        Ok(format!(
+            "{} {}",
+            self.method,
+            self.call.url(&mut out.payload, &out.meta)?
+        ))
+    }
+}

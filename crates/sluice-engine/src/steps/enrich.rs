@@ -1,0 +1,119 @@
+use super::{Control, Exec, Step, StepFuture};
+use crate::error::{ErrorKind, FlowError};
+use crate::expr::Expr;
+use crate::http_client::HttpCall;
+use crate::message::Payload;
+use crate::retry::with_retry;
+use crate::value::{jmes_to_json, json_to_jmes};
+use jmespath::{Rcvar, Variable};
+use sluice_flow::RetryConfig;
+
+/// `enrich:` — calls an HTTP endpoint and merges its JSON answer into the payload at a
+/// field; failures are `sink`/`timeout` errors retried like sink writes.
+pub struct Enrich {
+    flow: String,
+    call: HttpCall,
+    body: Option<Expr>,
+    query: Vec<(String, Expr)>,
+    into: String,
+    retry: RetryConfig,
+}
+
+impl Enrich {
+    /// An enrich step.
+    pub fn new(
+        flow: &str,
+        call: HttpCall,
+        body: Option<Expr>,
+        query: Vec<(String, Expr)>,
+        into: String,
+        retry: RetryConfig,
+    ) -> Self {
+        Enrich {
+            flow: flow.to_owned(),
+            call,
+            body,
+            query,
+            into,
+            retry,
+        }
+    }
+
+    async fn call(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+        let data = exec.jmes()?;
+        if !data.is_object() {
+            return Err(FlowError::new(
+                ErrorKind::Transform,
+                format!(
+                    "`enrich` needs an object payload, but the payload is {}",
+                    data.get_type()
+                ),
+            ));
+        }
+        let transform = |e: String| FlowError::new(ErrorKind::Transform, e);
+        let body = match &self.body {
+            Some(expr) => {
+                let value = expr.search(data.clone(), &exec.meta).map_err(transform)?;
+                Some(
+                    serde_json::to_vec(&jmes_to_json(&value))
+                        .map_err(|e| transform(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let mut query = Vec::new();
+        for (name, expr) in &self.query {
+            let value = expr.search(data.clone(), &exec.meta).map_err(transform)?;
+            let text = match &*value {
+                Variable::String(s) => s.clone(),
+                Variable::Null => continue,
+                other => serde_json::to_string(&jmes_to_json(other))
+                    .map_err(|e| transform(e.to_string()))?,
+            };
+            query.push((name.clone(), text));
+        }
+        let meta = exec.meta.clone();
+        let payload = exec.payload.snapshot();
+        let (query, meta) = (&query, &meta);
+        let answer = with_retry(&self.retry, &self.flow, "enrich", || {
+            let (mut payload, body) = (payload.clone(), body.clone());
+            async move { self.call.send(&mut payload, meta, query, body).await }
+        })
+        .await
+        .map_err(|(e, _)| e)?;
+        let response: serde_json::Value = if answer.body.iter().all(u8::is_ascii_whitespace) {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&answer.body).map_err(|e| {
+                FlowError::permanent(
+                    ErrorKind::Sink,
+                    format!("the enrich answer is not JSON: {e}"),
+                )
+            })?
+        };
+        let Some(object) = data.as_object() else {
+            return Ok(Control::Continue);
+        };
+        let mut merged = object.clone();
+        merged.insert(self.into.clone(), json_to_jmes(&response));
+        exec.payload = Payload::from_jmes(Rcvar::new(Variable::Object(merged)));
+        Ok(Control::Continue)
+    }
+}
+
+impl Step for Enrich {
+    fn run(&self, _exec: &mut Exec) -> Result<Control, FlowError> {
+        Err(FlowError::new(
+            ErrorKind::Sink,
+            "internal: `enrich` must run asynchronously",
+        ))
+    }
+
+    fn is_async(&self) -> bool {
+        true
+    }
+
+    fn run_async<'a>(&'a self, exec: &'a mut Exec) -> StepFuture<'a> {
+        Box::pin(self.call(exec))
+    }
+}

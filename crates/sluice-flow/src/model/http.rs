@@ -1,0 +1,195 @@
+use crate::{ByteSize, Dur, Text};
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// An HTTP method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+pub enum HttpMethod {
+    /// GET
+    #[serde(rename = "GET", alias = "get")]
+    Get,
+    /// POST
+    #[default]
+    #[serde(rename = "POST", alias = "post")]
+    Post,
+    /// PUT
+    #[serde(rename = "PUT", alias = "put")]
+    Put,
+    /// PATCH
+    #[serde(rename = "PATCH", alias = "patch")]
+    Patch,
+    /// DELETE
+    #[serde(rename = "DELETE", alias = "delete")]
+    Delete,
+}
+
+impl HttpMethod {
+    /// The method as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
+}
+
+/// A secret from a flow file (usually `${env:…}`); never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Text::deserialize(deserializer).map(|t| Secret(t.0))
+    }
+}
+
+/// The `http` trigger: one route on the shared listener, request-reply.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTriggerConfig {
+    /// The route, with `{name}` path parameters.
+    pub path: Spanned<Text>,
+    /// The method.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Larger request bodies get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// No answer by then: 504.
+    #[serde(default = "default_trigger_timeout")]
+    pub timeout: Dur,
+    /// Authentication of requests.
+    pub auth: Option<Spanned<HttpAuth>>,
+}
+
+/// How requests authenticate: exactly one of the three.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAuth {
+    /// `Authorization: Bearer <token>`.
+    pub bearer: Option<Secret>,
+    /// A key in a header.
+    pub api_key: Option<ApiKeyAuth>,
+    /// An HMAC-SHA256 signature of the raw body (webhooks).
+    pub hmac: Option<HmacAuth>,
+}
+
+/// An API key in a request header.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyAuth {
+    /// The header name.
+    #[serde(default = "default_api_key_header")]
+    pub header: Text,
+    /// The expected key.
+    pub value: Secret,
+}
+
+/// An HMAC-SHA256 body signature.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacAuth {
+    /// The shared secret.
+    pub secret: Secret,
+    /// The header carrying the signature.
+    #[serde(default = "default_hmac_header")]
+    pub header: Text,
+    /// Text before the hex digest, e.g. `sha256=`.
+    #[serde(default)]
+    pub prefix: Text,
+}
+
+/// The `schedule` trigger: a message on every tick.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleTriggerConfig {
+    /// A fixed interval.
+    pub every: Option<Spanned<Dur>>,
+    /// A cron expression (seconds first), UTC.
+    pub cron: Option<Spanned<Text>>,
+    /// The payload of each message (default `{}`).
+    pub payload: Option<serde_json::Value>,
+}
+
+/// The `http` sink: sends each payload as JSON.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// URL template.
+    pub url: Spanned<Text>,
+    /// The method.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Header templates.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<Text>>,
+    /// A slower answer is a `timeout` error.
+    #[serde(default = "default_client_timeout")]
+    pub timeout: Dur,
+}
+
+/// The `reply` step.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyConfig {
+    /// The response status.
+    pub status: Option<Spanned<u16>>,
+    /// Response header templates.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<Text>>,
+}
+
+/// The `enrich` step: call an HTTP endpoint and merge its JSON answer into the payload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// URL template.
+    pub url: Spanned<Text>,
+    /// The method (default GET).
+    #[serde(default = "default_get")]
+    pub method: HttpMethod,
+    /// JMESPath for the JSON request body.
+    pub body: Option<Spanned<Text>>,
+    /// JMESPath per query parameter.
+    #[serde(default)]
+    pub query: BTreeMap<String, Spanned<Text>>,
+    /// Header templates.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<Text>>,
+    /// A slower answer is a `timeout` error.
+    #[serde(default = "default_client_timeout")]
+    pub timeout: Dur,
+    /// The payload field that receives the response.
+    pub into: Spanned<Text>,
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_trigger_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_client_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_api_key_header() -> Text {
+    Text::from("x-api-key")
+}
+fn default_hmac_header() -> Text {
+    Text::from("x-signature")
+}
+fn default_get() -> HttpMethod {
+    HttpMethod::Get
+}

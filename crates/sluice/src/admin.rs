@@ -1,0 +1,259 @@
+//! The admin server: health, readiness, Prometheus metrics, and the flows API.
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
+use sluice_engine::{Outcome, Registry};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+struct Admin {
+    registry: Arc<Registry>,
+    metrics: PrometheusHandle,
+    token: Option<String>,
+}
+
+/// Binds and serves the admin API until `stop`; a bind failure is logged, not fatal.
+pub async fn serve(
+    addr: String,
+    token: Option<String>,
+    registry: Arc<Registry>,
+    metrics: PrometheusHandle,
+    stop: CancellationToken,
+) {
+    let listener = match tokio::net::TcpListener::bind(&addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(
+                "cannot start the admin server on {addr}: {e}; pass --admin ADDR (or `off`)"
+            );
+            return;
+        }
+    };
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+    tracing::info!("admin server on {local}");
+    let state = Admin {
+        registry,
+        metrics,
+        token,
+    };
+    let app = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/flows", get(flows))
+        .route("/api/flows/{name}", get(flow))
+        .route("/api/flows/{name}/messages", post(inject))
+        .route("/api/dead-letters", get(dead_letters))
+        .route("/", get(dashboard))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!("admin server stopped: {e}");
+    }
+}
+
+async fn require_token(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    if let Some(token) = &admin.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| {
+            g.len() == token.len()
+                && g.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |d, (a, b)| d | (a ^ b))
+                    == 0
+        });
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": {"kind": "auth", "message": "the admin API needs `Authorization: Bearer <token>`"}})),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(admin): State<Admin>) -> Response {
+    let unready: Vec<Value> = admin
+        .registry
+        .status()
+        .await
+        .into_iter()
+        .filter_map(|f| {
+            f.unhealthy
+                .map(|reason| json!({"flow": f.name, "reason": reason}))
+        })
+        .collect();
+    if unready.is_empty() {
+        (StatusCode::OK, Json(json!({"ready": true}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "unready": unready})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(admin): State<Admin>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        admin.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn flows(State(admin): State<Admin>) -> Json<Value> {
+    Json(serde_json::to_value(admin.registry.status().await).unwrap_or(Value::Null))
+}
+
+async fn flow(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    match admin
+        .registry
+        .status()
+        .await
+        .into_iter()
+        .find(|f| f.name == name)
+    {
+        Some(status) => Json(serde_json::to_value(status).unwrap_or(Value::Null)).into_response(),
+        None => not_found(&name),
+    }
+}
+
+fn not_found(name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": {"kind": "not_found", "message": format!("no flow named `{name}`")}})),
+    )
+        .into_response()
+}
+
+async fn inject(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"kind": "trigger", "message": format!("malformed JSON: {e}")}})),
+            )
+                .into_response();
+        }
+    };
+    let Some((message_id, outcome)) = admin.registry.inject(&name, payload).await else {
+        return not_found(&name);
+    };
+    let body = match outcome {
+        Outcome::Delivered(reply) => {
+            json!({"outcome": "delivered", "message_id": message_id, "payload": reply.map(|r| r.payload)})
+        }
+        Outcome::Completed(reply) => {
+            json!({"outcome": "completed", "message_id": message_id, "payload": reply.map(|r| r.payload)})
+        }
+        Outcome::Filtered => json!({"outcome": "filtered", "message_id": message_id}),
+        Outcome::Failed(failure) => json!({
+            "outcome": "error",
+            "message_id": message_id,
+            "error": {
+                "kind": failure.error.kind,
+                "message": failure.error.message,
+                "step": failure.error.step,
+                "violations": failure.error.violations,
+            },
+            "dead_lettered": failure.dead_lettered,
+        }),
+    };
+    Json(body).into_response()
+}
+
+async fn dead_letters(State(admin): State<Admin>) -> Json<Value> {
+    let folders = admin.registry.dead_letter_folders().await;
+    let entries = tokio::task::spawn_blocking(move || {
+        let mut entries = Vec::new();
+        for (flow, folder) in folders {
+            let Ok(dir) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                let Ok(letter) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                let error = &letter["error"];
+                entries.push(json!({
+                    "flow": flow,
+                    "file": path.display().to_string(),
+                    "message_id": error["message_id"],
+                    "kind": error["kind"],
+                    "message": error["message"],
+                    "time": error["time"],
+                }));
+            }
+        }
+        entries
+    })
+    .await
+    .unwrap_or_default();
+    Json(Value::Array(entries))
+}
+
+async fn dashboard(State(admin): State<Admin>) -> Response {
+    let mut rows = String::new();
+    for f in admin.registry.status().await {
+        let c = f.counters;
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&f.name),
+            f.state,
+            escape(f.trigger.as_deref().unwrap_or("")),
+            c.received,
+            c.completed,
+            c.filtered,
+            c.failed,
+            c.dead_lettered,
+            escape(f.last_error.as_deref().or(f.unhealthy.as_deref()).unwrap_or("")),
+        ));
+    }
+    let page = format!(
+        "<!doctype html><meta charset=utf-8><title>sluice</title><meta http-equiv=refresh content=5>\
+         <style>body{{font:14px system-ui;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}}</style>\
+         <h1>sluice</h1><table><tr><th>flow</th><th>state</th><th>trigger</th><th>received</th><th>completed</th>\
+         <th>filtered</th><th>failed</th><th>dead-lettered</th><th>problem</th></tr>{rows}</table>\
+         <p><a href=/metrics>metrics</a> · <a href=/api/flows>flows</a> · <a href=/api/dead-letters>dead letters</a></p>"
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
