@@ -133,7 +133,7 @@ errors:
     let mut sluice = Sluice::run(&sb);
     sluice.wait_ready("busy");
     sb.drop_json("inbox", "a.json", &json!({ "id": "a" }));
-    sluice.wait_for_log("sink write failed, retrying", secs(30));
+    sluice.wait_for_log("failed, retrying in", secs(30));
     psql(&format!("DELETE FROM {t}_flag"));
     sluice.expect_within(secs(30), "the row after the retry", || {
         psql(&format!("SELECT count(*) FROM {t}")) == "1"
