@@ -9,20 +9,28 @@
 // path, so returning it unboxed is simpler and costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
+pub mod amqp;
+pub mod channel;
+pub mod codec;
 pub mod file;
 pub mod http;
+pub mod nats;
+pub mod postgres;
+pub mod redis_streams;
 pub mod schedule;
 pub mod stdout;
 
 use sluice_engine::{BuildContext, Connectors, Sink, Trigger};
-use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig};
+use sluice_flow::{Diagnostic, Settings, SinkConfig, Spanned, TriggerConfig};
 use std::sync::Arc;
 
 /// Every connector that ships with sluice, with the resources they share (the HTTP
-/// listener).
+/// listener, the NATS connections, the channel backend).
 #[derive(Clone)]
 pub struct StandardConnectors {
     http: Arc<http::HttpHub>,
+    nats: nats::NatsClients,
+    channels: channel::Channels,
 }
 
 impl Default for StandardConnectors {
@@ -35,7 +43,18 @@ impl Default for StandardConnectors {
 impl StandardConnectors {
     /// Connectors sharing `http` as the listener of every `http` trigger.
     pub fn new(http: Arc<http::HttpHub>) -> Self {
-        StandardConnectors { http }
+        let nats = nats::NatsClients::default();
+        StandardConnectors {
+            http,
+            channels: channel::Channels::new(&Settings::default(), nats.clone()),
+            nats,
+        }
+    }
+
+    /// The same connectors with the channel backend `sluice.yaml` chose (see [`Settings`]).
+    pub fn with_settings(mut self, settings: &Settings) -> Self {
+        self.channels = channel::Channels::new(settings, self.nats.clone());
+        self
     }
 }
 
@@ -49,6 +68,13 @@ impl Connectors for StandardConnectors {
             )),
             TriggerConfig::Http(http) => http::HttpTrigger::claim(http),
             TriggerConfig::Schedule(_) => None,
+            // Broker sources are shared on purpose: flows and processes using the same
+            // durable, queue, group or outbox split the work between them.
+            TriggerConfig::Nats(_)
+            | TriggerConfig::Channel(_)
+            | TriggerConfig::Amqp(_)
+            | TriggerConfig::Redis(_)
+            | TriggerConfig::Postgres(_) => None,
         }
     }
 
@@ -62,6 +88,13 @@ impl Connectors for StandardConnectors {
             SinkConfig::File(file) => Ok(Arc::new(file::FileSink::new(name, file, cx)?)),
             SinkConfig::Stdout(stdout) => Ok(Arc::new(stdout::StdoutSink::new(stdout))),
             SinkConfig::Http(http) => Ok(Arc::new(http::HttpSink::new(http, cx)?)),
+            SinkConfig::Nats(nats) => {
+                Ok(Arc::new(nats::NatsSink::new(nats, self.nats.clone(), cx)?))
+            }
+            SinkConfig::Channel(channel) => self.channels.sink(channel, cx),
+            SinkConfig::Amqp(amqp) => Ok(Arc::new(amqp::AmqpSink::new(amqp, cx)?)),
+            SinkConfig::Redis(redis) => Ok(Arc::new(redis_streams::RedisSink::new(redis, cx)?)),
+            SinkConfig::Postgres(pg) => Ok(Arc::new(postgres::PostgresSink::new(pg, cx)?)),
         }
     }
 
@@ -80,6 +113,17 @@ impl Connectors for StandardConnectors {
             TriggerConfig::Schedule(config) => {
                 Ok(Box::new(schedule::ScheduleTrigger::new(config, cx)?))
             }
+            TriggerConfig::Nats(nats) => Ok(Box::new(nats::NatsTrigger::new(
+                nats,
+                self.nats.clone(),
+                cx,
+            )?)),
+            TriggerConfig::Channel(channel) => self.channels.trigger(channel, cx),
+            TriggerConfig::Amqp(amqp) => Ok(Box::new(amqp::AmqpTrigger::new(amqp, cx)?)),
+            TriggerConfig::Redis(redis) => {
+                Ok(Box::new(redis_streams::RedisTrigger::new(redis, cx)?))
+            }
+            TriggerConfig::Postgres(pg) => Ok(Box::new(postgres::OutboxTrigger::new(pg, cx)?)),
         }
     }
 }

@@ -591,6 +591,7 @@ fn same_trigger(a: &TriggerConfig, b: &TriggerConfig) -> bool {
                 && a.cron.as_ref().map(|x| &x.value) == b.cron.as_ref().map(|x| &x.value)
                 && a.payload == b.payload
         }
-        _ => false,
+        // Other triggers restart on any change; their sources redeliver what was in flight.
+        _ => a == b,
     }
 }

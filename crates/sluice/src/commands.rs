@@ -62,6 +62,8 @@ struct RunOptions {
 }
 
 fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
+    // `sluice.yaml` in the working directory: where flow-to-flow channels live.
+    let settings = sluice_flow::Settings::load(Path::new(".")).map_err(anyhow::Error::msg)?;
     let RunOptions {
         folders,
         grace,
@@ -99,7 +101,7 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
                 folders: engine_folders(&folders),
                 drain_timeout: grace,
             },
-            Arc::new(StandardConnectors::new(http.clone())),
+            Arc::new(StandardConnectors::new(http.clone()).with_settings(&settings)),
         );
         let stop = tokio_util::sync::CancellationToken::new();
         let admin_server = (admin != "off").then(|| {

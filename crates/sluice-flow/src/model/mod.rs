@@ -3,12 +3,14 @@
 //! Every struct denies unknown fields, so a typo is a load error with a position rather than
 //! a silently ignored setting.
 
+mod brokers;
 mod eip;
 mod http;
 mod sink;
 mod step;
 mod trigger;
 
+pub use brokers::*;
 pub use eip::*;
 pub use http::*;
 pub use sink::*;

@@ -10,6 +10,16 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// One line per message on standard output.
     Stdout(StdoutSinkConfig),
+    /// Publishes to a NATS subject (JetStream by default).
+    Nats(super::NatsSinkConfig),
+    /// Sends to a named channel that another flow consumes.
+    Channel(super::ChannelConfig),
+    /// Publishes to a RabbitMQ exchange with publisher confirms.
+    Amqp(super::AmqpSinkConfig),
+    /// Appends to a Redis Stream (`XADD`).
+    Redis(super::RedisSinkConfig),
+    /// Inserts or upserts a row in PostgreSQL (or runs a parameterised statement).
+    Postgres(super::PostgresSinkConfig),
     /// An HTTP request per message.
     Http(crate::HttpSinkConfig),
 }
@@ -20,6 +30,11 @@ impl SinkConfig {
         match self {
             SinkConfig::File(_) => "file",
             SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Nats(_) => "nats",
+            SinkConfig::Channel(_) => "channel",
+            SinkConfig::Amqp(_) => "amqp",
+            SinkConfig::Redis(_) => "redis",
+            SinkConfig::Postgres(_) => "postgres",
             SinkConfig::Http(_) => "http",
         }
     }

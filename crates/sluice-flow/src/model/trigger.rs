@@ -9,6 +9,16 @@ use std::time::Duration;
 pub enum TriggerConfig {
     /// Files dropped into a folder.
     File(FileTriggerConfig),
+    /// A NATS JetStream durable consumer (or a core NATS subject).
+    Nats(super::NatsTriggerConfig),
+    /// Messages another flow sent to a named channel.
+    Channel(super::ChannelConfig),
+    /// A RabbitMQ (AMQP 0-9-1) queue.
+    Amqp(super::AmqpTriggerConfig),
+    /// A Redis Stream, read through a consumer group.
+    Redis(super::RedisTriggerConfig),
+    /// A PostgreSQL outbox table, polled with `FOR UPDATE SKIP LOCKED`.
+    Postgres(super::PostgresTriggerConfig),
     /// Requests on the shared HTTP listener.
     Http(crate::HttpTriggerConfig),
     /// A clock.
@@ -20,6 +30,17 @@ impl TriggerConfig {
     pub fn describe(&self) -> String {
         match self {
             TriggerConfig::File(file) => format!("file {}", file.path.value),
+            TriggerConfig::Nats(nats) => match &nats.stream {
+                Some(stream) => format!(
+                    "nats stream {} subject {}",
+                    stream.value, nats.subject.value
+                ),
+                None => format!("nats subject {}", nats.subject.value),
+            },
+            TriggerConfig::Channel(channel) => format!("channel {}", channel.name.value),
+            TriggerConfig::Amqp(amqp) => format!("amqp queue {}", amqp.queue.value),
+            TriggerConfig::Redis(redis) => format!("redis stream {}", redis.stream.value),
+            TriggerConfig::Postgres(pg) => format!("postgres outbox {}", pg.table.value),
             TriggerConfig::Http(http) => {
                 format!("http {} {}", http.method.as_str(), http.path.value)
             }

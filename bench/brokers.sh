@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# brokers.sh - broker throughput: sluice against the floor (a minimal consumer/republisher
+# written directly against the same client crate), in the same run, ~250-byte messages.
+#
+# Run from anywhere:   bench/brokers.sh
+# Options via env:     N=20000 INFLIGHT=64 bench/brokers.sh
+#                      SKIP_BUILD=1 bench/brokers.sh   (reuse the release build)
+# Needs: NATS JetStream (4222), RabbitMQ (5672, guest/guest), PostgreSQL (5432, database test).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+cd "$repo"
+
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    echo "== cargo build --release (sluice and the floor, examples/broker_bench.rs)"
+    cargo build --release -p sluice -p sluice-connectors --bin sluice --example broker_bench
+fi
+
+bench="$repo/target/release/examples/broker_bench"
+sluice="$repo/target/release/sluice"
+args=(--sluice "$sluice" -n "${N:-20000}" -c "${INFLIGHT:-64}")
+
+echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+status=0
+for case in jetstream amqp postgres; do
+    echo
+    echo "== $case"
+    "$bench" "$case" "${args[@]}" || status=1
+done
+exit "$status"

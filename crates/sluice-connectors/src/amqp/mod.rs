@@ -1,0 +1,44 @@
+//! The `amqp` connector (RabbitMQ, through lapin with rustls): a queue consumer whose
+//! deliveries are acknowledged after the flow's sinks confirmed, and a publisher that waits
+//! for the broker's publisher confirm.
+
+mod sink;
+mod trigger;
+
+pub use sink::AmqpSink;
+pub use trigger::AmqpTrigger;
+
+use lapin::types::AMQPValue;
+
+/// Connects to the broker. The error never contains the URL (it may hold credentials).
+async fn connect(url: &str) -> Result<lapin::Connection, String> {
+    let properties = lapin::ConnectionProperties::default().with_connection_name("sluice".into());
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        lapin::Connection::connect(url, properties),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(format!("cannot connect to the AMQP broker: {e}")),
+        Err(_) => Err("cannot connect to the AMQP broker: timed out after 10s".to_owned()),
+    }
+}
+
+/// A header value as text, for message metadata; `None` for tables, arrays and bytes.
+fn header_text(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        _ => return None,
+    })
+}

@@ -1,0 +1,130 @@
+//! Message bodies of the broker connectors: bytes on the wire ⇄ payloads, per
+//! [`MessageFormat`], and the small helpers every broker connector shares.
+
+use base64::Engine as _;
+use serde_json::Value;
+use sluice_engine::{ErrorKind, FlowError, Meta, Payload};
+use sluice_flow::MessageFormat;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Turns a received body into a payload; an error names what is wrong with the body.
+pub fn decode(format: MessageFormat, body: &[u8]) -> Result<Value, String> {
+    match format {
+        MessageFormat::Json => {
+            serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))
+        }
+        MessageFormat::Text => std::str::from_utf8(body)
+            .map(|s| Value::String(s.to_owned()))
+            .map_err(|e| format!("the body is not UTF-8: {e}")),
+        MessageFormat::Bytes => Ok(Value::String(
+            base64::engine::general_purpose::STANDARD.encode(body),
+        )),
+    }
+}
+
+/// Turns a payload into the body to send. A payload that cannot be encoded is a permanent
+/// `sink` error: no retry changes it.
+pub fn encode(format: MessageFormat, payload: &mut Payload) -> Result<Vec<u8>, FlowError> {
+    let refuse = |why: String| FlowError::permanent(ErrorKind::Sink, why);
+    match format {
+        MessageFormat::Json => payload.to_json_vec().map_err(refuse),
+        MessageFormat::Text => match payload.json().map_err(refuse)? {
+            Value::String(s) => Ok(s.clone().into_bytes()),
+            other => serde_json::to_vec(other).map_err(|e| refuse(e.to_string())),
+        },
+        MessageFormat::Bytes => match payload.json().map_err(refuse)? {
+            Value::String(s) => base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| refuse(format!("`format: bytes` needs a base64 string: {e}"))),
+            _ => Err(refuse(
+                "`format: bytes` needs the payload to be a base64 string".to_owned(),
+            )),
+        },
+    }
+}
+
+/// The correlation id a message carries on: the one it arrived with, else its own id.
+pub fn correlation_id(meta: &Meta) -> &str {
+    meta.get("correlation_id")
+        .or_else(|| meta.get("message_id"))
+        .map(String::as_str)
+        .unwrap_or("-")
+}
+
+/// Capped exponential backoff for reconnecting: 100 ms, 200 ms, … up to 10 s.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    /// Back to the first, short wait (after a success).
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The wait the next call to [`Backoff::wait`] will take.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
+    /// Waits the current delay and doubles it; `false` when `stop` was cancelled meanwhile.
+    pub async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+/// Checks a name used as a stream, queue, consumer or channel name: non-empty, made of
+/// letters, digits, `-` and `_` (the set every broker accepts).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".to_owned());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(format!(
+            "`{name}` contains `{bad}`; use letters, digits, `-` and `_`"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_round_trip() {
+        let mut p = Payload::from_json(serde_json::json!({"a": 1}));
+        let body = encode(MessageFormat::Json, &mut p).unwrap();
+        assert_eq!(decode(MessageFormat::Json, &body).unwrap()["a"], 1);
+        let mut p = Payload::from_json(Value::String("aGk=".into()));
+        assert_eq!(encode(MessageFormat::Bytes, &mut p).unwrap(), b"hi");
+        assert_eq!(decode(MessageFormat::Bytes, b"hi").unwrap(), "aGk=");
+        assert!(decode(MessageFormat::Json, b"{").is_err());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("orders-v1_2").is_ok());
+        assert!(check_name("a.b").is_err());
+        assert!(check_name("").is_err());
+    }
+}

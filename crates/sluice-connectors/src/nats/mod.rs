@@ -1,0 +1,64 @@
+//! The `nats` connector: a JetStream durable pull consumer (or a core NATS subscription) as
+//! trigger, and a JetStream (or core NATS) publisher as sink.
+//!
+//! Connections are shared per URL by every flow of the process ([`NatsClients`]); the client
+//! reconnects by itself with a capped exponential delay, and the trigger rebuilds its consumer
+//! when the message stream breaks.
+
+mod sink;
+mod trigger;
+
+pub use sink::NatsSink;
+pub use trigger::{JetStreamSource, NatsTrigger};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Open NATS connections, one per URL, shared by the triggers and sinks of every flow.
+#[derive(Clone, Default)]
+pub struct NatsClients {
+    clients: Arc<tokio::sync::Mutex<HashMap<String, async_nats::Client>>>,
+}
+
+impl std::fmt::Debug for NatsClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // URLs may hold credentials: never print them.
+        f.write_str("NatsClients")
+    }
+}
+
+impl NatsClients {
+    /// The connection to `url`, opened on first use. The error never contains the URL (it
+    /// may hold credentials).
+    pub async fn get(&self, url: &str) -> Result<async_nats::Client, String> {
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(url) {
+            return Ok(client.clone());
+        }
+        let options = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .name("sluice")
+            // Capped exponential backoff between reconnect attempts, for ever: a broker
+            // that comes back is picked up without a restart of sluice.
+            .reconnect_delay_callback(|attempt| {
+                let exp = attempt.min(8) as u32;
+                Duration::from_millis(50 * 2u64.pow(exp)).min(Duration::from_secs(5))
+            })
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("nats: connected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("nats: disconnected; reconnecting")
+                    }
+                    other => tracing::debug!("nats: {other}"),
+                }
+            });
+        let client = options
+            .connect(url)
+            .await
+            .map_err(|e| format!("cannot connect to NATS: {e}"))?;
+        clients.insert(url.to_owned(), client.clone());
+        Ok(client)
+    }
+}

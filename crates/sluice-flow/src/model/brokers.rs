@@ -1,0 +1,288 @@
+//! Configuration of the broker and channel connectors: NATS (JetStream), channels, RabbitMQ
+//! (AMQP), Redis Streams and PostgreSQL.
+//!
+//! Kept in one module apart from `trigger.rs` and `sink.rs` so that adding a broker touches
+//! those shared files by one enum variant only.
+
+use super::trigger::unspanned;
+use crate::{Dur, Text};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How the bytes of a broker message become a payload, and back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageFormat {
+    /// The body is one JSON value (a body that is not JSON is a `trigger` error).
+    #[default]
+    Json,
+    /// The body is UTF-8 text, the payload a JSON string.
+    Text,
+    /// The body is opaque, the payload a base64 string.
+    Bytes,
+}
+
+fn default_nats_url() -> Spanned<Text> {
+    unspanned(Text::from("nats://127.0.0.1:4222"))
+}
+fn default_max_deliver() -> i64 {
+    5
+}
+fn default_ack_wait() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_nak_delay() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_batch() -> usize {
+    64
+}
+fn default_publish_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_true() -> bool {
+    true
+}
+
+/// The `nats` trigger: a JetStream durable pull consumer (at-least-once), or a plain core
+/// NATS subscription when no `stream` is given (at-most-once).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTriggerConfig {
+    /// Server URL(s), comma-separated; credentials may sit in the URL (`${env:…}`).
+    #[serde(default = "default_nats_url")]
+    pub url: Spanned<Text>,
+    /// The subject (wildcards allowed) the consumer filters on.
+    pub subject: Spanned<Text>,
+    /// The JetStream stream; created with `subject` when it does not exist. Absent: core NATS.
+    pub stream: Option<Spanned<Text>>,
+    /// The durable consumer name; every process using it shares the work.
+    pub durable: Option<Spanned<Text>>,
+    /// Deliveries of one message before JetStream gives up on it (`-1`: no limit).
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: i64,
+    /// How long JetStream waits for an ack before it redelivers.
+    #[serde(default = "default_ack_wait")]
+    pub ack_wait: Dur,
+    /// Redelivery delay after a failure that was not dead-lettered.
+    #[serde(default = "default_nak_delay")]
+    pub nak_delay: Dur,
+    /// Messages fetched per pull request.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// How the message body becomes a payload.
+    #[serde(default)]
+    pub format: MessageFormat,
+}
+
+/// The `nats` sink: publishes to a subject, to JetStream (awaiting the publish ack) by default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// Server URL(s), comma-separated.
+    #[serde(default = "default_nats_url")]
+    pub url: Spanned<Text>,
+    /// Subject template; `{{ expr }}` holds JMESPath.
+    pub subject: Spanned<Text>,
+    /// Await JetStream's publish ack (`false`: core NATS, fire and forget).
+    #[serde(default = "default_true")]
+    pub jetstream: bool,
+    /// How long to wait for the publish ack (a timeout is retried).
+    #[serde(default = "default_publish_timeout")]
+    pub timeout: Dur,
+    /// How the payload becomes the message body.
+    #[serde(default)]
+    pub format: MessageFormat,
+}
+
+/// A named flow-to-flow channel, as trigger or sink.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// The channel's name: letters, digits, `-` and `_`.
+    pub name: Spanned<Text>,
+    /// Sink only: how long a write may wait for the consuming flow (a timeout is retried).
+    #[serde(default = "default_channel_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_channel_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+fn default_amqp_url() -> Spanned<Text> {
+    unspanned(Text::from("amqp://guest:guest@127.0.0.1:5672/%2f"))
+}
+
+/// The `amqp` trigger: consumes a RabbitMQ queue, prefetch = the flow's concurrency.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTriggerConfig {
+    /// Broker URL (`amqp://` or `amqps://`); credentials may sit in it (`${env:…}`).
+    #[serde(default = "default_amqp_url")]
+    pub url: Spanned<Text>,
+    /// The queue; declared durable when missing.
+    pub queue: Spanned<Text>,
+    /// Unacknowledged deliveries at once (default: the flow's concurrency).
+    pub prefetch: Option<u16>,
+    /// Pause before a failed message (not dead-lettered) is rejected with requeue.
+    #[serde(default = "default_nak_delay")]
+    pub requeue_delay: Dur,
+    /// How the message body becomes a payload.
+    #[serde(default)]
+    pub format: MessageFormat,
+}
+
+/// The `amqp` sink: publishes with publisher confirms to an exchange and routing key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSinkConfig {
+    /// Broker URL.
+    #[serde(default = "default_amqp_url")]
+    pub url: Spanned<Text>,
+    /// Exchange name; `""` is the default exchange (routing key = queue name).
+    #[serde(default)]
+    pub exchange: Text,
+    /// Routing key template; `{{ expr }}` holds JMESPath.
+    pub routing_key: Spanned<Text>,
+    /// How long to wait for the broker's confirm (a timeout is retried).
+    #[serde(default = "default_publish_timeout")]
+    pub timeout: Dur,
+    /// How the payload becomes the message body.
+    #[serde(default)]
+    pub format: MessageFormat,
+}
+
+fn default_redis_url() -> Spanned<Text> {
+    unspanned(Text::from("redis://127.0.0.1:6379"))
+}
+fn default_claim_idle() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+/// The `redis` trigger: a Redis Stream read through a consumer group.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTriggerConfig {
+    /// Server URL; credentials may sit in it (`${env:…}`).
+    #[serde(default = "default_redis_url")]
+    pub url: Spanned<Text>,
+    /// The stream key.
+    pub stream: Spanned<Text>,
+    /// The consumer group; created (from the start of the stream) when missing.
+    pub group: Spanned<Text>,
+    /// This process's consumer name (default: host name and process id).
+    pub consumer: Option<Spanned<Text>>,
+    /// Pending entries idle this long belong to a dead consumer and are claimed.
+    #[serde(default = "default_claim_idle")]
+    pub claim_idle: Dur,
+    /// Entries read per `XREADGROUP`.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// The entry field holding the body.
+    #[serde(default = "default_redis_field")]
+    pub field: Text,
+    /// How the body becomes a payload.
+    #[serde(default)]
+    pub format: MessageFormat,
+}
+
+fn default_redis_field() -> Text {
+    Text::from("payload")
+}
+
+/// The `redis` sink: `XADD` to a stream, optionally trimmed with `MAXLEN ~`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSinkConfig {
+    /// Server URL.
+    #[serde(default = "default_redis_url")]
+    pub url: Spanned<Text>,
+    /// Stream key template; `{{ expr }}` holds JMESPath.
+    pub stream: Spanned<Text>,
+    /// Approximate cap of the stream's length (`MAXLEN ~`).
+    pub maxlen: Option<usize>,
+    /// The entry field holding the body.
+    #[serde(default = "default_redis_field")]
+    pub field: Text,
+    /// How the payload becomes the body.
+    #[serde(default)]
+    pub format: MessageFormat,
+}
+
+fn default_postgres_url() -> Spanned<Text> {
+    unspanned(Text::from("postgres://postgres@127.0.0.1:5432/test"))
+}
+fn default_pool() -> usize {
+    8
+}
+
+/// `on_conflict` of a `postgres` sink: an upsert.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgConflict {
+    /// The conflict target (a unique or primary key).
+    pub key: Vec<Spanned<Text>>,
+    /// Columns overwritten on conflict; empty: `DO NOTHING`.
+    #[serde(default)]
+    pub update: Vec<Spanned<Text>>,
+}
+
+/// The `postgres` sink: one transaction per message, insert/upsert or a parameterised statement.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// Connection URL; credentials may sit in it (`${env:…}`).
+    #[serde(default = "default_postgres_url")]
+    pub url: Spanned<Text>,
+    /// Target table (`name` or `schema.name`), with `columns`.
+    pub table: Option<Spanned<Text>>,
+    /// Column → JMESPath expression giving its value.
+    #[serde(default)]
+    pub columns: BTreeMap<String, Spanned<Text>>,
+    /// Upsert instead of insert.
+    pub on_conflict: Option<Spanned<PgConflict>>,
+    /// A statement with `$1`, `$2`, … instead of `table`.
+    pub sql: Option<Spanned<Text>>,
+    /// JMESPath expressions giving `$1`, `$2`, … of `sql`.
+    #[serde(default)]
+    pub args: Vec<Spanned<Text>>,
+    /// Connections in the pool.
+    #[serde(default = "default_pool")]
+    pub pool: usize,
+}
+
+/// The `postgres` trigger: an outbox table polled with `FOR UPDATE SKIP LOCKED`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTriggerConfig {
+    /// Connection URL.
+    #[serde(default = "default_postgres_url")]
+    pub url: Spanned<Text>,
+    /// The outbox table.
+    pub table: Spanned<Text>,
+    /// Its key column.
+    #[serde(default = "default_pg_id")]
+    pub id: Text,
+    /// The column holding the payload (`json`/`jsonb`, or text holding JSON).
+    #[serde(default = "default_pg_payload")]
+    pub payload: Text,
+    /// Rows claimed per poll.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Wait between polls that found nothing.
+    #[serde(default = "default_poll")]
+    pub poll: Dur,
+}
+
+fn default_pg_id() -> Text {
+    Text::from("id")
+}
+fn default_pg_payload() -> Text {
+    Text::from("payload")
+}
+fn default_poll() -> Dur {
+    Dur(Duration::from_millis(500))
+}
