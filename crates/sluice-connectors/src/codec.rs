@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use serde_json::Value;
-use sluice_engine::{ErrorKind, FlowError, Meta, Payload};
+use sluice_engine::{ErrorKind, FlowError, Inlet, Meta, Payload};
 use sluice_flow::MessageFormat;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +85,31 @@ impl Backoff {
         tokio::select! {
             _ = stop.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+/// Runs a broker trigger's consuming loop until `stop`, connecting again with capped
+/// backoff whenever it fails; the flow reports unready meanwhile. `consume` gets the backoff
+/// (to reset it once connected) and hands it back with its result.
+pub async fn consume_reconnecting<F, Fut>(
+    inlet: &Inlet,
+    stop: &CancellationToken,
+    source: &str,
+    mut consume: F,
+) where
+    F: FnMut(Backoff) -> Fut,
+    Fut: std::future::Future<Output = (Backoff, Result<(), String>)>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        let (returned, result) = consume(backoff).await;
+        backoff = returned;
+        let Err(e) = result else { return };
+        inlet.set_unhealthy(e.clone());
+        tracing::warn!(flow = %inlet.flow(), "{source}: {e}; reconnecting in {}", humantime::format_duration(backoff.peek()));
+        if !backoff.wait(stop).await {
+            return;
         }
     }
 }

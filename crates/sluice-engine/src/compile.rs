@@ -518,7 +518,11 @@ impl Compiler<'_> {
                 } else {
                     &config.headers[&which]
                 };
-                self.expr_error(at, &e, "a template is text with `{{ jmespath }}` holes");
+                self.expr_error(
+                    at,
+                    &e,
+                    "an http:// or https:// URL; `{{ jmespath }}` holes are allowed, e.g. `http://127.0.0.1:9000/customers/{{customer.id}}`",
+                );
                 return None;
             }
         };

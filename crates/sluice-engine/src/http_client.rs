@@ -41,6 +41,18 @@ impl HttpCall {
         timeout: Duration,
     ) -> Result<Self, (String, ExprError)> {
         let url_template = Template::compile(url).map_err(|e| ("url".to_owned(), e))?;
+        let scheme_ok = ["http://", "https://", "{{", "${"]
+            .iter()
+            .any(|start| url.trim_start().starts_with(start));
+        if !scheme_ok {
+            return Err((
+                "url".to_owned(),
+                ExprError {
+                    offset: 0,
+                    message: format!("`{url}` is not an http:// or https:// URL"),
+                },
+            ));
+        }
         let mut compiled = Vec::new();
         for (name, value) in headers {
             compiled.push((

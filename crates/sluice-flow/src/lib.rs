@@ -21,4 +21,4 @@ pub use model::*;
 pub use serde_saphyr::Spanned;
 pub use settings::{ChannelBackend, Settings};
 pub use text::Text;
-pub use units::{ByteSize, Dur};
+pub use units::{ByteSize, Count, Dur};

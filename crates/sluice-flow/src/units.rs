@@ -81,6 +81,22 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A count that must be at least 1 (batch sizes and the like). Zero is refused while the
+/// flow is parsed, at the value's own line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Count(pub usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match usize::deserialize(deserializer)? {
+            0 => Err(serde::de::Error::custom(
+                "must be at least 1; use 1 or more (or leave the key out for the default)",
+            )),
+            n => Ok(Count(n)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +108,20 @@ mod tests {
         assert_eq!(ByteSize::parse("12").unwrap().0, 12);
         assert!(ByteSize::parse("12 parsecs").is_err());
         assert!(ByteSize::parse("MiB").is_err());
+    }
+
+    #[test]
+    fn counts_refuse_zero_at_the_value() {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            #[allow(dead_code)]
+            batch: Count,
+        }
+        assert!(serde_saphyr::from_str::<Doc>("batch: 3").is_ok());
+        let err = serde_saphyr::from_str::<Doc>("batch: 0")
+            .err()
+            .expect("zero is refused");
+        assert_eq!(err.location().map(|l| (l.line(), l.column())), Some((1, 8)));
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 }

@@ -2,7 +2,7 @@
 //! delivery after the flow's sinks or its dead letter confirmed, and rejects with requeue
 //! after a failure that was not dead-lettered.
 
-use crate::codec::{self, Backoff};
+use crate::codec::{self, Backoff, consume_reconnecting};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
@@ -167,20 +167,18 @@ impl AmqpTrigger {
 #[async_trait]
 impl Trigger for AmqpTrigger {
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
-        let mut backoff = Backoff::default();
-        loop {
-            let result = self.consume(&inlet, &stop, &mut backoff).await;
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    inlet.set_unhealthy(e.clone());
-                    tracing::warn!(flow = %inlet.flow(), queue = %self.queue, "amqp trigger: {e}; reconnecting in {}", humantime::format_duration(backoff.peek()));
-                    if !backoff.wait(&stop).await {
-                        return;
-                    }
-                }
-            }
-        }
+        let this = &*self;
+        let (inlet, stop) = (&inlet, &stop);
+        consume_reconnecting(
+            inlet,
+            stop,
+            &format!("amqp trigger (queue {})", this.queue),
+            |mut backoff| async move {
+                let result = this.consume(inlet, stop, &mut backoff).await;
+                (backoff, result)
+            },
+        )
+        .await;
     }
 }
 

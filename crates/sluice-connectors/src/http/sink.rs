@@ -41,15 +41,6 @@ impl HttpSink {
                 .diagnostic(span, e.message)
                 .with_help("a template is text with `{{ jmespath }}` holes")
         })?;
-        let url = config.url.value.as_str();
-        if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("{{")) {
-            return Err(cx
-                .diagnostic(
-                    &config.url,
-                    format!("`{url}` is not an http:// or https:// URL"),
-                )
-                .with_help("e.g. `http://127.0.0.1:9000/orders`"));
-        }
         Ok(HttpSink {
             call,
             method: config.method.as_str(),

@@ -4,7 +4,7 @@
 //! NATS subscription (at-most-once: NATS does not keep what it could not deliver).
 
 use super::NatsClients;
-use crate::codec::{self, Backoff};
+use crate::codec::{self, Backoff, consume_reconnecting};
 use async_nats::jetstream::{self, AckKind, consumer};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -73,9 +73,6 @@ impl NatsTrigger {
         if config.subject.value.trim().is_empty() {
             return Err(cx.diagnostic(&config.subject, "the `subject` is empty"));
         }
-        if config.batch == 0 {
-            return Err(cx.diagnostic(&config.subject, "`batch` must be at least 1"));
-        }
         Ok(NatsTrigger {
             clients,
             url: config.url.value.to_string(),
@@ -84,7 +81,7 @@ impl NatsTrigger {
             max_deliver: config.max_deliver,
             ack_wait: config.ack_wait.0,
             nak_delay: config.nak_delay.0,
-            batch: config.batch,
+            batch: config.batch.0,
             format: config.format,
             extra_meta: Vec::new(),
         })
@@ -294,26 +291,19 @@ fn header_meta(message: &async_nats::Message, meta: &mut Meta) {
 #[async_trait]
 impl Trigger for NatsTrigger {
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
-        let mut backoff = Backoff::default();
-        loop {
-            let result = match &self.jetstream {
+        let this = &*self;
+        let (inlet, stop) = (&inlet, &stop);
+        consume_reconnecting(inlet, stop, "nats trigger", |mut backoff| async move {
+            let result = match &this.jetstream {
                 Some(source) => {
-                    self.consume_jetstream(source, &inlet, &stop, &mut backoff)
+                    this.consume_jetstream(source, inlet, stop, &mut backoff)
                         .await
                 }
-                None => self.consume_core(&inlet, &stop, &mut backoff).await,
+                None => this.consume_core(inlet, stop, &mut backoff).await,
             };
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    inlet.set_unhealthy(e.clone());
-                    tracing::warn!(flow = %inlet.flow(), "nats trigger: {e}; retrying in {}", humantime::format_duration(backoff.peek()));
-                    if !backoff.wait(&stop).await {
-                        return;
-                    }
-                }
-            }
-        }
+            (backoff, result)
+        })
+        .await;
     }
 }
 

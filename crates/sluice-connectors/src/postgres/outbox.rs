@@ -6,7 +6,7 @@
 //! `poll`.
 
 use super::{quote_ident, quote_table};
-use crate::codec::Backoff;
+use crate::codec::{Backoff, consume_reconnecting};
 use async_trait::async_trait;
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
 use sluice_flow::{Diagnostic, PostgresTriggerConfig};
@@ -33,9 +33,6 @@ impl OutboxTrigger {
             .map_err(|e| cx.diagnostic(&config.table, format!("`id`: {e}")))?;
         let payload = quote_ident(&config.payload)
             .map_err(|e| cx.diagnostic(&config.table, format!("`payload`: {e}")))?;
-        if config.batch == 0 {
-            return Err(cx.diagnostic(&config.table, "`batch` must be at least 1"));
-        }
         Ok(OutboxTrigger {
             url: config.url.value.to_string(),
             table_name: config.table.value.to_string(),
@@ -44,7 +41,7 @@ impl OutboxTrigger {
             ),
             // The rows are locked by this transaction, so their ctid cannot change under it.
             delete: format!("DELETE FROM {table} WHERE ctid = ANY($1::text[]::tid[])"),
-            batch: i64::try_from(config.batch).unwrap_or(i64::MAX),
+            batch: i64::try_from(config.batch.0).unwrap_or(i64::MAX),
             poll: config.poll.0,
         })
     }
@@ -154,20 +151,18 @@ impl OutboxTrigger {
 #[async_trait]
 impl Trigger for OutboxTrigger {
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
-        let mut backoff = Backoff::default();
-        loop {
-            let result = self.consume(&inlet, &stop, &mut backoff).await;
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    inlet.set_unhealthy(e.clone());
-                    tracing::warn!(flow = %inlet.flow(), table = %self.table_name, "postgres outbox: {e}; reconnecting in {}", humantime::format_duration(backoff.peek()));
-                    if !backoff.wait(&stop).await {
-                        return;
-                    }
-                }
-            }
-        }
+        let this = &*self;
+        let (inlet, stop) = (&inlet, &stop);
+        consume_reconnecting(
+            inlet,
+            stop,
+            &format!("postgres outbox ({})", this.table_name),
+            |mut backoff| async move {
+                let result = this.consume(inlet, stop, &mut backoff).await;
+                (backoff, result)
+            },
+        )
+        .await;
     }
 }
 

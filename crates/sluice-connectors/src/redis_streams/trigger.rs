@@ -6,7 +6,7 @@
 //! leaves nothing behind, and an entry whose processing failed is retried that way too.
 
 use super::{CORRELATION_ID_FIELD, MESSAGE_ID_FIELD};
-use crate::codec::{self, Backoff};
+use crate::codec::{self, Backoff, consume_reconnecting};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -40,9 +40,6 @@ impl RedisTrigger {
         if config.group.value.is_empty() {
             return Err(cx.diagnostic(&config.group, "the `group` is empty"));
         }
-        if config.batch == 0 {
-            return Err(cx.diagnostic(&config.stream, "`batch` must be at least 1"));
-        }
         let consumer = match &config.consumer {
             Some(name) => name.value.to_string(),
             None => {
@@ -60,7 +57,7 @@ impl RedisTrigger {
             group: config.group.value.to_string(),
             consumer,
             claim_idle: config.claim_idle.0.max(Duration::from_millis(10)),
-            batch: config.batch,
+            batch: config.batch.0,
             field: config.field.to_string(),
             format: config.format,
         })
@@ -251,20 +248,18 @@ impl RedisTrigger {
 #[async_trait]
 impl Trigger for RedisTrigger {
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
-        let mut backoff = Backoff::default();
-        loop {
-            let result = self.consume(&inlet, &stop, &mut backoff).await;
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    inlet.set_unhealthy(e.clone());
-                    tracing::warn!(flow = %inlet.flow(), stream = %self.stream, "redis trigger: {e}; reconnecting in {}", humantime::format_duration(backoff.peek()));
-                    if !backoff.wait(&stop).await {
-                        return;
-                    }
-                }
-            }
-        }
+        let this = &*self;
+        let (inlet, stop) = (&inlet, &stop);
+        consume_reconnecting(
+            inlet,
+            stop,
+            &format!("redis trigger (stream {})", this.stream),
+            |mut backoff| async move {
+                let result = this.consume(inlet, stop, &mut backoff).await;
+                (backoff, result)
+            },
+        )
+        .await;
     }
 }
 

@@ -36,8 +36,8 @@ fn default_ack_wait() -> Dur {
 fn default_nak_delay() -> Dur {
     Dur(Duration::from_secs(1))
 }
-fn default_batch() -> usize {
-    64
+fn default_batch() -> crate::Count {
+    crate::Count(64)
 }
 fn default_publish_timeout() -> Dur {
     Dur(Duration::from_secs(5))
@@ -71,7 +71,7 @@ pub struct NatsTriggerConfig {
     pub nak_delay: Dur,
     /// Messages fetched per pull request.
     #[serde(default = "default_batch")]
-    pub batch: usize,
+    pub batch: crate::Count,
     /// How the message body becomes a payload.
     #[serde(default)]
     pub format: MessageFormat,
@@ -180,7 +180,7 @@ pub struct RedisTriggerConfig {
     pub claim_idle: Dur,
     /// Entries read per `XREADGROUP`.
     #[serde(default = "default_batch")]
-    pub batch: usize,
+    pub batch: crate::Count,
     /// The entry field holding the body.
     #[serde(default = "default_redis_field")]
     pub field: Text,
@@ -271,7 +271,7 @@ pub struct PostgresTriggerConfig {
     pub payload: Text,
     /// Rows claimed per poll.
     #[serde(default = "default_batch")]
-    pub batch: usize,
+    pub batch: crate::Count,
     /// Wait between polls that found nothing.
     #[serde(default = "default_poll")]
     pub poll: Dur,
