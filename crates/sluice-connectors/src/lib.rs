@@ -14,6 +14,7 @@ pub mod channel;
 pub mod codec;
 pub mod file;
 pub mod http;
+pub mod mqtt;
 pub mod nats;
 pub mod postgres;
 pub mod redis_streams;
@@ -73,6 +74,7 @@ impl Connectors for StandardConnectors {
             TriggerConfig::Nats(_)
             | TriggerConfig::Channel(_)
             | TriggerConfig::Amqp(_)
+            | TriggerConfig::Mqtt(_)
             | TriggerConfig::Redis(_)
             | TriggerConfig::Postgres(_) => None,
         }
@@ -93,6 +95,7 @@ impl Connectors for StandardConnectors {
             }
             SinkConfig::Channel(channel) => self.channels.sink(channel, cx),
             SinkConfig::Amqp(amqp) => Ok(Arc::new(amqp::AmqpSink::new(amqp, cx)?)),
+            SinkConfig::Mqtt(mqtt) => Ok(Arc::new(mqtt::MqttSink::new(mqtt, cx)?)),
             SinkConfig::Redis(redis) => Ok(Arc::new(redis_streams::RedisSink::new(redis, cx)?)),
             SinkConfig::Postgres(pg) => Ok(Arc::new(postgres::PostgresSink::new(pg, cx)?)),
         }
@@ -120,6 +123,7 @@ impl Connectors for StandardConnectors {
             )?)),
             TriggerConfig::Channel(channel) => self.channels.trigger(channel, cx),
             TriggerConfig::Amqp(amqp) => Ok(Box::new(amqp::AmqpTrigger::new(amqp, cx)?)),
+            TriggerConfig::Mqtt(mqtt) => Ok(Box::new(mqtt::MqttTrigger::new(mqtt, cx)?)),
             TriggerConfig::Redis(redis) => {
                 Ok(Box::new(redis_streams::RedisTrigger::new(redis, cx)?))
             }

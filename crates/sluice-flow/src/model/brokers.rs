@@ -286,3 +286,90 @@ fn default_pg_payload() -> Text {
 fn default_poll() -> Dur {
     Dur(Duration::from_millis(500))
 }
+
+fn default_mqtt_url() -> Spanned<Text> {
+    unspanned(Text::from("mqtt://127.0.0.1:1883"))
+}
+fn default_keep_alive() -> Spanned<Dur> {
+    unspanned(Dur(Duration::from_secs(30)))
+}
+
+/// Quality of service of an MQTT subscription or publish. QoS 2 is not offered: sluice's
+/// acknowledgement after the sinks already gives at-least-once, and dedupe gives the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MqttQos {
+    /// At most once: nothing is acknowledged, a message in flight during a crash is lost.
+    AtMostOnce,
+    /// At least once: acknowledged (PUBACK) only after the flow's sinks confirmed.
+    #[default]
+    AtLeastOnce,
+}
+
+impl<'de> Deserialize<'de> for MqttQos {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match u8::deserialize(deserializer)? {
+            0 => Ok(MqttQos::AtMostOnce),
+            1 => Ok(MqttQos::AtLeastOnce),
+            other => Err(serde::de::Error::custom(format!(
+                "`qos: {other}` is not offered; use 1 (at least once, the default) or 0 (at most once)"
+            ))),
+        }
+    }
+}
+
+/// The `mqtt` trigger: subscribes to topic filters in a persistent session, so messages
+/// published while sluice is down are delivered when it is back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTriggerConfig {
+    /// Broker URL (`mqtt://` or `mqtts://`); `user:password@` may sit in it (`${env:…}`).
+    #[serde(default = "default_mqtt_url")]
+    pub url: Spanned<Text>,
+    /// Topic filters; `+` matches one level, `#` the rest.
+    pub topics: Spanned<Vec<Spanned<Text>>>,
+    /// The session's client id (default `sluice-<flow name>`). The broker keeps the session
+    /// under this id: keep it stable, and unique among the broker's clients.
+    pub client_id: Option<Spanned<Text>>,
+    /// Start a fresh session at every connect (messages sent while away are then lost).
+    #[serde(default)]
+    pub clean_session: bool,
+    /// Subscription QoS: 1 (default) or 0.
+    #[serde(default)]
+    pub qos: MqttQos,
+    /// Interval of keep-alive pings.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: Spanned<Dur>,
+    /// After a failure that was not dead-lettered, the session is resumed after this pause,
+    /// which makes the broker deliver the message again.
+    #[serde(default = "default_nak_delay")]
+    pub redeliver_delay: Dur,
+    /// How the message body becomes a payload.
+    #[serde(default)]
+    pub format: MessageFormat,
+}
+
+/// The `mqtt` sink: publishes to a templated topic and, at QoS 1, waits for the PUBACK.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    /// Broker URL.
+    #[serde(default = "default_mqtt_url")]
+    pub url: Spanned<Text>,
+    /// Topic template; `{{ expr }}` holds JMESPath. No wildcards.
+    pub topic: Spanned<Text>,
+    /// Publish QoS: 1 (default, waits for the broker's PUBACK) or 0.
+    #[serde(default)]
+    pub qos: MqttQos,
+    /// Ask the broker to keep the message as the topic's retained message.
+    #[serde(default)]
+    pub retain: bool,
+    /// Client id prefix (default `sluice-<flow name>-pub`); the process id and a random
+    /// suffix are appended, so several processes never take each other's connection.
+    pub client_id: Option<Spanned<Text>>,
+    /// How long to wait for the PUBACK (a timeout is retried).
+    #[serde(default = "default_publish_timeout")]
+    pub timeout: Dur,
+    /// How the payload becomes the message body.
+    #[serde(default)]
+    pub format: MessageFormat,
+}

@@ -16,6 +16,8 @@ pub enum SinkConfig {
     Channel(super::ChannelConfig),
     /// Publishes to a RabbitMQ exchange with publisher confirms.
     Amqp(super::AmqpSinkConfig),
+    /// Publishes to an MQTT topic (QoS 1 waits for the PUBACK).
+    Mqtt(super::MqttSinkConfig),
     /// Appends to a Redis Stream (`XADD`).
     Redis(super::RedisSinkConfig),
     /// Inserts or upserts a row in PostgreSQL (or runs a parameterised statement).
@@ -33,6 +35,7 @@ impl SinkConfig {
             SinkConfig::Nats(_) => "nats",
             SinkConfig::Channel(_) => "channel",
             SinkConfig::Amqp(_) => "amqp",
+            SinkConfig::Mqtt(_) => "mqtt",
             SinkConfig::Redis(_) => "redis",
             SinkConfig::Postgres(_) => "postgres",
             SinkConfig::Http(_) => "http",

@@ -15,6 +15,8 @@ pub enum TriggerConfig {
     Channel(super::ChannelConfig),
     /// A RabbitMQ (AMQP 0-9-1) queue.
     Amqp(super::AmqpTriggerConfig),
+    /// MQTT topic filters, in a persistent session.
+    Mqtt(super::MqttTriggerConfig),
     /// A Redis Stream, read through a consumer group.
     Redis(super::RedisTriggerConfig),
     /// A PostgreSQL outbox table, polled with `FOR UPDATE SKIP LOCKED`.
@@ -39,6 +41,11 @@ impl TriggerConfig {
             },
             TriggerConfig::Channel(channel) => format!("channel {}", channel.name.value),
             TriggerConfig::Amqp(amqp) => format!("amqp queue {}", amqp.queue.value),
+            TriggerConfig::Mqtt(mqtt) => {
+                let topics: Vec<&str> =
+                    mqtt.topics.value.iter().map(|t| t.value.as_str()).collect();
+                format!("mqtt {}", topics.join(", "))
+            }
             TriggerConfig::Redis(redis) => format!("redis stream {}", redis.stream.value),
             TriggerConfig::Postgres(pg) => format!("postgres outbox {}", pg.table.value),
             TriggerConfig::Http(http) => {

@@ -1,0 +1,983 @@
+//! MQTT end to end, against the Mosquitto broker on 127.0.0.1:1883 and private `mosquitto`
+//! processes: transform and republish with dead letters, redelivery after a transient failure,
+//! the persistent session across a stop, SIGKILL of sluice, broker restart, bad bodies and
+//! load errors.
+//!
+//! Every test uses its own topics (`sluice-test/<unique>/…`) and its own session client id;
+//! the test-side clients use clean sessions, and each test ends sluice's persistent session
+//! with a clean-session connect under the same id once sluice has stopped.
+
+mod support;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use support::*;
+
+const MQTT_PORT: u16 = 1883;
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+fn url(port: u16) -> String {
+    format!("mqtt://127.0.0.1:{port}")
+}
+
+/// What the test client's event loop saw.
+#[derive(Default)]
+struct Seen {
+    /// Incoming publishes: (topic, body).
+    received: Mutex<Vec<(String, Vec<u8>)>>,
+    connacks: AtomicUsize,
+    subacks: AtomicUsize,
+    pubacks: AtomicUsize,
+}
+
+/// A test-side MQTT client (clean session); its event loop is polled in its own task on a
+/// small runtime owned by the struct.
+struct Mqtt {
+    rt: tokio::runtime::Runtime,
+    client: AsyncClient,
+    seen: Arc<Seen>,
+    poller: Option<tokio::task::JoinHandle<()>>,
+    published: usize,
+}
+
+impl Mqtt {
+    /// Connects with a fresh client id.
+    fn connect(port: u16) -> Mqtt {
+        Mqtt::connect_as(port, &unique_name("sluice_test_client"))
+    }
+
+    /// Connects with `client_id` and a clean session; waits for the CONNACK.
+    fn connect_as(port: u16, client_id: &str) -> Mqtt {
+        Mqtt::try_connect_as(port, client_id).unwrap_or_else(|| {
+            panic!("no CONNACK from the MQTT broker on 127.0.0.1:{port} within 10 s")
+        })
+    }
+
+    /// Like [`Mqtt::connect_as`]; `None` when no CONNACK came within 10 s.
+    fn try_connect_as(port: u16, client_id: &str) -> Option<Mqtt> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options
+            .set_clean_session(true)
+            .set_keep_alive(secs(30))
+            .set_inflight(100);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let seen = Arc::new(Seen::default());
+        let poller = {
+            let seen = seen.clone();
+            rt.spawn(async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::Publish(p))) => seen
+                            .received
+                            .lock()
+                            .unwrap()
+                            .push((p.topic, p.payload.to_vec())),
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            seen.pubacks.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            seen.subacks.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            seen.connacks.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                        Ok(_) => {}
+                        // Broker away: the next poll connects again.
+                        Err(_) => tokio::time::sleep(millis(100)).await,
+                    }
+                }
+            })
+        };
+        let mqtt = Mqtt {
+            rt,
+            client,
+            seen,
+            poller: Some(poller),
+            published: 0,
+        };
+        wait_until(secs(10), || mqtt.seen.connacks.load(Ordering::SeqCst) >= 1).then_some(mqtt)
+    }
+
+    /// Subscribes to `filter` at QoS 1 and waits for the SUBACK.
+    fn subscribe(&self, filter: &str) {
+        let before = self.seen.subacks.load(Ordering::SeqCst);
+        self.rt
+            .block_on(self.client.subscribe(filter, QoS::AtLeastOnce))
+            .expect("subscribe");
+        assert!(
+            wait_until(secs(10), || self.seen.subacks.load(Ordering::SeqCst)
+                > before),
+            "no SUBACK for {filter} within 10 s"
+        );
+    }
+
+    /// Publishes at QoS 1 (not retained); [`Mqtt::flush`] waits for the PUBACKs.
+    fn publish(&mut self, topic: &str, body: impl Into<Vec<u8>>) {
+        self.rt
+            .block_on(
+                self.client
+                    .publish(topic, QoS::AtLeastOnce, false, body.into()),
+            )
+            .expect("publish");
+        self.published += 1;
+    }
+
+    fn publish_json(&mut self, topic: &str, body: &Value) {
+        self.publish(topic, serde_json::to_vec(body).expect("serialize"));
+    }
+
+    /// Waits until the broker acknowledged (PUBACK) every message published so far.
+    fn flush(&self) {
+        let all = wait_until(secs(30), || {
+            self.seen.pubacks.load(Ordering::SeqCst) >= self.published
+        });
+        assert!(
+            all,
+            "the broker acknowledged {} of {} publishes within 30 s",
+            self.seen.pubacks.load(Ordering::SeqCst),
+            self.published
+        );
+    }
+
+    /// The publishes received so far: (topic, JSON body; `null` when the body is not JSON).
+    fn received(&self) -> Vec<(String, Value)> {
+        self.seen
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, b)| (t.clone(), serde_json::from_slice(b).unwrap_or(Value::Null)))
+            .collect()
+    }
+
+    fn count(&self) -> usize {
+        self.seen.received.lock().unwrap().len()
+    }
+
+    /// Sends DISCONNECT and waits (bounded) for the event loop to finish.
+    fn disconnect(mut self) {
+        let _ = self.rt.block_on(self.client.disconnect());
+        if let Some(poller) = self.poller.take() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(secs(5), poller).await });
+        }
+    }
+}
+
+/// sluice's persistent session `client_id` on the shared broker, ended when the guard drops:
+/// a clean-session connect under the same id makes the broker discard it. Declare the guard
+/// before the sluice processes, so they are killed first (also when the test fails).
+struct Session {
+    port: u16,
+    client_id: String,
+}
+
+impl Session {
+    fn new(port: u16, client_id: &str) -> Session {
+        Session {
+            port,
+            client_id: client_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Best effort: never panic here (the test may already be unwinding).
+        if let Some(mqtt) = Mqtt::try_connect_as(self.port, &self.client_id) {
+            mqtt.disconnect();
+        }
+    }
+}
+
+/// Waits for `mqtt session ready` with `flow=<flow>`; returns the line.
+fn wait_session(sluice: &mut Sluice, flow: &str) -> String {
+    sluice.wait_for_line(
+        &format!("`mqtt session ready` for flow={flow}"),
+        secs(30),
+        |l| l.contains("mqtt session ready") && has_flow(l, flow),
+    )
+}
+
+/// Lines of `log` containing `substr` with `flow=<flow>`.
+fn lines_with(log: &str, substr: &str, flow: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains(substr) && has_flow(l, flow))
+        .count()
+}
+
+/// `m-<from>.json` … `m-<to - 1>.json`.
+fn file_names_for(range: std::ops::Range<usize>) -> BTreeSet<String> {
+    range.map(|i| format!("m-{i}.json")).collect()
+}
+
+const ORDER_SCHEMA: &str = r#"{
+  "type": "object",
+  "required": ["id", "region", "qty"],
+  "properties": {
+    "id": { "type": "string" },
+    "region": { "type": "string" },
+    "qty": { "type": "integer", "minimum": 1 }
+  }
+}"#;
+
+const REGIONS: [&str; 3] = ["eu", "us", "apac"];
+
+#[test]
+fn mqtt_in_transform_out_with_dead_letter() {
+    if !service_available("Mosquitto", MQTT_PORT) {
+        return;
+    }
+    let u = unique_name("mq");
+    let prefix = format!("sluice-test/{u}");
+    let client_id = format!("sluice-{u}");
+    let _session = Session::new(MQTT_PORT, &client_id);
+    let sub = Mqtt::connect(MQTT_PORT);
+    sub.subscribe(&format!("{prefix}/out/#"));
+    let mut publisher = Mqtt::connect(MQTT_PORT);
+    let sb = Sandbox::new();
+    sb.write("schemas/order.v1.json", ORDER_SCHEMA);
+    sb.write(
+        "flows/mq.yaml",
+        format!(
+            r#"name: mq
+concurrency: 4
+trigger:
+  mqtt:
+    url: "{url}"
+    topics: ["{prefix}/in/+"]
+    client_id: "{client_id}"
+contract: {{ input: order.v1 }}
+steps:
+  - set:
+      source: "meta('mqtt.topic')"
+      qos: "meta('mqtt.qos')"
+      retain: "meta('mqtt.retain')"
+      dup: "meta('mqtt.dup')"
+  - to: out
+sinks:
+  out:
+    mqtt:
+      url: "{url}"
+      topic: "{prefix}/out/{{{{ region }}}}"
+      timeout: 5s
+errors:
+  dead_letter: {{ file: {{ path: dead-letter }} }}
+"#,
+            url = url(MQTT_PORT)
+        ),
+    );
+    let mut sluice = Sluice::run(&sb);
+    let ready = wait_session(&mut sluice, "mq");
+    assert!(
+        has_field(&ready, "client_id", &client_id),
+        "the session line names the client id: {ready}"
+    );
+    const N: usize = 200;
+    for i in 0..N {
+        let region = REGIONS[i % REGIONS.len()];
+        publisher.publish_json(
+            &format!("{prefix}/in/{region}"),
+            &json!({ "id": format!("o-{i}"), "region": region, "qty": i + 1 }),
+        );
+    }
+    publisher.publish_json(
+        &format!("{prefix}/in/eu"),
+        &json!({ "id": "bad-1", "region": "eu", "qty": 0 }),
+    );
+    publisher.flush();
+    sluice.expect_within(secs(60), "200 messages on the output topics", || {
+        sub.count() >= N
+    });
+    sluice.expect_within(secs(30), "one dead letter", || sb.count("dead-letter") == 1);
+
+    let out = sub.received();
+    assert_eq!(out.len(), N, "exactly {N} outputs");
+    let mut seen = BTreeMap::new();
+    for (topic, body) in &out {
+        let id = body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("output without id on {topic}: {body}"));
+        let i: usize = id.trim_start_matches("o-").parse().expect("o-<n>");
+        let region = REGIONS[i % REGIONS.len()];
+        assert_eq!(
+            topic,
+            &format!("{prefix}/out/{region}"),
+            "{id}: topic template"
+        );
+        assert_ne!(body["dup"], "true", "{id}: a first delivery is not a dup");
+        let mut body = body.clone();
+        body.as_object_mut().unwrap().remove("dup");
+        assert_eq!(
+            body,
+            json!({
+                "id": id,
+                "region": region,
+                "qty": i + 1,
+                "source": format!("{prefix}/in/{region}"),
+                "qos": "1",
+                "retain": "false",
+            }),
+            "{id}: output content"
+        );
+        *seen.entry(id.to_owned()).or_insert(0usize) += 1;
+    }
+    assert_eq!(seen.len(), N, "every id once");
+    let dead = sb.names("dead-letter");
+    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
+    assert_eq!(dead["error"]["kind"], "contract");
+    assert_eq!(dead["message"]["id"], "bad-1");
+    assert_eq!(
+        dead["meta"]["mqtt.topic"],
+        format!("{prefix}/in/eu").as_str()
+    );
+
+    // Stop, start again with the same session: anything not acknowledged would come back.
+    let status = sluice.terminate(secs(30));
+    assert!(status.success(), "graceful stop: {status:?}");
+    let mut again = Sluice::run(&sb);
+    let ready = wait_session(&mut again, "mq");
+    assert!(
+        has_field(&ready, "session_present", "true"),
+        "the broker kept the session: {ready}"
+    );
+    std::thread::sleep(secs(2));
+    again.assert_running();
+    assert_eq!(
+        sub.count(),
+        N,
+        "nothing was redelivered and published again"
+    );
+    assert_eq!(
+        sb.count("dead-letter"),
+        1,
+        "the refused message was acknowledged too"
+    );
+    assert_eq!(
+        lines_with(&again.log(), "message failed", "mq"),
+        0,
+        "no failure after the restart:\n{}",
+        again.log_tail(30)
+    );
+    drop(again);
+    sub.disconnect();
+    publisher.disconnect();
+}
+
+#[test]
+fn mqtt_transient_sink_failure_is_redelivered_then_succeeds() {
+    if !service_available("Mosquitto", MQTT_PORT) {
+        return;
+    }
+    let server = TestServer::start(|i, _| {
+        if i < 2 {
+            Answer::status(503)
+        } else {
+            Answer::status(200)
+        }
+    });
+    let u = unique_name("mqr");
+    let prefix = format!("sluice-test/{u}");
+    let client_id = format!("sluice-{u}");
+    let _session = Session::new(MQTT_PORT, &client_id);
+    let mut publisher = Mqtt::connect(MQTT_PORT);
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/late.yaml",
+        format!(
+            r#"name: late
+trigger:
+  mqtt:
+    url: "{url}"
+    topics: ["{prefix}/in"]
+    client_id: "{client_id}"
+    redeliver_delay: 300ms
+steps:
+  - set: {{ dup: "meta('mqtt.dup')" }}
+  - to: crm
+sinks:
+  crm:
+    http: {{ url: "{crm}/orders/{{{{id}}}}", timeout: 5s }}
+errors:
+  retry: {{ attempts: 1 }}
+"#,
+            url = url(MQTT_PORT),
+            crm = server.url("")
+        ),
+    );
+    let mut sluice = Sluice::run(&sb);
+    wait_session(&mut sluice, "late");
+    publisher.publish_json(&format!("{prefix}/in"), &json!({ "id": "m-1", "n": 1 }));
+    publisher.flush();
+    // 503, redelivered, 503, redelivered, 200.
+    sluice.expect_within(secs(30), "the third request (the 200)", || {
+        server.count() >= 3
+    });
+    std::thread::sleep(secs(1));
+    let requests = server.requests();
+    assert_eq!(
+        requests.len(),
+        3,
+        "two failures, then one success, no more\n{}",
+        sluice.log_tail(30)
+    );
+    let dups: Vec<Value> = requests.iter().map(|r| r.json()["dup"].clone()).collect();
+    println!("mqtt redelivery: mqtt.dup per request: {dups:?}");
+    for (i, r) in requests.iter().enumerate() {
+        assert_eq!(r.target, "/orders/m-1", "request {i}");
+        let mut body = r.json();
+        body.as_object_mut().unwrap().remove("dup");
+        assert_eq!(body, json!({ "id": "m-1", "n": 1 }), "request {i}: body");
+    }
+    assert_ne!(requests[0].json()["dup"], "true", "the first delivery");
+    for w in requests.windows(2) {
+        let gap = w[1].at - w[0].at;
+        assert!(
+            gap >= millis(250),
+            "the redelivery waits redeliver_delay (300ms): gap {gap:?}"
+        );
+    }
+    let log = sluice.log();
+    assert!(
+        lines_with(&log, "message failed", "late") >= 2,
+        "both failures are logged:\n{}",
+        tail(&log, 40)
+    );
+
+    // The success was acknowledged: a new process with the same session gets nothing.
+    let status = sluice.terminate(secs(30));
+    assert!(status.success(), "graceful stop: {status:?}");
+    let mut again = Sluice::run(&sb);
+    wait_session(&mut again, "late");
+    std::thread::sleep(millis(1500));
+    assert_eq!(
+        server.count(),
+        3,
+        "nothing was redelivered after the success"
+    );
+    drop(again);
+    publisher.disconnect();
+}
+
+/// A flow forwarding `<prefix>/in` to `outbox/<id>.json`, throttled to `rate` (so a stop can
+/// land in the middle of a batch).
+fn file_forward_flow(port: u16, prefix: &str, client_id: &str, throttle: &str) -> String {
+    format!(
+        r#"name: fwd
+concurrency: 8
+trigger:
+  mqtt:
+    url: "{url}"
+    topics: ["{prefix}/in"]
+    client_id: "{client_id}"
+    redeliver_delay: 200ms
+steps:
+{throttle}  - set: {{ topic: "meta('mqtt.topic')" }}
+  - to: out
+sinks:
+  out:
+    file: {{ path: outbox, name: "{{{{id}}}}.json" }}
+errors:
+  retry: {{ attempts: 10, backoff: 100ms, max_backoff: 2s }}
+"#,
+        url = url(port)
+    )
+}
+
+#[test]
+fn mqtt_persistent_session_delivers_messages_published_while_down() {
+    if !service_available("Mosquitto", MQTT_PORT) {
+        return;
+    }
+    let u = unique_name("mqp");
+    let prefix = format!("sluice-test/{u}");
+    let client_id = format!("sluice-{u}");
+    let _session = Session::new(MQTT_PORT, &client_id);
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/fwd.yaml",
+        file_forward_flow(MQTT_PORT, &prefix, &client_id, ""),
+    );
+    let mut first = Sluice::run(&sb);
+    let ready = wait_session(&mut first, "fwd");
+    assert!(
+        has_field(&ready, "session_present", "false"),
+        "a new client id starts a new session: {ready}"
+    );
+    let status = first.terminate(secs(30));
+    assert!(status.success(), "graceful stop: {status:?}");
+
+    const N: usize = 300;
+    let mut publisher = Mqtt::connect(MQTT_PORT);
+    for i in 0..N {
+        publisher.publish_json(
+            &format!("{prefix}/in"),
+            &json!({ "id": format!("m-{i}"), "n": i }),
+        );
+    }
+    publisher.flush();
+    assert_eq!(
+        sb.count("outbox"),
+        0,
+        "nothing arrives while sluice is down"
+    );
+
+    let mut second = Sluice::run(&sb);
+    let ready = wait_session(&mut second, "fwd");
+    assert!(
+        has_field(&ready, "session_present", "true"),
+        "the broker kept the session: {ready}"
+    );
+    second.expect_within(secs(60), "all 300 messages arrive", || {
+        sb.count("outbox") >= N
+    });
+    assert_eq!(sb.names("outbox"), file_names_for(0..N));
+    for i in [0, N / 2, N - 1] {
+        assert_eq!(
+            sb.read_json(&format!("outbox/m-{i}.json")),
+            json!({ "id": format!("m-{i}"), "n": i, "topic": format!("{prefix}/in") })
+        );
+    }
+    drop(second);
+    publisher.disconnect();
+}
+
+#[test]
+fn mqtt_sigkill_of_sluice_loses_nothing() {
+    if !service_available("Mosquitto", MQTT_PORT) {
+        return;
+    }
+    let u = unique_name("mqk");
+    let prefix = format!("sluice-test/{u}");
+    let client_id = format!("sluice-{u}");
+    let _session = Session::new(MQTT_PORT, &client_id);
+    let sub = Mqtt::connect(MQTT_PORT);
+    sub.subscribe(&format!("{prefix}/out"));
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/fwd.yaml",
+        format!(
+            r#"name: fwd
+concurrency: 8
+trigger:
+  mqtt:
+    url: "{url}"
+    topics: ["{prefix}/in"]
+    client_id: "{client_id}"
+steps:
+  # 400 messages a second: the kill lands in the middle of the 800.
+  - throttle: {{ rate: 400/s, burst: 20 }}
+  - transform: "{{id: id, n: n}}"
+  - to: out
+sinks:
+  out:
+    mqtt: {{ url: "{url}", topic: "{prefix}/out" }}
+errors:
+  retry: {{ attempts: 10, backoff: 100ms, max_backoff: 2s }}
+"#,
+            url = url(MQTT_PORT)
+        ),
+    );
+    let mut first = Sluice::run(&sb);
+    wait_session(&mut first, "fwd");
+    // At most 800 messages wait in the session (the shared broker queues 1000 per client).
+    const N: usize = 800;
+    let mut publisher = Mqtt::connect(MQTT_PORT);
+    for i in 0..N {
+        publisher.publish_json(
+            &format!("{prefix}/in"),
+            &json!({ "id": format!("m-{i}"), "n": i }),
+        );
+    }
+    publisher.flush();
+    first.expect_within(secs(60), "the first outputs", || sub.count() >= 100);
+    first.kill();
+    let at_kill = sub.count();
+    assert!(at_kill < N, "killed too late: everything was already out");
+
+    let mut second = Sluice::run(&sb);
+    let ids = |sub: &Mqtt| {
+        let mut ids = BTreeMap::new();
+        for (_, body) in sub.received() {
+            if let Some(id) = body["id"].as_str() {
+                *ids.entry(id.to_owned()).or_insert(0usize) += 1;
+            }
+        }
+        ids
+    };
+    second.expect_within(secs(120), "every message arrives", || {
+        sub.count() >= N && ids(&sub).len() == N
+    });
+    let out = ids(&sub);
+    let duplicates: usize = out.values().map(|c| c - 1).sum();
+    println!("mqtt sigkill: {N} messages, {at_kill} out at the kill, {duplicates} duplicates");
+    assert_eq!(out.len(), N);
+    let expected: BTreeSet<String> = (0..N).map(|i| format!("m-{i}")).collect();
+    assert_eq!(out.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    for (topic, body) in sub.received() {
+        assert_eq!(topic, format!("{prefix}/out"));
+        let id = body["id"].as_str().unwrap();
+        let n: usize = id.trim_start_matches("m-").parse().unwrap();
+        assert_eq!(body, json!({ "id": id, "n": n }));
+    }
+    drop(second);
+    sub.disconnect();
+    publisher.disconnect();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A private mosquitto (for the broker restart)
+// ---------------------------------------------------------------------------------------------
+
+/// Whether `/usr/sbin/mosquitto` is installed; otherwise prints why the test skips (or fails
+/// under `SLUICE_REQUIRE_SERVICES=1`).
+fn mosquitto_installed() -> bool {
+    if Path::new(MOSQUITTO).is_file() {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("test").to_owned();
+    if services_required() {
+        panic!("{test}: {MOSQUITTO} is not installed, and SLUICE_REQUIRE_SERVICES=1 requires it");
+    }
+    eprintln!(
+        "SKIPPED {test}: {MOSQUITTO} is not installed (set SLUICE_REQUIRE_SERVICES=1 to make this a failure)"
+    );
+    false
+}
+
+/// A private mosquitto with persistence in its own folder. [`Mosquitto::stop`] sends SIGTERM
+/// (mosquitto saves its database on exit); dropping it sends SIGKILL by PID and reaps it.
+struct Mosquitto {
+    port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Mosquitto {
+        let port = free_port();
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\nmax_queued_messages 100000\nmax_inflight_messages 100\n",
+            dir.display()
+        );
+        // Started as root, mosquitto would switch to the `mosquitto` user, which cannot write
+        // into the private folder.
+        if unsafe { libc::geteuid() } == 0 {
+            conf.push_str("user root\n");
+        }
+        let conf_path = dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+        let mut broker = Mosquitto {
+            port,
+            conf: conf_path,
+            log: dir.join("mosquitto.log"),
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// Starts mosquitto (again, on the same port) and waits until it accepts connections.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "mosquitto is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open mosquitto.log");
+        let child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {MOSQUITTO}: {e}"));
+        self.child = Some(child);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let up = wait_until(secs(20), || {
+            std::net::TcpStream::connect_timeout(&addr, millis(200)).is_ok()
+        });
+        assert!(
+            up,
+            "mosquitto did not listen on port {} within 20 s:\n{}",
+            self.port,
+            self.log_text()
+        );
+    }
+
+    /// SIGTERM by PID, then waits (bounded) for the exit.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + secs(20);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(millis(20)),
+                _ => {
+                    unsafe {
+                        libc::kill(child.id() as i32, libc::SIGKILL);
+                    }
+                    let _ = child.wait();
+                    panic!(
+                        "mosquitto did not exit within 20 s of SIGTERM:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+        }
+    }
+
+    fn log_text(&self) -> String {
+        tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 30)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `GET /readyz` status (0 when the admin server does not answer).
+fn readyz(ports: Ports) -> u16 {
+    try_http(ports.admin, "GET", "/readyz", &[], None)
+        .map(|r| r.status)
+        .unwrap_or(0)
+}
+
+#[test]
+fn mqtt_broker_restart_loses_nothing() {
+    if !mosquitto_installed() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-mosquitto-")
+        .tempdir()
+        .expect("mosquitto dir");
+    let mut broker = Mosquitto::start(dir.path());
+    let port = broker.port;
+    let u = unique_name("mqb");
+    let prefix = format!("sluice-test/{u}");
+    let client_id = format!("sluice-{u}");
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/fwd.yaml",
+        file_forward_flow(
+            port,
+            &prefix,
+            &client_id,
+            "  # 250 messages a second: the broker stops in the middle of the first 500.\n  - throttle: { rate: 250/s, burst: 20 }\n",
+        ),
+    );
+    let (mut sluice, ports) = Sluice::serve(&sb, &[], &[]);
+    wait_session(&mut sluice, "fwd");
+    sluice.expect_within(secs(10), "/readyz is 200 with the session up", || {
+        readyz(ports) == 200
+    });
+
+    const N: usize = 1000;
+    let mut publisher = Mqtt::connect(port);
+    for i in 0..N / 2 {
+        publisher.publish_json(
+            &format!("{prefix}/in"),
+            &json!({ "id": format!("m-{i}"), "n": i }),
+        );
+    }
+    publisher.flush();
+    drop(publisher);
+    sluice.expect_within(secs(30), "the first outputs", || sb.count("outbox") >= 50);
+    broker.stop();
+    let at_stop = sb.count("outbox");
+    sluice.expect_within(secs(15), "/readyz is 503 while the broker is away", || {
+        readyz(ports) == 503
+    });
+    let unready = admin_get(ports, "/readyz", None);
+    assert!(
+        unready.text().contains("fwd"),
+        "/readyz names the flow:\n{unready}"
+    );
+    std::thread::sleep(millis(500));
+    broker.restart();
+
+    let mut publisher = Mqtt::connect(port);
+    for i in N / 2..N {
+        publisher.publish_json(
+            &format!("{prefix}/in"),
+            &json!({ "id": format!("m-{i}"), "n": i }),
+        );
+    }
+    publisher.flush();
+    sluice.expect_within(secs(30), "/readyz is 200 again", || readyz(ports) == 200);
+    sluice.expect_within(secs(90), "every message arrives", || {
+        sb.count("outbox") >= N
+    });
+    println!("mqtt broker restart: {N} messages, {at_stop} out when the broker stopped");
+    assert!(
+        at_stop < N / 2,
+        "the broker stopped too late: the first half was already out"
+    );
+    assert_eq!(sb.names("outbox"), file_names_for(0..N));
+    assert_eq!(
+        sb.read_json("outbox/m-999.json"),
+        json!({ "id": "m-999", "n": 999, "topic": format!("{prefix}/in") })
+    );
+    sluice.assert_running();
+    drop(sluice);
+    publisher.disconnect();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad bodies and load errors
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn mqtt_bad_message_and_config_errors() {
+    if !service_available("Mosquitto", MQTT_PORT) {
+        return;
+    }
+    let u = unique_name("mqx");
+    let prefix = format!("sluice-test/{u}");
+    let client_id = format!("sluice-{u}");
+    let _session = Session::new(MQTT_PORT, &client_id);
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/fwd.yaml",
+        file_forward_flow(MQTT_PORT, &prefix, &client_id, ""),
+    );
+    let mut sluice = Sluice::run(&sb);
+    wait_session(&mut sluice, "fwd");
+    let mut publisher = Mqtt::connect(MQTT_PORT);
+    publisher.publish(&format!("{prefix}/in"), b"this is {not json".to_vec());
+    publisher.publish_json(&format!("{prefix}/in"), &json!({ "id": "m-1", "n": 1 }));
+    publisher.flush();
+    let line = sluice.wait_for_line("`not JSON` for flow=fwd", secs(30), |l| {
+        l.contains("not JSON") && has_flow(l, "fwd")
+    });
+    println!("mqtt bad body: {line}");
+    let good = sluice.wait_json(&sb, "outbox/m-1.json", secs(30));
+    assert_eq!(
+        good,
+        json!({ "id": "m-1", "n": 1, "topic": format!("{prefix}/in") })
+    );
+    // Both were acknowledged: the same session gets neither again.
+    let status = sluice.terminate(secs(30));
+    assert!(status.success(), "graceful stop: {status:?}");
+    let mut again = Sluice::run(&sb);
+    wait_session(&mut again, "fwd");
+    std::thread::sleep(millis(1500));
+    again.assert_running();
+    assert!(
+        !again.log().contains("not JSON"),
+        "the bad body was not redelivered:\n{}",
+        again.log_tail(30)
+    );
+    assert_eq!(sb.names("outbox"), file_names_for(1..2));
+    drop(again);
+    publisher.disconnect();
+
+    // Load errors, with `sluice check`. The valid flow passes; each edit fails at its line.
+    let base = r#"trigger:
+  mqtt:
+    url: "mqtt://127.0.0.1:1883"
+    topics:
+      - "sluice-test/check/in/+"
+      - "sluice-test/check/alerts/#"
+    qos: 1
+steps:
+  - to: out
+sinks:
+  out:
+    mqtt:
+      topic: "sluice-test/check/out/{{ region }}"
+"#;
+    sb.write("flows/base.yaml", base);
+    let out = sb.cli(&["check", "flows/base.yaml"], None);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "the valid mqtt flow passes\n{}",
+        out.all()
+    );
+    let cases: [(&str, &str, &str, &[&str]); 3] = [
+        (
+            "filter",
+            "\"sluice-test/check/alerts/#\"",
+            "\"a/#/b\"",
+            &["#", "filter", "wildcard", "topic"],
+        ),
+        ("qos", "qos: 1", "qos: 2", &["qos"]),
+        (
+            "sinktopic",
+            "\"sluice-test/check/out/{{ region }}\"",
+            "\"sluice-test/check/+/{{ region }}\"",
+            &["+", "wildcard", "topic"],
+        ),
+    ];
+    for (name, from, to, words) in cases {
+        let text = base.replace(from, to);
+        assert_ne!(text, base, "{name}: the edit applies");
+        let rel = format!("flows/{name}.yaml");
+        sb.write(&rel, &text);
+        let out = sb.cli(&["check", &rel], None);
+        assert_eq!(
+            out.code,
+            Some(1),
+            "`sluice check {rel}` exits 1\n{}",
+            out.all()
+        );
+        let line = line_of(&text, to);
+        let src = text.lines().nth(line as usize - 1).unwrap();
+        let first_col = (src.len() - src.trim_start().len()) as u32 + 1;
+        let last_col = src.len() as u32;
+        let found = positions(&out.stderr, &rel);
+        assert!(
+            found
+                .iter()
+                .any(|&(l, c)| l == line && (first_col..=last_col).contains(&c)),
+            "`sluice check {rel}` names {rel}:{line}:<col on `{}`> (found {found:?})\n{}",
+            src.trim(),
+            out.all()
+        );
+        let head = headline(&out.stderr).to_lowercase();
+        assert!(
+            words.iter().any(|w| head.contains(w)),
+            "{rel}: the headline says what is wrong (one of {words:?}): {head}\n{}",
+            out.all()
+        );
+    }
+}
+
+/// The first `error…` headline of a diagnostic output.
+fn headline(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("error"))
+        .unwrap_or_else(|| panic!("no `error` line in:\n{stderr}"))
+        .to_owned()
+}
