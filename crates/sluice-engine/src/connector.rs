@@ -45,6 +45,26 @@ pub enum Outcome {
     Failed(Box<Failure>),
 }
 
+impl Outcome {
+    /// Whether the source is done with the message: it was delivered, completed, filtered
+    /// or dead-lettered, or its body cannot be read (no redelivery could change that; see
+    /// [`Message::undecodable`](crate::Message::undecodable)). Otherwise the source should
+    /// deliver it again.
+    pub fn settled(&self) -> bool {
+        match self {
+            Outcome::Delivered(_) | Outcome::Completed(_) | Outcome::Filtered => true,
+            Outcome::Failed(failure) => {
+                failure.dead_lettered || failure.error.kind == crate::ErrorKind::Trigger
+            }
+        }
+    }
+
+    /// Whether the message failed and the dead letter took it.
+    pub fn dead_lettered(&self) -> bool {
+        matches!(self, Outcome::Failed(failure) if failure.dead_lettered)
+    }
+}
+
 /// The final payload of a message, for request-reply triggers (the HTTP response body).
 #[derive(Debug, Clone)]
 pub struct Reply {

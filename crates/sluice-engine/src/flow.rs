@@ -183,6 +183,20 @@ impl CompiledFlow {
         want_reply: bool,
         hold: Option<Hold>,
     ) -> Option<Outcome> {
+        if let Some(why) = message.undecodable_reason() {
+            let error = FlowError::permanent(ErrorKind::Trigger, why.to_owned());
+            let correlation_id = message.meta.get("correlation_id").cloned();
+            let message_id = message.id().to_owned();
+            let original = Some((message.payload, message.meta));
+            let outcome = self
+                .fail(error, 1, (&message_id, correlation_id), original, true)
+                .await;
+            if !outcome.dead_lettered() {
+                tracing::error!(flow = %self.name, message_id = %message_id,
+                    "the body cannot be read and the flow has no working dead letter: the message is acknowledged at its source and dropped; add `errors: dead_letter:` to keep such messages");
+            }
+            return Some(outcome);
+        }
         let Message { payload, meta } = message;
         let mut exec = Exec::new(payload, meta);
         exec.hold = hold;

@@ -10,6 +10,11 @@ use std::sync::Arc;
 /// Message metadata: `message_id`, `flow`, `received_at`, `file.name`, …
 pub type Meta = BTreeMap<String, String>;
 
+/// Metadata key marking a message whose body could not be decoded; holds the reason.
+pub const UNDECODABLE: &str = "sluice.undecodable";
+/// Metadata key saying how the body of an undecodable message is kept (`base64`).
+pub const BODY_ENCODING: &str = "sluice.body_encoding";
+
 /// A payload that remembers every form it has been converted to.
 ///
 /// Each step asks for the form it needs; a conversion happens only when that form is not
@@ -225,6 +230,30 @@ impl Message {
             payload: Payload::from_json(payload),
             meta: Arc::new(meta),
         }
+    }
+
+    /// A message whose body could not be decoded (`why` says how): the flow does not run
+    /// its steps but fails it at once with a permanent `trigger` error, so the dead letter
+    /// receives the body as it arrived (a UTF-8 string, else base64 with
+    /// `sluice.body_encoding` = `base64`) and the trigger's acker learns the outcome. A body
+    /// that cannot be read would never succeed, so ackers settle such a failure for good
+    /// instead of asking for a redelivery.
+    pub fn undecodable(flow: &str, body: &[u8], why: String, mut meta: Meta) -> Self {
+        use base64::Engine as _;
+        let payload = match std::str::from_utf8(body) {
+            Ok(text) => Value::String(text.to_owned()),
+            Err(_) => {
+                meta.insert(BODY_ENCODING.to_owned(), "base64".to_owned());
+                Value::String(base64::engine::general_purpose::STANDARD.encode(body))
+            }
+        };
+        meta.insert(UNDECODABLE.to_owned(), why);
+        Message::new(flow, payload, meta)
+    }
+
+    /// Why the body could not be decoded, for a message made by [`Message::undecodable`].
+    pub fn undecodable_reason(&self) -> Option<&str> {
+        self.meta.get(UNDECODABLE).map(String::as_str)
     }
 
     /// The message id.

@@ -138,21 +138,12 @@ impl AmqpTrigger {
                 .and_then(|id| meta.insert("correlation_id".to_owned(), id)),
         };
         let flow = inlet.flow().to_owned();
-        let payload = match codec::decode(self.format, &delivery.data) {
-            Ok(payload) => payload,
-            Err(why) => {
-                // Requeueing a body that can never be read would loop for ever: reject it
-                // without requeue (the queue's dead-letter exchange gets it, if it has one).
-                tracing::error!(flow = %flow, queue = %self.queue, "trigger error: {why}; message rejected without requeue");
-                let _ = delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await;
-                return true;
-            }
+        let message = match codec::decode(self.format, &delivery.data) {
+            Ok(payload) => Message::new(&flow, payload, meta),
+            Err(why) => Message::undecodable(&flow, &delivery.data, why, meta),
         };
         let envelope = Envelope {
-            message: Message::new(&flow, payload, meta),
+            message,
             ack: Box::new(AmqpAcker {
                 acker: delivery.acker,
                 requeue_delay: self.requeue_delay,
@@ -198,6 +189,13 @@ impl Acker for AmqpAcker {
             }
             Outcome::Failed(failure) if failure.dead_lettered => {
                 self.acker.ack(BasicAckOptions::default()).await
+            }
+            // A body that cannot be read would come back for ever: reject it without requeue
+            // (the queue's dead-letter exchange gets it, if it has one).
+            Outcome::Failed(_) if outcome.settled() => {
+                self.acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
             }
             Outcome::Failed(failure) => {
                 tracing::info!(flow = %self.flow, message_id = %failure.envelope.message_id,

@@ -385,25 +385,21 @@ async fn forward(
     let flow = inlet.flow().to_owned();
     while let Some(mut publish) = publishes.recv().await {
         waiting.fetch_sub(1, Ordering::Relaxed);
-        let payload = match codec::decode(format, &publish.payload) {
-            Ok(payload) => payload,
-            Err(why) => {
-                // A body that can never be read would come back for ever: acknowledge it.
-                tracing::error!(flow = %flow, topic = %publish.topic, "trigger error: {why}; message acknowledged and dropped");
-                connection.ack(&publish).await;
-                continue;
-            }
-        };
+        let decoded = codec::decode(format, &publish.payload);
         let mut meta = Meta::new();
         meta.insert("mqtt.qos".to_owned(), (publish.qos as u8).to_string());
         meta.insert("mqtt.retain".to_owned(), publish.retain.to_string());
         meta.insert("mqtt.dup".to_owned(), publish.dup.to_string());
         meta.insert("mqtt.topic".to_owned(), std::mem::take(&mut publish.topic));
-        // The body is in the payload now; the acknowledgement needs the packet id only.
+        let message = match decoded {
+            Ok(payload) => Message::new(&flow, payload, meta),
+            Err(why) => Message::undecodable(&flow, &publish.payload, why, meta),
+        };
+        // The body is in the message now; the acknowledgement needs the packet id only.
         publish.payload = Default::default();
         connection.in_flight.fetch_add(1, Ordering::AcqRel);
         let envelope = Envelope {
-            message: Message::new(&flow, payload, meta),
+            message,
             ack: Box::new(MqttAcker {
                 connection: connection.clone(),
                 publish,
@@ -438,10 +434,7 @@ impl Drop for MqttAcker {
 #[async_trait]
 impl Acker for MqttAcker {
     async fn ack(self: Box<Self>, outcome: Outcome) {
-        let settled = match &outcome {
-            Outcome::Delivered(_) | Outcome::Completed(_) | Outcome::Filtered => true,
-            Outcome::Failed(failure) => failure.dead_lettered,
-        };
+        let settled = outcome.settled();
         let message_id = match &outcome {
             Outcome::Failed(failure) => failure.envelope.message_id.as_str(),
             _ => "",

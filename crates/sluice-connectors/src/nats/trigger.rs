@@ -191,17 +191,10 @@ impl NatsTrigger {
         }
         meta.extend(self.extra_meta.iter().cloned());
         let flow = inlet.flow().to_owned();
-        let payload = match codec::decode(self.format, &message.payload) {
-            Ok(payload) => payload,
-            Err(why) => {
-                // A body that can never become a payload: redelivery cannot help, so the
-                // message is terminated, loudly (JetStream also publishes an advisory).
-                tracing::error!(flow = %flow, message_id = %meta.get("message_id").map(String::as_str).unwrap_or("-"), stream = %stream, sequence, "trigger error: {why}; message terminated");
-                let _ = acker.ack_with(AckKind::Term).await;
-                return true;
-            }
+        let message = match codec::decode(self.format, &message.payload) {
+            Ok(payload) => Message::new(&flow, payload, meta),
+            Err(why) => Message::undecodable(&flow, &message.payload, why, meta),
         };
-        let message = Message::new(&flow, payload, meta);
         let envelope = Envelope {
             message,
             ack: Box::new(JetStreamAcker {
@@ -323,6 +316,9 @@ impl Acker for JetStreamAcker {
             Outcome::Delivered(_) | Outcome::Completed(_) | Outcome::Filtered => AckKind::Ack,
             // The dead letter holds it now: done.
             Outcome::Failed(failure) if failure.dead_lettered => AckKind::Ack,
+            // A body that cannot be read: redelivery cannot help, so the message is
+            // terminated (JetStream publishes an advisory for it).
+            Outcome::Failed(_) if outcome.settled() => AckKind::Term,
             Outcome::Failed(failure) => {
                 if self.max_deliver > 0 && self.delivered >= self.max_deliver {
                     // JetStream will not deliver it again: say so, loudly, and stop it.

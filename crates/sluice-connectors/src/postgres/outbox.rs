@@ -90,19 +90,28 @@ impl OutboxTrigger {
                 meta.insert("postgres.table".to_owned(), self.table_name.clone());
                 meta.insert("postgres.id".to_owned(), id.clone());
                 meta.insert("message_id".to_owned(), format!("{}-{id}", self.table_name));
-                let payload = match body
+                // A payload that is not JSON goes to the dead letter (the row is then deleted);
+                // without one, the row stays for someone to look at.
+                let message = match body
                     .as_deref()
                     .map(serde_json::from_str::<serde_json::Value>)
                 {
-                    Some(Ok(payload)) => payload,
-                    _ => {
-                        // Left in place (and loud) rather than deleted: someone has to look.
-                        tracing::error!(flow = %inlet.flow(), table = %self.table_name, id = %id, "trigger error: the payload column is not JSON; row left in the outbox");
-                        continue;
-                    }
+                    Some(Ok(payload)) => Message::new(inlet.flow(), payload, meta),
+                    Some(Err(e)) => Message::undecodable(
+                        inlet.flow(),
+                        body.as_deref().unwrap_or_default().as_bytes(),
+                        format!("the payload column is not JSON: {e}"),
+                        meta,
+                    ),
+                    None => Message::undecodable(
+                        inlet.flow(),
+                        b"",
+                        "the payload column is NULL".to_owned(),
+                        meta,
+                    ),
                 };
                 let envelope = Envelope {
-                    message: Message::new(inlet.flow(), payload, meta),
+                    message,
                     ack: Box::new(RowAcker {
                         ctid,
                         done: done_tx.clone(),

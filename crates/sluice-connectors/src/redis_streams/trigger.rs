@@ -222,22 +222,20 @@ impl RedisTrigger {
             let id = meta.get("message_id").cloned().unwrap_or_default();
             meta.insert("correlation_id".to_owned(), id);
         }
-        let decoded = match body {
-            Some(body) => codec::decode(self.format, &body),
-            None => Err(format!("the entry has no field `{}`", self.field)),
-        };
-        let payload = match decoded {
-            Ok(payload) => payload,
-            Err(why) => {
-                // Retrying cannot fix the entry: acknowledge it so it stops coming back, and
-                // say so loudly (the entry itself stays in the stream).
-                tracing::error!(flow = %flow, stream = %self.stream, id = %entry.id, "trigger error: {why}; entry acknowledged without processing");
-                Box::new(acker).ack(Outcome::Filtered).await;
-                return true;
+        // An entry that cannot be read goes to the dead letter and is acknowledged (retrying
+        // cannot fix it; the entry itself stays in the stream).
+        let message = match body {
+            None => {
+                let why = format!("the entry has no field `{}`", self.field);
+                Message::undecodable(&flow, b"", why, meta)
             }
+            Some(body) => match codec::decode(self.format, &body) {
+                Ok(payload) => Message::new(&flow, payload, meta),
+                Err(why) => Message::undecodable(&flow, &body, why, meta),
+            },
         };
         let envelope = Envelope {
-            message: Message::new(&flow, payload, meta),
+            message,
             ack: Box::new(acker),
             reply: false,
         };
@@ -277,7 +275,7 @@ struct RedisAcker {
 impl Acker for RedisAcker {
     async fn ack(self: Box<Self>, outcome: Outcome) {
         match &outcome {
-            Outcome::Failed(failure) if !failure.dead_lettered => {
+            Outcome::Failed(failure) if !outcome.settled() => {
                 tracing::info!(flow = %self.flow, message_id = %failure.envelope.message_id, id = %self.id,
                     "message failed; the entry stays pending and is claimed again after `claim_idle`");
                 return;
