@@ -94,13 +94,18 @@ impl Amqp {
     /// Publishes to the default exchange (routing key = queue) and waits for the confirm.
     fn publish(&self, queue: &str, id: &str, body: &Value) {
         let body = serde_json::to_vec(body).expect("serialize");
+        self.publish_raw(queue, id, &body);
+    }
+
+    /// Like [`Amqp::publish`], with the body as it is (JSON or not).
+    fn publish_raw(&self, queue: &str, id: &str, body: &[u8]) {
         self.rt.block_on(async {
             self.channel
                 .basic_publish(
                     "".into(),
                     queue.into(),
                     BasicPublishOptions::default(),
-                    &body,
+                    body,
                     BasicProperties::default()
                         .with_delivery_mode(2)
                         .with_message_id(id.into()),
@@ -320,6 +325,90 @@ sinks:
     eprintln!("amqp sigkill: {N} messages, {at_kill} out at the kill, {duplicates} duplicates");
     assert_eq!(ids.len(), N);
     drop(second);
+    mq.delete(&inq);
+    mq.delete(&outq);
+}
+
+#[test]
+fn amqp_undecodable_body_goes_to_the_dead_letter() {
+    if !service_available("RabbitMQ", AMQP_PORT) {
+        return;
+    }
+    let u = unique_name("amqpu");
+    let (inq, outq) = (format!("in_{u}"), format!("out_{u}"));
+    let mq = Amqp::connect();
+    mq.declare(&inq);
+    mq.declare(&outq);
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/mqu.yaml",
+        format!(
+            r#"name: mqu
+trigger:
+  amqp: {{ url: "{URL}", queue: {inq}, requeue_delay: 300ms }}
+steps:
+  - to: out
+sinks:
+  out:
+    amqp: {{ url: "{URL}", routing_key: "{outq}" }}
+errors:
+  dead_letter: {{ file: {{ path: dead-letter }} }}
+"#
+        ),
+    );
+    let mut sluice = Sluice::run(&sb);
+    sluice.wait_for_log("amqp consumer ready", secs(30));
+    mq.publish_raw(&inq, "bad-1", b"not json {");
+    mq.publish(&inq, "good-1", &json!({ "id": "good-1", "n": 1 }));
+    let mut out = Vec::new();
+    sluice.expect_within(secs(30), "the good message in the output queue", || {
+        out.extend(mq.drain(&outq));
+        !out.is_empty()
+    });
+    sluice.expect_within(secs(30), "one dead letter", || sb.count("dead-letter") == 1);
+    // Nothing comes back: no second failure, no second dead letter.
+    std::thread::sleep(millis(1500));
+    out.extend(mq.drain(&outq));
+    assert_eq!(sb.count("dead-letter"), 1, "dead-lettered once");
+    let log = sluice.log();
+    assert_eq!(
+        log.lines()
+            .filter(
+                |l| l.contains("message failed: trigger error: the body is not JSON")
+                    && has_flow(l, "mqu")
+            )
+            .count(),
+        1,
+        "one failure, logged once:\n{}",
+        tail(&log, 30)
+    );
+    assert!(
+        !log.contains("requeued in"),
+        "the unreadable message is not requeued:\n{}",
+        tail(&log, 30)
+    );
+    // Stop sluice: anything it had not acknowledged would be back in the queue now.
+    sluice.kill();
+    std::thread::sleep(millis(300));
+    assert_eq!(mq.ready(&inq), 0, "both messages were settled");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, "good-1");
+    assert_eq!(out[0].2, json!({ "id": "good-1", "n": 1 }));
+    let dead = sb.names("dead-letter");
+    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
+    assert_eq!(
+        dead["message"], "not json {",
+        "the body as it arrived: {dead:#}"
+    );
+    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not JSON")),
+        "{dead:#}"
+    );
+    assert_eq!(dead["meta"]["message_id"], "bad-1", "{dead:#}");
+    assert_eq!(dead["meta"]["amqp.queue"], inq.as_str(), "{dead:#}");
     mq.delete(&inq);
     mq.delete(&outq);
 }

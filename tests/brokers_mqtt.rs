@@ -981,3 +981,109 @@ fn headline(stderr: &str) -> String {
         .unwrap_or_else(|| panic!("no `error` line in:\n{stderr}"))
         .to_owned()
 }
+
+#[test]
+fn mqtt_undecodable_body_goes_to_the_dead_letter() {
+    if !service_available("Mosquitto", MQTT_PORT) {
+        return;
+    }
+    let u = unique_name("mqu");
+    let prefix = format!("sluice-test/{u}");
+    let client_id = format!("sluice-{u}");
+    let _session = Session::new(MQTT_PORT, &client_id);
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/mqu.yaml",
+        format!(
+            r#"name: mqu
+trigger:
+  mqtt:
+    url: "{url}"
+    topics: ["{prefix}/in"]
+    client_id: "{client_id}"
+    redeliver_delay: 200ms
+steps:
+  - set: {{ topic: "meta('mqtt.topic')" }}
+  - to: out
+sinks:
+  out:
+    file: {{ path: outbox, name: "{{{{id}}}}.json" }}
+errors:
+  dead_letter: {{ file: {{ path: dead-letter }} }}
+"#,
+            url = url(MQTT_PORT)
+        ),
+    );
+    let mut sluice = Sluice::run(&sb);
+    wait_session(&mut sluice, "mqu");
+    let mut publisher = Mqtt::connect(MQTT_PORT);
+    publisher.publish(&format!("{prefix}/in"), b"not json {".to_vec());
+    publisher.publish_json(&format!("{prefix}/in"), &json!({ "id": "good-1", "n": 1 }));
+    publisher.flush();
+    let good = sluice.wait_json(&sb, "outbox/good-1.json", secs(30));
+    assert_eq!(
+        good,
+        json!({ "id": "good-1", "n": 1, "topic": format!("{prefix}/in") })
+    );
+    sluice.expect_within(secs(30), "one dead letter", || sb.count("dead-letter") == 1);
+    let log = sluice.log();
+    assert_eq!(
+        lines_with(
+            &log,
+            "message failed: trigger error: the body is not JSON",
+            "mqu"
+        ),
+        1,
+        "one failure, logged once:\n{}",
+        tail(&log, 30)
+    );
+    let dead = sb.names("dead-letter");
+    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
+    assert_eq!(
+        dead["message"], "not json {",
+        "the body as it arrived: {dead:#}"
+    );
+    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not JSON")),
+        "{dead:#}"
+    );
+    assert_eq!(
+        dead["meta"]["mqtt.topic"],
+        format!("{prefix}/in").as_str(),
+        "{dead:#}"
+    );
+
+    // Stop, start again with the same session: anything not acknowledged would come back.
+    let status = sluice.terminate(secs(30));
+    assert!(status.success(), "graceful stop: {status:?}");
+    let mut again = Sluice::run(&sb);
+    let ready = wait_session(&mut again, "mqu");
+    assert!(
+        has_field(&ready, "session_present", "true"),
+        "the broker kept the session: {ready}"
+    );
+    std::thread::sleep(secs(2));
+    again.assert_running();
+    assert_eq!(
+        sb.count("dead-letter"),
+        1,
+        "the unreadable message was acknowledged, not delivered again"
+    );
+    assert_eq!(
+        sb.names("outbox"),
+        ["good-1.json".to_owned()]
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+    );
+    assert_eq!(
+        lines_with(&again.log(), "message failed", "mqu"),
+        0,
+        "no failure after the restart:\n{}",
+        again.log_tail(30)
+    );
+    drop(again);
+    publisher.disconnect();
+}

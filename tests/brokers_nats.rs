@@ -62,13 +62,18 @@ impl Js {
     /// Publishes with `Nats-Msg-Id: id`, retrying until JetStream acknowledges it.
     fn publish(&self, subject: &str, id: &str, body: &Value) {
         let body = serde_json::to_vec(body).expect("serialize");
+        self.publish_raw(subject, id, &body);
+    }
+
+    /// Like [`Js::publish`], with the body as it is (JSON or not).
+    fn publish_raw(&self, subject: &str, id: &str, body: &[u8]) {
         self.rt.block_on(async {
             for _ in 0..200 {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", id);
                 let sent = self
                     .js
-                    .publish_with_headers(subject.to_owned(), headers, body.clone().into())
+                    .publish_with_headers(subject.to_owned(), headers, body.to_vec().into())
                     .await;
                 if let Ok(ack) = sent
                     && ack.await.is_ok()
@@ -467,4 +472,89 @@ fn channel_pipeline_over_jetstream_with_identical_flows() {
     // The channel really was a JetStream stream.
     assert_eq!(js.count(&format!("SLUICE_CH_{channel}")), 25);
     js.delete_stream(&format!("SLUICE_CH_{channel}"));
+}
+
+#[test]
+fn nats_undecodable_body_goes_to_the_dead_letter() {
+    if !service_available("NATS JetStream", NATS_PORT) {
+        return;
+    }
+    let u = unique_name("jsu");
+    let js = Js::connect(NATS_PORT);
+    let (in_stream, out_stream) = (format!("IN_{u}"), format!("OUT_{u}"));
+    js.create_stream(&out_stream, &[&format!("{u}.out")]);
+    let sb = Sandbox::new();
+    // A short `ack_wait`: a message left unacknowledged would be redelivered within the test.
+    sb.write(
+        "flows/jsu.yaml",
+        format!(
+            r#"name: jsu
+trigger:
+  nats: {{ stream: {in_stream}, subject: "{u}.in", durable: worker, ack_wait: 1s, nak_delay: 300ms }}
+steps:
+  - to: out
+sinks:
+  out:
+    nats: {{ subject: "{u}.out" }}
+errors:
+  dead_letter: {{ file: {{ path: dead-letter }} }}
+"#
+        ),
+    );
+    let mut sluice = Sluice::run(&sb);
+    sluice.wait_for_log("nats consumer ready", secs(30));
+    js.publish_raw(&format!("{u}.in"), "bad-1", b"not json {");
+    js.publish(
+        &format!("{u}.in"),
+        "good-1",
+        &json!({ "id": "good-1", "n": 1 }),
+    );
+    sluice.expect_within(secs(30), "the good message in the output stream", || {
+        js.count(&out_stream) >= 1
+    });
+    sluice.expect_within(secs(30), "one dead letter", || sb.count("dead-letter") == 1);
+    sluice.expect_within(secs(30), "the consumer has no backlog", || {
+        js.consumer_backlog(&in_stream, "worker") == Some((0, 0))
+    });
+    // Past `ack_wait`: nothing is delivered again.
+    std::thread::sleep(millis(2000));
+    assert_eq!(
+        js.consumer_backlog(&in_stream, "worker"),
+        Some((0, 0)),
+        "both messages were acknowledged"
+    );
+    assert_eq!(sb.count("dead-letter"), 1, "dead-lettered once");
+    let out = js.read_all(&out_stream);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].1, json!({ "id": "good-1", "n": 1 }));
+    let log = sluice.log();
+    assert_eq!(
+        log.lines()
+            .filter(
+                |l| l.contains("message failed: trigger error: the body is not JSON")
+                    && has_flow(l, "jsu")
+            )
+            .count(),
+        1,
+        "one failure, logged once:\n{}",
+        tail(&log, 30)
+    );
+    let dead = sb.names("dead-letter");
+    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
+    assert_eq!(
+        dead["message"], "not json {",
+        "the body as it arrived: {dead:#}"
+    );
+    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not JSON")),
+        "{dead:#}"
+    );
+    assert_eq!(dead["meta"]["message_id"], "bad-1", "{dead:#}");
+    assert_eq!(dead["meta"]["nats.subject"], format!("{u}.in"), "{dead:#}");
+    drop(sluice);
+    js.delete_stream(&in_stream);
+    js.delete_stream(&out_stream);
 }

@@ -200,3 +200,84 @@ errors:
     drop(sluice);
     psql(&format!("DROP TABLE {t}; DROP TABLE {t}_out"));
 }
+
+#[test]
+fn postgres_undecodable_body_goes_to_the_dead_letter() {
+    if !postgres_available() {
+        return;
+    }
+    let t = unique_name("outboxu");
+    // A `text` payload column, so a row can hold something that is not JSON.
+    psql(&format!(
+        "CREATE TABLE {t} (id bigserial PRIMARY KEY, payload text NOT NULL);
+         CREATE TABLE {t}_out (id text PRIMARY KEY, n int)"
+    ));
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/outboxu.yaml",
+        format!(
+            r#"name: outboxu
+trigger:
+  postgres: {{ url: "{POSTGRES_URL}", table: {t}, batch: 16, poll: 100ms }}
+steps:
+  - to: rows
+sinks:
+  rows:
+    postgres: {{ url: "{POSTGRES_URL}", table: {t}_out, columns: {{ id: id, n: n }} }}
+errors:
+  dead_letter: {{ file: {{ path: dead-letter }} }}
+"#
+        ),
+    );
+    psql(&format!(
+        "INSERT INTO {t} (payload) VALUES ('not json {{');
+         INSERT INTO {t} (payload) VALUES ('{{\"id\": \"good-1\", \"n\": 1}}')"
+    ));
+    let bad_id = psql(&format!("SELECT id FROM {t} WHERE payload = 'not json {{'"));
+    let mut sluice = Sluice::run(&sb);
+    sluice.expect_within(secs(60), "the good row out", || {
+        psql(&format!("SELECT count(*) FROM {t}_out")) == "1"
+    });
+    sluice.expect_within(secs(30), "one dead letter", || sb.count("dead-letter") == 1);
+    sluice.expect_within(secs(30), "the outbox is empty", || {
+        psql(&format!("SELECT count(*) FROM {t}")) == "0"
+    });
+    // Several polls later: nothing is taken again.
+    std::thread::sleep(millis(1000));
+    assert_eq!(sb.count("dead-letter"), 1, "dead-lettered once");
+    assert_eq!(psql(&format!("SELECT id, n FROM {t}_out")), "good-1|1");
+    let dead = sb.names("dead-letter");
+    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
+    assert_eq!(
+        dead["message"], "not json {",
+        "the payload column as it was: {dead:#}"
+    );
+    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the payload column is not JSON")),
+        "{dead:#}"
+    );
+    assert_eq!(dead["meta"]["postgres.table"], t.as_str(), "{dead:#}");
+    assert_eq!(dead["meta"]["postgres.id"], bad_id.as_str(), "{dead:#}");
+    assert_eq!(
+        dead["meta"]["message_id"],
+        format!("{t}-{bad_id}"),
+        "{dead:#}"
+    );
+    let log = sluice.log();
+    assert_eq!(
+        log.lines()
+            .filter(
+                |l| l.contains("message failed: trigger error: the payload column is not JSON")
+                    && has_flow(l, "outboxu")
+            )
+            .count(),
+        1,
+        "one failure, logged once:\n{}",
+        tail(&log, 30)
+    );
+    drop(sluice);
+    psql(&format!("DROP TABLE {t}; DROP TABLE {t}_out"));
+}

@@ -24,6 +24,11 @@ fn conn(port: u16) -> redis::Connection {
 
 fn add(c: &mut redis::Connection, stream: &str, id: &str, body: &Value) {
     let body = serde_json::to_string(body).expect("serialize");
+    add_raw(c, stream, id, &body);
+}
+
+/// Appends an entry whose `payload` field is `body` as it is (JSON or not).
+fn add_raw(c: &mut redis::Connection, stream: &str, id: &str, body: &str) {
     let _: String = redis::cmd("XADD")
         .arg(stream)
         .arg("*")
@@ -316,4 +321,145 @@ fn redis_broker_restart_loses_nothing() {
     eprintln!("redis restart: {N} entries, {duplicates} duplicates");
     assert_eq!(out.len(), N);
     sluice.assert_running();
+}
+
+#[test]
+fn redis_undecodable_body_goes_to_the_dead_letter() {
+    if !service_available("Redis", REDIS_PORT) {
+        return;
+    }
+    let u = unique_name("rsu");
+    let (ins, outs) = (format!("in:{u}"), format!("out:{u}"));
+    let mut c = conn(REDIS_PORT);
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/rsu.yaml",
+        format!(
+            r#"name: rsu
+trigger:
+  redis: {{ stream: "{ins}", group: workers, claim_idle: 1s }}
+steps:
+  - to: out
+sinks:
+  out:
+    redis: {{ stream: "{outs}" }}
+errors:
+  dead_letter: {{ file: {{ path: dead-letter }} }}
+"#
+        ),
+    );
+    let mut sluice = Sluice::run(&sb);
+    sluice.wait_for_log("redis consumer ready", secs(30));
+    add_raw(&mut c, &ins, "bad-1", "not json {");
+    add(&mut c, &ins, "good-1", &json!({ "id": "good-1", "n": 1 }));
+    sluice.expect_within(secs(30), "the good entry out", || len(&mut c, &outs) >= 1);
+    sluice.expect_within(secs(30), "one dead letter", || sb.count("dead-letter") == 1);
+    sluice.expect_within(secs(30), "nothing pending", || {
+        pending(&mut c, &ins, "workers") == 0
+    });
+    // Past `claim_idle`: nothing is claimed again, nothing more arrives.
+    std::thread::sleep(millis(2500));
+    assert_eq!(pending(&mut c, &ins, "workers"), 0);
+    assert_eq!(sb.count("dead-letter"), 1, "dead-lettered once");
+    let out = entries(&mut c, &outs);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].1, json!({ "id": "good-1", "n": 1 }));
+    let dead = sb.names("dead-letter");
+    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
+    assert_eq!(
+        dead["message"], "not json {",
+        "the body as it arrived: {dead:#}"
+    );
+    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not JSON")),
+        "{dead:#}"
+    );
+    assert_eq!(dead["meta"]["message_id"], "bad-1", "{dead:#}");
+    assert_eq!(dead["meta"]["redis.stream"], ins.as_str(), "{dead:#}");
+    assert!(
+        dead["meta"].get("sluice.body_encoding").is_none(),
+        "a UTF-8 body is kept as text: {dead:#}"
+    );
+    let log = sluice.log();
+    assert_eq!(
+        log.lines()
+            .filter(
+                |l| l.contains("message failed: trigger error: the body is not JSON")
+                    && has_flow(l, "rsu")
+            )
+            .count(),
+        1,
+        "one failure, logged once:\n{}",
+        tail(&log, 30)
+    );
+    assert!(
+        !log.contains("no working dead letter"),
+        "the dead letter took it:\n{}",
+        tail(&log, 30)
+    );
+    drop(sluice);
+    let _: () = c.del(&[&ins, &outs]).expect("DEL");
+}
+
+#[test]
+fn redis_undecodable_body_without_dead_letter_is_acknowledged_and_logged() {
+    if !service_available("Redis", REDIS_PORT) {
+        return;
+    }
+    let u = unique_name("rsn");
+    let (ins, outs) = (format!("in:{u}"), format!("out:{u}"));
+    let mut c = conn(REDIS_PORT);
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/rsn.yaml",
+        format!(
+            r#"name: rsn
+trigger:
+  redis: {{ stream: "{ins}", group: workers, claim_idle: 1s }}
+steps:
+  - to: out
+sinks:
+  out:
+    redis: {{ stream: "{outs}" }}
+"#
+        ),
+    );
+    let mut sluice = Sluice::run(&sb);
+    sluice.wait_for_log("redis consumer ready", secs(30));
+    add_raw(&mut c, &ins, "bad-1", "not json {");
+    let line = sluice.wait_for_line("`no working dead letter` for flow=rsn", secs(30), |l| {
+        l.contains("the body cannot be read and the flow has no working dead letter")
+            && has_flow(l, "rsn")
+    });
+    assert!(has_field(&line, "message_id", "bad-1"), "{line}");
+    sluice.expect_within(secs(30), "nothing pending", || {
+        pending(&mut c, &ins, "workers") == 0
+    });
+    add(&mut c, &ins, "good-1", &json!({ "id": "good-1", "n": 1 }));
+    sluice.expect_within(secs(30), "the later entry out", || len(&mut c, &outs) >= 1);
+    // Past `claim_idle`: the unreadable entry is not claimed again.
+    std::thread::sleep(millis(2500));
+    assert_eq!(pending(&mut c, &ins, "workers"), 0);
+    let out = entries(&mut c, &outs);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].1, json!({ "id": "good-1", "n": 1 }));
+    let log = sluice.log();
+    assert_eq!(
+        log.lines()
+            .filter(
+                |l| l.contains("message failed: trigger error: the body is not JSON")
+                    && has_flow(l, "rsn")
+            )
+            .count(),
+        1,
+        "the entry failed once, never again:\n{}",
+        tail(&log, 30)
+    );
+    assert_eq!(len(&mut c, &ins), 2, "the entries stay in the stream");
+    sluice.assert_running();
+    drop(sluice);
+    let _: () = c.del(&[&ins, &outs]).expect("DEL");
 }

@@ -27,6 +27,8 @@ pub struct NatsSink {
     /// For channels: the stream to make sure of before the first publish.
     ensure_stream: Option<String>,
     stream_ready: tokio::sync::OnceCell<()>,
+    /// The connection, looked up once: the shared client reconnects by itself.
+    client: tokio::sync::OnceCell<(async_nats::Client, jetstream::Context)>,
 }
 
 impl NatsSink {
@@ -59,6 +61,7 @@ impl NatsSink {
             format: config.format,
             ensure_stream: None,
             stream_ready: tokio::sync::OnceCell::new(),
+            client: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -79,6 +82,7 @@ impl NatsSink {
             format: MessageFormat::Json,
             ensure_stream: Some(stream.to_owned()),
             stream_ready: tokio::sync::OnceCell::new(),
+            client: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -106,9 +110,14 @@ impl Sink for NatsSink {
         let mut headers = HeaderMap::new();
         headers.insert(MESSAGE_ID_HEADER, message_id.as_str());
         headers.insert(CORRELATION_ID_HEADER, codec::correlation_id(&out.meta));
-        let client = self
-            .clients
-            .get(&self.url)
+        let (client, js) = self
+            .client
+            .get_or_try_init(|| async {
+                let client = self.clients.get(&self.url).await?;
+                let mut js = jetstream::new(client.clone());
+                js.set_timeout(self.timeout);
+                Ok::<_, String>((client, js))
+            })
             .await
             .map_err(|e| FlowError::new(ErrorKind::Sink, e))?;
         if !self.jetstream {
@@ -117,8 +126,6 @@ impl Sink for NatsSink {
                 .await
                 .map_err(|e| FlowError::new(ErrorKind::Sink, format!("nats publish: {e}")));
         }
-        let mut js = jetstream::new(client);
-        js.set_timeout(self.timeout);
         if let Some(stream) = &self.ensure_stream {
             self.stream_ready
                 .get_or_try_init(|| async {
