@@ -93,12 +93,20 @@ impl Expr {
     /// Evaluates against `data`, with `meta` visible to `meta('…')`.
     pub fn search(&self, data: Rcvar, meta: &Arc<Meta>) -> Result<Rcvar, String> {
         if !self.uses_meta {
-            return self.inner.search(data).map_err(|e| self.runtime_error(e));
+            return self.interpret(&data).map_err(|e| self.runtime_error(e));
         }
         CURRENT_META.with(|current| *current.borrow_mut() = Some(meta.clone()));
-        let result = self.inner.search(data);
+        let result = self.interpret(&data);
         CURRENT_META.with(|current| *current.borrow_mut() = None);
         result.map_err(|e| self.runtime_error(e))
+    }
+
+    /// Runs the expression on `data` as it is. `Expression::search` takes any `Serialize`
+    /// input and, without the nightly-only `specialized` feature, serializes even an `Rcvar`
+    /// into a fresh copy: a deep copy of the payload per evaluation.
+    fn interpret(&self, data: &Rcvar) -> Result<Rcvar, JmespathError> {
+        let mut context = Context::new(self.inner.as_str(), &RUNTIME);
+        jmespath::interpret(data, self.inner.as_ast(), &mut context)
     }
 
     fn runtime_error(&self, e: JmespathError) -> String {

@@ -8,6 +8,12 @@ mod logging;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// The process allocator. With glibc's malloc a third of the CPU time on the broker path went
+/// to its arena locks and free-list consolidation (perf, bench/README.md); mimalloc's
+/// thread-local heaps avoid both.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.log_format, cli.command.is_quiet());
