@@ -8,18 +8,18 @@ use sluice_flow::MessageFormat;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Turns a received body into a payload; an error names what is wrong with the body.
-pub fn decode(format: MessageFormat, body: &[u8]) -> Result<Value, String> {
+/// Turns a received body into a payload; an error names what is wrong with the body. A JSON
+/// body is checked here and parsed later, into the form the flow's first step needs.
+pub fn decode(format: MessageFormat, body: &[u8]) -> Result<Payload, String> {
     match format {
-        MessageFormat::Json => {
-            serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))
-        }
+        MessageFormat::Json => Payload::from_json_bytes(bytes::Bytes::copy_from_slice(body))
+            .map_err(|e| format!("the body is not JSON: {e}")),
         MessageFormat::Text => std::str::from_utf8(body)
-            .map(|s| Value::String(s.to_owned()))
+            .map(|s| Value::String(s.to_owned()).into())
             .map_err(|e| format!("the body is not UTF-8: {e}")),
-        MessageFormat::Bytes => Ok(Value::String(
-            base64::engine::general_purpose::STANDARD.encode(body),
-        )),
+        MessageFormat::Bytes => {
+            Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(body)).into())
+        }
     }
 }
 
@@ -139,10 +139,16 @@ mod tests {
     fn formats_round_trip() {
         let mut p = Payload::from_json(serde_json::json!({"a": 1}));
         let body = encode(MessageFormat::Json, &mut p).unwrap();
-        assert_eq!(decode(MessageFormat::Json, &body).unwrap()["a"], 1);
+        assert_eq!(
+            decode(MessageFormat::Json, &body).unwrap().json().unwrap()["a"],
+            1
+        );
         let mut p = Payload::from_json(Value::String("aGk=".into()));
         assert_eq!(encode(MessageFormat::Bytes, &mut p).unwrap(), b"hi");
-        assert_eq!(decode(MessageFormat::Bytes, b"hi").unwrap(), "aGk=");
+        assert_eq!(
+            decode(MessageFormat::Bytes, b"hi").unwrap().json().unwrap(),
+            "aGk="
+        );
         assert!(decode(MessageFormat::Json, b"{").is_err());
     }
 

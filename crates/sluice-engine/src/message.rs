@@ -21,6 +21,12 @@ pub const BODY_ENCODING: &str = "sluice.body_encoding";
 /// already present, and a step that changes the payload keeps only the form it produced.
 #[derive(Clone, Debug)]
 pub struct Payload {
+    /// The body as it arrived, already checked to be JSON: parsed only into the form the
+    /// first step asks for, and written out unchanged (if compact) when no step replaced
+    /// the payload.
+    raw: Option<bytes::Bytes>,
+    /// Whether `raw` has no whitespace outside strings, so it can be written out as it is.
+    raw_compact: bool,
     json: Option<Value>,
     jmes: Option<Rcvar>,
     rhai: Option<Dynamic>,
@@ -30,6 +36,8 @@ impl Payload {
     /// A payload in JSON form.
     pub fn from_json(value: Value) -> Self {
         Payload {
+            raw: None,
+            raw_compact: false,
             json: Some(value),
             jmes: None,
             rhai: None,
@@ -39,6 +47,8 @@ impl Payload {
     /// A payload in JMESPath form.
     pub fn from_jmes(value: Rcvar) -> Self {
         Payload {
+            raw: None,
+            raw_compact: false,
             json: None,
             jmes: Some(value),
             rhai: None,
@@ -48,10 +58,27 @@ impl Payload {
     /// A payload in Rhai form.
     pub fn from_rhai(value: Dynamic) -> Self {
         Payload {
+            raw: None,
+            raw_compact: false,
             json: None,
             jmes: None,
             rhai: Some(value),
         }
+    }
+
+    /// A payload from a JSON body, kept as bytes until a step needs a parsed form. The body
+    /// is checked here (without building anything), so a body that is not JSON is refused
+    /// where it arrives, with the reason.
+    pub fn from_json_bytes(body: impl Into<bytes::Bytes>) -> Result<Self, serde_json::Error> {
+        let body = body.into();
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body)?;
+        Ok(Payload {
+            raw_compact: is_compact(&body),
+            raw: Some(body),
+            json: None,
+            jmes: None,
+            rhai: None,
+        })
     }
 
     /// The JSON form, converting once if needed.
@@ -61,6 +88,8 @@ impl Payload {
                 value::jmes_to_json(jmes)
             } else if let Some(rhai) = &self.rhai {
                 value::rhai_to_json(rhai)?
+            } else if let Some(raw) = &self.raw {
+                serde_json::from_slice(raw).map_err(|e| format!("the body is not JSON: {e}"))?
             } else {
                 Value::Null
             };
@@ -78,6 +107,12 @@ impl Payload {
             value::json_to_jmes(json)
         } else if let Some(rhai) = &self.rhai {
             value::rhai_to_jmes(rhai)?
+        } else if let Some(raw) = &self.raw {
+            // Straight from the bytes: no intermediate JSON tree.
+            Rcvar::new(
+                serde_json::from_slice::<Variable>(raw)
+                    .map_err(|e| format!("the body is not JSON: {e}"))?,
+            )
         } else {
             Rcvar::new(Variable::Null)
         };
@@ -88,9 +123,14 @@ impl Payload {
     /// Takes the Rhai form for a script to mutate; the payload is empty until replaced.
     pub fn take_rhai(&mut self) -> Dynamic {
         if let Some(rhai) = self.rhai.take() {
+            self.raw = None;
             self.json = None;
             self.jmes = None;
             return rhai;
+        }
+        if self.json.is_none() && self.jmes.is_none() && self.raw.is_some() {
+            // A checked body parses; should it not, the script sees `()` as for no payload.
+            let _ = self.json();
         }
         let converted = if let Some(jmes) = &self.jmes {
             value::jmes_to_rhai(jmes)
@@ -99,6 +139,7 @@ impl Payload {
         } else {
             Dynamic::UNIT
         };
+        self.raw = None;
         self.json = None;
         self.jmes = None;
         converted
@@ -113,19 +154,32 @@ impl Payload {
     /// A copy for a delivery: the cheapest form to copy (JMESPath values are shared).
     pub fn snapshot(&self) -> Payload {
         match &self.jmes {
-            Some(jmes) => Payload::from_jmes(jmes.clone()),
+            Some(jmes) => Payload {
+                raw: self.raw.clone(),
+                raw_compact: self.raw_compact,
+                jmes: Some(jmes.clone()),
+                json: None,
+                rhai: None,
+            },
             None => self.clone(),
         }
     }
 
     /// Serializes to compact JSON from whichever form is at hand, without converting.
     pub fn to_json_vec(&self) -> Result<Vec<u8>, String> {
+        if let Some(raw) = self.raw.as_ref().filter(|_| self.raw_compact) {
+            return Ok(raw.to_vec());
+        }
         let result = if let Some(json) = &self.json {
             serde_json::to_vec(json)
         } else if let Some(jmes) = &self.jmes {
             serde_json::to_vec(&**jmes)
         } else if let Some(rhai) = &self.rhai {
             return serde_json::to_vec(&value::rhai_to_json(rhai)?).map_err(|e| e.to_string());
+        } else if let Some(raw) = &self.raw {
+            // Not compact: parsed and written again, so the output is one line.
+            let value: Value = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
+            serde_json::to_vec(&value)
         } else {
             Ok(b"null".to_vec())
         };
@@ -133,7 +187,10 @@ impl Payload {
     }
 
     /// Reads a field path (`a.b.c`) from whichever form is at hand, without converting.
-    pub fn get_path(&self, path: &[String]) -> Option<PathValue> {
+    pub fn get_path(&mut self, path: &[String]) -> Option<PathValue> {
+        if self.json.is_none() && self.jmes.is_none() && self.rhai.is_none() {
+            self.jmes().ok()?;
+        }
         if let Some(jmes) = &self.jmes {
             let mut cur: &Variable = jmes;
             for key in path {
@@ -172,6 +229,33 @@ impl Payload {
         } else {
             Some(PathValue::Other)
         }
+    }
+}
+
+/// Whether a (valid) JSON text has no whitespace outside its strings.
+fn is_compact(json: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b.is_ascii_whitespace() {
+            return false;
+        }
+    }
+    true
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Payload::from_json(value)
     }
 }
 
@@ -219,7 +303,7 @@ pub struct Message {
 
 impl Message {
     /// A new message with a fresh id, the flow name and the time of arrival in its metadata.
-    pub fn new(flow: &str, payload: Value, mut meta: Meta) -> Self {
+    pub fn new(flow: &str, payload: impl Into<Payload>, mut meta: Meta) -> Self {
         meta.entry("message_id".to_owned())
             .or_insert_with(|| uuid::Uuid::now_v7().to_string());
         meta.insert("flow".to_owned(), flow.to_owned());
@@ -227,7 +311,7 @@ impl Message {
             humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
         });
         Message {
-            payload: Payload::from_json(payload),
+            payload: payload.into(),
             meta: Arc::new(meta),
         }
     }
@@ -262,5 +346,43 @@ impl Message {
             .get("message_id")
             .map(String::as_str)
             .unwrap_or("-")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_body_is_parsed_only_when_a_form_is_needed() {
+        let mut p = Payload::from_json_bytes(&br#"{"id":"a","n":[1,2]}"#[..]).unwrap();
+        assert_eq!(p.to_json_vec().unwrap(), br#"{"id":"a","n":[1,2]}"#);
+        assert_eq!(
+            p.get_path(&["id".to_owned()]),
+            Some(PathValue::Text("a".into()))
+        );
+        let mut p = Payload::from_json_bytes(&b"{\"s\":\"x y\\\"\"}"[..]).unwrap();
+        assert_eq!(p.jmes().unwrap().as_object().unwrap().len(), 1);
+        assert_eq!(p.json().unwrap()["s"], "x y\"");
+        assert_eq!(p.snapshot().to_json_vec().unwrap(), b"{\"s\":\"x y\\\"\"}");
+    }
+
+    #[test]
+    fn a_body_with_whitespace_is_written_compact() {
+        let p = Payload::from_json_bytes(&b"{ \"a\": 1 }\n"[..]).unwrap();
+        assert_eq!(p.to_json_vec().unwrap(), br#"{"a":1}"#);
+        let mut p = Payload::from_json_bytes(&b"[1, 2]"[..]).unwrap();
+        assert_eq!(
+            value::rhai_to_json(&p.take_rhai()).unwrap(),
+            serde_json::json!([1, 2])
+        );
+        assert!(p.to_json_vec().unwrap() == b"null");
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_refused() {
+        let e = Payload::from_json_bytes(&b"{\"a\":"[..]).unwrap_err();
+        assert_eq!((e.line(), e.column()), (1, 5));
+        assert!(Payload::from_json_bytes(&b"{} {}"[..]).is_err());
     }
 }

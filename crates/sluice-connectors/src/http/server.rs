@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use sluice_engine::{Acker, Envelope, ErrorKind, Inlet, Message, Meta, Outcome};
+use sluice_engine::{Acker, Envelope, ErrorKind, Inlet, Message, Meta, Outcome, Payload};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -414,11 +414,11 @@ async fn serve(
     {
         return error_response(StatusCode::UNAUTHORIZED, "auth", reason, None, None);
     }
-    let payload: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
+    let payload: Payload = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null.into()
     } else {
-        match serde_json::from_slice(&bytes) {
-            Ok(value) => value,
+        match Payload::from_json_bytes(bytes.clone()) {
+            Ok(payload) => payload,
             Err(e) => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
