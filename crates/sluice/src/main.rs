@@ -11,6 +11,7 @@ use std::process::ExitCode;
 /// The process allocator. With glibc's malloc a third of the CPU time on the broker path went
 /// to its arena locks and free-list consolidation (perf, bench/README.md); mimalloc's
 /// thread-local heaps avoid both.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
