@@ -223,7 +223,7 @@ impl MqttTrigger {
                 _ => return Err("the broker answered before CONNACK".to_owned()),
             },
         };
-        if first.swap(false, Ordering::Relaxed) || !session_present {
+        if first.load(Ordering::Relaxed) || !session_present {
             let filters = self
                 .topics
                 .iter()
@@ -247,6 +247,8 @@ impl MqttTrigger {
                     ));
                 }
             }
+            // Only now: a subscription that failed is made again at the next connection.
+            first.store(false, Ordering::Relaxed);
         }
         inlet.set_healthy();
         backoff.reset();
