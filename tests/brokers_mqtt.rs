@@ -12,15 +12,12 @@ mod support;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use support::mosquitto::{Mosquitto, mosquitto_installed};
 use support::*;
 
 const MQTT_PORT: u16 = 1883;
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
 fn url(port: u16) -> String {
     format!("mqtt://127.0.0.1:{port}")
@@ -636,132 +633,6 @@ errors:
     drop(second);
     sub.disconnect();
     publisher.disconnect();
-}
-
-// ---------------------------------------------------------------------------------------------
-// A private mosquitto (for the broker restart)
-// ---------------------------------------------------------------------------------------------
-
-/// Whether `/usr/sbin/mosquitto` is installed; otherwise prints why the test skips (or fails
-/// under `SLUICE_REQUIRE_SERVICES=1`).
-fn mosquitto_installed() -> bool {
-    if Path::new(MOSQUITTO).is_file() {
-        return true;
-    }
-    let test = std::thread::current().name().unwrap_or("test").to_owned();
-    if services_required() {
-        panic!("{test}: {MOSQUITTO} is not installed, and SLUICE_REQUIRE_SERVICES=1 requires it");
-    }
-    eprintln!(
-        "SKIPPED {test}: {MOSQUITTO} is not installed (set SLUICE_REQUIRE_SERVICES=1 to make this a failure)"
-    );
-    false
-}
-
-/// A private mosquitto with persistence in its own folder. [`Mosquitto::stop`] sends SIGTERM
-/// (mosquitto saves its database on exit); dropping it sends SIGKILL by PID and reaps it.
-struct Mosquitto {
-    port: u16,
-    conf: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mosquitto {
-    fn start(dir: &Path) -> Mosquitto {
-        let port = free_port();
-        let mut conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-             persistence_location {}/\nmax_queued_messages 100000\nmax_inflight_messages 100\n",
-            dir.display()
-        );
-        // Started as root, mosquitto would switch to the `mosquitto` user, which cannot write
-        // into the private folder.
-        if unsafe { libc::geteuid() } == 0 {
-            conf.push_str("user root\n");
-        }
-        let conf_path = dir.join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
-        let mut broker = Mosquitto {
-            port,
-            conf: conf_path,
-            log: dir.join("mosquitto.log"),
-            child: None,
-        };
-        broker.restart();
-        broker
-    }
-
-    /// Starts mosquitto (again, on the same port) and waits until it accepts connections.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "mosquitto is already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open mosquitto.log");
-        let child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(&self.conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {MOSQUITTO}: {e}"));
-        self.child = Some(child);
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        let up = wait_until(secs(20), || {
-            std::net::TcpStream::connect_timeout(&addr, millis(200)).is_ok()
-        });
-        assert!(
-            up,
-            "mosquitto did not listen on port {} within 20 s:\n{}",
-            self.port,
-            self.log_text()
-        );
-    }
-
-    /// SIGTERM by PID, then waits (bounded) for the exit.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + secs(20);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(millis(20)),
-                _ => {
-                    unsafe {
-                        libc::kill(child.id() as i32, libc::SIGKILL);
-                    }
-                    let _ = child.wait();
-                    panic!(
-                        "mosquitto did not exit within 20 s of SIGTERM:\n{}",
-                        self.log_text()
-                    );
-                }
-            }
-        }
-    }
-
-    fn log_text(&self) -> String {
-        tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 30)
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGKILL);
-            }
-            let _ = child.wait();
-        }
-    }
 }
 
 /// `GET /readyz` status (0 when the admin server does not answer).

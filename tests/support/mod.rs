@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};

@@ -9,7 +9,10 @@ pub use sink::MqttSink;
 pub use trigger::MqttTrigger;
 
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-use sluice_flow::{Dur, MqttQos};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_engine::BuildContext;
+use sluice_flow::{Diagnostic, Dur, MqttQos, MqttTls, Spanned, Text};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +28,8 @@ struct Endpoint {
     port: u16,
     tls: bool,
     login: Option<(String, String)>,
+    /// The TLS client configuration, built at load from the `tls:` settings (for `mqtts`).
+    tls_config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Endpoint {
@@ -67,7 +72,33 @@ impl Endpoint {
             port: parsed.port().unwrap_or(if tls { 8883 } else { 1883 }),
             tls,
             login,
+            tls_config: None,
         })
+    }
+
+    /// The endpoint of a trigger's or sink's `url`, with its `tls:` settings read (the
+    /// certificate files are loaded now, so a missing or broken one is a load error).
+    fn load(
+        url: &Spanned<Text>,
+        tls: Option<&Spanned<MqttTls>>,
+        cx: &BuildContext<'_>,
+    ) -> Result<Endpoint, Diagnostic> {
+        let mut endpoint = Endpoint::parse(&url.value).map_err(|e| {
+            cx.diagnostic(url, e).with_help(
+                "e.g. url: mqtt://127.0.0.1:1883, or mqtts://user:${env:MQTT_PASSWORD}@broker:8883",
+            )
+        })?;
+        if let Some(settings) = tls
+            && !endpoint.tls
+        {
+            return Err(cx
+                .diagnostic(settings, "`tls` settings need an `mqtts://` URL")
+                .with_help("write the url as mqtts://host:8883, or remove `tls`"));
+        }
+        if endpoint.tls {
+            endpoint.tls_config = Some(tls_config(tls.map(|t| &t.value), cx)?);
+        }
+        Ok(endpoint)
     }
 
     /// Client options for one connection; acknowledgements of received messages are ours.
@@ -84,35 +115,104 @@ impl Endpoint {
         if let Some((user, password)) = &self.login {
             options.set_credentials(user.clone(), password.clone());
         }
-        if self.tls {
-            options.set_transport(Transport::tls_with_config(tls_config()));
+        if let Some(config) = &self.tls_config {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                config.clone(),
+            )));
         }
         options
     }
 }
 
-/// TLS with the system's root certificates and the ring provider (the one every other
-/// connector uses; rustls picks no provider by itself when several are compiled in).
-fn tls_config() -> TlsConfiguration {
+/// The TLS client configuration: the `ca` file's authorities, else the system's roots, and
+/// the client certificate when `cert` and `key` are given. The ring provider is named
+/// explicitly: rustls picks none by itself when several are compiled in.
+fn tls_config(
+    tls: Option<&MqttTls>,
+    cx: &BuildContext<'_>,
+) -> Result<Arc<rustls::ClientConfig>, Diagnostic> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        // A certificate the store cannot parse is skipped, as browsers do.
-        let _ = roots.add(cert);
+    match tls.and_then(|t| t.ca.as_ref()) {
+        Some(ca) => {
+            let certs = read_pem(ca, cx)?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    cx.diagnostic(
+                        ca,
+                        format!("`{}` holds a certificate rustls cannot use: {e}", ca.value),
+                    )
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(cx
+                    .diagnostic(ca, format!("`{}` holds no certificate", ca.value))
+                    .with_help(
+                        "give a PEM file with one or more `-----BEGIN CERTIFICATE-----` blocks",
+                    ));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A system certificate rustls cannot parse is skipped, as browsers do.
+                let _ = roots.add(cert);
+            }
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = match rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-    {
-        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
-        // ring supports the default versions; this only guards a future provider change.
-        Err(e) => {
-            tracing::error!("mqtt: TLS set-up failed: {e}");
-            rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
+        .map_err(|e| cx.flow.diagnostic(None, format!("TLS set-up failed: {e}")))?
+        .with_root_certificates(roots);
+    let (cert, key) = (
+        tls.and_then(|t| t.cert.as_ref()),
+        tls.and_then(|t| t.key.as_ref()),
+    );
+    let config = match (cert, key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = read_pem(cert, cx)?;
+            let private = PrivateKeyDer::from_pem_file(key.value.as_str()).map_err(|e| {
+                cx.diagnostic(
+                    key,
+                    format!("cannot read the private key `{}`: {e}", key.value),
+                )
+                .with_help("give a PEM file with a `-----BEGIN PRIVATE KEY-----` (or RSA/EC) block")
+            })?;
+            builder.with_client_auth_cert(chain, private).map_err(|e| {
+                cx.diagnostic(
+                    cert,
+                    format!("the client certificate and key do not fit together: {e}"),
+                )
+            })?
+        }
+        (Some(only), None) | (None, Some(only)) => {
+            return Err(cx
+                .diagnostic(only, "a client certificate needs both `cert` and `key`")
+                .with_help("give both PEM files, or neither"));
         }
     };
-    TlsConfiguration::Rustls(Arc::new(config))
+    Ok(Arc::new(config))
+}
+
+/// Reads every certificate of a PEM file, reporting a problem at the setting's position.
+fn read_pem(
+    path: &Spanned<Text>,
+    cx: &BuildContext<'_>,
+) -> Result<Vec<CertificateDer<'static>>, Diagnostic> {
+    let unreadable = |e: rustls::pki_types::pem::Error| {
+        cx.diagnostic(path, format!("cannot read `{}`: {e}", path.value))
+            .with_help("the path is relative to the working directory; the file must be PEM")
+    };
+    let certs = CertificateDer::pem_file_iter(path.value.as_str())
+        .map_err(unreadable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unreadable)?;
+    if certs.is_empty() {
+        return Err(cx
+            .diagnostic(path, format!("`{}` holds no certificate", path.value))
+            .with_help("give a PEM file with one or more `-----BEGIN CERTIFICATE-----` blocks"));
+    }
+    Ok(certs)
 }
 
 fn percent_decode(s: &str) -> String {

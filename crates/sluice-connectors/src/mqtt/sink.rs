@@ -100,11 +100,7 @@ impl Waiters {
 impl MqttSink {
     /// Builds the sink, checking the URL and the topic template; nothing is opened yet.
     pub fn new(config: &MqttSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
-        let endpoint = Endpoint::parse(&config.url.value).map_err(|e| {
-            cx.diagnostic(&config.url, e).with_help(
-                "e.g. url: mqtt://127.0.0.1:1883, or mqtts://user:${env:MQTT_PASSWORD}@broker:8883",
-            )
-        })?;
+        let endpoint = Endpoint::load(&config.url, config.tls.as_deref(), cx)?;
         let at = |offset: usize| {
             sluice_engine::compile::position_in_scalar(
                 &cx.flow.source,

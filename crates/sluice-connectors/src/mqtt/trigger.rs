@@ -50,11 +50,7 @@ enum Ended {
 impl MqttTrigger {
     /// Builds the trigger, checking the URL and every topic filter at its position.
     pub fn new(config: &MqttTriggerConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
-        let endpoint = Endpoint::parse(&config.url.value).map_err(|e| {
-            cx.diagnostic(&config.url, e).with_help(
-                "e.g. url: mqtt://127.0.0.1:1883, or mqtts://user:${env:MQTT_PASSWORD}@broker:8883",
-            )
-        })?;
+        let endpoint = Endpoint::load(&config.url, config.tls.as_deref(), cx)?;
         if config.topics.value.is_empty() {
             return Err(cx
                 .diagnostic(&config.topics, "`topics` is empty")

@@ -317,6 +317,18 @@ impl<'de> Deserialize<'de> for MqttQos {
     }
 }
 
+/// TLS settings of an `mqtts://` connection; without them the system's roots are trusted.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTls {
+    /// PEM file of the certificate authorities to trust instead of the system's.
+    pub ca: Option<Spanned<Text>>,
+    /// PEM file of a client certificate (chain), for brokers that require one; with `key`.
+    pub cert: Option<Spanned<Text>>,
+    /// PEM file of the client certificate's private key.
+    pub key: Option<Spanned<Text>>,
+}
+
 /// The `mqtt` trigger: subscribes to topic filters in a persistent session, so messages
 /// published while sluice is down are delivered when it is back.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -327,6 +339,8 @@ pub struct MqttTriggerConfig {
     pub url: Spanned<Text>,
     /// Topic filters; `+` matches one level, `#` the rest.
     pub topics: Spanned<Vec<Spanned<Text>>>,
+    /// TLS settings for an `mqtts://` URL.
+    pub tls: Option<Box<Spanned<MqttTls>>>,
     /// The session's client id (default `sluice-<flow name>`). The broker keeps the session
     /// under this id: keep it stable, and unique among the broker's clients.
     pub client_id: Option<Spanned<Text>>,
@@ -357,6 +371,8 @@ pub struct MqttSinkConfig {
     pub url: Spanned<Text>,
     /// Topic template; `{{ expr }}` holds JMESPath. No wildcards.
     pub topic: Spanned<Text>,
+    /// TLS settings for an `mqtts://` URL.
+    pub tls: Option<Box<Spanned<MqttTls>>>,
     /// Publish QoS: 1 (default, waits for the broker's PUBACK) or 0.
     #[serde(default)]
     pub qos: MqttQos,
