@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod mqtt;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
