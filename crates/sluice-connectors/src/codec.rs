@@ -54,7 +54,7 @@ pub fn correlation_id(meta: &Meta) -> &str {
 
 /// Capped exponential backoff for reconnecting: 100 ms, 200 ms, … up to 10 s.
 #[derive(Debug)]
-pub struct Backoff {
+struct Backoff {
     next: Duration,
 }
 
@@ -68,18 +68,8 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(10);
 
-    /// Back to the first, short wait (after a success).
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-
-    /// The wait the next call to [`Backoff::wait`] will take.
-    pub fn peek(&self) -> Duration {
-        self.next
-    }
-
     /// Waits the current delay and doubles it; `false` when `stop` was cancelled meanwhile.
-    pub async fn wait(&mut self, stop: &CancellationToken) -> bool {
+    async fn wait(&mut self, stop: &CancellationToken) -> bool {
         let delay = self.next;
         self.next = (self.next * 2).min(Self::MAX);
         tokio::select! {
@@ -90,24 +80,26 @@ impl Backoff {
 }
 
 /// Runs a broker trigger's consuming loop until `stop`, connecting again with capped
-/// backoff whenever it fails; the flow reports unready meanwhile. `consume` gets the backoff
-/// (to reset it once connected) and hands it back with its result.
+/// backoff whenever it fails; the flow reports unready meanwhile. `consume` connects, marks
+/// the inlet healthy once it is consuming, and returns `Ok` only when `stop` was cancelled. An
+/// attempt that got as far as healthy starts the backoff afresh.
 pub async fn consume_reconnecting<F, Fut>(
     inlet: &Inlet,
     stop: &CancellationToken,
     source: &str,
     mut consume: F,
 ) where
-    F: FnMut(Backoff) -> Fut,
-    Fut: std::future::Future<Output = (Backoff, Result<(), String>)>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
 {
     let mut backoff = Backoff::default();
     loop {
-        let (returned, result) = consume(backoff).await;
-        backoff = returned;
-        let Err(e) = result else { return };
+        let Err(e) = consume().await else { return };
+        if inlet.is_healthy() {
+            backoff = Backoff::default();
+        }
         inlet.set_unhealthy(e.clone());
-        tracing::warn!(flow = %inlet.flow(), "{source}: {e}; reconnecting in {}", humantime::format_duration(backoff.peek()));
+        tracing::warn!(flow = %inlet.flow(), "{source}: {e}; reconnecting in {}", humantime::format_duration(backoff.next));
         if !backoff.wait(stop).await {
             return;
         }

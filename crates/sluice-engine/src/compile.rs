@@ -307,19 +307,7 @@ impl Compiler<'_> {
         for name in &targets.value.0 {
             if !sinks.contains(&name.as_str()) {
                 ok = false;
-                let mut d = self.flow.diagnostic(
-                    Span::of(targets),
-                    format!("route to undefined sink `{name}`"),
-                );
-                if let Some(close) = did_you_mean(name, sinks.iter().copied()) {
-                    d = d.with_help(format!("did you mean `{close}`?"));
-                }
-                d = d.with_help(if sinks.is_empty() {
-                    "the flow defines no sinks; add one under `sinks:`".to_owned()
-                } else {
-                    format!("defined sinks: {}", sinks.join(", "))
-                });
-                self.diagnostics.push(d);
+                self.unknown_sink(targets, name, sinks, "route to");
             }
         }
         ok.then(|| targets.value.0.clone())

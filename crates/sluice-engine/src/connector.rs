@@ -151,6 +151,14 @@ impl Inlet {
         }
     }
 
+    /// Whether the trigger is healthy (it is until it says otherwise).
+    pub fn is_healthy(&self) -> bool {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
     /// The flow's name (for message metadata and logs).
     pub fn flow(&self) -> &str {
         &self.flow

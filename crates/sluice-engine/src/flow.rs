@@ -185,12 +185,10 @@ impl CompiledFlow {
     ) -> Option<Outcome> {
         if let Some(why) = message.undecodable_reason() {
             let error = FlowError::permanent(ErrorKind::Trigger, why.to_owned());
-            let correlation_id = message.meta.get("correlation_id").cloned();
             let message_id = message.id().to_owned();
+            let meta = message.meta.clone();
             let original = Some((message.payload, message.meta));
-            let outcome = self
-                .fail(error, 1, (&message_id, correlation_id), original, true)
-                .await;
+            let outcome = self.fail(error, 1, &meta, original, true).await;
             if !outcome.dead_lettered() {
                 tracing::error!(flow = %self.name, message_id = %message_id,
                     "the body cannot be read and the flow has no working dead letter: the message is acknowledged at its source and dropped; add `errors: dead_letter:` to keep such messages");
@@ -251,35 +249,29 @@ impl CompiledFlow {
                     (error, attempts)
                 }
             };
-            let correlation_id = exec.meta.get("correlation_id").cloned();
             exec.finish(false);
             Some(
-                self.fail(
-                    error,
-                    attempts,
-                    (&message_id, correlation_id),
-                    original,
-                    dead_letter,
-                )
-                .await,
+                self.fail(error, attempts, &exec.meta, original, dead_letter)
+                    .await,
             )
         }
         .boxed()
     }
 
-    /// Logs a failed message and dead-letters it (when asked to and configured).
+    /// Logs a failed message (its ids are read from `meta`) and dead-letters it (when asked
+    /// to and configured).
     async fn fail(
         &self,
         error: FlowError,
         attempts: u32,
-        message: (&str, Option<String>),
+        meta: &Meta,
         original: Option<(Payload, Arc<Meta>)>,
         dead_letter: bool,
     ) -> Outcome {
-        let (message_id, correlation_id) = message;
+        let message_id = meta.get("message_id").map_or("-", String::as_str);
         let mut envelope =
             ErrorEnvelope::new(&self.name, &self.version, message_id, &error, attempts);
-        envelope.correlation_id = correlation_id;
+        envelope.correlation_id = meta.get("correlation_id").cloned();
         tracing::warn!(flow = %self.name, message_id = %message_id, kind = %error.kind, "message failed: {error}");
         let dead_lettered = match (&self.dead_letter, original) {
             (Some(sink), Some((payload, meta))) if dead_letter => {
@@ -354,7 +346,6 @@ impl CompiledFlow {
         at: usize,
         dead_letter: bool,
     ) -> Option<Outcome> {
-        let message_id = exec.meta.get("message_id").cloned().unwrap_or_default();
         let original = self
             .dead_letter
             .as_ref()
@@ -402,17 +393,10 @@ impl CompiledFlow {
                 Some(Outcome::Delivered(None))
             }
             Some((error, attempts)) => {
-                let correlation_id = exec.meta.get("correlation_id").cloned();
                 exec.finish(false);
                 Some(
-                    self.fail(
-                        error,
-                        attempts,
-                        (&message_id, correlation_id),
-                        original,
-                        dead_letter,
-                    )
-                    .await,
+                    self.fail(error, attempts, &exec.meta, original, dead_letter)
+                        .await,
                 )
             }
         }
@@ -441,11 +425,7 @@ impl CompiledFlow {
                     let (aggregated, followers) = closed.into_parts();
                     let outcome = match aggregated {
                         Ok(next) => self.run(next, at + 1, want_reply, true).await,
-                        Err((error, meta)) => {
-                            let id = meta.get("message_id").cloned().unwrap_or_default();
-                            let correlation_id = meta.get("correlation_id").cloned();
-                            Some(self.fail(error, 1, (&id, correlation_id), None, true).await)
-                        }
+                        Err((error, meta)) => Some(self.fail(error, 1, &meta, None, true).await),
                     };
                     for follower in followers {
                         let _ = follower.send(outcome.as_ref().map(replicate));

@@ -2,7 +2,7 @@
 //! delivery after the flow's sinks or its dead letter confirmed, and rejects with requeue
 //! after a failure that was not dead-lettered.
 
-use crate::codec::{self, Backoff, consume_reconnecting};
+use crate::codec::{self, consume_reconnecting};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
@@ -49,12 +49,7 @@ impl AmqpTrigger {
         })
     }
 
-    async fn consume(
-        &self,
-        inlet: &Inlet,
-        stop: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), String> {
+    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), String> {
         let connection = super::connect(&self.url).await?;
         let channel = connection
             .create_channel()
@@ -86,7 +81,6 @@ impl AmqpTrigger {
             .map_err(|e| format!("consume `{}`: {e}", self.queue))?;
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), queue = %self.queue, prefetch = self.prefetch, "amqp consumer ready");
-        backoff.reset();
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => {
@@ -164,10 +158,7 @@ impl Trigger for AmqpTrigger {
             inlet,
             stop,
             &format!("amqp trigger (queue {})", this.queue),
-            |mut backoff| async move {
-                let result = this.consume(inlet, stop, &mut backoff).await;
-                (backoff, result)
-            },
+            || this.consume(inlet, stop),
         )
         .await;
     }

@@ -118,14 +118,7 @@ impl Trigger for FileTrigger {
                 _ = stop.cancelled() => return,
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
             };
-            lock(&shared.in_flight).insert(name.clone());
-            tokio::spawn(process(
-                shared.clone(),
-                inlet.clone(),
-                name,
-                permit,
-                stop.clone(),
-            ));
+            start(&shared, &inlet, name, permit, &stop);
         }
 
         let _watcher = watch_folder(&self.folder, poke_tx.clone());
@@ -243,14 +236,7 @@ impl FileTrigger {
             match std::fs::rename(&from, &to) {
                 Ok(()) => {
                     gate.forget(&name);
-                    lock(&shared.in_flight).insert(name.clone());
-                    tokio::spawn(process(
-                        shared.clone(),
-                        inlet.clone(),
-                        name,
-                        permit,
-                        stop.clone(),
-                    ));
+                    start(shared, inlet, name, permit, stop);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => gate.forget(&name),
                 Err(e) => {
@@ -430,6 +416,24 @@ impl Claim {
         }
         self.finish(disposition, Some(sidecar));
     }
+}
+
+/// Marks a claimed file in flight and processes it in a task of its own.
+fn start(
+    shared: &Arc<Shared>,
+    inlet: &Inlet,
+    name: String,
+    slot: OwnedSemaphorePermit,
+    stop: &CancellationToken,
+) {
+    lock(&shared.in_flight).insert(name.clone());
+    tokio::spawn(process(
+        shared.clone(),
+        inlet.clone(),
+        name,
+        slot,
+        stop.clone(),
+    ));
 }
 
 /// Reads a claimed file, sends its messages, and leaves the rest to the acks.

@@ -359,55 +359,38 @@ async fn serve(
     {
         return error_response(StatusCode::UNAUTHORIZED, "auth", reason, None, None);
     }
+    let too_large = || {
+        let why = format!(
+            "the body is over this route's max_body of {} bytes",
+            route.max_body
+        );
+        error_response(StatusCode::PAYLOAD_TOO_LARGE, "trigger", &why, None, None)
+    };
+    let not_json = || {
+        error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "trigger",
+            "the body must be JSON (Content-Type: application/json)",
+            None,
+            None,
+        )
+    };
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > route.max_body) {
-        return error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "trigger",
-            &format!(
-                "the body is over this route's max_body of {} bytes",
-                route.max_body
-            ),
-            None,
-            None,
-        );
+        return too_large();
     }
     if declared.is_some_and(|len| len > 0) && !is_json(headers) {
-        return error_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "trigger",
-            "the body must be JSON (Content-Type: application/json)",
-            None,
-            None,
-        );
+        return not_json();
     }
     let limit = usize::try_from(route.max_body).unwrap_or(usize::MAX);
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "trigger",
-                &format!(
-                    "the body is over this route's max_body of {} bytes",
-                    route.max_body
-                ),
-                None,
-                None,
-            );
-        }
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return too_large();
     };
     if !bytes.is_empty() && declared.is_none() && !is_json(headers) {
-        return error_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "trigger",
-            "the body must be JSON (Content-Type: application/json)",
-            None,
-            None,
-        );
+        return not_json();
     }
     if let Some(auth) = route.auth.as_ref().filter(|a| a.needs_body())
         && let Err(reason) = auth.check(headers, Some(&bytes))

@@ -161,7 +161,11 @@ fn tls_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| cx.flow.diagnostic(None, format!("TLS set-up failed: {e}")))?
+        .map_err(|e| {
+            cx.flow
+                .diagnostic(None, format!("TLS set-up failed: {e}"))
+                .with_help("the TLS library refused its own defaults; please report this as a bug")
+        })?
         .with_root_certificates(roots);
     let (cert, key) = (
         tls.and_then(|t| t.cert.as_ref()),

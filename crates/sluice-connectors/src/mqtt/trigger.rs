@@ -9,7 +9,7 @@
 //! ids are only meaningful within the connection that received them.
 
 use super::Endpoint;
-use crate::codec::{self, Backoff, consume_reconnecting};
+use crate::codec::{self, consume_reconnecting};
 use async_trait::async_trait;
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing as Sent, Publish, QoS, SubscribeReasonCode};
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
@@ -111,7 +111,6 @@ impl MqttTrigger {
         &self,
         inlet: &Inlet,
         stop: &CancellationToken,
-        backoff: &mut Backoff,
         first: &AtomicBool,
     ) -> Result<Ended, String> {
         let options = self
@@ -123,6 +122,7 @@ impl MqttTrigger {
             open: AtomicBool::new(true),
             pending_acks: std::sync::Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             redeliver: Notify::new(),
         });
 
@@ -130,23 +130,21 @@ impl MqttTrigger {
         // and reports through channels.
         let (control_tx, mut control) = mpsc::unbounded_channel::<Control>();
         let (publish_tx, publish_rx) = mpsc::unbounded_channel::<Publish>();
-        let waiting = Arc::new(AtomicUsize::new(0));
         let poller = {
             let connection = connection.clone();
-            let waiting = waiting.clone();
             let flow = inlet.flow().to_owned();
             tokio::spawn(async move {
                 loop {
                     match eventloop.poll().await {
                         Ok(Event::Incoming(Incoming::Publish(publish))) => {
                             if publish.qos == QoS::AtMostOnce
-                                && waiting.load(Ordering::Relaxed) >= MAX_WAITING_QOS0
+                                && connection.waiting.load(Ordering::Relaxed) >= MAX_WAITING_QOS0
                             {
                                 tracing::warn!(flow = %flow, topic = %publish.topic,
                                     "mqtt: QoS 0 message dropped, {MAX_WAITING_QOS0} already wait for the flow");
                                 continue;
                             }
-                            waiting.fetch_add(1, Ordering::Relaxed);
+                            connection.waiting.fetch_add(1, Ordering::Relaxed);
                             let _ = publish_tx.send(publish);
                         }
                         Ok(Event::Outgoing(Sent::PubAck(pkid))) => connection.acknowledged(pkid),
@@ -171,16 +169,7 @@ impl MqttTrigger {
             })
         };
         let result = self
-            .serve(
-                inlet,
-                stop,
-                backoff,
-                first,
-                &connection,
-                &mut control,
-                publish_rx,
-                waiting,
-            )
+            .serve(inlet, stop, first, &connection, &mut control, publish_rx)
             .await;
         connection.close();
         if result.is_ok() {
@@ -200,17 +189,14 @@ impl MqttTrigger {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn serve(
         &self,
         inlet: &Inlet,
         stop: &CancellationToken,
-        backoff: &mut Backoff,
         first: &AtomicBool,
         connection: &Arc<Connection>,
         control: &mut mpsc::UnboundedReceiver<Control>,
         publishes: mpsc::UnboundedReceiver<Publish>,
-        waiting: Arc<AtomicUsize>,
     ) -> Result<Ended, String> {
         let session_present = tokio::select! {
             _ = stop.cancelled() => return Ok(Ended::Stopped),
@@ -247,13 +233,11 @@ impl MqttTrigger {
             first.store(false, Ordering::Relaxed);
         }
         inlet.set_healthy();
-        backoff.reset();
         tracing::info!(flow = %inlet.flow(), client_id = %self.client_id, session_present,
             topics = %self.topics.join(", "), "mqtt session ready");
 
         let forwarder = tokio::spawn(forward(
             publishes,
-            waiting,
             inlet.clone(),
             connection.clone(),
             self.format,
@@ -312,6 +296,8 @@ struct Connection {
     pending_acks: std::sync::Mutex<HashMap<u16, oneshot::Sender<()>>>,
     /// Messages given to the flow and not yet settled.
     in_flight: AtomicUsize,
+    /// Messages received and not yet queued in the flow (bounds QoS 0 floods).
+    waiting: AtomicUsize,
     /// Woken when a failed message needs the session resumed.
     redeliver: Notify,
 }
@@ -373,7 +359,6 @@ impl Connection {
 /// Turns received messages into envelopes and queues them in the flow, in order.
 async fn forward(
     mut publishes: mpsc::UnboundedReceiver<Publish>,
-    waiting: Arc<AtomicUsize>,
     inlet: Inlet,
     connection: Arc<Connection>,
     format: MessageFormat,
@@ -382,7 +367,7 @@ async fn forward(
 ) {
     let flow = inlet.flow().to_owned();
     while let Some(mut publish) = publishes.recv().await {
-        waiting.fetch_sub(1, Ordering::Relaxed);
+        connection.waiting.fetch_sub(1, Ordering::Relaxed);
         let decoded = codec::decode(format, &publish.payload);
         let mut meta = Meta::new();
         meta.insert("mqtt.qos".to_owned(), (publish.qos as u8).to_string());
@@ -466,15 +451,14 @@ impl Trigger for MqttTrigger {
             inlet,
             stop,
             &format!("mqtt trigger (client id {})", this.client_id),
-            |mut backoff| async move {
-                let result = loop {
-                    match this.session(inlet, stop, &mut backoff, first).await {
-                        Ok(Ended::Redeliver) if !stop.is_cancelled() => continue,
-                        Ok(_) => break Ok(()),
-                        Err(e) => break Err(e),
+            || async move {
+                // A redelivery resumes the session at once, without the reconnect backoff.
+                while let Ended::Redeliver = this.session(inlet, stop, first).await? {
+                    if stop.is_cancelled() {
+                        break;
                     }
-                };
-                (backoff, result)
+                }
+                Ok(())
             },
         )
         .await;

@@ -4,7 +4,7 @@
 //! NATS subscription (at-most-once: NATS does not keep what it could not deliver).
 
 use super::NatsClients;
-use crate::codec::{self, Backoff, consume_reconnecting};
+use crate::codec::{self, consume_reconnecting};
 use async_nats::jetstream::{self, AckKind, consumer};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -114,7 +114,6 @@ impl NatsTrigger {
         source: &JetStreamSource,
         inlet: &Inlet,
         stop: &CancellationToken,
-        backoff: &mut Backoff,
     ) -> Result<(), String> {
         let client = self.clients.get(&self.url).await?;
         let js = jetstream::new(client);
@@ -150,7 +149,6 @@ impl NatsTrigger {
             .map_err(|e| format!("consumer `{}`: {e}", source.durable))?;
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), stream = %source.stream, durable = %source.durable, "nats consumer ready");
-        backoff.reset();
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
@@ -209,19 +207,13 @@ impl NatsTrigger {
         inlet.send(envelope).await.is_ok()
     }
 
-    async fn consume_core(
-        &self,
-        inlet: &Inlet,
-        stop: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), String> {
+    async fn consume_core(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), String> {
         let client = self.clients.get(&self.url).await?;
         let mut subscriber = client
             .subscribe(self.subject.clone())
             .await
             .map_err(|e| format!("subscribe `{}`: {e}", self.subject))?;
         inlet.set_healthy();
-        backoff.reset();
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
@@ -286,15 +278,11 @@ impl Trigger for NatsTrigger {
     async fn run(self: Box<Self>, inlet: Inlet, stop: CancellationToken) {
         let this = &*self;
         let (inlet, stop) = (&inlet, &stop);
-        consume_reconnecting(inlet, stop, "nats trigger", |mut backoff| async move {
-            let result = match &this.jetstream {
-                Some(source) => {
-                    this.consume_jetstream(source, inlet, stop, &mut backoff)
-                        .await
-                }
-                None => this.consume_core(inlet, stop, &mut backoff).await,
-            };
-            (backoff, result)
+        consume_reconnecting(inlet, stop, "nats trigger", || async move {
+            match &this.jetstream {
+                Some(source) => this.consume_jetstream(source, inlet, stop).await,
+                None => this.consume_core(inlet, stop).await,
+            }
         })
         .await;
     }

@@ -6,7 +6,7 @@
 //! `poll`.
 
 use super::{quote_ident, quote_table};
-use crate::codec::{Backoff, consume_reconnecting};
+use crate::codec::consume_reconnecting;
 use async_trait::async_trait;
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
 use sluice_flow::{Diagnostic, PostgresTriggerConfig};
@@ -46,12 +46,7 @@ impl OutboxTrigger {
         })
     }
 
-    async fn consume(
-        &self,
-        inlet: &Inlet,
-        stop: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), String> {
+    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), String> {
         let pool = super::pool(&self.url, 1)?;
         let mut client = pool
             .get()
@@ -59,7 +54,6 @@ impl OutboxTrigger {
             .map_err(|e| format!("postgres connection: {e}"))?;
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), table = %self.table_name, "postgres outbox ready");
-        backoff.reset();
         loop {
             if stop.is_cancelled() {
                 return Ok(());
@@ -166,10 +160,7 @@ impl Trigger for OutboxTrigger {
             inlet,
             stop,
             &format!("postgres outbox ({})", this.table_name),
-            |mut backoff| async move {
-                let result = this.consume(inlet, stop, &mut backoff).await;
-                (backoff, result)
-            },
+            || this.consume(inlet, stop),
         )
         .await;
     }

@@ -6,7 +6,7 @@
 //! leaves nothing behind, and an entry whose processing failed is retried that way too.
 
 use super::{CORRELATION_ID_FIELD, MESSAGE_ID_FIELD};
-use crate::codec::{self, Backoff, consume_reconnecting};
+use crate::codec::{self, consume_reconnecting};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -63,12 +63,7 @@ impl RedisTrigger {
         })
     }
 
-    async fn consume(
-        &self,
-        inlet: &Inlet,
-        stop: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), String> {
+    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), String> {
         let client = super::client(&self.url)?;
         // Blocking reads get their own connection, so acks never wait behind them.
         let config = AsyncConnectionConfig::new()
@@ -94,7 +89,6 @@ impl RedisTrigger {
         }
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), stream = %self.stream, group = %self.group, consumer = %self.consumer, "redis consumer ready");
-        backoff.reset();
         // Own pending entries first (a restart under a fixed consumer name), then new ones.
         let mut own_pending = true;
         let mut next_claim = Instant::now();
@@ -252,10 +246,7 @@ impl Trigger for RedisTrigger {
             inlet,
             stop,
             &format!("redis trigger (stream {})", this.stream),
-            |mut backoff| async move {
-                let result = this.consume(inlet, stop, &mut backoff).await;
-                (backoff, result)
-            },
+            || this.consume(inlet, stop),
         )
         .await;
     }
