@@ -564,7 +564,8 @@ fn readyz_is_503_and_names_the_flow_when_the_listener_cannot_bind() {
         admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
     };
     let (listen, admin) = (ports.listen.to_string(), ports.admin.to_string());
-    let mut sluice = Sluice::start_env(&sb, &["run", "--listen", &listen, "--admin", &admin], &[]);
+    let mut sluice =
+        Sluice::start_with_env(&sb, &["run", "--listen", &listen, "--admin", &admin], &[]);
     sluice.wait_admin(ports);
     sluice.wait_ready("drop");
 

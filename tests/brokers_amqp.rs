@@ -213,8 +213,7 @@ errors:
         seen.insert(id.clone(), ());
     }
     assert_eq!(seen.len(), 20);
-    let dead = sb.names("dead-letter");
-    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
+    let dead = sb.only_json("dead-letter");
     assert_eq!(dead["error"]["kind"], "contract");
     assert_eq!(dead["message"]["id"], "bad-1");
     mq.delete(&inq);
@@ -371,16 +370,10 @@ errors:
     out.extend(mq.drain(&outq));
     assert_eq!(sb.count("dead-letter"), 1, "dead-lettered once");
     let log = sluice.log();
-    assert_eq!(
-        log.lines()
-            .filter(
-                |l| l.contains("message failed: trigger error: the body is not JSON")
-                    && has_flow(l, "mqu")
-            )
-            .count(),
-        1,
-        "one failure, logged once:\n{}",
-        tail(&log, 30)
+    assert_logged_once(
+        &log,
+        "message failed: trigger error: the body is not JSON",
+        "mqu",
     );
     assert!(
         !log.contains("requeued in"),
@@ -394,19 +387,7 @@ errors:
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].0, "good-1");
     assert_eq!(out[0].2, json!({ "id": "good-1", "n": 1 }));
-    let dead = sb.names("dead-letter");
-    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
-    assert_eq!(
-        dead["message"], "not json {",
-        "the body as it arrived: {dead:#}"
-    );
-    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
-    assert!(
-        dead["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("not JSON")),
-        "{dead:#}"
-    );
+    let dead = undecodable_dead_letter(&sb, "not json {", "not JSON");
     assert_eq!(dead["meta"]["message_id"], "bad-1", "{dead:#}");
     assert_eq!(dead["meta"]["amqp.queue"], inq.as_str(), "{dead:#}");
     mq.delete(&inq);

@@ -32,10 +32,11 @@ fn mqtt_in_transform_out_with_dead_letter() {
     if !service_available("Mosquitto", MQTT_PORT) {
         return;
     }
-    let u = unique_name("mq");
-    let prefix = format!("sluice-test/{u}");
-    let client_id = format!("sluice-{u}");
-    let _session = Session::new(MQTT_PORT, &client_id);
+    let TestNames {
+        prefix,
+        client_id,
+        session: _session,
+    } = TestNames::new(MQTT_PORT, "mq");
     let sub = Mqtt::connect(MQTT_PORT);
     sub.subscribe(&format!("{prefix}/out/#"));
     let mut publisher = Mqtt::connect(MQTT_PORT);
@@ -127,8 +128,7 @@ errors:
         *seen.entry(id.to_owned()).or_insert(0usize) += 1;
     }
     assert_eq!(seen.len(), N, "every id once");
-    let dead = sb.names("dead-letter");
-    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
+    let dead = sb.only_json("dead-letter");
     assert_eq!(dead["error"]["kind"], "contract");
     assert_eq!(dead["message"]["id"], "bad-1");
     assert_eq!(
@@ -180,10 +180,11 @@ fn mqtt_transient_sink_failure_is_redelivered_then_succeeds() {
             Answer::status(200)
         }
     });
-    let u = unique_name("mqr");
-    let prefix = format!("sluice-test/{u}");
-    let client_id = format!("sluice-{u}");
-    let _session = Session::new(MQTT_PORT, &client_id);
+    let TestNames {
+        prefix,
+        client_id,
+        session: _session,
+    } = TestNames::new(MQTT_PORT, "mqr");
     let mut publisher = Mqtt::connect(MQTT_PORT);
     let sb = Sandbox::new();
     sb.write(
@@ -268,10 +269,11 @@ fn mqtt_persistent_session_delivers_messages_published_while_down() {
     if !service_available("Mosquitto", MQTT_PORT) {
         return;
     }
-    let u = unique_name("mqp");
-    let prefix = format!("sluice-test/{u}");
-    let client_id = format!("sluice-{u}");
-    let _session = Session::new(MQTT_PORT, &client_id);
+    let TestNames {
+        prefix,
+        client_id,
+        session: _session,
+    } = TestNames::new(MQTT_PORT, "mqp");
     let sb = Sandbox::new();
     sb.write(
         "flows/fwd.yaml",
@@ -326,10 +328,11 @@ fn mqtt_sigkill_of_sluice_loses_nothing() {
     if !service_available("Mosquitto", MQTT_PORT) {
         return;
     }
-    let u = unique_name("mqk");
-    let prefix = format!("sluice-test/{u}");
-    let client_id = format!("sluice-{u}");
-    let _session = Session::new(MQTT_PORT, &client_id);
+    let TestNames {
+        prefix,
+        client_id,
+        session: _session,
+    } = TestNames::new(MQTT_PORT, "mqk");
     let sub = Mqtt::connect(MQTT_PORT);
     sub.subscribe(&format!("{prefix}/out"));
     let sb = Sandbox::new();

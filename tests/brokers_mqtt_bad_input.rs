@@ -13,10 +13,11 @@ fn mqtt_bad_message_and_config_errors() {
     if !service_available("Mosquitto", MQTT_PORT) {
         return;
     }
-    let u = unique_name("mqx");
-    let prefix = format!("sluice-test/{u}");
-    let client_id = format!("sluice-{u}");
-    let _session = Session::new(MQTT_PORT, &client_id);
+    let TestNames {
+        prefix,
+        client_id,
+        session: _session,
+    } = TestNames::new(MQTT_PORT, "mqx");
     let sb = Sandbox::new();
     sb.write(
         "flows/fwd.yaml",
@@ -139,10 +140,11 @@ fn mqtt_undecodable_body_goes_to_the_dead_letter() {
     if !service_available("Mosquitto", MQTT_PORT) {
         return;
     }
-    let u = unique_name("mqu");
-    let prefix = format!("sluice-test/{u}");
-    let client_id = format!("sluice-{u}");
-    let _session = Session::new(MQTT_PORT, &client_id);
+    let TestNames {
+        prefix,
+        client_id,
+        session: _session,
+    } = TestNames::new(MQTT_PORT, "mqu");
     let sb = Sandbox::new();
     sb.write(
         "flows/mqu.yaml",
@@ -179,29 +181,12 @@ errors:
     );
     sluice.expect_within(secs(30), "one dead letter", || sb.count("dead-letter") == 1);
     let log = sluice.log();
-    assert_eq!(
-        lines_with(
-            &log,
-            "message failed: trigger error: the body is not JSON",
-            "mqu"
-        ),
-        1,
-        "one failure, logged once:\n{}",
-        tail(&log, 30)
+    assert_logged_once(
+        &log,
+        "message failed: trigger error: the body is not JSON",
+        "mqu",
     );
-    let dead = sb.names("dead-letter");
-    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
-    assert_eq!(
-        dead["message"], "not json {",
-        "the body as it arrived: {dead:#}"
-    );
-    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
-    assert!(
-        dead["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("not JSON")),
-        "{dead:#}"
-    );
+    let dead = undecodable_dead_letter(&sb, "not json {", "not JSON");
     assert_eq!(
         dead["meta"]["mqtt.topic"],
         format!("{prefix}/in").as_str(),

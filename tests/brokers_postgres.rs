@@ -246,19 +246,7 @@ errors:
     std::thread::sleep(millis(1000));
     assert_eq!(sb.count("dead-letter"), 1, "dead-lettered once");
     assert_eq!(psql(&format!("SELECT id, n FROM {t}_out")), "good-1|1");
-    let dead = sb.names("dead-letter");
-    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
-    assert_eq!(
-        dead["message"], "not json {",
-        "the payload column as it was: {dead:#}"
-    );
-    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
-    assert!(
-        dead["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("the payload column is not JSON")),
-        "{dead:#}"
-    );
+    let dead = undecodable_dead_letter(&sb, "not json {", "the payload column is not JSON");
     assert_eq!(dead["meta"]["postgres.table"], t.as_str(), "{dead:#}");
     assert_eq!(dead["meta"]["postgres.id"], bad_id.as_str(), "{dead:#}");
     assert_eq!(
@@ -267,16 +255,10 @@ errors:
         "{dead:#}"
     );
     let log = sluice.log();
-    assert_eq!(
-        log.lines()
-            .filter(
-                |l| l.contains("message failed: trigger error: the payload column is not JSON")
-                    && has_flow(l, "outboxu")
-            )
-            .count(),
-        1,
-        "one failure, logged once:\n{}",
-        tail(&log, 30)
+    assert_logged_once(
+        &log,
+        "message failed: trigger error: the payload column is not JSON",
+        "outboxu",
     );
     drop(sluice);
     psql(&format!("DROP TABLE {t}; DROP TABLE {t}_out"));

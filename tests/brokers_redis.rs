@@ -153,8 +153,7 @@ errors:
         assert!(body["entry"].as_str().is_some_and(|e| e.contains('-')));
     }
     assert_eq!(ids(&out).len(), 20);
-    let dead = sb.names("dead-letter");
-    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
+    let dead = sb.only_json("dead-letter");
     assert_eq!(dead["error"]["kind"], "contract");
     assert_eq!(dead["message"]["id"], "bad-1");
     drop(sluice);
@@ -364,19 +363,7 @@ errors:
     let out = entries(&mut c, &outs);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].1, json!({ "id": "good-1", "n": 1 }));
-    let dead = sb.names("dead-letter");
-    let dead = sb.read_json(&format!("dead-letter/{}", dead.iter().next().expect("one")));
-    assert_eq!(
-        dead["message"], "not json {",
-        "the body as it arrived: {dead:#}"
-    );
-    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
-    assert!(
-        dead["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("not JSON")),
-        "{dead:#}"
-    );
+    let dead = undecodable_dead_letter(&sb, "not json {", "not JSON");
     assert_eq!(dead["meta"]["message_id"], "bad-1", "{dead:#}");
     assert_eq!(dead["meta"]["redis.stream"], ins.as_str(), "{dead:#}");
     assert!(
@@ -384,16 +371,10 @@ errors:
         "a UTF-8 body is kept as text: {dead:#}"
     );
     let log = sluice.log();
-    assert_eq!(
-        log.lines()
-            .filter(
-                |l| l.contains("message failed: trigger error: the body is not JSON")
-                    && has_flow(l, "rsu")
-            )
-            .count(),
-        1,
-        "one failure, logged once:\n{}",
-        tail(&log, 30)
+    assert_logged_once(
+        &log,
+        "message failed: trigger error: the body is not JSON",
+        "rsu",
     );
     assert!(
         !log.contains("no working dead letter"),
@@ -447,16 +428,11 @@ sinks:
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].1, json!({ "id": "good-1", "n": 1 }));
     let log = sluice.log();
-    assert_eq!(
-        log.lines()
-            .filter(
-                |l| l.contains("message failed: trigger error: the body is not JSON")
-                    && has_flow(l, "rsn")
-            )
-            .count(),
-        1,
-        "the entry failed once, never again:\n{}",
-        tail(&log, 30)
+    // The entry failed once, never again.
+    assert_logged_once(
+        &log,
+        "message failed: trigger error: the body is not JSON",
+        "rsn",
     );
     assert_eq!(len(&mut c, &ins), 2, "the entries stay in the stream");
     sluice.assert_running();

@@ -63,7 +63,7 @@ errors:
     );
     let mut workers: Vec<Sluice> = ["w1", "w2", "w3"]
         .iter()
-        .map(|w| Sluice::start_env(&sb, &["run", "--admin", "off"], &[("WORKER", w)]))
+        .map(|w| Sluice::start_with_env(&sb, &["run", "--admin", "off"], &[("WORKER", w)]))
         .collect();
     for w in &mut workers {
         w.wait_for_log("nats consumer ready", secs(30));

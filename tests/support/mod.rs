@@ -121,6 +121,14 @@ impl Sandbox {
         read_json(&self.path(rel))
     }
 
+    /// The JSON of the only file in folder `rel` (fails when there is not exactly one).
+    pub fn only_json(&self, rel: &str) -> Value {
+        let names = self.names(rel);
+        assert_eq!(names.len(), 1, "one file in {rel}: {names:?}");
+        let name = names.iter().next().expect("checked: one file");
+        self.read_json(&format!("{rel}/{name}"))
+    }
+
     /// Runs a short-lived CLI command (`check`, `test`, `exec`, `schema`, …) to completion, with
     /// an optional stdin, and captures its output. Bounded by 60 s.
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> CliOutput {
@@ -244,6 +252,39 @@ pub fn has_flow(line: &str, flow: &str) -> bool {
     has_field(line, "flow", flow)
 }
 
+/// Lines of `log` containing `substr` with `flow=<flow>`.
+pub fn lines_with(log: &str, substr: &str, flow: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains(substr) && has_flow(l, flow))
+        .count()
+}
+
+/// Fails unless exactly one line of `log` for `flow` contains `substr`.
+pub fn assert_logged_once(log: &str, substr: &str, flow: &str) {
+    assert_eq!(
+        lines_with(log, substr, flow),
+        1,
+        "`{substr}` logged once for flow={flow}:\n{}",
+        tail(log, 30)
+    );
+}
+
+/// The one dead letter in `sb`'s `dead-letter/` of a body that could not be decoded, checked to
+/// hold `body` as it arrived with a `trigger` error whose message contains `reason`; returned
+/// for the connector's own checks.
+pub fn undecodable_dead_letter(sb: &Sandbox, body: &str, reason: &str) -> Value {
+    let dead = sb.only_json("dead-letter");
+    assert_eq!(dead["message"], body, "the body as it arrived: {dead:#}");
+    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(reason)),
+        "{dead:#}"
+    );
+    dead
+}
+
 /// Every `<file>:<line>:<col>` position named in `text` for a file whose path ends with `file`
 /// (e.g. `flows/hr.yaml`).
 pub fn positions(text: &str, file: &str) -> Vec<(u32, u32)> {
@@ -318,7 +359,12 @@ impl Sluice {
         let child = Command::new(SLUICE)
             .args(args)
             .current_dir(sandbox.root())
+            // The operator's own settings must not leak into a test's sluice.
             .env_remove("RUST_LOG")
+            .env_remove("SLUICE_LISTEN")
+            .env_remove("SLUICE_ADMIN")
+            .env_remove("SLUICE_ADMIN_TOKEN")
+            .env_remove("SLUICE_LOG_FORMAT")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -861,48 +907,6 @@ pub struct Ports {
 }
 
 impl Sluice {
-    /// Like [`Sluice::start`], with extra environment variables for the child.
-    pub fn start_env(sandbox: &Sandbox, args: &[&str], envs: &[(&str, &str)]) -> Sluice {
-        let log = sandbox.path("sluice.log");
-        let stderr = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open sluice.log");
-        let log_start = stderr.metadata().map(|m| m.len()).unwrap_or(0);
-        let stdout = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(sandbox.path("sluice.stdout"))
-            .expect("open sluice.stdout");
-        let mut cmd = Command::new(SLUICE);
-        cmd.args(args)
-            .current_dir(sandbox.root())
-            .env_remove("RUST_LOG")
-            .env_remove("SLUICE_LISTEN")
-            .env_remove("SLUICE_ADMIN")
-            .env_remove("SLUICE_ADMIN_TOKEN")
-            .env_remove("SLUICE_LOG_FORMAT")
-            .env("NO_COLOR", "1");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {SLUICE}: {e}"));
-        let pid = child.id() as i32;
-        Sluice {
-            child: Some(child),
-            pid,
-            log,
-            log_start,
-            status: None,
-        }
-    }
-
     /// `sluice run --listen 127.0.0.1:<free> --admin 127.0.0.1:<free> <extra>` with `envs`;
     /// waits for the `admin server on <addr>` line.
     pub fn serve(sandbox: &Sandbox, extra: &[&str], envs: &[(&str, &str)]) -> (Sluice, Ports) {
@@ -914,7 +918,7 @@ impl Sluice {
         let admin = ports.admin.to_string();
         let mut args = vec!["run", "--listen", &listen, "--admin", &admin];
         args.extend_from_slice(extra);
-        let mut sluice = Sluice::start_env(sandbox, &args, envs);
+        let mut sluice = Sluice::start_with_env(sandbox, &args, envs);
         sluice.wait_admin(ports);
         (sluice, ports)
     }

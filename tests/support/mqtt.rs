@@ -167,6 +167,27 @@ impl Mqtt {
     }
 }
 
+/// Names of one test's own: its topics live under `prefix` (`sluice-test/<unique>`), sluice's
+/// session is `client_id`, and `session` ends that session when the test is done.
+pub struct TestNames {
+    pub prefix: String,
+    pub client_id: String,
+    pub session: Session,
+}
+
+impl TestNames {
+    /// Fresh names from `tag`, with the session guard for a broker on `port`.
+    pub fn new(port: u16, tag: &str) -> TestNames {
+        let u = unique_name(tag);
+        let client_id = format!("sluice-{u}");
+        TestNames {
+            prefix: format!("sluice-test/{u}"),
+            session: Session::new(port, &client_id),
+            client_id,
+        }
+    }
+}
+
 /// sluice's persistent session `client_id` on the shared broker, ended when the guard drops:
 /// a clean-session connect under the same id makes the broker discard it. Declare the guard
 /// before the sluice processes, so they are killed first (also when the test fails).
@@ -200,13 +221,6 @@ pub fn wait_session(sluice: &mut Sluice, flow: &str) -> String {
         secs(30),
         |l| l.contains("mqtt session ready") && has_flow(l, flow),
     )
-}
-
-/// Lines of `log` containing `substr` with `flow=<flow>`.
-pub fn lines_with(log: &str, substr: &str, flow: &str) -> usize {
-    log.lines()
-        .filter(|l| l.contains(substr) && has_flow(l, flow))
-        .count()
 }
 
 /// `m-<from>.json` … `m-<to - 1>.json`.
