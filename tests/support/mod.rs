@@ -344,6 +344,17 @@ impl Sluice {
 
     /// Like [`Sluice::start`], with extra environment variables.
     pub fn start_with_env(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Sluice {
+        Sluice::start_configured(sandbox, args, env, |_| {})
+    }
+
+    /// Like [`Sluice::start_with_env`], with a last say on the command before it is spawned
+    /// (e.g. `CommandExt::uid` to run it as another user).
+    pub fn start_configured(
+        sandbox: &Sandbox,
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Sluice {
         let log = sandbox.path("sluice.log");
         let stderr = OpenOptions::new()
             .create(true)
@@ -356,7 +367,8 @@ impl Sluice {
             .append(true)
             .open(sandbox.path("sluice.stdout"))
             .expect("open sluice.stdout");
-        let child = Command::new(SLUICE)
+        let mut command = Command::new(SLUICE);
+        command
             .args(args)
             .current_dir(sandbox.root())
             // The operator's own settings must not leak into a test's sluice.
@@ -369,7 +381,9 @@ impl Sluice {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
+            .stderr(Stdio::from(stderr));
+        configure(&mut command);
+        let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {SLUICE}: {e}"));
         let pid = child.id() as i32;

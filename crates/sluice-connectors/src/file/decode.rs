@@ -1,56 +1,68 @@
 //! Turning file content into message payloads, per `format:`.
+//!
+//! A `json`, `text` or `bytes` file is one message, and content that cannot be read fails the
+//! whole file. An `ndjson` line or a `csv` row is a message of its own, so one malformed line
+//! or row is a failure of that record only: it comes back as [`Malformed`], with its raw bytes,
+//! and the other records are processed.
 
 use base64::Engine as _;
 use serde_json::Value;
 use sluice_flow::{CsvOptions, FileFormat};
 
+/// The UTF-8 byte order mark that some editors and spreadsheet exports put first.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// One message from a file.
 #[derive(Debug)]
-/// One message from a file: its payload and its 1-based line (ndjson) or row (csv).
 pub struct Record {
-    /// The payload.
-    pub payload: Value,
-    /// Line or row number, for multi-record formats.
+    /// The payload, or why this record could not be read.
+    pub content: Result<Value, Malformed>,
+    /// 1-based line (ndjson) or data row (csv): the `file.line` metadata.
     pub line: Option<usize>,
+    /// csv only: the 1-based line of the file on which the row starts (a quoted field may
+    /// span lines, and the header takes a line): the `file.source_line` metadata.
+    pub source_line: Option<usize>,
 }
 
-/// Decodes a whole file; an error says why, with a position where there is one.
+/// A line or row that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    /// The record exactly as it is in the file (without its line ending).
+    pub raw: Vec<u8>,
+    /// What is wrong and where, for humans.
+    pub reason: String,
+}
+
+/// Decodes a whole file. An error means no record can be read at all (a `json` file that is
+/// not JSON, a csv header that is not UTF-8); it says why, with a position where there is one.
 pub fn decode(bytes: &[u8], format: FileFormat, csv: &CsvOptions) -> Result<Vec<Record>, String> {
     let single = |payload| {
         Ok(vec![Record {
-            payload,
+            content: Ok(payload),
             line: None,
+            source_line: None,
         }])
     };
     match format {
         FileFormat::Bytes => single(Value::String(
             base64::engine::general_purpose::STANDARD.encode(bytes),
         )),
-        FileFormat::Text => single(Value::String(utf8(bytes)?.to_owned())),
+        FileFormat::Text => single(Value::String(utf8(strip_bom(bytes))?.to_owned())),
         FileFormat::Json => {
-            let text = utf8(bytes)?;
+            let text = utf8(strip_bom(bytes))?;
             match serde_json::from_str(text) {
                 Ok(value) => single(value),
                 Err(e) => Err(json_error(&e)),
             }
         }
-        FileFormat::Ndjson => {
-            let text = utf8(bytes)?;
-            let mut records = Vec::new();
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let payload = serde_json::from_str(line)
-                    .map_err(|e| format!("line {}: {}", i + 1, json_error(&e)))?;
-                records.push(Record {
-                    payload,
-                    line: Some(i + 1),
-                });
-            }
-            Ok(records)
-        }
-        FileFormat::Csv => decode_csv(utf8(bytes)?, csv),
+        FileFormat::Ndjson => Ok(decode_ndjson(strip_bom(bytes))),
+        FileFormat::Csv => decode_csv(strip_bom(bytes), csv),
     }
+}
+
+/// A UTF-8 byte order mark says only "this is UTF-8"; it is not content.
+fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(BOM).unwrap_or(bytes)
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, String> {
@@ -63,62 +75,162 @@ fn utf8(bytes: &[u8]) -> Result<&str, String> {
 }
 
 fn json_error(e: &serde_json::Error) -> String {
-    let what = match e.classify() {
-        serde_json::error::Category::Eof => {
-            "malformed JSON: the file ends in the middle of a value"
-        }
-        _ => "malformed JSON",
-    };
-    let detail = e.to_string();
-    let detail = detail.split(" at line ").next().unwrap_or(&detail);
     format!(
-        "{what} at line {} column {}: {detail}",
+        "{} at line {} column {}: {}",
+        json_what(e),
         e.line(),
-        e.column()
+        e.column(),
+        json_detail(e)
     )
 }
 
-fn decode_csv(text: &str, options: &CsvOptions) -> Result<Vec<Record>, String> {
+fn json_what(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Eof => "malformed JSON: the input ends in the middle of a value",
+        _ => "malformed JSON",
+    }
+}
+
+/// serde_json's message without its own " at line L column C" suffix (we say where).
+fn json_detail(e: &serde_json::Error) -> String {
+    let detail = e.to_string();
+    detail
+        .split(" at line ")
+        .next()
+        .unwrap_or(&detail)
+        .to_owned()
+}
+
+/// One record per non-empty line; a line that is not UTF-8 or not JSON is malformed.
+fn decode_ndjson(bytes: &[u8]) -> Vec<Record> {
+    let mut records = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let number = i + 1;
+        let content = match std::str::from_utf8(line) {
+            Err(e) => Err(format!(
+                "line {number}: not UTF-8 text: invalid byte at column {}",
+                e.valid_up_to() + 1
+            )),
+            Ok(text) => serde_json::from_str(text).map_err(|e| {
+                format!(
+                    "line {number} column {}: {}: {}",
+                    e.column(),
+                    json_what(&e),
+                    json_detail(&e)
+                )
+            }),
+        };
+        records.push(Record {
+            content: content.map_err(|reason| Malformed {
+                raw: line.to_vec(),
+                reason,
+            }),
+            line: Some(number),
+            source_line: None,
+        });
+    }
+    records
+}
+
+/// One record per row. The field count is checked here (not by the csv reader), so that a row
+/// with too many or too few fields is a malformed record, not the end of the file.
+fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, String> {
     let delimiter = options.delimiter.value.as_bytes();
     let &[delimiter] = delimiter else {
         return Err("the csv delimiter must be one ASCII character".to_owned());
     };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
-        .has_headers(options.header)
-        .flexible(false)
-        .from_reader(text.as_bytes());
-    let headers: Option<Vec<String>> = if options.header {
-        Some(
-            reader
-                .headers()
-                .map_err(|e| format!("cannot read the csv header: {e}"))?
-                .iter()
-                .map(str::to_owned)
-                .collect(),
-        )
-    } else {
-        None
-    };
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes);
+    let mut row = csv::ByteRecord::new();
+    let mut headers: Option<Vec<String>> = None;
+    let mut expected: Option<usize> = None;
     let mut records = Vec::new();
-    for (i, row) in reader.records().enumerate() {
-        let row = row.map_err(|e| format!("csv row {}: {e}", i + 1))?;
-        let payload = match &headers {
-            Some(headers) => Value::Object(
-                headers
-                    .iter()
-                    .zip(row.iter())
-                    .map(|(k, v)| (k.clone(), Value::String(v.to_owned())))
-                    .collect(),
-            ),
-            None => Value::Array(row.iter().map(|v| Value::String(v.to_owned())).collect()),
+    loop {
+        let start = reader.position().byte() as usize;
+        let more = match reader.read_byte_record(&mut row) {
+            Ok(more) => more,
+            // Reading from memory with lengths and UTF-8 checked here, the reader has no
+            // error left to report; should one come anyway, the file cannot be read at all.
+            Err(e) => return Err(format!("cannot read the csv content: {e}")),
+        };
+        if !more {
+            break;
+        }
+        let end = reader.position().byte() as usize;
+        let source_line = row.position().map_or(0, |p| p.line() as usize);
+        if options.header && headers.is_none() {
+            let header = csv::StringRecord::from_byte_record(row.clone()).map_err(|e| {
+                format!(
+                    "the csv header (line {source_line}) is not UTF-8 text (field {}); no row can be read without it",
+                    e.utf8_error().field() + 1
+                )
+            })?;
+            expected = Some(header.len());
+            headers = Some(header.iter().map(str::to_owned).collect());
+            continue;
+        }
+        let number = records.len() + 1;
+        let expected_len = *expected.get_or_insert(row.len());
+        let content = if row.len() != expected_len {
+            let against = if headers.is_some() {
+                "the header has"
+            } else {
+                "the first row has"
+            };
+            Err(format!(
+                "csv row {number} (line {source_line}): {} fields where {against} {expected_len}",
+                row.len()
+            ))
+        } else {
+            match csv::StringRecord::from_byte_record(row.clone()) {
+                Err(e) => Err(format!(
+                    "csv row {number} (line {source_line}): field {} is not UTF-8 text",
+                    e.utf8_error().field() + 1
+                )),
+                Ok(fields) => Ok(match &headers {
+                    Some(headers) => Value::Object(
+                        headers
+                            .iter()
+                            .zip(fields.iter())
+                            .map(|(k, v)| (k.clone(), Value::String(v.to_owned())))
+                            .collect(),
+                    ),
+                    None => {
+                        Value::Array(fields.iter().map(|v| Value::String(v.to_owned())).collect())
+                    }
+                }),
+            }
         };
         records.push(Record {
-            payload,
-            line: Some(i + 1),
+            content: content.map_err(|reason| Malformed {
+                raw: raw_row(bytes, start, end),
+                reason,
+            }),
+            line: Some(number),
+            source_line: Some(source_line),
         });
     }
     Ok(records)
+}
+
+/// The bytes of one row as they are in the file: without the blank lines the reader skipped
+/// before it and without its line ending.
+fn raw_row(bytes: &[u8], start: usize, end: usize) -> Vec<u8> {
+    let raw = bytes.get(start..end.min(bytes.len())).unwrap_or_default();
+    let first = raw
+        .iter()
+        .position(|&b| b != b'\n' && b != b'\r')
+        .unwrap_or(raw.len());
+    let raw = &raw[first..];
+    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+    raw.strip_suffix(b"\r").unwrap_or(raw).to_vec()
 }
 
 #[cfg(test)]
@@ -126,20 +238,28 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn payloads(records: &[Record]) -> Vec<Value> {
+        records
+            .iter()
+            .map(|r| r.content.clone().unwrap_or(Value::Null))
+            .collect()
+    }
+
     #[test]
     fn formats_decode() {
         let csv = CsvOptions::default();
         let r = decode(br#"{"a":1}"#, FileFormat::Json, &csv).unwrap();
-        assert_eq!(r[0].payload, json!({"a": 1}));
+        assert_eq!(payloads(&r), [json!({"a": 1})]);
         let r = decode(b"{\"a\":1}\n\n{\"a\":2}\n", FileFormat::Ndjson, &csv).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].line, Some(3));
         let r = decode(b"id,name\n1,x\n2,y\n", FileFormat::Csv, &csv).unwrap();
-        assert_eq!(r[1].payload, json!({"id": "2", "name": "y"}));
+        assert_eq!(r[1].content, Ok(json!({"id": "2", "name": "y"})));
+        assert_eq!((r[1].line, r[1].source_line), (Some(2), Some(3)));
         let r = decode(b"hi", FileFormat::Text, &csv).unwrap();
-        assert_eq!(r[0].payload, json!("hi"));
+        assert_eq!(payloads(&r), [json!("hi")]);
         let r = decode(&[0, 255], FileFormat::Bytes, &csv).unwrap();
-        assert_eq!(r[0].payload, json!("AP8="));
+        assert_eq!(payloads(&r), [json!("AP8=")]);
     }
 
     #[test]
@@ -149,7 +269,69 @@ mod tests {
         assert!(e.contains("malformed JSON at line 2"), "{e}");
         let e = decode(&[0x7b, 0xff, 0x00], FileFormat::Json, &csv).unwrap_err();
         assert!(e.contains("not UTF-8"), "{e}");
-        let e = decode(b"{}\n{x}\n", FileFormat::Ndjson, &csv).unwrap_err();
-        assert!(e.starts_with("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_ndjson_line_fails_alone_and_keeps_its_bytes() {
+        let csv = CsvOptions::default();
+        let r = decode(b"{}\r\n{x}\n\xff\n{\"b\":2}", FileFormat::Ndjson, &csv).unwrap();
+        assert_eq!(r.len(), 4);
+        let bad = r[1].content.clone().unwrap_err();
+        assert_eq!(bad.raw, b"{x}");
+        assert!(bad.reason.starts_with("line 2 column 2: malformed JSON"), "{}", bad.reason);
+        let binary = r[2].content.clone().unwrap_err();
+        assert_eq!(binary.raw, b"\xff");
+        assert!(binary.reason.contains("line 3: not UTF-8"), "{}", binary.reason);
+        assert_eq!(r[3].content, Ok(json!({"b": 2})));
+        assert_eq!(r[3].line, Some(4));
+    }
+
+    #[test]
+    fn a_malformed_csv_row_fails_alone_with_its_raw_line_and_position() {
+        let csv = CsvOptions::default();
+        let text = b"id,name\n1,x\n\n2,y,surplus\n\"3\",\"multi\nline\"\n4,\xffz\n5,e\n";
+        let r = decode(text, FileFormat::Csv, &csv).unwrap();
+        assert_eq!(r.len(), 5, "{r:?}");
+        let bad = r[1].content.clone().unwrap_err();
+        assert_eq!(bad.raw, b"2,y,surplus");
+        assert_eq!(
+            bad.reason,
+            "csv row 2 (line 4): 3 fields where the header has 2"
+        );
+        assert_eq!((r[1].line, r[1].source_line), (Some(2), Some(4)));
+        assert_eq!(r[2].content, Ok(json!({"id": "3", "name": "multi\nline"})));
+        let binary = r[3].content.clone().unwrap_err();
+        assert_eq!(binary.raw, b"4,\xffz");
+        assert!(binary.reason.contains("row 4 (line 7): field 2 is not UTF-8"), "{}", binary.reason);
+        assert_eq!(r[4].content, Ok(json!({"id": "5", "name": "e"})));
+        assert_eq!(r[4].source_line, Some(8));
+    }
+
+    #[test]
+    fn a_csv_without_header_counts_fields_against_the_first_row() {
+        let csv = CsvOptions {
+            header: false,
+            ..CsvOptions::default()
+        };
+        let r = decode(b"a,b\nc\n", FileFormat::Csv, &csv).unwrap();
+        assert_eq!(r[0].content, Ok(json!(["a", "b"])));
+        let bad = r[1].content.clone().unwrap_err();
+        assert_eq!(bad.reason, "csv row 2 (line 2): 1 fields where the first row has 2");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_content() {
+        let csv = CsvOptions::default();
+        let r = decode(b"\xEF\xBB\xBF{\"a\":1}", FileFormat::Json, &csv).unwrap();
+        assert_eq!(payloads(&r), [json!({"a": 1})]);
+        let r = decode(b"\xEF\xBB\xBF{\"a\":1}\n", FileFormat::Ndjson, &csv).unwrap();
+        assert_eq!(payloads(&r), [json!({"a": 1})]);
+        let r = decode(b"\xEF\xBB\xBFid,n\n1,2\n", FileFormat::Csv, &csv).unwrap();
+        assert_eq!(payloads(&r), [json!({"id": "1", "n": "2"})]);
+        let r = decode(b"\xEF\xBB\xBFhi", FileFormat::Text, &csv).unwrap();
+        assert_eq!(payloads(&r), [json!("hi")]);
+        // `bytes` is the file as it is, mark included.
+        let r = decode(b"\xEF\xBB\xBF", FileFormat::Bytes, &csv).unwrap();
+        assert_eq!(payloads(&r), [json!("77u/")]);
     }
 }

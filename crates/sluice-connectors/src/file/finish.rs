@@ -1,5 +1,6 @@
 //! Where a claimed file goes when all its messages are done, and the sidecar beside it.
 
+use super::temp::{NAME_MAX, temp_path, truncate};
 use serde_json::Value;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,15 @@ pub enum Disposition {
     Done,
     /// Every message succeeded and the flow says `on_success: delete`.
     Delete,
-    /// A message broke a contract: `.rejected/`.
+    /// A message broke a contract (for `ndjson` and `csv`: every record failed, all of them
+    /// on a contract): `.rejected/`.
     Rejected,
-    /// Any other failure: `.error/`.
+    /// Any other failure (for `ndjson` and `csv`: every record failed): `.error/`.
     Error,
+    /// `ndjson` and `csv` only: some records failed and the others succeeded: `.partial/`.
+    /// Dropping such a file again would deliver its good records twice, so it gets a place
+    /// of its own; the failed records are in the sidecar and the dead letter.
+    Partial,
 }
 
 impl Disposition {
@@ -23,57 +29,85 @@ impl Disposition {
             Disposition::Done | Disposition::Delete => ".done",
             Disposition::Rejected => ".rejected",
             Disposition::Error => ".error",
+            Disposition::Partial => ".partial",
         }
     }
+
+    /// Every folder a claimed file can end in (their stale temporary sidecars are removed at
+    /// start).
+    pub const FOLDERS: [&'static str; 4] = [".done", ".rejected", ".error", ".partial"];
 }
 
-/// Moves `claimed` out of `.inflight/` according to `disposition`, writing `sidecar` as
-/// `<name>.error.json` beside it first. Never overwrites: an existing name gets a suffix.
-/// Returns the file's final path (`None` when deleted).
-pub fn finish(
-    inbox: &Path,
-    claimed: &Path,
-    name: &str,
-    disposition: Disposition,
-    sidecar: Option<&Value>,
-) -> io::Result<Option<PathBuf>> {
+/// Where a finished file goes: a free name in its disposition's folder (created when
+/// missing). `None` for a file that is deleted. Chosen once per file, so that a retried move
+/// after a failure (a full disk) keeps the sidecar it already wrote beside the same name.
+pub fn target(inbox: &Path, name: &str, disposition: Disposition) -> io::Result<Option<PathBuf>> {
     if disposition == Disposition::Delete {
-        std::fs::remove_file(claimed)?;
         return Ok(None);
     }
     let folder = inbox.join(disposition.folder());
     std::fs::create_dir_all(&folder)?;
-    let target = unique_target(&folder, name);
-    if let Some(sidecar) = sidecar {
-        let sidecar_path = sidecar_path(&target);
-        let text = serde_json::to_vec_pretty(sidecar).map_err(io::Error::other)?;
-        write_atomic(&sidecar_path, &text)?;
-    }
-    std::fs::rename(claimed, &target)?;
-    Ok(Some(target))
+    Ok(Some(unique_target(&folder, name)))
 }
 
-/// `<file>.error.json`.
+/// Moves `claimed` to `target` (deletes it when `None`), writing `sidecar` as
+/// `<name>.error.json` beside it first. Safe to call again after a failure.
+pub fn place(claimed: &Path, target: Option<&Path>, sidecar: Option<&Value>) -> io::Result<()> {
+    let Some(target) = target else {
+        return std::fs::remove_file(claimed);
+    };
+    if let Some(sidecar) = sidecar {
+        let text = serde_json::to_vec_pretty(sidecar).map_err(io::Error::other)?;
+        write_atomic(&sidecar_path(target), &text)?;
+    }
+    std::fs::rename(claimed, target)
+}
+
+const SIDECAR: &str = ".error.json";
+
+/// `<file>.error.json`. For a file name so long that this would not fit in a file name, the
+/// name is shortened and a hash of the whole name keeps it apart from its neighbours:
+/// `<first bytes of the name>~<hash>.error.json`.
 pub fn sidecar_path(file: &Path) -> PathBuf {
-    let mut name = file.file_name().unwrap_or_default().to_os_string();
-    name.push(".error.json");
-    file.with_file_name(name)
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    if name.len() + SIDECAR.len() <= NAME_MAX {
+        return file.with_file_name(format!("{name}{SIDECAR}"));
+    }
+    let hash = fnv1a(name.as_bytes());
+    let keep = truncate(&name, NAME_MAX - SIDECAR.len() - 17);
+    file.with_file_name(format!("{keep}~{hash:016x}{SIDECAR}"))
+}
+
+/// FNV-1a: small, and the same in every run (a sidecar is found again after a restart).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// `name`, or `stem-1.ext`, `stem-2.ext`, … when taken (also by a sidecar).
 fn unique_target(folder: &Path, name: &str) -> PathBuf {
-    let first = folder.join(name);
-    if !first.exists() && !sidecar_path(&first).exists() {
-        return first;
+    (0..)
+        .map(|n| folder.join(suffixed(name, n)))
+        .find(|candidate| !candidate.exists() && !sidecar_path(candidate).exists())
+        .unwrap_or_else(|| folder.join(name))
+}
+
+/// `name` for 0, else `stem-n.ext`; the stem is shortened when needed so that the suffixed
+/// name still fits in [`NAME_MAX`] bytes.
+pub fn suffixed(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_owned();
     }
+    let suffix = format!("-{n}");
     let (stem, ext) = split_extension(name);
-    for n in 1.. {
-        let candidate = folder.join(format!("{stem}-{n}{ext}"));
-        if !candidate.exists() && !sidecar_path(&candidate).exists() {
-            return candidate;
-        }
-    }
-    unreachable!("an unbounded counter always finds a free name")
+    let (stem, ext) = if ext.len() + suffix.len() < NAME_MAX {
+        (stem, ext)
+    } else {
+        (name, "")
+    };
+    let room = NAME_MAX - suffix.len() - ext.len();
+    format!("{}{suffix}{ext}", truncate(stem, room))
 }
 
 /// `order.json` → (`order`, `.json`); `README` → (`README`, ``).
@@ -85,13 +119,14 @@ pub fn split_extension(name: &str) -> (&str, &str) {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        uuid::Uuid::now_v7().simple()
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = temp_path(path.parent().unwrap_or(Path::new(".")), &name);
+    // A failed write (a full disk) leaves no half-written temporary file behind.
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 #[cfg(test)]
@@ -107,19 +142,31 @@ mod tests {
             let claimed = inflight.join("a.json");
             std::fs::write(&claimed, format!("{round}")).unwrap();
             let sidecar = serde_json::json!({"kind": "contract"});
-            let target = finish(
-                dir.path(),
-                &claimed,
-                "a.json",
-                Disposition::Rejected,
-                Some(&sidecar),
-            )
-            .unwrap()
-            .unwrap();
+            let target = target(dir.path(), "a.json", Disposition::Rejected)
+                .unwrap()
+                .unwrap();
+            place(&claimed, Some(&target), Some(&sidecar)).unwrap();
             assert!(sidecar_path(&target).exists());
             assert_eq!(std::fs::read_to_string(&target).unwrap(), round.to_string());
         }
         assert!(dir.path().join(".rejected/a-1.json").exists());
         assert!(dir.path().join(".rejected/a-1.json.error.json").exists());
+    }
+
+    #[test]
+    fn the_sidecar_of_a_long_name_fits() {
+        let long = "o".repeat(250);
+        let a = sidecar_path(&Path::new("/x").join(format!("{long}.csv")));
+        let b = sidecar_path(&Path::new("/x").join(format!("{long}-1.csv")));
+        let a_name = a.file_name().unwrap().to_str().unwrap();
+        assert!(a_name.len() <= NAME_MAX && a_name.ends_with(".error.json"), "{a_name}");
+        assert_ne!(a, b, "neighbours keep apart");
+        let name = format!("{long}.csv");
+        assert_eq!(suffixed(&name, 1).len(), NAME_MAX);
+        assert!(suffixed(&name, 12).ends_with("-12.csv"));
+        assert_eq!(
+            sidecar_path(Path::new("/x/a.json")),
+            Path::new("/x/a.json.error.json")
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The file sink: one file per message, written under a temporary name and renamed, with a
 //! name template that can never leave the sink's folder.
 
-use super::finish::split_extension;
+use super::finish::suffixed;
+use super::temp::{NAME_MAX, clean_once, temp_path};
 use async_trait::async_trait;
 use sluice_engine::expr::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Payload, Sink};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 /// Writes each message to `<path>/<rendered name>`.
 pub struct FileSink {
+    flow: Arc<str>,
     folder: Arc<PathBuf>,
     name: Template,
     format: OutputFormat,
@@ -50,6 +52,7 @@ impl FileSink {
             })?;
         }
         Ok(FileSink {
+            flow: cx.flow.name.as_str().into(),
             folder: Arc::new(PathBuf::from(folder)),
             name,
             format: config.format,
@@ -91,8 +94,8 @@ fn check_name(name: &str) -> Result<(), FlowError> {
     if Path::new(name).is_absolute() {
         return refuse("it is an absolute path");
     }
-    if name.len() > 255 {
-        return refuse("it is longer than 255 bytes");
+    if name.len() > NAME_MAX {
+        return refuse("it is longer than 255 bytes, the longest file name filesystems accept");
     }
     Ok(())
 }
@@ -158,9 +161,11 @@ impl Sink for FileSink {
         };
         let name = self.render_name(out)?;
         let bytes = serialize(self.format, &mut out.payload)?;
-        let folder = self.folder.clone();
+        let (folder, flow) = (self.folder.clone(), self.flow.clone());
         let (on_conflict, fsync) = (self.on_conflict, self.fsync);
         let written = tokio::task::spawn_blocking(move || {
+            // Before the first write of this process: what a killed run left behind goes.
+            clean_once(&folder, &flow);
             write_file(&folder, &name, &bytes, on_conflict, fsync)
         })
         .await
@@ -174,7 +179,23 @@ impl Sink for FileSink {
     }
 }
 
+/// An I/O error of a write. A name (or path) too long for the filesystem fails the same way
+/// on every try, so it is permanent and says what to change; anything else may pass (a full
+/// disk gets space back) and is retried.
+fn io_failure(what: String, e: &io::Error) -> FlowError {
+    if e.kind() == io::ErrorKind::InvalidFilename {
+        return FlowError::permanent(
+            ErrorKind::Sink,
+            format!(
+                "{what}: file name too long ({e}); a file name may have at most {NAME_MAX} bytes and a whole path 4095: shorten the sink's `name` template or its `path`"
+            ),
+        );
+    }
+    FlowError::new(ErrorKind::Sink, format!("{what}: {e}"))
+}
+
 /// Writes `bytes` as `folder/name` atomically; returns the path written (or found identical).
+/// With `fsync`, the data and the folder entry are on disk before it returns, or it fails.
 fn write_file(
     folder: &Path,
     name: &str,
@@ -182,13 +203,8 @@ fn write_file(
     on_conflict: OnConflict,
     fsync: bool,
 ) -> Result<PathBuf, FlowError> {
-    let io_error = |what: &str, e: io::Error| {
-        FlowError::new(
-            ErrorKind::Sink,
-            format!("{what} in {}: {e}", folder.display()),
-        )
-    };
-    let tmp = folder.join(format!(".{name}.tmp-{}", uuid::Uuid::now_v7().simple()));
+    let in_folder = |what: &str| format!("{what} in {}", folder.display());
+    let tmp = temp_path(folder, name);
     let create = |tmp: &Path| -> io::Result<()> {
         let mut file = std::fs::File::create(tmp)?;
         file.write_all(bytes)?;
@@ -198,14 +214,15 @@ fn write_file(
         Ok(())
     };
     if let Err(e) = create(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
         if e.kind() != io::ErrorKind::NotFound {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_error("cannot write a temporary file", e));
+            return Err(io_failure(in_folder("cannot write a temporary file"), &e));
         }
-        std::fs::create_dir_all(folder).map_err(|e| io_error("cannot create the folder", e))?;
+        std::fs::create_dir_all(folder)
+            .map_err(|e| io_failure(in_folder("cannot create the folder"), &e))?;
         create(&tmp).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            io_error("cannot write a temporary file", e)
+            io_failure(in_folder("cannot write a temporary file"), &e)
         })?;
     }
     let target = if on_conflict == OnConflict::Overwrite {
@@ -213,10 +230,7 @@ fn write_file(
         let target = folder.join(name);
         std::fs::rename(&tmp, &target).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            FlowError::new(
-                ErrorKind::Sink,
-                format!("cannot replace {}: {e}", target.display()),
-            )
+            io_failure(format!("cannot replace {}", target.display()), &e)
         })?;
         target
     } else {
@@ -224,10 +238,25 @@ fn write_file(
         let _ = std::fs::remove_file(&tmp);
         result?
     };
-    if fsync && let Ok(dir) = std::fs::File::open(folder) {
-        let _ = dir.sync_all();
+    if fsync {
+        // The rename is durable only once the folder is: a folder that cannot be synced
+        // fails the write (and the retry writes again), it is never confirmed unsynced.
+        sync_folder(folder).map_err(|e| {
+            FlowError::new(
+                ErrorKind::Sink,
+                format!(
+                    "cannot fsync the folder {} after writing {}: {e}; the write is not confirmed",
+                    folder.display(),
+                    target.display()
+                ),
+            )
+        })?;
     }
     Ok(target)
+}
+
+fn sync_folder(folder: &Path) -> io::Result<()> {
+    std::fs::File::open(folder)?.sync_all()
 }
 
 /// Links the temporary file to its final name without ever replacing another file silently.
@@ -238,13 +267,8 @@ fn place(
     bytes: &[u8],
     on_conflict: OnConflict,
 ) -> Result<PathBuf, FlowError> {
-    let (stem, ext) = split_extension(name);
     for n in 0..10_000u32 {
-        let target = if n == 0 {
-            folder.join(name)
-        } else {
-            folder.join(format!("{stem}-{n}{ext}"))
-        };
+        let target = folder.join(suffixed(name, n));
         // A hard link fails if the name exists, which makes "create, never replace" atomic.
         match std::fs::hard_link(tmp, &target) {
             Ok(()) => return Ok(target),
@@ -257,10 +281,7 @@ fn place(
                     OnConflict::Suffix => continue,
                     OnConflict::Overwrite => {
                         std::fs::rename(tmp, &target).map_err(|e| {
-                            FlowError::new(
-                                ErrorKind::Sink,
-                                format!("cannot replace {}: {e}", target.display()),
-                            )
+                            io_failure(format!("cannot replace {}", target.display()), &e)
                         })?;
                         return Ok(target);
                     }
@@ -276,10 +297,7 @@ fn place(
                 }
             }
             Err(e) => {
-                return Err(FlowError::new(
-                    ErrorKind::Sink,
-                    format!("cannot create {}: {e}", target.display()),
-                ));
+                return Err(io_failure(format!("cannot create {}", target.display()), &e));
             }
         }
     }

@@ -2,22 +2,19 @@
 //! gate, claim by atomic rename into `.inflight/`, recovery at start-up, and the move to
 //! `.done/`, `.rejected/` or `.error/` once every message of the file is acknowledged.
 
-use super::decode::{Record, decode};
-use super::finish::{Disposition, finish};
+use super::claim::start;
+use super::finish::Disposition;
 use super::is_ignored_name;
 use super::stability::Stability;
+use super::temp::clean_once;
 use async_trait::async_trait;
-use serde_json::{Value, json};
-use sluice_engine::{
-    Acker, BuildContext, Envelope, ErrorKind, Inlet, Message, Meta, Outcome, Trigger,
-};
-use sluice_flow::{Diagnostic, FileTriggerConfig, OnSuccess};
+use sluice_engine::{BuildContext, Inlet, Trigger};
+use sluice_flow::{Diagnostic, FileTriggerConfig};
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Rescans triggered by notifications are at least this far apart, so that a burst of
@@ -74,13 +71,13 @@ impl FileTrigger {
 }
 
 /// State shared by the scanner and the claims it spawned.
-struct Shared {
-    flow: String,
-    folder: PathBuf,
-    inflight: PathBuf,
-    config: FileTriggerConfig,
-    in_flight: Mutex<HashSet<String>>,
-    poke: mpsc::UnboundedSender<Poke>,
+pub(super) struct Shared {
+    pub(super) flow: String,
+    pub(super) folder: PathBuf,
+    pub(super) inflight: PathBuf,
+    pub(super) config: FileTriggerConfig,
+    pub(super) in_flight: Mutex<HashSet<String>>,
+    pub(super) poke: mpsc::UnboundedSender<Poke>,
 }
 
 #[async_trait]
@@ -106,6 +103,11 @@ impl Trigger for FileTrigger {
             poke: poke_tx.clone(),
         });
         let slots = Arc::new(Semaphore::new(self.config.max_in_flight));
+
+        // Sidecars half-written when an earlier run was killed: sluice's own temporary names.
+        for outcome in Disposition::FOLDERS {
+            clean_once(&self.folder.join(outcome), &shared.flow);
+        }
 
         // Whatever a previous run left in `.inflight/` is processed again, first.
         let mut leftovers: Vec<String> = list_names(&inflight);
@@ -164,7 +166,7 @@ impl Trigger for FileTrigger {
 
 /// Why the scanner wakes up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Poke {
+pub(super) enum Poke {
     /// Something appeared or changed in the folder.
     Folder,
     /// A claim finished, so a slot is free.
@@ -321,233 +323,8 @@ fn watch_folder(
     Some(watcher)
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// One claimed file: counts its outstanding messages and moves it when the last is acked.
-struct Claim {
-    shared: Arc<Shared>,
-    name: String,
-    path: PathBuf,
-    multi: bool,
-    remaining: AtomicUsize,
-    failures: Mutex<Vec<(Option<usize>, Value, ErrorKind)>>,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        // Finished or abandoned (shutdown): either way the name is free again. An abandoned
-        // file stays in `.inflight/` and is recovered at the next start.
-        lock(&self.shared.in_flight).remove(&self.name);
-        let _ = self.shared.poke.send(Poke::Slot);
-    }
-}
-
-impl Claim {
-    fn finish(&self, disposition: Disposition, sidecar: Option<Value>) {
-        match finish(
-            &self.shared.folder,
-            &self.path,
-            &self.name,
-            disposition,
-            sidecar.as_ref(),
-        ) {
-            Ok(target) => {
-                if disposition != Disposition::Done && disposition != Disposition::Delete {
-                    tracing::warn!(flow = %self.shared.flow, file = %self.name, to = %target.map(|t| t.display().to_string()).unwrap_or_default(), "file not processed; see its .error.json");
-                }
-            }
-            Err(e) => {
-                tracing::error!(flow = %self.shared.flow, file = %self.path.display(), "cannot move the finished file: {e}; it stays in .inflight/ and will be processed again at the next start")
-            }
-        }
-    }
-
-    fn fail_unread(&self, message: String) {
-        tracing::warn!(flow = %self.shared.flow, file = %self.name, "{message}");
-        let sidecar = json!({
-            "flow": self.shared.flow,
-            "flow_version": null,
-            "step": "trigger",
-            "kind": ErrorKind::Trigger,
-            "message": message,
-            "violations": [],
-            "attempts": 1,
-            "time": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            "file": self.name,
-        });
-        self.finish(Disposition::Error, Some(sidecar));
-    }
-
-    fn complete(&self) {
-        let failures = std::mem::take(&mut *lock(&self.failures));
-        let Some((_, first, _)) = failures.first() else {
-            let disposition = match self.shared.config.on_success {
-                OnSuccess::Move => Disposition::Done,
-                OnSuccess::Delete => Disposition::Delete,
-            };
-            return self.finish(disposition, None);
-        };
-        let disposition = if failures.iter().all(|f| f.2 == ErrorKind::Contract) {
-            Disposition::Rejected
-        } else {
-            Disposition::Error
-        };
-        let mut sidecar = first.clone();
-        if let Value::Object(map) = &mut sidecar {
-            map.insert("file".to_owned(), Value::String(self.name.clone()));
-            if self.multi {
-                let records: Vec<Value> = failures
-                    .iter()
-                    .map(|(line, envelope, _)| {
-                        let mut record = envelope.clone();
-                        if let Value::Object(r) = &mut record {
-                            r.insert("line".to_owned(), json!(line));
-                        }
-                        record
-                    })
-                    .collect();
-                map.insert("failed_records".to_owned(), Value::Array(records));
-            }
-        }
-        self.finish(disposition, Some(sidecar));
-    }
-}
-
-/// Marks a claimed file in flight and processes it in a task of its own.
-fn start(
-    shared: &Arc<Shared>,
-    inlet: &Inlet,
-    name: String,
-    slot: OwnedSemaphorePermit,
-    stop: &CancellationToken,
-) {
-    lock(&shared.in_flight).insert(name.clone());
-    tokio::spawn(process(
-        shared.clone(),
-        inlet.clone(),
-        name,
-        slot,
-        stop.clone(),
-    ));
-}
-
-/// Reads a claimed file, sends its messages, and leaves the rest to the acks.
-async fn process(
-    shared: Arc<Shared>,
-    inlet: Inlet,
-    name: String,
-    slot: OwnedSemaphorePermit,
-    stop: CancellationToken,
-) {
-    let path = shared.inflight.join(&name);
-    let max_size = shared.config.max_size.0;
-    let format = shared.config.format;
-    let claim = |multi: bool| {
-        Arc::new(Claim {
-            shared: shared.clone(),
-            name: name.clone(),
-            path: path.clone(),
-            multi,
-            remaining: AtomicUsize::new(0),
-            failures: Mutex::new(Vec::new()),
-            _slot: slot,
-        })
-    };
-    let read_path = path.clone();
-    let csv = shared.config.csv.clone();
-    let read = tokio::task::spawn_blocking(move || -> Result<Result<(u64, Vec<Record>), String>, std::io::Error> {
-        let size = std::fs::metadata(&read_path)?.len();
-        if size > max_size {
-            return Ok(Err(format!(
-                "the file is {size} bytes, over the trigger's max_size of {max_size} bytes; it was not read (raise `max_size` to accept it)"
-            )));
-        }
-        let bytes = std::fs::read(&read_path)?;
-        Ok(decode(&bytes, format, &csv).map(|records| (size, records)))
-    })
-    .await;
-    let multi = matches!(
-        format,
-        sluice_flow::FileFormat::Ndjson | sluice_flow::FileFormat::Csv
-    );
-    let claim = claim(multi);
-    let (size, records) = match read {
-        Ok(Ok(Ok(decoded))) => decoded,
-        Ok(Ok(Err(reason))) => {
-            let claim = claim.clone();
-            let _ = tokio::task::spawn_blocking(move || claim.fail_unread(reason)).await;
-            return;
-        }
-        Ok(Err(e)) => {
-            // Vanished or unreadable: leave it for the next start rather than guess.
-            tracing::warn!(flow = %shared.flow, file = %path.display(), "cannot read the claimed file: {e}");
-            return;
-        }
-        Err(_) => return,
-    };
-    if records.is_empty() {
-        let claim = claim.clone();
-        let _ = tokio::task::spawn_blocking(move || claim.complete()).await;
-        return;
-    }
-    claim.remaining.store(records.len(), Ordering::SeqCst);
-    let original = shared.folder.join(&name).display().to_string();
-    // The file is one batch: the engine notices when every message of it has settled
-    // (`aggregate … end_of_batch`). A fresh id per claim: a redelivered file is a new batch.
-    let batch_id = uuid::Uuid::now_v7().to_string();
-    let batch_size = records.len().to_string();
-    for record in records {
-        if stop.is_cancelled() {
-            return;
-        }
-        let mut meta = Meta::new();
-        meta.insert("file.name".to_owned(), name.clone());
-        meta.insert("file.path".to_owned(), original.clone());
-        meta.insert("file.size".to_owned(), size.to_string());
-        if let Some(line) = record.line {
-            meta.insert("file.line".to_owned(), line.to_string());
-        }
-        meta.insert(sluice_engine::hold::BATCH_ID.to_owned(), batch_id.clone());
-        meta.insert(
-            sluice_engine::hold::BATCH_SIZE.to_owned(),
-            batch_size.clone(),
-        );
-        let message = Message::new(&shared.flow, record.payload, meta);
-        let ack = Box::new(FileAck {
-            claim: claim.clone(),
-            line: record.line,
-        });
-        let envelope = Envelope {
-            message,
-            ack,
-            reply: false,
-        };
-        if inlet.send(envelope).await.is_err() {
-            return;
-        }
-    }
-}
-
-struct FileAck {
-    claim: Arc<Claim>,
-    line: Option<usize>,
-}
-
-#[async_trait]
-impl Acker for FileAck {
-    async fn ack(self: Box<Self>, outcome: Outcome) {
-        if let Outcome::Failed(failure) = outcome {
-            let envelope = serde_json::to_value(&failure.envelope).unwrap_or(Value::Null);
-            lock(&self.claim.failures).push((self.line, envelope, failure.error.kind));
-        }
-        if self.claim.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let claim = self.claim.clone();
-            let _ = tokio::task::spawn_blocking(move || claim.complete()).await;
-        }
-    }
 }
