@@ -298,6 +298,8 @@ steps:
       into: score
 errors:
   retry: { attempts: 2, backoff: 50ms, max_backoff: 200ms }
+  # The 500 is answered to the caller; this flow keeps such failures as well.
+  dead_letter_answered: true
   dead_letter:
     file: { path: dead-letter/enrich-orders }
 "#;

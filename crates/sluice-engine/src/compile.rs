@@ -162,6 +162,7 @@ pub fn compile(
                 SinkConfig::File(f) => Some(PathBuf::from(f.path.value.as_str())),
                 _ => None,
             }),
+        dead_letter_answered: file.errors.dead_letter_answered,
         retry: file.errors.retry.clone(),
         tests,
         dependencies: cx.dependencies,

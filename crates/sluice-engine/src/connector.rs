@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use sluice_flow::{Diagnostic, LoadedFlow, SinkConfig, Span, Spanned, TriggerConfig};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -99,6 +100,76 @@ pub struct Failure {
 pub trait Acker: Send {
     /// Acknowledges (or rejects) the source of the message.
     async fn ack(self: Box<Self>, outcome: Outcome);
+
+    /// The caller waiting for the answer, for request-reply sources that answer errors to
+    /// it (the HTTP trigger); `None` for every other source.
+    fn caller(&self) -> Option<Caller> {
+        None
+    }
+}
+
+/// The one commit point shared by a request-reply trigger and the engine, so that a caller
+/// told "nothing was delivered" (a 504 before any sink) can rely on it: the engine writes
+/// to sinks only after [`Caller::commit`], and the trigger gives up only through
+/// [`Caller::give_up`], which says whether the sinks had already started.
+#[derive(Clone, Debug, Default)]
+pub struct Caller(Arc<AtomicU8>);
+
+/// Waiting for the outcome; nothing written yet.
+const WAITING: u8 = 0;
+/// Sinks are being written; the caller still waits for the outcome.
+const COMMITTED: u8 = 1;
+/// The caller gave up before any sink write: it was told nothing was delivered.
+const CANCELLED: u8 = 2;
+/// The caller gave up while the sinks were being written: it does not know the outcome.
+const UNANSWERED: u8 = 3;
+
+/// What the caller was told when it stopped waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GaveUp {
+    /// No sink was (or will be) written: retrying is safe.
+    NothingDelivered,
+    /// Sinks were already being written: the outcome is unknown.
+    OutcomeUnknown,
+}
+
+impl Caller {
+    /// A caller that is waiting.
+    pub fn new() -> Self {
+        Caller::default()
+    }
+
+    /// Called by the engine before the first sink write: `false` means the caller was
+    /// already told that nothing was delivered, so nothing may be written.
+    pub fn commit(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(WAITING, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state != CANCELLED,
+        }
+    }
+
+    /// Called by the trigger when it stops waiting (its timeout, or the client left).
+    pub fn give_up(&self) -> GaveUp {
+        match self
+            .0
+            .compare_exchange(WAITING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(CANCELLED) => GaveUp::NothingDelivered,
+            Err(_) => {
+                self.0.store(UNANSWERED, Ordering::Release);
+                GaveUp::OutcomeUnknown
+            }
+        }
+    }
+
+    /// Whether a failure is (or was) answered to the caller as a failure: not so once it
+    /// gave up while the sinks were written, since it was told the outcome is unknown.
+    pub fn answers_failure(&self) -> bool {
+        self.0.load(Ordering::Acquire) != UNANSWERED
+    }
 }
 
 /// A message plus the acknowledgement owed to its source.

@@ -2,16 +2,14 @@
 //! input contract → steps → output contract → sinks (with retry) → dead letter → outcome.
 
 use crate::breaker::Breakers;
-use crate::connector::{Envelope, Failure, Outcome, Outgoing, Reply, Sink, Trigger};
+use crate::connector::{Caller, Failure, Outcome, Outgoing, Reply, Sink, Trigger};
 use crate::contract::Contract;
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
-use crate::hold::{BatchTracker, Hold, HoldInner, Slot};
+use crate::hold::Hold;
 use crate::message::{Message, Meta, Payload};
 use crate::retry::with_retry;
-use crate::stats::FlowStats;
 use crate::steps::{Control, Delivery, Exec, Fork, Steps};
 use crate::testing::CompiledTest;
-use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, join_all};
 use serde_json::{Value, json};
@@ -19,7 +17,9 @@ use sluice_flow::{RetryConfig, TriggerConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Semaphore, mpsc};
+
+pub use crate::dry_run::Executed;
+pub use crate::workers::run_workers;
 
 /// One version of a flow, ready to run messages. Immutable; a reload builds a new one.
 pub struct CompiledFlow {
@@ -51,6 +51,8 @@ pub struct CompiledFlow {
     pub dead_letter: Option<Arc<dyn Sink>>,
     /// The folder of a `file` dead-letter sink (listed by the admin API).
     pub dead_letter_folder: Option<PathBuf>,
+    /// `errors.dead_letter_answered`: dead-letter failures already answered to the caller.
+    pub dead_letter_answered: bool,
     /// `errors.retry`.
     pub retry: RetryConfig,
     /// `tests:`.
@@ -65,76 +67,10 @@ pub struct CompiledFlow {
     pub stateful: Vec<Arc<dyn crate::steps::Stateful>>,
 }
 
-/// The result of running the steps of one message, before any I/O.
-pub struct Executed {
-    /// `Drop` when a filter removed the message.
-    pub control: Control,
-    /// The payload after the last step.
-    pub payload: Payload,
-    /// The metadata.
-    pub meta: Arc<Meta>,
-    /// Deliveries to perform.
-    pub deliveries: Vec<crate::steps::Delivery>,
-    /// Status and headers set by `reply` steps.
-    pub reply: crate::steps::ReplySpec,
-}
-
 impl CompiledFlow {
-    /// Runs the input contract, the steps and the output contract as a dry run (no I/O, no
-    /// waiting, no state touched); `split` children run one after the other and their
-    /// deliveries are collected. Used by `tests:`, `sluice exec` and the benchmarks.
-    pub async fn execute(&self, message: Message) -> Result<Executed, FlowError> {
-        let Message { payload, meta } = message;
-        let mut exec = Exec::new(payload, meta);
-        exec.dry = true;
-        self.dry_from(exec, 0).await
-    }
-
-    fn dry_from(&self, mut exec: Exec, start: usize) -> BoxFuture<'_, Result<Executed, FlowError>> {
-        async move {
-            let (control, at) = self.steps_from(&mut exec, start).await?;
-            if control != Control::Fork {
-                return Ok(Executed {
-                    control,
-                    payload: exec.payload,
-                    meta: exec.meta,
-                    deliveries: exec.deliveries,
-                    reply: exec.reply,
-                });
-            }
-            let Some(Fork::Split(children)) = exec.fork.take() else {
-                // `aggregate` completes at once in a dry run and never forks.
-                return Err(FlowError::permanent(
-                    ErrorKind::Transform,
-                    "unexpected fork in a dry run",
-                ));
-            };
-            let mut payloads = Vec::new();
-            let mut deliveries = exec.deliveries;
-            for child in children.into_execs(&exec.meta, None) {
-                let mut child = child;
-                child.dry = true;
-                let done = self.dry_from(child, at + 1).await?;
-                if done.control == Control::Continue {
-                    let mut payload = done.payload;
-                    payloads.push(payload.json().cloned().unwrap_or(Value::Null));
-                }
-                deliveries.extend(done.deliveries);
-            }
-            Ok(Executed {
-                control: Control::Continue,
-                payload: Payload::from_json(Value::Array(payloads)),
-                meta: exec.meta,
-                deliveries,
-                reply: exec.reply,
-            })
-        }
-        .boxed()
-    }
-
     /// The input contract (at the start), the steps from `start`, and the output contract
     /// of every delivery when the steps ran to the end.
-    async fn steps_from(
+    pub(crate) async fn steps_from(
         &self,
         exec: &mut Exec,
         start: usize,
@@ -183,12 +119,26 @@ impl CompiledFlow {
         want_reply: bool,
         hold: Option<Hold>,
     ) -> Option<Outcome> {
+        self.process_for(message, want_reply, hold, None).await
+    }
+
+    /// [`CompiledFlow::process`] for a message whose caller waits for the answer: no sink
+    /// is written once the caller was told that nothing was delivered, and a failure
+    /// answered to it is dead-lettered only with `errors.dead_letter_answered`.
+    pub async fn process_for(
+        &self,
+        message: Message,
+        want_reply: bool,
+        hold: Option<Hold>,
+        caller: Option<Caller>,
+    ) -> Option<Outcome> {
         if let Some(why) = message.undecodable_reason() {
             let error = FlowError::permanent(ErrorKind::Trigger, why.to_owned());
             let message_id = message.id().to_owned();
             let meta = message.meta.clone();
             let original = Some((message.payload, message.meta));
-            let outcome = self.fail(error, 1, &meta, original, true).await;
+            let keep = self.keeps_failure(caller.as_ref());
+            let outcome = self.fail(error, 1, &meta, original, keep).await;
             if !outcome.dead_lettered() {
                 tracing::error!(flow = %self.name, message_id = %message_id,
                     "the body cannot be read and the flow has no working dead letter: the message is acknowledged at its source and dropped; add `errors: dead_letter:` to keep such messages");
@@ -198,7 +148,17 @@ impl CompiledFlow {
         let Message { payload, meta } = message;
         let mut exec = Exec::new(payload, meta);
         exec.hold = hold;
+        exec.caller = caller;
         self.run(exec, 0, want_reply, true).await
+    }
+
+    /// Whether a failure goes to the dead letter: always for one-way sources; for a caller
+    /// that is (or was) answered the error, only with `errors.dead_letter_answered`, so a
+    /// client of a public endpoint cannot fill the dead letter with its own bad requests.
+    /// A caller that gave up while the sinks were written was not told the failure, so
+    /// that failure is always kept.
+    fn keeps_failure(&self, caller: Option<&Caller>) -> bool {
+        self.dead_letter_answered || !caller.is_some_and(Caller::answers_failure)
     }
 
     /// Runs a message from step `start` on: steps, deliveries, and (when `dead_letter`) the
@@ -236,7 +196,9 @@ impl CompiledFlow {
                         exec.finish(true);
                         return Some(Outcome::Completed(reply));
                     }
-                    match self.deliver(&exec.meta, &exec.deliveries).await {
+                    match self
+                        .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
+                        .await {
                         Ok(()) => {
                             exec.finish(true);
                             return Some(Outcome::Delivered(reply));
@@ -250,12 +212,29 @@ impl CompiledFlow {
                 }
             };
             exec.finish(false);
-            Some(
-                self.fail(error, attempts, &exec.meta, original, dead_letter)
-                    .await,
-            )
+            let keep = dead_letter && self.keeps_failure(exec.caller.as_ref());
+            Some(self.fail(error, attempts, &exec.meta, original, keep).await)
         }
         .boxed()
+    }
+
+    /// Writes the deliveries of `exec`, unless its caller was already told that nothing
+    /// was delivered (then the message is cancelled before any sink).
+    async fn deliver_for(
+        &self,
+        caller: Option<&Caller>,
+        meta: &Arc<Meta>,
+        deliveries: &[Delivery],
+    ) -> Result<(), (FlowError, u32)> {
+        if caller.is_some_and(|c| !c.commit()) {
+            let error = FlowError::permanent(
+                ErrorKind::Timeout,
+                "cancelled before any sink was written: the caller had already been answered \
+                 504 (nothing delivered) when the steps finished",
+            );
+            return Err((error, 1));
+        }
+        self.deliver(meta, deliveries).await
     }
 
     /// Logs a failed message (its ids are read from `meta`) and dead-letters it (when asked
@@ -354,8 +333,12 @@ impl CompiledFlow {
         let fail_parent = children.fail_parent;
         // The children share the parent's hold; the parent settles when the last child does.
         let hold = exec.hold.take();
-        let execs = children.into_execs(&exec.meta, hold.as_ref());
+        let mut execs = children.into_execs(&exec.meta, hold.as_ref());
         drop(hold);
+        // The children's sinks pass the same commit point as the parent's.
+        for child in &mut execs {
+            child.caller = exec.caller.clone();
+        }
         let runs = execs
             .into_iter()
             .map(|child| self.run(child, at + 1, false, dead_letter && !fail_parent));
@@ -385,7 +368,9 @@ impl CompiledFlow {
                 exec.finish(true);
                 return Some(Outcome::Delivered(None));
             }
-            None => self.deliver(&exec.meta, &exec.deliveries).await.err(),
+            None => self
+                        .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
+                        .await.err(),
         };
         match failed {
             None => {
@@ -394,10 +379,8 @@ impl CompiledFlow {
             }
             Some((error, attempts)) => {
                 exec.finish(false);
-                Some(
-                    self.fail(error, attempts, &exec.meta, original, dead_letter)
-                        .await,
-                )
+                let keep = dead_letter && self.keeps_failure(exec.caller.as_ref());
+                Some(self.fail(error, attempts, &exec.meta, original, keep).await)
             }
         }
     }
@@ -534,7 +517,7 @@ impl CompiledFlow {
         let payload = json!({
             "message": message,
             "meta": &*meta,
-            "error": envelope,
+            "error": bounded(envelope),
         });
         let out = Outgoing {
             payload: Payload::from_json(payload),
@@ -562,6 +545,34 @@ fn reply(exec: &mut Exec, wanted: bool) -> Option<Reply> {
     })
 }
 
+/// Violations kept in a dead-letter entry, and bytes kept of each one's message: one body
+/// can break a contract in as many places as it has values, and each message may quote
+/// the value, so an entry is bounded by the body size, not by body size times violations.
+const DEAD_LETTER_VIOLATIONS: usize = 100;
+const DEAD_LETTER_VIOLATION_TEXT: usize = 1024;
+
+/// The envelope as a dead-letter entry holds it (its `message` still gives the full count).
+fn bounded(envelope: &ErrorEnvelope) -> std::borrow::Cow<'_, ErrorEnvelope> {
+    let long = |v: &crate::error::Violation| v.message.len() > DEAD_LETTER_VIOLATION_TEXT;
+    if envelope.violations.len() <= DEAD_LETTER_VIOLATIONS && !envelope.violations.iter().any(long)
+    {
+        return std::borrow::Cow::Borrowed(envelope);
+    }
+    let mut copy = envelope.clone();
+    copy.violations.truncate(DEAD_LETTER_VIOLATIONS);
+    for v in &mut copy.violations {
+        if v.message.len() > DEAD_LETTER_VIOLATION_TEXT {
+            let mut end = DEAD_LETTER_VIOLATION_TEXT;
+            while !v.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            v.message.truncate(end);
+            v.message.push('…');
+        }
+    }
+    std::borrow::Cow::Owned(copy)
+}
+
 /// A copy of an outcome for another member of an aggregate group.
 fn replicate(outcome: &Outcome) -> Outcome {
     match outcome {
@@ -586,58 +597,6 @@ fn abandoned(flow: &CompiledFlow, message_id: &str) -> Failure {
         error,
         dead_lettered: false,
     }
-}
-
-/// Takes messages from the flow's queue and runs up to `concurrency` of them at once, each
-/// on the flow version that was current when it started. Returns when the queue is closed,
-/// every message taken has settled, the flow's stateful steps were told to stop, and every
-/// message task has ended (acknowledged, or abandoned for redelivery).
-pub async fn run_workers(
-    mut rx: mpsc::Receiver<Envelope>,
-    current: Arc<ArcSwap<CompiledFlow>>,
-    concurrency: usize,
-    stats: Arc<FlowStats>,
-) {
-    let limit = Arc::new(Semaphore::new(concurrency));
-    let batches = BatchTracker::new();
-    let tasks = tokio_util::task::TaskTracker::new();
-    while let Some(Envelope {
-        message,
-        ack,
-        reply,
-    }) = rx.recv().await
-    {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
-        };
-        let flow = current.load_full();
-        let slot = Slot::new(permit);
-        let hold = HoldInner::new(Some(slot.clone()), &batches, &message.meta);
-        let stats = stats.clone();
-        tasks.spawn(async move {
-            // The slot goes back after the acknowledgement (or earlier, if the message parks).
-            let _slot = slot;
-            let started = std::time::Instant::now();
-            stats.started();
-            match flow.process(message, reply, Some(hold)).await {
-                Some(outcome) => {
-                    stats.finished(&outcome, started.elapsed());
-                    ack.ack(outcome).await
-                }
-                // Abandoned: dropping the acker unacknowledged makes the source redeliver.
-                None => {
-                    stats.abandoned();
-                    drop(ack)
-                }
-            }
-        });
-    }
-    // Every permit back means every message taken was acknowledged or parked.
-    let _ = limit.acquire_many(concurrency as u32).await;
-    // Parked messages end when their aggregate groups are completed or abandoned.
-    current.load().stop_stateful();
-    tasks.close();
-    tasks.wait().await;
 }
 
 impl CompiledFlow {

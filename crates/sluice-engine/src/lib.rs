@@ -13,6 +13,7 @@ pub mod compile;
 pub mod connector;
 pub mod contract;
 pub mod directory;
+pub mod dry_run;
 pub mod error;
 pub mod expr;
 pub mod flow;
@@ -28,14 +29,15 @@ pub mod steps;
 pub mod testing;
 pub mod value;
 pub mod watch;
+pub mod workers;
 
 #[cfg(test)]
 mod eip_tests;
 
 pub use compile::{Folders, compile};
 pub use connector::{
-    Acker, BuildContext, Connectors, Envelope, Failure, Inlet, Outcome, Outgoing, Reply, Sink,
-    Trigger,
+    Acker, BuildContext, Caller, Connectors, Envelope, Failure, GaveUp, Inlet, Outcome, Outgoing,
+    Reply, Sink, Trigger,
 };
 pub use error::{ErrorEnvelope, ErrorKind, FlowError, Violation};
 pub use flow::CompiledFlow;

@@ -19,6 +19,6 @@ pub use diagnostic::{Diagnostic, Span};
 pub use load::{LoadedFlow, flow_name_from_path, load_flow_file, parse_flow};
 pub use model::*;
 pub use serde_saphyr::Spanned;
-pub use settings::{ChannelBackend, Settings};
+pub use settings::{ChannelBackend, HttpListenerSettings, Settings};
 pub use text::Text;
 pub use units::{ByteSize, Count, Dur};

@@ -51,6 +51,10 @@ pub enum Command {
         /// The HTTP listener shared by every `http` trigger.
         #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Connections the HTTP listener serves at once (overrides `http.max_connections`
+        /// in sluice.yaml; default 1024). Further connections wait in the accept queue.
+        #[arg(long, env = "SLUICE_HTTP_MAX_CONNECTIONS", value_parser = positive_count)]
+        http_max_connections: Option<usize>,
         /// The admin server (health, metrics, flows API); `off` disables it.
         #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9850")]
         admin: String,
@@ -97,4 +101,11 @@ fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
     text.parse::<humantime::Duration>()
         .map(Into::into)
         .map_err(|e| format!("`{text}` is not a duration ({e}); e.g. 30s"))
+}
+
+fn positive_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{text}` is not a count of at least 1; e.g. 1024")),
+    }
 }

@@ -23,12 +23,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             folders,
             shutdown_grace,
             listen,
+            http_max_connections,
             admin,
             admin_token,
         } => run(RunOptions {
             folders,
             grace: shutdown_grace,
             listen,
+            http_max_connections,
             admin,
             admin_token,
         }),
@@ -57,20 +59,25 @@ struct RunOptions {
     folders: Folders,
     grace: std::time::Duration,
     listen: String,
+    http_max_connections: Option<usize>,
     admin: String,
     admin_token: Option<String>,
 }
 
 fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     // `sluice.yaml` in the working directory: where flow-to-flow channels live.
-    let settings = sluice_flow::Settings::load(Path::new(".")).map_err(anyhow::Error::msg)?;
+    let mut settings = sluice_flow::Settings::load(Path::new(".")).map_err(anyhow::Error::msg)?;
     let RunOptions {
         folders,
         grace,
         listen,
+        http_max_connections,
         admin,
         admin_token,
     } = options;
+    if let Some(max) = http_max_connections {
+        settings.http.max_connections = max;
+    }
     if !folders.flows.is_dir() {
         bail!(
             "the flows folder `{}` does not exist; create it or pass --flows DIR",
@@ -94,7 +101,7 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let http = sluice_connectors::http::HttpHub::new(listen);
+        let http = sluice_connectors::http::HttpHub::with_limits(listen, &settings.http);
         let registry = Registry::new(
             RegistryOptions {
                 flows: folders.flows.clone(),

@@ -1,5 +1,6 @@
-//! Request authentication: bearer token, API key header, HMAC-SHA256 body signature.
-//! Every comparison is constant-time.
+//! Request authentication: bearer token, API key header, HMAC-SHA256 body signature (with
+//! an optional signed timestamp against replays). Every comparison is constant-time, and
+//! everything that can be decided from the headers is decided before the body is read.
 
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
@@ -13,13 +14,26 @@ pub enum Auth {
     Bearer(String),
     /// A key in a header.
     ApiKey { header: String, value: String },
-    /// HMAC-SHA256 of the raw body.
+    /// HMAC-SHA256 of the raw body (or of `<timestamp>.<body>`).
     Hmac {
         secret: String,
         header: String,
         prefix: String,
+        timestamp: Option<Timestamp>,
     },
 }
+
+/// The replay guard of an HMAC rule.
+#[derive(Clone)]
+pub struct Timestamp {
+    /// The header carrying the Unix time (seconds) of signing; lower-case.
+    pub header: String,
+    /// How far it may be from this server's clock, either way.
+    pub tolerance: std::time::Duration,
+}
+
+/// The length of a hex-encoded SHA-256 digest.
+const HEX_DIGEST_LEN: usize = 64;
 
 impl Auth {
     /// Builds the rule; exactly one method must be given.
@@ -61,11 +75,36 @@ impl Auth {
             return Err("`auth` needs one of `bearer`, `api_key`, `hmac`".to_owned());
         };
         nonempty("HMAC secret", &hmac.secret.0)?;
+        let timestamp = match &hmac.timestamp {
+            Some(t) => {
+                if t.value.tolerance.value.0.is_zero() {
+                    return Err("`timestamp.tolerance` must be more than 0s (e.g. 5m): \
+                                with 0 no request could ever arrive in time"
+                        .to_owned());
+                }
+                nonempty("timestamp header name", &t.value.header.0)?;
+                Some(Timestamp {
+                    header: t.value.header.0.to_ascii_lowercase(),
+                    tolerance: t.value.tolerance.value.0,
+                })
+            }
+            None => None,
+        };
         Ok(Auth::Hmac {
             secret: hmac.secret.0.clone(),
             header: hmac.header.0.to_ascii_lowercase(),
             prefix: hmac.prefix.0.clone(),
+            timestamp,
         })
+    }
+
+    /// Headers that carry this rule's credentials, never copied into message metadata
+    /// (besides `authorization`, which never is).
+    pub fn credential_header(&self) -> Option<&str> {
+        match self {
+            Auth::Bearer(_) => None,
+            Auth::ApiKey { header, .. } | Auth::Hmac { header, .. } => Some(header),
+        }
     }
 
     /// Whether the rule needs the body (checked after reading it).
@@ -73,8 +112,10 @@ impl Auth {
         matches!(self, Auth::Hmac { .. })
     }
 
-    /// Checks a request; `body` is `None` before the body is read.
-    pub fn check(&self, headers: &HeaderMap, body: Option<&[u8]>) -> Result<(), &'static str> {
+    /// Checks a request; `body` is `None` before the body is read, when everything the
+    /// headers alone decide is checked (a missing, malformed or stale signature is refused
+    /// before any of the body is read). `now` is the Unix time in seconds.
+    pub fn check(&self, headers: &HeaderMap, body: Option<&[u8]>, now: u64) -> Result<(), String> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         match self {
             Auth::Bearer(token) => {
@@ -86,7 +127,7 @@ impl Auth {
                     .ok_or("missing bearer token")?;
                 constant_time_eq(given.trim().as_bytes(), token.as_bytes())
                     .then_some(())
-                    .ok_or("wrong bearer token")
+                    .ok_or_else(|| "wrong bearer token".to_owned())
             }
             Auth::ApiKey {
                 header: name,
@@ -95,31 +136,81 @@ impl Auth {
                 let given = header(name).ok_or("missing API key")?;
                 constant_time_eq(given.as_bytes(), value.as_bytes())
                     .then_some(())
-                    .ok_or("wrong API key")
+                    .ok_or_else(|| "wrong API key".to_owned())
             }
             Auth::Hmac {
                 secret,
                 header: name,
                 prefix,
+                timestamp,
             } => {
-                let Some(body) = body else { return Ok(()) };
-                let given = header(name).ok_or("missing signature")?;
+                let given = header(name).ok_or_else(|| format!("missing signature (header `{name}`)"))?;
                 let hex_digest = given
                     .strip_prefix(prefix.as_str())
-                    .ok_or("malformed signature")?;
+                    .map(str::trim)
+                    .filter(|d| d.len() == HEX_DIGEST_LEN && d.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or_else(|| {
+                        format!("malformed signature: `{name}` must hold `{prefix}` and 64 hex digits")
+                    })?;
+                let signed_at = match timestamp {
+                    Some(t) => Some(fresh_timestamp(headers, t, now)?),
+                    None => None,
+                };
+                let Some(body) = body else { return Ok(()) };
                 let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-                    .map_err(|_| "unusable HMAC secret")?;
+                    .map_err(|_| "unusable HMAC secret".to_owned())?;
+                if let Some(signed_at) = signed_at {
+                    // The timestamp is part of what is signed, so it cannot be refreshed
+                    // to replay an old request.
+                    mac.update(signed_at.as_bytes());
+                    mac.update(b".");
+                }
                 mac.update(body);
                 let expected = hex::encode(mac.finalize().into_bytes());
                 constant_time_eq(
-                    hex_digest.trim().to_ascii_lowercase().as_bytes(),
+                    hex_digest.to_ascii_lowercase().as_bytes(),
                     expected.as_bytes(),
                 )
                 .then_some(())
-                .ok_or("wrong signature")
+                .ok_or_else(|| "wrong signature".to_owned())
             }
         }
     }
+}
+
+/// The timestamp header's text, when it is a Unix time within the tolerance of `now`.
+fn fresh_timestamp<'h>(headers: &'h HeaderMap, t: &Timestamp, now: u64) -> Result<&'h str, String> {
+    let text = headers
+        .get(t.header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .ok_or_else(|| format!("missing signature timestamp (header `{}`)", t.header))?;
+    let at: u64 = text
+        .parse()
+        .ok()
+        .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            format!(
+                "malformed signature timestamp: `{}` must be a Unix time in seconds",
+                t.header
+            )
+        })?;
+    let skew = now.abs_diff(at);
+    let tolerance = t.tolerance.as_secs();
+    if skew > tolerance {
+        let direction = if at < now { "old" } else { "in the future" };
+        return Err(format!(
+            "stale signature: its timestamp is {skew}s {direction}, this route accepts {tolerance}s; sign with the current time (a replayed request is refused this way)"
+        ));
+    }
+    Ok(text)
+}
+
+/// The current Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a secret matched.
@@ -152,15 +243,53 @@ mod tests {
             secret: "s3cret".into(),
             header: "x-signature".into(),
             prefix: "sha256=".into(),
+            timestamp: None,
         };
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
-        mac.update(b"{}");
-        let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let sig = format!("sha256={}", sign(b"{}"));
         let mut headers = HeaderMap::new();
         headers.insert("x-signature", HeaderValue::from_str(&sig).unwrap());
-        assert!(auth.check(&headers, Some(b"{}")).is_ok());
-        assert!(auth.check(&headers, Some(b"{ }")).is_err());
+        assert!(auth.check(&headers, None, 0).is_ok());
+        assert!(auth.check(&headers, Some(b"{}"), 0).is_ok());
+        assert!(auth.check(&headers, Some(b"{ }"), 0).is_err());
         let bearer = Auth::Bearer("t".into());
-        assert!(bearer.check(&HeaderMap::new(), None).is_err());
+        assert!(bearer.check(&HeaderMap::new(), None, 0).is_err());
+        // Decided before the body: no signature, or one that cannot be a digest.
+        assert!(auth.check(&HeaderMap::new(), None, 0).unwrap_err().contains("missing"));
+        headers.insert("x-signature", HeaderValue::from_static("sha256=zz"));
+        assert!(auth.check(&headers, None, 0).unwrap_err().contains("malformed"));
+    }
+
+    fn sign(data: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(data);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn signed_timestamps_refuse_stale_and_refreshed_requests() {
+        let auth = Auth::Hmac {
+            secret: "s3cret".into(),
+            header: "x-signature".into(),
+            prefix: String::new(),
+            timestamp: Some(Timestamp {
+                header: "x-signature-timestamp".into(),
+                tolerance: std::time::Duration::from_secs(300),
+            }),
+        };
+        let headers = |ts: &str, sig: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-signature", HeaderValue::from_str(sig).unwrap());
+            h.insert("x-signature-timestamp", HeaderValue::from_str(ts).unwrap());
+            h
+        };
+        let body = b"{\"a\":1}";
+        let sig = sign(b"1000.{\"a\":1}");
+        assert!(auth.check(&headers("1000", &sig), Some(body), 1100).is_ok());
+        let stale = auth.check(&headers("1000", &sig), None, 1400).unwrap_err();
+        assert!(stale.contains("stale") && stale.contains("400s old"), "{stale}");
+        // The same signature with a fresh timestamp: the timestamp is signed.
+        let refreshed = auth.check(&headers("1390", &sig), Some(body), 1400);
+        assert_eq!(refreshed.unwrap_err(), "wrong signature");
+        assert!(auth.check(&headers("x1", &sig), None, 1400).is_err());
     }
 }

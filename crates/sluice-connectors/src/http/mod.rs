@@ -1,6 +1,8 @@
 //! The HTTP connector: request-reply flows on one shared listener, and the `http` sink.
 
+mod answer;
 mod auth;
+mod listener;
 mod route;
 mod server;
 mod sink;

@@ -1,15 +1,16 @@
 //! The one HTTP listener shared by every `http` trigger, with a routing table that hot
 //! reload changes in place: no restart of the listener, no dropped requests.
 
-use super::auth::Auth;
+use super::answer::answer;
+use super::auth::{Auth, unix_now};
+use super::listener::{self, BodyBudget, Limits};
 use super::route::{Pattern, parse_query};
-use axum::body::Body;
-use axum::extract::State;
+use axum::body::{Body, HttpBody};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use sluice_engine::{Acker, Envelope, ErrorKind, Inlet, Message, Meta, Outcome, Payload};
-use std::net::SocketAddr;
+use sluice_engine::{Acker, Caller, Envelope, Inlet, Message, Meta, Outcome, Payload};
+use sluice_flow::HttpListenerSettings;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -42,11 +43,29 @@ pub struct HttpHub {
     shutdown: CancellationToken,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
     counters: RwLock<std::collections::HashMap<(String, u16), metrics::Counter>>,
+    limits: Limits,
+    budget: BodyBudget,
 }
 
 impl HttpHub {
-    /// A hub that will listen on `listen` once the first route is added.
+    /// A hub that will listen on `listen` once the first route is added, with the default
+    /// limits.
     pub fn new(listen: impl Into<String>) -> Arc<Self> {
+        HttpHub::with_limits(listen, &HttpListenerSettings::default())
+    }
+
+    /// A hub with the listener limits of `sluice.yaml` (`http:`); the connection cap is
+    /// lowered to fit the process's open-file limit.
+    pub fn with_limits(listen: impl Into<String>, settings: &HttpListenerSettings) -> Arc<Self> {
+        let mut limits = Limits::from_settings(settings);
+        let (cap, lowered_by) = listener::fitting_cap(limits.max_connections);
+        if let Some(nofile) = lowered_by {
+            tracing::warn!(
+                "http.max_connections lowered from {} to {cap}: the open-file limit is {nofile} (ulimit -n), and the listener may use half of it",
+                limits.max_connections
+            );
+        }
+        limits.max_connections = cap;
         Arc::new(HttpHub {
             listen: listen.into(),
             routes: RwLock::new(Vec::new()),
@@ -55,6 +74,8 @@ impl HttpHub {
             shutdown: CancellationToken::new(),
             server: Mutex::new(None),
             counters: RwLock::default(),
+            budget: BodyBudget::new(limits.max_body_in_flight),
+            limits,
         })
     }
 
@@ -102,30 +123,24 @@ impl HttpHub {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| self.listen.clone());
-        tracing::info!("http listener on {local}");
+        tracing::info!(
+            "http listener on {local} (at most {} connections; header timeout {}, body timeout {})",
+            self.limits.max_connections,
+            humantime::format_duration(self.limits.header_timeout),
+            humantime::format_duration(self.limits.body_timeout)
+        );
         *state = Listener::Running;
-        let app = axum::Router::new()
-            .fallback(handle)
-            .with_state(self.clone());
-        let stop = self.shutdown.clone();
-        let drained = Arc::new(tokio::sync::Notify::new());
-        let listener = DrainingListener {
-            inner: listener,
-            stop: stop.clone(),
-            drained: drained.clone(),
-            drain_deadline: None,
-        };
-        let server = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    stop.cancelled().await;
-                    drained.notified().await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!("http listener stopped: {e}");
-            }
+        let hub = self.clone();
+        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let hub = hub.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(hub, request.map(Body::new)).await) }
         });
+        let server = tokio::spawn(listener::serve(
+            listener,
+            self.limits.clone(),
+            self.shutdown.clone(),
+            service,
+        ));
         *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
         Ok(())
     }
@@ -192,60 +207,8 @@ impl HttpHub {
     }
 }
 
-/// A listener that, once told to stop, still accepts the connections already waiting in
-/// the kernel's backlog (their clients have sent requests), so no request is reset; only
-/// then does it report that it is drained and the server may close.
-struct DrainingListener {
-    inner: tokio::net::TcpListener,
-    stop: CancellationToken,
-    drained: Arc<tokio::sync::Notify>,
-    drain_deadline: Option<tokio::time::Instant>,
-}
-
-/// How long after the stop the listener keeps taking connections that were already queued
-/// (clients that connected just before the stop have sent their requests).
-const DRAIN_LINGER: Duration = Duration::from_millis(150);
-
-impl axum::serve::Listener for DrainingListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            if !self.stop.is_cancelled() {
-                tokio::select! {
-                    accepted = self.inner.accept() => match accepted {
-                        Ok(connection) => return connection,
-                        Err(e) => {
-                            tracing::warn!("http accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    _ = self.stop.cancelled() => {}
-                }
-            }
-            // Stopping: take what is already queued, for a short window, then report drained.
-            let deadline = *self
-                .drain_deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + DRAIN_LINGER);
-            match tokio::time::timeout_at(deadline, self.inner.accept()).await {
-                Ok(Ok(connection)) => return connection,
-                _ => {
-                    self.drained.notify_one();
-                    std::future::pending::<()>().await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
 /// Error bodies: `{"error": {"kind", "message", "message_id", "violations"?}}`.
-fn error_response(
+pub(super) fn error_response(
     status: StatusCode,
     kind: &str,
     message: &str,
@@ -259,7 +222,7 @@ fn error_response(
     json_response(status, &json!({ "error": error }), &[])
 }
 
-fn json_response(status: StatusCode, body: &Value, headers: &[(String, String)]) -> Response {
+pub(super) fn json_response(status: StatusCode, body: &Value, headers: &[(String, String)]) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec());
     let mut response = (status, bytes).into_response();
     let h = response.headers_mut();
@@ -308,17 +271,24 @@ fn correlation_id(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-struct ReplyAck(oneshot::Sender<Outcome>);
+struct ReplyAck {
+    tx: oneshot::Sender<Outcome>,
+    caller: Caller,
+}
 
 #[async_trait::async_trait]
 impl Acker for ReplyAck {
     async fn ack(self: Box<Self>, outcome: Outcome) {
-        // The client may have gone away; the message was processed all the same.
-        let _ = self.0.send(outcome);
+        // The client may have gone away; the caller state says what it was told.
+        let _ = self.tx.send(outcome);
+    }
+
+    fn caller(&self) -> Option<Caller> {
+        Some(self.caller.clone())
     }
 }
 
-async fn handle(State(hub): State<Arc<HttpHub>>, request: Request<Body>) -> Response {
+async fn handle(hub: Arc<HttpHub>, request: Request<Body>) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let (route, params) = match hub.find(&method, &path) {
@@ -342,22 +312,27 @@ async fn handle(State(hub): State<Arc<HttpHub>>, request: Request<Body>) -> Resp
             );
         }
     };
-    let response = serve(&route, params, request).await;
+    let response = serve(&hub, &route, params, request).await;
     hub.count(route.inlet.flow(), response.status().as_u16());
     response
 }
 
 async fn serve(
+    hub: &HttpHub,
     route: &RouteEntry,
     params: Vec<(String, String)>,
     request: Request<Body>,
 ) -> Response {
+    // The head has arrived: the body has `body_timeout` from now.
+    let body_deadline = tokio::time::Instant::now() + hub.limits.body_timeout;
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
+    // Everything the headers decide (token, key, a missing or stale signature) is decided
+    // before any of the body is read or buffered.
     if let Some(auth) = &route.auth
-        && let Err(reason) = auth.check(headers, None)
+        && let Err(reason) = auth.check(headers, None, unix_now())
     {
-        return error_response(StatusCode::UNAUTHORIZED, "auth", reason, None, None);
+        return error_response(StatusCode::UNAUTHORIZED, "auth", &reason, None, None);
     }
     let too_large = || {
         let why = format!(
@@ -385,17 +360,32 @@ async fn serve(
     if declared.is_some_and(|len| len > 0) && !is_json(headers) {
         return not_json();
     }
+    // Room in the listener's body budget first, for as much as this body may take; held
+    // until the request is answered, since the message keeps the body until then.
+    let expected = declared.unwrap_or(route.max_body).min(route.max_body);
+    let _budget = if body.size_hint().exact() == Some(0) {
+        None
+    } else {
+        match hub.budget.reserve(expected, body_deadline).await {
+            Some(permit) => Some(permit),
+            None => return body_busy(),
+        }
+    };
     let limit = usize::try_from(route.max_body).unwrap_or(usize::MAX);
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+    let read = tokio::time::timeout_at(body_deadline, axum::body::to_bytes(body, limit)).await;
+    let Ok(read) = read else {
+        return body_late(hub.limits.body_timeout);
+    };
+    let Ok(bytes) = read else {
         return too_large();
     };
     if !bytes.is_empty() && declared.is_none() && !is_json(headers) {
         return not_json();
     }
     if let Some(auth) = route.auth.as_ref().filter(|a| a.needs_body())
-        && let Err(reason) = auth.check(headers, Some(&bytes))
+        && let Err(reason) = auth.check(headers, Some(&bytes), unix_now())
     {
-        return error_response(StatusCode::UNAUTHORIZED, "auth", reason, None, None);
+        return error_response(StatusCode::UNAUTHORIZED, "auth", &reason, None, None);
     }
     let payload: Payload = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null.into()
@@ -431,8 +421,9 @@ async fn serve(
     }
     for (name, value) in headers {
         let name = name.as_str();
-        let secret = name == "authorization"
-            || matches!(&route.auth, Some(Auth::ApiKey { header, .. }) if header == name);
+        // Credentials never become metadata, which dead letters and logs carry.
+        let secret = NEVER_COPIED.contains(&name)
+            || route.auth.as_ref().and_then(Auth::credential_header) == Some(name);
         if secret {
             continue;
         }
@@ -447,92 +438,56 @@ async fn serve(
     std::sync::Arc::make_mut(&mut message.meta)
         .insert("correlation_id".to_owned(), correlation.clone());
     let (tx, rx) = oneshot::channel();
+    let caller = Caller::new();
     let envelope = Envelope {
         message,
-        ack: Box::new(ReplyAck(tx)),
+        ack: Box::new(ReplyAck {
+            tx,
+            caller: caller.clone(),
+        }),
         reply: true,
     };
-    let mut response = answer(route, envelope, &message_id, rx).await;
+    let mut response = answer(route, envelope, &message_id, rx, &caller).await;
     if let Ok(value) = HeaderValue::try_from(correlation.as_str()) {
         response.headers_mut().insert("x-correlation-id", value);
     }
     response
 }
 
-/// Queues the message, waits for its outcome (bounded by the route's timeout), and turns
-/// it into a response.
-async fn answer(
-    route: &RouteEntry,
-    envelope: Envelope,
-    message_id: &str,
-    rx: oneshot::Receiver<Outcome>,
-) -> Response {
-    let answered = tokio::time::timeout(route.timeout, async {
-        if route.inlet.send(envelope).await.is_err() {
-            return None;
-        }
-        rx.await.ok()
-    })
-    .await;
-    let outcome = match answered {
-        Ok(Some(outcome)) => outcome,
-        Ok(None) => {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "trigger",
-                "the flow is stopping; retry",
-                Some(message_id),
-                None,
-            );
-        }
-        Err(_) => {
-            return error_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "the flow did not answer in time",
-                Some(message_id),
-                None,
-            );
-        }
-    };
-    match outcome {
-        Outcome::Delivered(reply) | Outcome::Completed(reply) => {
-            let Some(reply) = reply else {
-                return json_response(StatusCode::OK, &Value::Null, &[]);
-            };
-            let status = reply
-                .status
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::OK);
-            json_response(status, &reply.payload, &reply.headers)
-        }
-        Outcome::Filtered => StatusCode::NO_CONTENT.into_response(),
-        Outcome::Failed(failure) => {
-            let error = &failure.error;
-            let status = match error.kind {
-                ErrorKind::Contract => StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            let violations = (error.kind == ErrorKind::Contract)
-                .then(|| serde_json::to_value(&error.violations).unwrap_or(Value::Null));
-            // Contract messages help the caller; other internals (paths, sinks) stay inside.
-            let message = match error.kind {
-                ErrorKind::Contract => error.message.clone(),
-                ErrorKind::Timeout => "a downstream service did not answer in time".to_owned(),
-                ErrorKind::Transform | ErrorKind::Script => format!(
-                    "the flow failed in {}",
-                    error.step.as_deref().unwrap_or("a step")
-                ),
-                _ => "the flow could not deliver the message".to_owned(),
-            };
-            error_response(
-                status,
-                error.kind.as_str(),
-                &message,
-                Some(message_id),
-                violations,
-            )
-        }
-    }
+/// Request headers never copied into metadata: they carry credentials of the caller, and
+/// metadata is written into dead letters and may be logged.
+const NEVER_COPIED: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// 408: the body did not arrive within the listener's `body_timeout`.
+fn body_late(timeout: Duration) -> Response {
+    let why = format!(
+        "the request body did not arrive within {} (sluice.yaml `http.body_timeout`)",
+        humantime::format_duration(timeout)
+    );
+    let mut response =
+        error_response(StatusCode::REQUEST_TIMEOUT, "trigger", &why, None, None);
+    response
+        .headers_mut()
+        .insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// 503: the listener's body budget stayed full for the whole `body_timeout`.
+fn body_busy() -> Response {
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "trigger",
+        "too many request bodies are being received at once (sluice.yaml `http.max_body_in_flight`); retry later",
+        None,
+        None,
+    );
+    let headers = response.headers_mut();
+    headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

@@ -76,6 +76,9 @@ pub struct Exec {
     pub fork: Option<Fork>,
     /// What `reply` steps set for a request-reply trigger.
     pub reply: ReplySpec,
+    /// The caller waiting for the answer (request-reply): no sink is written once it was
+    /// told that nothing was delivered.
+    pub caller: Option<crate::connector::Caller>,
 }
 
 /// The status and headers of a request-reply answer, as set by `reply` steps.
@@ -108,6 +111,7 @@ impl Exec {
             finally: Vec::new(),
             fork: None,
             reply: ReplySpec::default(),
+            caller: None,
         }
     }
 

@@ -109,6 +109,23 @@ pub struct HmacAuth {
     /// Text before the hex digest, e.g. `sha256=`.
     #[serde(default)]
     pub prefix: Text,
+    /// A signed timestamp that limits how long a signature can be replayed.
+    pub timestamp: Option<Spanned<HmacTimestamp>>,
+}
+
+/// The replay guard of an HMAC signature: the sender puts the current Unix time (seconds) in
+/// `header` and signs `<timestamp>.<body>` instead of the body alone, so a captured request
+/// is refused once it is older than `tolerance`, and its timestamp cannot be refreshed
+/// without the secret.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacTimestamp {
+    /// The header carrying the timestamp.
+    #[serde(default = "default_timestamp_header")]
+    pub header: Text,
+    /// How far the timestamp may be from the server's clock, either way.
+    #[serde(default = "default_timestamp_tolerance")]
+    pub tolerance: Spanned<Dur>,
 }
 
 /// The `schedule` trigger: a message on every tick.
@@ -189,6 +206,12 @@ fn default_api_key_header() -> Text {
 }
 fn default_hmac_header() -> Text {
     Text::from("x-signature")
+}
+fn default_timestamp_header() -> Text {
+    Text::from("x-signature-timestamp")
+}
+fn default_timestamp_tolerance() -> Spanned<Dur> {
+    super::trigger::unspanned(Dur(Duration::from_secs(300)))
 }
 fn default_get() -> HttpMethod {
     HttpMethod::Get

@@ -76,6 +76,11 @@ pub struct ErrorsConfig {
     pub retry: RetryConfig,
     /// Where a message goes after its last attempt (original payload plus error envelope).
     pub dead_letter: Option<Spanned<SinkConfig>>,
+    /// Whether a request-reply trigger's errors that were answered to the caller (an HTTP
+    /// 422 or 500) are dead-lettered too. Off by default: the caller has the error and owns
+    /// the retry, and a public endpoint must not let any client fill the dead letter.
+    #[serde(default)]
+    pub dead_letter_answered: bool,
     /// One circuit breaker per sink: fail fast while a sink keeps failing.
     pub circuit_breaker: Option<Spanned<CircuitBreakerConfig>>,
 }
