@@ -43,6 +43,8 @@ pub async fn serve(
     let AdminOptions { addr, token, hosts } = options;
     let listener = match bind::bind(&addr, &stop).await {
         Ok(listener) => listener,
+        // Stopping while the port was still taken: nothing went wrong that needs a word.
+        Err(_) if stop.is_cancelled() => return,
         Err(e) => {
             tracing::error!("cannot start the admin server on {addr}: {e}");
             return;
@@ -196,9 +198,9 @@ async fn inject(
 
 /// Whether the running version of flow `name` authenticates its own callers.
 fn has_own_auth(name: &str) -> bool {
-    sluice_engine::directory::lookup(name).is_some_and(|flow| {
-        matches!(&flow.trigger_config, TriggerConfig::Http(http) if http.auth.is_some())
-    })
+    sluice_engine::directory::lookup(name).is_some_and(
+        |flow| matches!(&flow.trigger_config, TriggerConfig::Http(http) if http.auth.is_some()),
+    )
 }
 
 async fn dead_letters(State(admin): State<Admin>) -> Json<Value> {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the samples recorded since the last upkeep are folded into the histograms: the
 /// memory they hold in between is bounded by one interval's worth of messages.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+pub const UPKEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Buckets (seconds) make latency metrics real Prometheus histograms, from a 10 µs step to a
 /// 10 s delivery; with them a histogram is a fixed set of counters, whatever it has seen.

@@ -48,7 +48,9 @@ impl Trust {
             // An IP address cannot be rebound to another site: it is the admin address when it
             // is the bound one, or any local one when bound to all interfaces.
             let ip: IpAddr = ip;
-            return bound.is_unspecified() || ip == bound || (ip.is_loopback() && bound.is_loopback());
+            return bound.is_unspecified()
+                || ip == bound
+                || (ip.is_loopback() && bound.is_loopback());
         }
         if host == "localhost" {
             return bound.is_loopback() || bound.is_unspecified();
@@ -239,16 +241,37 @@ mod tests {
             "Sluice.Internal.",
             "[::1]:9850",
         ] {
-            assert_eq!(status(&t, Method::GET, "/api/flows", &[("host", host)]), 200, "{host}");
+            assert_eq!(
+                status(&t, Method::GET, "/api/flows", &[("host", host)]),
+                200,
+                "{host}"
+            );
         }
-        for host in ["evil.example:9850", "10.0.0.7:9850", "localhost.evil.example"] {
-            assert_eq!(status(&t, Method::GET, "/api/flows", &[("host", host)]), 421, "{host}");
+        for host in [
+            "evil.example:9850",
+            "10.0.0.7:9850",
+            "localhost.evil.example",
+        ] {
+            assert_eq!(
+                status(&t, Method::GET, "/api/flows", &[("host", host)]),
+                421,
+                "{host}"
+            );
         }
         let all = trust("0.0.0.0:9850", &[], None);
-        assert_eq!(status(&all, Method::GET, "/", &[("host", "10.0.0.7:9850")]), 200);
-        assert_eq!(status(&all, Method::GET, "/", &[("host", "evil.example")]), 421);
+        assert_eq!(
+            status(&all, Method::GET, "/", &[("host", "10.0.0.7:9850")]),
+            200
+        );
+        assert_eq!(
+            status(&all, Method::GET, "/", &[("host", "evil.example")]),
+            421
+        );
         let public = trust("10.0.0.7:9850", &[], None);
-        assert_eq!(status(&public, Method::GET, "/", &[("host", "localhost")]), 421);
+        assert_eq!(
+            status(&public, Method::GET, "/", &[("host", "localhost")]),
+            421
+        );
     }
 
     #[test]
@@ -256,12 +279,22 @@ mod tests {
         let t = trust("127.0.0.1:9850", &[], None);
         let host = ("host", "127.0.0.1:9850");
         let json = ("content-type", "application/json; charset=utf-8");
-        let post = |headers: &[(&str, &str)]| status(&t, Method::POST, "/api/flows/f/messages", headers);
+        let post =
+            |headers: &[(&str, &str)]| status(&t, Method::POST, "/api/flows/f/messages", headers);
         assert_eq!(post(&[host, json]), 200);
-        assert_eq!(post(&[host, json, ("origin", "http://127.0.0.1:9850")]), 200);
-        assert_eq!(post(&[host, ("content-type", "application/problem+json")]), 200);
+        assert_eq!(
+            post(&[host, json, ("origin", "http://127.0.0.1:9850")]),
+            200
+        );
+        assert_eq!(
+            post(&[host, ("content-type", "application/problem+json")]),
+            200
+        );
         assert_eq!(post(&[host, json, ("origin", "https://evil.example")]), 403);
-        assert_eq!(post(&[host, json, ("origin", "http://127.0.0.1:9851")]), 403);
+        assert_eq!(
+            post(&[host, json, ("origin", "http://127.0.0.1:9851")]),
+            403
+        );
         assert_eq!(post(&[host, json, ("origin", "null")]), 403);
         assert_eq!(post(&[host, ("content-type", "text/plain")]), 415);
         assert_eq!(post(&[host]), 415);
@@ -279,7 +312,13 @@ mod tests {
         for path in OPEN_PATHS {
             assert_eq!(status(&t, Method::GET, path, &[host]), 200, "{path}");
         }
-        for path in ["/", "/metrics", "/api/flows", "/api/flows/f", "/api/dead-letters"] {
+        for path in [
+            "/",
+            "/metrics",
+            "/api/flows",
+            "/api/flows/f",
+            "/api/dead-letters",
+        ] {
             assert_eq!(status(&t, Method::GET, path, &[host]), 401, "{path}");
             let wrong = ("authorization", "Bearer s3cres");
             assert_eq!(status(&t, Method::GET, path, &[host, wrong]), 401, "{path}");
