@@ -376,6 +376,7 @@ impl Sluice {
             .env_remove("SLUICE_LISTEN")
             .env_remove("SLUICE_ADMIN")
             .env_remove("SLUICE_ADMIN_TOKEN")
+            .env_remove("SLUICE_ADMIN_HOSTS")
             .env_remove("SLUICE_LOG_FORMAT")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())

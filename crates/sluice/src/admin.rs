@@ -1,16 +1,20 @@
 //! The admin server: health, readiness, Prometheus metrics, and the flows API.
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use sluice_engine::{Outcome, Registry};
+use sluice_flow::TriggerConfig;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+mod bind;
+mod trust;
 
 #[derive(Clone)]
 struct Admin {
@@ -19,25 +23,42 @@ struct Admin {
     token: Option<String>,
 }
 
+/// What `sluice run` says about the admin server.
+pub struct AdminOptions {
+    /// `--admin ADDR`.
+    pub addr: String,
+    /// `--admin-token`.
+    pub token: Option<String>,
+    /// `--admin-host NAME…`: names it answers to besides its own address.
+    pub hosts: Vec<String>,
+}
+
 /// Binds and serves the admin API until `stop`; a bind failure is logged, not fatal.
 pub async fn serve(
-    addr: String,
-    token: Option<String>,
+    options: AdminOptions,
     registry: Arc<Registry>,
     metrics: PrometheusHandle,
     stop: CancellationToken,
 ) {
-    let listener = match tokio::net::TcpListener::bind(&addr).await {
+    let AdminOptions { addr, token, hosts } = options;
+    let listener = match bind::bind(&addr, &stop).await {
         Ok(listener) => listener,
+        // Stopping while the port was still taken: nothing went wrong that needs a word.
+        Err(_) if stop.is_cancelled() => return,
         Err(e) => {
-            tracing::error!(
-                "cannot start the admin server on {addr}: {e}; pass --admin ADDR (or `off`)"
-            );
+            tracing::error!("cannot start the admin server on {addr}: {e}");
             return;
         }
     };
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+    let local = match listener.local_addr() {
+        Ok(local) => local,
+        Err(e) => {
+            tracing::error!("cannot start the admin server on {addr}: {e}");
+            return;
+        }
+    };
     tracing::info!("admin server on {local}");
+    let trust = trust::Trust::new(local, hosts, token.clone());
     let state = Admin {
         registry,
         metrics,
@@ -52,7 +73,7 @@ pub async fn serve(
         .route("/api/flows/{name}/messages", post(inject))
         .route("/api/dead-letters", get(dead_letters))
         .route("/", get(dashboard))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(trust, trust::guard))
         .with_state(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -60,31 +81,6 @@ pub async fn serve(
     if let Err(e) = served {
         tracing::error!("admin server stopped: {e}");
     }
-}
-
-async fn require_token(State(admin): State<Admin>, request: Request, next: Next) -> Response {
-    if let Some(token) = &admin.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| {
-            g.len() == token.len()
-                && g.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |d, (a, b)| d | (a ^ b))
-                    == 0
-        });
-        if !ok {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"error": {"kind": "auth", "message": "the admin API needs `Authorization: Bearer <token>`"}})),
-            )
-                .into_response();
-        }
-    }
-    next.run(request).await
 }
 
 async fn healthz() -> Json<Value> {
@@ -151,6 +147,19 @@ async fn inject(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
+    // A flow with its own `auth:` trusts only callers that pass it; the admin API skips that
+    // check, so it may only do so for a caller that proved to be the operator.
+    if admin.token.is_none() && has_own_auth(&name) {
+        return trust::refuse(
+            StatusCode::FORBIDDEN,
+            "auth",
+            format!(
+                "flow `{name}` has its own `auth:`; injecting into it through the admin API \
+                 needs the admin token: start sluice with --admin-token TOKEN \
+                 (or SLUICE_ADMIN_TOKEN) and send `Authorization: Bearer TOKEN`"
+            ),
+        );
+    }
     let payload: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(e) => {
@@ -185,6 +194,13 @@ async fn inject(
         }),
     };
     Json(body).into_response()
+}
+
+/// Whether the running version of flow `name` authenticates its own callers.
+fn has_own_auth(name: &str) -> bool {
+    sluice_engine::directory::lookup(name).is_some_and(
+        |flow| matches!(&flow.trigger_config, TriggerConfig::Http(http) if http.auth.is_some()),
+    )
 }
 
 async fn dead_letters(State(admin): State<Admin>) -> Json<Value> {

@@ -58,9 +58,19 @@ pub enum Command {
         /// The admin server (health, metrics, flows API); `off` disables it.
         #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9850")]
         admin: String,
-        /// A bearer token the admin API requires.
+        /// A bearer token the admin API requires (every endpoint but /healthz and /readyz).
         #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// A host name the admin server answers to, besides its own address (and `localhost`
+        /// when bound to loopback); repeatable. Requests with any other `Host` get 421.
+        #[arg(
+            long = "admin-host",
+            value_name = "NAME",
+            env = "SLUICE_ADMIN_HOSTS",
+            value_delimiter = ',',
+            value_parser = admin_host_name
+        )]
+        admin_hosts: Vec<String>,
     },
     /// Check flows: parse, compile every expression, script and contract. Exit 1 on any error.
     Check {
@@ -107,5 +117,24 @@ fn positive_count(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("`{text}` is not a count of at least 1; e.g. 1024")),
+    }
+}
+
+/// A name for `--admin-host`: a bare host name or IP address, compared case-insensitively with
+/// the host part of a request's `Host` header (ports are not compared).
+fn admin_host_name(text: &str) -> Result<String, String> {
+    let name = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!(
+            "`{text}` is not a host name; give the bare name the admin server is reached by, \
+             without scheme, port or path, e.g. --admin-host sluice.internal"
+        ))
     }
 }

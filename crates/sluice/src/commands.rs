@@ -26,6 +26,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             http_max_connections,
             admin,
             admin_token,
+            admin_hosts,
         } => run(RunOptions {
             folders,
             grace: shutdown_grace,
@@ -33,6 +34,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             http_max_connections,
             admin,
             admin_token,
+            admin_hosts,
         }),
         Command::Check { folders, files } => check(&folders, files),
         Command::Test { folders, files } => test(&folders, files),
@@ -62,6 +64,7 @@ struct RunOptions {
     http_max_connections: Option<usize>,
     admin: String,
     admin_token: Option<String>,
+    admin_hosts: Vec<String>,
 }
 
 fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
@@ -74,6 +77,7 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         http_max_connections,
         admin,
         admin_token,
+        admin_hosts,
     } = options;
     if let Some(max) = http_max_connections {
         settings.http.max_connections = max;
@@ -84,18 +88,11 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             folders.flows.display()
         );
     }
-    // Buckets (seconds) make latency metrics real Prometheus histograms, from a 10 µs step
-    // to a 10 s delivery.
-    const BUCKETS: &[f64] = &[
-        0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-        0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ];
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(BUCKETS)
-        .context("invalid histogram buckets")?
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    sluice_engine::stats::describe_metrics();
+    // Without an admin server nobody can read the metrics: then no recorder is installed and
+    // every metric is a no-op, so they cost no memory at all.
+    let metrics = (admin != "off")
+        .then(crate::metrics_recorder::install)
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,10 +108,17 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             Arc::new(StandardConnectors::new(http.clone()).with_settings(&settings)),
         );
         let stop = tokio_util::sync::CancellationToken::new();
-        let admin_server = (admin != "off").then(|| {
+        let admin_server = metrics.map(|metrics| {
+            tokio::spawn(crate::metrics_recorder::upkeep(
+                metrics.clone(),
+                stop.clone(),
+            ));
             tokio::spawn(crate::admin::serve(
-                admin,
-                admin_token,
+                crate::admin::AdminOptions {
+                    addr: admin,
+                    token: admin_token,
+                    hosts: admin_hosts,
+                },
                 registry.clone(),
                 metrics,
                 stop.clone(),

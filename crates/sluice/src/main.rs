@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod commands;
 mod logging;
+mod metrics_recorder;
 
 use clap::Parser;
 use std::process::ExitCode;
