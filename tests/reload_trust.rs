@@ -42,10 +42,18 @@ fn wait_running(sluice: &mut Sluice) {
 }
 
 /// Waits for `flow reloaded` (either kind) for `flow` after `mark`; returns the line.
-fn wait_reloaded(sluice: &mut Sluice, mark: u64, flow: &str, within: std::time::Duration) -> String {
-    sluice.wait_for_line_since(mark, &format!("`flow reloaded` for flow={flow}"), within, |l| {
-        l.contains("flow reloaded") && has_flow(l, flow)
-    })
+fn wait_reloaded(
+    sluice: &mut Sluice,
+    mark: u64,
+    flow: &str,
+    within: std::time::Duration,
+) -> String {
+    sluice.wait_for_line_since(
+        mark,
+        &format!("`flow reloaded` for flow={flow}"),
+        within,
+        |l| l.contains("flow reloaded") && has_flow(l, flow),
+    )
 }
 
 /// The `version` an input comes out with, once it does.
@@ -66,7 +74,11 @@ fn a_flow_saved_in_two_writes_never_runs_half_written() {
     wait_running(&mut sluice);
     const N: usize = 5;
     for i in 0..N {
-        sb.drop_json("inbox/half", &format!("h-{i}.json"), &json!({ "id": format!("h-{i}") }));
+        sb.drop_json(
+            "inbox/half",
+            &format!("h-{i}.json"),
+            &json!({ "id": format!("h-{i}") }),
+        );
     }
     // The first write is a valid flow by itself: a trigger and nothing else, which would
     // complete (and so acknowledge) every input without writing anything.
@@ -86,7 +98,10 @@ fn a_flow_saved_in_two_writes_never_runs_half_written() {
         sb.count("outbox/half") == N
     });
     for i in 0..N {
-        assert_eq!(output_version(&mut sluice, &sb, "half", &format!("h-{i}")), "full");
+        assert_eq!(
+            output_version(&mut sluice, &sb, "half", &format!("h-{i}")),
+            "full"
+        );
     }
     let log = sluice.log();
     assert_eq!(
@@ -129,7 +144,11 @@ sinks:
     let pause = Instant::now();
     while pause.elapsed() < millis(300) {
         let id = format!("s-{dropped}");
-        sb.drop_json("inbox/scripted", &format!("{id}.json"), &json!({ "id": id }));
+        sb.drop_json(
+            "inbox/scripted",
+            &format!("{id}.json"),
+            &json!({ "id": id }),
+        );
         dropped += 1;
         thread::sleep(millis(30));
     }
@@ -138,7 +157,11 @@ sinks:
     wait_reloaded(&mut sluice, mark, "scripted", secs(10));
     for _ in 0..2 {
         let id = format!("s-{dropped}");
-        sb.drop_json("inbox/scripted", &format!("{id}.json"), &json!({ "id": id }));
+        sb.drop_json(
+            "inbox/scripted",
+            &format!("{id}.json"),
+            &json!({ "id": id }),
+        );
         dropped += 1;
     }
     sluice.expect_within(secs(15), &format!("{dropped} outputs"), || {
@@ -204,8 +227,7 @@ fn status_and_other_flows_do_not_wait_while_a_removed_flow_drains() {
     while write_started.elapsed() < millis(4200) {
         slowest = slowest.max(quick_get(ports, "/readyz"));
         slowest = slowest.max(quick_get(ports, "/api/flows"));
-        if other_ready.is_none() && lines_with(&sluice.log_since(mark), "flow ready", "other") > 0
-        {
+        if other_ready.is_none() && lines_with(&sluice.log_since(mark), "flow ready", "other") > 0 {
             other_ready = Some(write_started.elapsed());
         }
         thread::sleep(millis(100));
@@ -286,7 +308,10 @@ fn a_flows_folder_deleted_and_created_again_is_watched_again() {
     sluice.wait_for_line_since(mark, "`flow ready` for second", secs(5), |l| {
         l.contains("flow ready") && has_flow(l, "second")
     });
-    eprintln!("re-created folder: new flow ready after {:?}", created_at.elapsed());
+    eprintln!(
+        "re-created folder: new flow ready after {:?}",
+        created_at.elapsed()
+    );
     sluice.wait_for_line_since(mark, "the watch is re-established", secs(5), |l| {
         l.contains("watching folder again")
     });
@@ -314,7 +339,10 @@ fn an_edit_of_a_symlinked_flow_files_target_is_reloaded() {
     let edited_at = Instant::now();
     sb.write("elsewhere/linked.yaml", file_flow("linked", "v2"));
     wait_reloaded(&mut sluice, mark, "linked", secs(5));
-    eprintln!("symlink target edit reloaded after {:?}", edited_at.elapsed());
+    eprintln!(
+        "symlink target edit reloaded after {:?}",
+        edited_at.elapsed()
+    );
     sb.drop_json("inbox/linked", "l-1.json", &json!({ "id": "l-1" }));
     assert_eq!(output_version(&mut sluice, &sb, "linked", "l-1"), "v2");
 }
@@ -471,9 +499,9 @@ fn a_flow_file_that_does_not_load_at_start_up_keeps_readyz_at_503() {
     let body = r.json();
     let unready = body["unready"].as_array().expect("an `unready` list");
     assert!(
-        unready
-            .iter()
-            .any(|u| u["file"].as_str().is_some_and(|f| f.ends_with("broken.yaml"))),
+        unready.iter().any(|u| u["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("broken.yaml"))),
         "/readyz names the file: {body}"
     );
     let flows = admin_get(ports, "/api/flows", None).json();
@@ -484,7 +512,12 @@ fn a_flow_file_that_does_not_load_at_start_up_keeps_readyz_at_503() {
         .find(|f| f["name"] == "broken")
         .unwrap_or_else(|| panic!("broken in /api/flows: {flows}"));
     assert_eq!(broken["state"], "invalid", "{broken}");
-    assert!(broken["last_error"].as_str().unwrap().contains("broken.yaml"));
+    assert!(
+        broken["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("broken.yaml")
+    );
 
     // Fixed, it loads and the runtime is ready.
     sb.write("flows/broken.yaml", file_flow("broken", "v1"));
@@ -513,9 +546,11 @@ fn a_broken_edit_of_a_running_flow_keeps_it_ready_and_shows_the_error() {
     assert_eq!(r.status, 200, "the last good version keeps running: {r}");
     let errors = r.json()["errors"].clone();
     assert!(
-        errors.as_array().is_some_and(|e| e
-            .iter()
-            .any(|e| e["flow"] == "edited" && e["error"].as_str().unwrap().contains("edited.yaml"))),
+        errors.as_array().is_some_and(|e| {
+            e.iter().any(|e| {
+                e["flow"] == "edited" && e["error"].as_str().unwrap().contains("edited.yaml")
+            })
+        }),
         "/readyz shows the error: {r}"
     );
     let flow = admin_flow(ports, "edited");

@@ -286,9 +286,14 @@ impl Registry {
         let built = match load_flow_file(path) {
             Ok(loaded) => {
                 let key = TriggerKey::of(&loaded);
-                build_loaded(&loaded, &self.options.folders, self.connectors.as_ref(), true)
-                    .await
-                    .map(|compiled| (compiled, key))
+                build_loaded(
+                    &loaded,
+                    &self.options.folders,
+                    self.connectors.as_ref(),
+                    true,
+                )
+                .await
+                .map(|compiled| (compiled, key))
             }
             Err(d) => Err(vec![d]),
         };
@@ -428,12 +433,7 @@ impl Registry {
     }
 
     /// Starts a candidate and records it as the flow of `path`; returns the entry it replaced.
-    fn install(
-        &self,
-        state: &mut State,
-        path: &Path,
-        candidate: Candidate,
-    ) -> Option<RunningFlow> {
+    fn install(&self, state: &mut State, path: &Path, candidate: Candidate) -> Option<RunningFlow> {
         let name = candidate.compiled.name.clone();
         let running = self.start(state, candidate);
         self.loaded(state, path);

@@ -182,8 +182,8 @@ pub async fn watch(
         }
         // Error events carry no path and always count; others only when they concern a
         // watched folder or a symlink target (a parent's watch also reports its siblings).
-        let notified = notified
-            && (events.is_empty() || events.iter().any(|e| watches.concerns(e)));
+        let notified =
+            notified && (events.is_empty() || events.iter().any(|e| watches.concerns(e)));
         let now = Instant::now();
         let full = notified || last_scan.is_none_or(|at| now.duration_since(at) >= RESCAN);
         let mut look_at: BTreeSet<PathBuf> = settle.paths().into_iter().collect();
@@ -248,7 +248,9 @@ impl Watches {
         self.folders
             .iter()
             .any(|f| event.starts_with(self.cwd.join(&f.path)))
-            || event.parent().is_some_and(|dir| self.targets.contains_key(dir))
+            || event
+                .parent()
+                .is_some_and(|dir| self.targets.contains_key(dir))
     }
 
     /// (Re-)establishes every watch that is missing or stale; logs each change.

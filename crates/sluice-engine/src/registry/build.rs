@@ -65,4 +65,3 @@ pub fn flow_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     files.sort();
     Ok(files)
 }
-

@@ -112,10 +112,9 @@ mod tests {
 
     #[test]
     fn a_reason_never_shows_the_credentials() {
-        let config: TriggerConfig = serde_saphyr::from_str(
-            "nats: { url: \"nats://me:pw-42@127.0.0.1:4999\", subject: a }",
-        )
-        .unwrap();
+        let config: TriggerConfig =
+            serde_saphyr::from_str("nats: { url: \"nats://me:pw-42@127.0.0.1:4999\", subject: a }")
+                .unwrap();
         let reason = scrub(
             "cannot connect to nats://me:pw-42@127.0.0.1:4999 (user me:pw-42@; pw-42)".into(),
             &config,

@@ -84,8 +84,7 @@ impl Settle {
             entry.agreeing += 1;
             entry.last_look = now;
         }
-        let settled =
-            entry.agreeing >= LOOKS && now.duration_since(entry.first_seen) >= MIN_AGE;
+        let settled = entry.agreeing >= LOOKS && now.duration_since(entry.first_seen) >= MIN_AGE;
         if settled {
             self.settling.remove(path);
         }
