@@ -87,26 +87,50 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// 503 while a flow's trigger is not healthy (a broker still `connecting`), while a flow file
+/// that failed to load at start-up has not loaded, or while the flows folder is gone; each
+/// named in `unready`. A failed reload of a running flow (the previous version keeps running)
+/// does not make it unready; it is listed in `errors`. Answers from a snapshot of the
+/// registry: it never waits for a reload.
 async fn readyz(State(admin): State<Admin>) -> Response {
-    let unready: Vec<Value> = admin
-        .registry
-        .status()
-        .await
-        .into_iter()
-        .filter_map(|f| {
-            f.unhealthy
-                .map(|reason| json!({"flow": f.name, "reason": reason}))
+    let flows = admin.registry.status().await;
+    let mut unready: Vec<Value> = flows
+        .iter()
+        .filter(|f| !f.ready)
+        .map(|f| {
+            json!({
+                "flow": f.name,
+                "file": f.path,
+                "state": f.state,
+                "reason": f.unhealthy.as_deref().or(f.last_error.as_deref()),
+            })
         })
         .collect();
-    if unready.is_empty() {
-        (StatusCode::OK, Json(json!({"ready": true}))).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "unready": unready})),
-        )
-            .into_response()
+    if let Some(problem) = admin.registry.problem().await {
+        unready.push(json!({"reason": problem}));
     }
+    let errors: Vec<Value> = flows
+        .iter()
+        .filter(|f| f.ready)
+        .filter_map(|f| {
+            f.last_error
+                .as_deref()
+                .map(|e| json!({"flow": f.name, "file": f.path, "error": e}))
+        })
+        .collect();
+    let mut body = json!({"ready": unready.is_empty()});
+    if !unready.is_empty() {
+        body["unready"] = Value::Array(unready);
+    }
+    if !errors.is_empty() {
+        body["errors"] = Value::Array(errors);
+    }
+    let status = if body["ready"] == true {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> Response {

@@ -124,6 +124,13 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
                 stop.clone(),
             ))
         });
+        let watched = vec![
+            folders.flows.clone(),
+            folders.schemas.clone(),
+            folders.scripts.clone(),
+        ];
+        // Taken before the flows load, so that a save made while they load is not missed.
+        let snapshot = sluice_engine::watch::Snapshot::take(&watched);
         registry.start_all().await.with_context(|| {
             format!("cannot read the flows folder `{}`", folders.flows.display())
         })?;
@@ -137,11 +144,8 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         );
         let watcher = tokio::spawn(sluice_engine::watch::watch(
             registry.clone(),
-            vec![
-                folders.flows.clone(),
-                folders.schemas.clone(),
-                folders.scripts.clone(),
-            ],
+            watched,
+            snapshot,
             stop.clone(),
         ));
         shutdown_signal().await;
