@@ -501,17 +501,13 @@ impl Compiler<'_> {
             config.timeout.0,
         ) {
             Ok(call) => call,
-            Err((which, e)) => {
-                let at = if which == "url" {
+            Err(e) => {
+                let at = if e.which == "url" {
                     &config.url
                 } else {
-                    &config.headers[&which]
+                    &config.headers[&e.which]
                 };
-                self.expr_error(
-                    at,
-                    &e,
-                    "an http:// or https:// URL; `{{ jmespath }}` holes are allowed, e.g. `http://127.0.0.1:9000/customers/{{customer.id}}`",
-                );
+                self.expr_error(at, &e.error, e.help);
                 return None;
             }
         };

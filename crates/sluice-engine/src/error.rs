@@ -90,10 +90,14 @@ pub struct FlowError {
 
 impl FlowError {
     /// An error of a kind; `sink` and `timeout` errors are retryable by default.
+    ///
+    /// The message is redacted here, once, because it is printed in many places (log lines,
+    /// envelopes, sidecars, the admin API, `sluice exec`): values from `${env:…}` become
+    /// `***`, and so does the userinfo of any URL in it.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         FlowError {
             kind,
-            message: message.into(),
+            message: sluice_flow::secrets::redacted(&message.into()),
             step: None,
             violations: Vec::new(),
             retryable: matches!(kind, ErrorKind::Sink | ErrorKind::Timeout),
@@ -121,6 +125,22 @@ impl FlowError {
 
 impl fmt::Display for FlowError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The fields are public and may have been rewritten since `new`: mask again.
+        f.write_str(&sluice_flow::secrets::redact(&self.render()))
+    }
+}
+
+impl FlowError {
+    /// The unredacted one-line rendering behind `Display`.
+    fn render(&self) -> String {
+        let mut f = String::new();
+        // Writing into a `String` cannot fail.
+        let _ = self.write_to(&mut f);
+        f
+    }
+
+    fn write_to(&self, f: &mut String) -> fmt::Result {
+        use std::fmt::Write;
         write!(f, "{} error", self.kind)?;
         if let Some(step) = &self.step {
             write!(f, " in {step}")?;
@@ -187,8 +207,16 @@ impl ErrorEnvelope {
             flow_version: version.to_owned(),
             step: error.step.clone(),
             kind: error.kind,
-            message: error.message.clone(),
-            violations: error.violations.clone(),
+            // What goes to dead letters and sidecars never carries a secret.
+            message: sluice_flow::secrets::redacted(&error.message),
+            violations: error
+                .violations
+                .iter()
+                .map(|v| Violation {
+                    pointer: v.pointer.clone(),
+                    message: sluice_flow::secrets::redacted(&v.message),
+                })
+                .collect(),
             attempts,
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             message_id: message_id.to_owned(),

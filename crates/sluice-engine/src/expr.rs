@@ -176,14 +176,39 @@ impl Template {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
+    /// The pieces in order: `Some(text)` for literal text, `None` for a `{{ }}` hole (URL
+    /// templates decide from the text before a hole which part of the URL it fills).
+    pub fn pieces(&self) -> impl Iterator<Item = Option<&str>> + '_ {
+        self.parts.iter().map(|part| match part {
+            Part::Literal(text) => Some(text.as_str()),
+            Part::Path(..) | Part::Expr(_) => None,
+        })
+    }
+
     /// Renders the template. Strings are inserted as they are, numbers and booleans as JSON.
     pub fn render(&self, payload: &mut Payload, meta: &Arc<Meta>) -> Result<String, String> {
+        self.render_with(payload, meta, |_, value, out| out.push_str(value))
+    }
+
+    /// Renders the template, handing the value of the n-th hole to `hole(n, value, out)`,
+    /// which appends it to `out` (escaped as the caller's context needs).
+    pub fn render_with(
+        &self,
+        payload: &mut Payload,
+        meta: &Arc<Meta>,
+        mut hole: impl FnMut(usize, &str, &mut String),
+    ) -> Result<String, String> {
         let mut out = String::new();
+        let mut index = 0;
         for part in &self.parts {
+            let n = index;
+            if !matches!(part, Part::Literal(_)) {
+                index += 1;
+            }
             match part {
                 Part::Literal(text) => out.push_str(text),
                 Part::Path(path, text) => match payload.get_path(path) {
-                    Some(PathValue::Text(value)) => out.push_str(&value),
+                    Some(PathValue::Text(value)) => hole(n, &value, &mut out),
                     Some(PathValue::Other) => {
                         return Err(format!(
                             "`{{{{{text}}}}}` is an array or object; a template needs a string, number or boolean"
@@ -198,9 +223,9 @@ impl Template {
                 Part::Expr(expr) => {
                     let value = expr.search(payload.jmes()?, meta)?;
                     match &*value {
-                        Variable::String(s) => out.push_str(s),
-                        Variable::Number(n) => out.push_str(&n.to_string()),
-                        Variable::Bool(b) => out.push_str(&b.to_string()),
+                        Variable::String(s) => hole(n, s, &mut out),
+                        Variable::Number(number) => hole(n, &number.to_string(), &mut out),
+                        Variable::Bool(b) => hole(n, &b.to_string(), &mut out),
                         Variable::Null => {
                             return Err(format!(
                                 "`{{{{{}}}}}` is null; a template needs a string, number or boolean",

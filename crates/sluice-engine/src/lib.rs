@@ -19,6 +19,7 @@ pub mod expr;
 pub mod flow;
 pub mod hold;
 pub mod http_client;
+pub mod http_url;
 pub mod message;
 pub mod registry;
 pub mod retry;

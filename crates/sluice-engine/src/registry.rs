@@ -524,7 +524,12 @@ impl Registry {
         let workers = tokio::spawn(run_workers(rx, current.clone(), concurrency, stats));
         let stop = CancellationToken::new();
         let trigger = match trigger {
-            Some(trigger) => tokio::spawn(trigger.run(inlet, stop.clone())),
+            // Library lines logged by the trigger's task (a broker client's reconnects, …)
+            // carry the flow they belong to.
+            Some(trigger) => tokio::spawn(tracing::Instrument::instrument(
+                trigger.run(inlet, stop.clone()),
+                tracing::info_span!("trigger", flow = %name),
+            )),
             None => tokio::spawn(async {}),
         };
         RunningFlow {

@@ -46,7 +46,7 @@ impl Diagnostic {
     /// A diagnostic for a whole file.
     pub fn file(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Diagnostic {
-            message: message.into(),
+            message: crate::secrets::redacted(&message.into()),
             file: file.into(),
             span: None,
             source_line: None,
@@ -68,7 +68,7 @@ impl Diagnostic {
                 .map(str::to_owned)
         });
         Diagnostic {
-            message: message.into(),
+            message: crate::secrets::redacted(&message.into()),
             file: file.into(),
             span,
             source_line,
@@ -78,7 +78,7 @@ impl Diagnostic {
 
     /// Adds a hint line.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
-        self.help.push(help.into());
+        self.help.push(crate::secrets::redacted(&help.into()));
         self
     }
 
@@ -87,8 +87,12 @@ impl Diagnostic {
         location(&self.file, self.span)
     }
 
-    /// The multi-line, rustc-style rendering used by `sluice check`.
+    /// The multi-line, rustc-style rendering used by `sluice check`; secrets masked.
     pub fn render(&self) -> String {
+        crate::secrets::redacted(&self.render_raw())
+    }
+
+    fn render_raw(&self) -> String {
         let mut out = format!("error: {}\n", self.message);
         let Some(span) = self.span else {
             out.push_str(&format!("  --> {}\n", self.file.display()));
@@ -130,11 +134,13 @@ fn location(file: &Path, span: Option<Span>) -> String {
 /// The one-line form used in logs and the admin API: `file:line:col: message (help)`.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.location(), self.message)?;
+        // The fields are public and may have been changed after construction: mask again.
+        let mut line = format!("{}: {}", self.location(), self.message);
         for help in &self.help {
-            write!(f, "; {help}")?;
+            line.push_str("; ");
+            line.push_str(help);
         }
-        Ok(())
+        f.write_str(&crate::secrets::redact(&line))
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod diagnostic;
 pub mod load;
 pub mod model;
+pub mod secrets;
 pub mod settings;
 pub mod text;
 pub mod units;

@@ -47,7 +47,15 @@ impl From<&str> for Text {
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        substitute_env(&raw, |name| std::env::var(name).ok())
+        // Every value taken from the environment is remembered as a secret, so that no
+        // error, envelope or log line can print it (see `secrets`).
+        substitute_env(&raw, |name| {
+            let value = std::env::var(name).ok();
+            if let Some(value) = &value {
+                crate::secrets::remember(value);
+            }
+            value
+        })
             .map(Text)
             .map_err(serde::de::Error::custom)
     }

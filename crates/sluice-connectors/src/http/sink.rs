@@ -25,21 +25,19 @@ impl HttpSink {
             &headers,
             config.timeout.0,
         )
-        .map_err(|(which, e)| {
-            let at = if which == "url" {
+        .map_err(|e| {
+            let at = if e.which == "url" {
                 &config.url
             } else {
-                &config.headers[&which]
+                &config.headers[&e.which]
             };
             let span = sluice_engine::compile::position_in_scalar(
                 &cx.flow.source,
                 Span::of(at),
                 0,
-                e.offset,
+                e.error.offset,
             );
-            cx.flow
-                .diagnostic(span, e.message)
-                .with_help("a template is text with `{{ jmespath }}` holes")
+            cx.flow.diagnostic(span, e.error.message).with_help(e.help)
         })?;
         Ok(HttpSink {
             call,
@@ -62,7 +60,7 @@ impl Sink for HttpSink {
         Ok(format!(
             "{} {}",
             self.method,
-            self.call.url(&mut out.payload, &out.meta)?
+            self.call.shown_url(&mut out.payload, &out.meta)?
         ))
     }
 }
