@@ -89,7 +89,16 @@ impl Diagnostic {
 
     /// The multi-line, rustc-style rendering used by `sluice check`.
     pub fn render(&self) -> String {
-        let mut out = format!("error: {}\n", self.message);
+        self.render_as("error")
+    }
+
+    /// The same rendering for a problem that does not stop the flow.
+    pub fn render_warning(&self) -> String {
+        self.render_as("warning")
+    }
+
+    fn render_as(&self, severity: &str) -> String {
+        let mut out = format!("{severity}: {}\n", self.message);
         let Some(span) = self.span else {
             out.push_str(&format!("  --> {}\n", self.file.display()));
             for help in &self.help {
