@@ -290,7 +290,11 @@ fn absurd_script_limits_are_refused_at_load() {
             let out = sb.cli(&[command], None);
             assert_eq!(out.code, Some(1), "{command} with {needle}:\n{}", out.all());
             assert!(out.stderr.contains(range), "{needle}:\n{}", out.all());
-            assert!(out.stderr.contains(&at), "{needle}: expected {at}\n{}", out.all());
+            assert!(
+                out.stderr.contains(&at),
+                "{needle}: expected {at}\n{}",
+                out.all()
+            );
             assert!(
                 started.elapsed() < secs(20),
                 "`sluice {command}` took {:?}",
@@ -334,14 +338,20 @@ fn trailing_method_call_keeps_the_payload_and_check_warns() {
     sb.write("flows/remove.yaml", &text);
 
     let out = sb.cli(&["check"], None);
-    assert_eq!(out.code, Some(0), "a warning does not fail the check:\n{}", out.all());
+    assert_eq!(
+        out.code,
+        Some(0),
+        "a warning does not fail the check:\n{}",
+        out.all()
+    );
     let at = format!(
         "flows/remove.yaml:{}:{}",
         line_of(&text, "payload.remove"),
         col_of(&text, "payload.remove")
     );
     assert!(
-        out.stderr.contains("warning: the script ends with a call of the method `remove`"),
+        out.stderr
+            .contains("warning: the script ends with a call of the method `remove`"),
         "{}",
         out.all()
     );
@@ -361,7 +371,10 @@ fn trailing_method_call_keeps_the_payload_and_check_warns() {
     // A script that says what it returns is not warned about.
     sb.write(
         "flows/remove.yaml",
-        text.replace("payload.remove(\"x\");", "payload.remove(\"x\");\n      payload"),
+        text.replace(
+            "payload.remove(\"x\");",
+            "payload.remove(\"x\");\n      payload",
+        ),
     );
     let out = sb.cli(&["check"], None);
     assert_eq!(out.code, Some(0), "{}", out.all());
@@ -371,8 +384,7 @@ fn trailing_method_call_keeps_the_payload_and_check_warns() {
 /// A flow of `top` top-level `set` steps, the last of them a `route` whose arm nests
 /// `nested` more.
 fn many_steps_flow(top: usize, nested: usize) -> String {
-    let mut text =
-        String::from("name: many\ntrigger:\n  file: { path: inbox/many }\nsteps:\n");
+    let mut text = String::from("name: many\ntrigger:\n  file: { path: inbox/many }\nsteps:\n");
     for i in 0..top {
         text.push_str(&format!("  - set: {{ s{i}: \"`{i}`\" }}\n"));
     }
@@ -406,7 +418,10 @@ fn oversized_flows_are_refused_at_load_with_the_limit() {
     sb.write("flows/many.yaml", &text);
     let started = Instant::now();
     let out = sb.cli(&["check"], None);
-    eprintln!("`sluice check` of 10,000 steps took {:?}", started.elapsed());
+    eprintln!(
+        "`sluice check` of 10,000 steps took {:?}",
+        started.elapsed()
+    );
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(
         out.stderr
@@ -416,7 +431,8 @@ fn oversized_flows_are_refused_at_load_with_the_limit() {
     );
     let first_past = line_of(&text, "s1000:");
     assert!(
-        out.stderr.contains(&format!("flows/many.yaml:{first_past}:")),
+        out.stderr
+            .contains(&format!("flows/many.yaml:{first_past}:")),
         "expected the position of step 1001 (line {first_past}):\n{}",
         out.all()
     );
@@ -425,7 +441,11 @@ fn oversized_flows_are_refused_at_load_with_the_limit() {
     sb.write("flows/many.yaml", many_steps_flow(600, 500));
     let out = sb.cli(&["check"], None);
     assert_eq!(out.code, Some(1), "{}", out.all());
-    assert!(out.stderr.contains("the flow has 1101 steps"), "{}", out.all());
+    assert!(
+        out.stderr.contains("the flow has 1101 steps"),
+        "{}",
+        out.all()
+    );
 
     // Exactly 1000 (999 + the route + 0 nested would be 1000 too; use nesting).
     sb.write("flows/many.yaml", many_steps_flow(499, 500));

@@ -6,7 +6,6 @@
 
 use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::FutureExt;
 use jmespath::ToJmespath;
 use serde_json::{Value, json};
 use sluice_engine::{
@@ -242,7 +241,9 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("inline", |bench| {
         bench.iter(|| {
             let mut payload = Payload::from_json(input.clone());
-            sandbox.run(&script_ast, false, &mut payload, &meta).unwrap();
+            sandbox
+                .run(&script_ast, false, &mut payload, &meta)
+                .unwrap();
             black_box(payload)
         })
     });

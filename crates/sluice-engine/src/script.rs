@@ -29,6 +29,32 @@ fn current_message() -> String {
 /// What a script that calls `sleep` is told.
 const NO_SLEEP: &str = "`sleep` is not available in sluice scripts: it would hold a thread past the deadline; pace messages with a `throttle` step instead";
 
+/// The largest string a script may build, in bytes.
+const MAX_STRING_BYTES: usize = 1 << 20;
+
+/// `replace` with the size of the result checked before it is built.
+fn bounded_replace(
+    s: &mut rhai::ImmutableString,
+    find: &str,
+    with: &str,
+) -> Result<(), Box<EvalAltResult>> {
+    // An empty pattern matches between every two characters, as in `str::replace`.
+    let count = if find.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(find).count()
+    };
+    let size = (s.len() - count * find.len()).saturating_add(count.saturating_mul(with.len()));
+    if size > MAX_STRING_BYTES {
+        return Err(format!(
+            "`replace` would build a string of {size} bytes; the limit is {MAX_STRING_BYTES}"
+        )
+        .into());
+    }
+    *s = s.replace(find, with).into();
+    Ok(())
+}
+
 /// How often (in Rhai operations) the deadline is looked at; reading the clock on every
 /// operation would cost more than the operations.
 const DEADLINE_CHECK_EVERY: u64 = 256;
@@ -55,7 +81,7 @@ impl Sandbox {
             .set_max_operations(limits.max_operations())
             .set_max_call_levels(32)
             .set_max_expr_depths(64, 32)
-            .set_max_string_size(1 << 20)
+            .set_max_string_size(MAX_STRING_BYTES)
             .set_max_array_size(100_000)
             .set_max_map_size(10_000)
             .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
@@ -66,9 +92,26 @@ impl Sandbox {
             .register_fn("sleep", |_: rhai::INT| -> Result<(), Box<EvalAltResult>> {
                 Err(NO_SLEEP.into())
             })
-            .register_fn("sleep", |_: rhai::FLOAT| -> Result<(), Box<EvalAltResult>> {
-                Err(NO_SLEEP.into())
-            });
+            .register_fn(
+                "sleep",
+                |_: rhai::FLOAT| -> Result<(), Box<EvalAltResult>> { Err(NO_SLEEP.into()) },
+            );
+        // Rhai checks a string's size after a built-in returns, so `replace` could build a
+        // string of a terabyte (1 MiB, each character replaced by 1 MiB) inside one call, out
+        // of reach of the deadline. These compute the size first.
+        engine
+            .register_fn(
+                "replace",
+                |s: &mut rhai::ImmutableString, find: &str, with: &str| {
+                    bounded_replace(s, find, with)
+                },
+            )
+            .register_fn(
+                "replace",
+                |s: &mut rhai::ImmutableString, find: char, with: &str| {
+                    bounded_replace(s, find.encode_utf8(&mut [0; 4]), with)
+                },
+            );
         let flow_name = flow.to_owned();
         engine.on_print(move |text| {
             tracing::info!(flow = %flow_name, message_id = %current_message(), script = true, "{text}")
@@ -287,7 +330,11 @@ mod tests {
         assert_eq!(line, 2, "{message}");
     }
 
-    fn run_on(s: &Sandbox, source: &str, payload: serde_json::Value) -> Result<serde_json::Value, FlowError> {
+    fn run_on(
+        s: &Sandbox,
+        source: &str,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, FlowError> {
         let ast = s.compile(source).unwrap().ast;
         let mut p = Payload::from_json(payload);
         s.run(&ast, false, &mut p, &Arc::new(Meta::new()))?;
@@ -297,11 +344,19 @@ mod tests {
     #[test]
     fn sleep_is_refused_at_once() {
         let s = sandbox(5_000, 1_000_000);
-        for source in ["sleep(10);", "sleep(2.5);", "payload.a = 1; sleep(10); payload"] {
+        for source in [
+            "sleep(10);",
+            "sleep(2.5);",
+            "payload.a = 1; sleep(10); payload",
+        ] {
             let started = Instant::now();
             let err = run_on(&s, source, json!({})).unwrap_err();
             assert_eq!(err.kind, ErrorKind::Script);
-            assert!(err.message.contains("`sleep` is not available"), "{}", err.message);
+            assert!(
+                err.message.contains("`sleep` is not available"),
+                "{}",
+                err.message
+            );
             assert!(started.elapsed() < Duration::from_secs(1), "{source}");
         }
     }
@@ -310,27 +365,74 @@ mod tests {
     fn the_return_rule() {
         let s = sandbox(1_000, 1_000_000);
         let input = json!({"a": 1, "x": 2});
-        assert_eq!(run_on(&s, "payload.remove(\"x\");", input.clone()).unwrap(), json!({"a": 1}));
-        assert_eq!(run_on(&s, "payload.remove(\"x\")", input.clone()).unwrap(), json!({"a": 1}));
-        assert_eq!(run_on(&s, "return payload.remove(\"x\");", input.clone()).unwrap(), json!(2));
-        assert_eq!(run_on(&s, "#{b: 3}", input.clone()).unwrap(), json!({"b": 3}));
         assert_eq!(
-            run_on(&s, "if payload.a == 1 { return #{b: 3}; }\npayload.remove(\"x\");", input.clone()).unwrap(),
+            run_on(&s, "payload.remove(\"x\");", input.clone()).unwrap(),
+            json!({"a": 1})
+        );
+        assert_eq!(
+            run_on(&s, "payload.remove(\"x\")", input.clone()).unwrap(),
+            json!({"a": 1})
+        );
+        assert_eq!(
+            run_on(&s, "return payload.remove(\"x\");", input.clone()).unwrap(),
+            json!(2)
+        );
+        assert_eq!(
+            run_on(&s, "#{b: 3}", input.clone()).unwrap(),
             json!({"b": 3})
         );
         assert_eq!(
-            run_on(&s, "if payload.a == 2 { return #{b: 3}; }\npayload.remove(\"x\");", input.clone()).unwrap(),
+            run_on(
+                &s,
+                "if payload.a == 1 { return #{b: 3}; }\npayload.remove(\"x\");",
+                input.clone()
+            )
+            .unwrap(),
+            json!({"b": 3})
+        );
+        assert_eq!(
+            run_on(
+                &s,
+                "if payload.a == 2 { return #{b: 3}; }\npayload.remove(\"x\");",
+                input.clone()
+            )
+            .unwrap(),
             json!({"a": 1})
         );
-        assert_eq!(run_on(&s, "payload.a = 5; payload", input).unwrap(), json!({"a": 5, "x": 2}));
+        assert_eq!(
+            run_on(&s, "payload.a = 5; payload", input).unwrap(),
+            json!({"a": 5, "x": 2})
+        );
     }
 
     #[tokio::test]
     async fn isolated_runs_leave_the_calling_thread_and_keep_the_payload() {
         let s = Arc::new(sandbox(1_000, 1_000_000));
-        let ast = Arc::new(s.compile("payload.thread = 1; payload.remove(\"x\");").unwrap().ast);
+        let ast = Arc::new(
+            s.compile("payload.thread = 1; payload.remove(\"x\");")
+                .unwrap()
+                .ast,
+        );
         let mut p = Payload::from_json(json!({"x": 1}));
-        s.run_isolated(&ast, false, &mut p, &Arc::new(Meta::new())).await.unwrap();
+        s.run_isolated(&ast, false, &mut p, &Arc::new(Meta::new()))
+            .await
+            .unwrap();
         assert_eq!(p.into_json().unwrap(), json!({"thread": 1}));
+    }
+
+    #[test]
+    fn replace_cannot_build_a_huge_string_in_one_call() {
+        let s = sandbox(5_000, 1_000_000);
+        let started = Instant::now();
+        let source = "let s = \"\"; s.pad(1000000, 'a'); let t = s; t.replace(\"a\", s); t.len()";
+        let err = run_on(&s, source, json!({})).unwrap_err();
+        assert!(
+            err.message.contains("`replace` would build"),
+            "{}",
+            err.message
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let source = "let t = \"abc\"; t.replace(\"b\", \"xyz\"); t.replace('a', \"-\"); return t;";
+        assert_eq!(run_on(&s, source, json!({})).unwrap(), json!("-xyzc"));
     }
 }

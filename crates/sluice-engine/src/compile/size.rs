@@ -37,9 +37,7 @@ impl Tally {
                         }
                     }
                 }
-                StepConfig::Try(nested) | StepConfig::Catch(nested) => {
-                    self.walk(nested, depth + 1)
-                }
+                StepConfig::Try(nested) | StepConfig::Catch(nested) => self.walk(nested, depth + 1),
                 _ => {}
             }
         }

@@ -145,7 +145,11 @@ fn tail_call(stmt: &Stmt, at: Position) -> Option<TailWarning> {
         Stmt::FnCall(call, pos) if call.op_token.is_none() => {
             (call.name.as_str(), "function", *pos)
         }
-        Stmt::Expr(expr) => chain_call(expr)?,
+        Stmt::Expr(expr) => {
+            // Point at the start of the statement (`payload.remove(...)`), not at the call.
+            let (name, what, _) = chain_call(expr)?;
+            (name, what, expr.start_position())
+        }
         Stmt::If(flow, pos) => {
             let branches = [flow.body.statements(), flow.branch.statements()];
             return branches
