@@ -6,11 +6,10 @@
 
 use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::FutureExt;
 use jmespath::ToJmespath;
 use serde_json::{Value, json};
 use sluice_engine::{
-    BuildContext, Connectors, FlowError, Message, Meta, Outgoing, Sink, Trigger, compile,
+    BuildContext, Connectors, FlowError, Message, Meta, Outgoing, Payload, Sink, Trigger, compile,
 };
 use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig, parse_flow};
 use std::hint::black_box;
@@ -176,14 +175,16 @@ fn pipeline(c: &mut Criterion) {
     let plain = |order: &Value| run_plain(&rhai_engine, order);
     let plain_sandboxed = |order: &Value| run_plain(&sandboxed_engine, order);
 
+    // The script step hands its run to the blocking pool, as under `sluice run`; the cost of
+    // that hand-over is part of what this measures.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let engine = |order: &Value| -> Vec<u8> {
         let message = Message::new("bench", order.clone(), Meta::new());
-        // The pipeline has no asynchronous step, so the future is ready at its first poll.
-        let executed = flow
-            .execute(message)
-            .now_or_never()
-            .expect("no async steps")
-            .unwrap();
+        let executed = runtime.block_on(flow.execute(message)).unwrap();
         let delivery = &executed.deliveries[0];
         let mut bytes = delivery.payload.to_json_vec().unwrap();
         bytes.push((delivery.sinks[0] == "express") as u8);
@@ -224,6 +225,36 @@ fn pipeline(c: &mut Criterion) {
     });
     group.bench_function("plain_loop_sandboxed", |bench| {
         bench.iter(|| black_box(plain_sandboxed(black_box(&input))))
+    });
+    group.finish();
+
+    // What running scripts off the async threads costs per run: the same script inline on
+    // the calling thread (as before) and handed to the blocking pool under the flow's permit.
+    let sandbox = Arc::new(sluice_engine::script::Sandbox::new(
+        "bench",
+        &sluice_flow::ScriptLimits::default(),
+    ));
+    let script_ast = Arc::new(sandbox.compile(SCRIPT).unwrap().ast);
+    let meta = Arc::new(Meta::new());
+    let mut group = c.benchmark_group("script-handover");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("inline", |bench| {
+        bench.iter(|| {
+            let mut payload = Payload::from_json(input.clone());
+            sandbox
+                .run(&script_ast, false, &mut payload, &meta)
+                .unwrap();
+            black_box(payload)
+        })
+    });
+    group.bench_function("isolated", |bench| {
+        bench.iter(|| {
+            let mut payload = Payload::from_json(input.clone());
+            runtime
+                .block_on(sandbox.run_isolated(&script_ast, false, &mut payload, &meta))
+                .unwrap();
+            black_box(payload)
+        })
     });
     group.finish();
 }

@@ -18,6 +18,10 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 mod eip;
+mod script;
+mod size;
+
+pub use size::{MAX_DEPTH, MAX_STEPS};
 
 /// Where a flow's references resolve.
 #[derive(Clone, Debug)]
@@ -47,6 +51,7 @@ pub fn compile(
         flow,
         folders,
         diagnostics: Vec::new(),
+        warnings: Vec::new(),
         contracts: HashMap::new(),
         dependencies: Vec::new(),
         sandbox: Arc::new(Sandbox::new(&flow.name, &flow.file.script_limits)),
@@ -56,6 +61,7 @@ pub fn compile(
     };
     let build = BuildContext { flow };
     let file = &flow.file;
+    cx.check_script_limits();
 
     let trigger = match connectors.trigger(&file.trigger, &build) {
         Ok(trigger) => Some(trigger),
@@ -88,7 +94,12 @@ pub fn compile(
     let output_contract = file.contract.output.as_ref().and_then(|c| cx.contract(c));
     let sink_names: Vec<&str> = file.sinks.keys().map(String::as_str).collect();
     cx.sink_map = sinks.clone();
-    let steps = cx.steps(&file.steps, "steps", &sink_names);
+    // A flow past the size limits is not compiled any further: its steps could be many.
+    let steps = if cx.check_size() {
+        cx.steps(&file.steps, "steps", &sink_names)
+    } else {
+        Steps::default()
+    };
     let breakers = file
         .errors
         .circuit_breaker
@@ -169,6 +180,7 @@ pub fn compile(
         breakers,
         calls: cx.calls,
         stateful: cx.stateful,
+        warnings: cx.warnings,
     })
 }
 
@@ -217,6 +229,8 @@ struct Compiler<'a> {
     flow: &'a LoadedFlow,
     folders: &'a Folders,
     diagnostics: Vec<Diagnostic>,
+    /// Problems that do not stop the flow (shown by `sluice check`).
+    warnings: Vec<Diagnostic>,
     contracts: HashMap<String, Arc<Contract>>,
     dependencies: Vec<PathBuf>,
     sandbox: Arc<Sandbox>,
@@ -535,84 +549,6 @@ impl Compiler<'_> {
             config.into.value.0.clone(),
             self.flow.file.errors.retry.clone(),
         )))
-    }
-
-    fn script(&mut self, text: &Spanned<Text>) -> Option<Box<dyn steps::Step>> {
-        let value = text.value.as_str();
-        let is_file = !value.contains('\n') && value.trim().ends_with(".rhai");
-        if is_file {
-            let reference = Path::new(value.trim());
-            let candidates = [reference.to_owned(), self.folders.scripts.join(reference)];
-            let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
-                self.error(
-                    Span::of(text),
-                    format!("script file `{value}` not found"),
-                    format!(
-                        "looked for {} and {}; create it or fix the path",
-                        candidates[0].display(),
-                        candidates[1].display()
-                    ),
-                );
-                return None;
-            };
-            self.depend(path.clone());
-            let source = match std::fs::read_to_string(&path) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.error(
-                        Span::of(text),
-                        format!("cannot read script {}: {e}", path.display()),
-                        "check the file's permissions",
-                    );
-                    return None;
-                }
-            };
-            return match self.sandbox.compile(&source) {
-                Ok(ast) => Some(Box::new(steps::Script::new(
-                    self.sandbox.clone(),
-                    ast,
-                    &source,
-                ))),
-                Err((line, column, message)) => {
-                    let d = Diagnostic::at(
-                        &path,
-                        &source,
-                        Some(Span {
-                            line: line as u64,
-                            column: column as u64,
-                            len: 1,
-                        }),
-                        format!("Rhai syntax error: {message}"),
-                    )
-                    .with_help(format!("in the script used by flow `{}`", self.flow.name));
-                    self.diagnostics.push(d);
-                    None
-                }
-            };
-        }
-        match self.sandbox.compile(value) {
-            Ok(ast) => Some(Box::new(steps::Script::new(
-                self.sandbox.clone(),
-                ast,
-                value,
-            ))),
-            Err((line, column, message)) => {
-                let span = position_in_scalar(
-                    &self.flow.source,
-                    Span::of(text),
-                    line.saturating_sub(1),
-                    column.saturating_sub(1),
-                );
-                let d = self
-                    .flow
-                    .diagnostic(span, format!("Rhai syntax error: {message}"))
-                    .with_help(format!(
-                        "at line {line}, column {column} of the inline script"
-                    ));
-                self.diagnostics.push(d);
-                None
-            }
-        }
     }
 
     fn test(

@@ -65,6 +65,9 @@ pub struct CompiledFlow {
     pub calls: Vec<(String, Option<sluice_flow::Span>)>,
     /// Steps with state across messages, told when the flow stops or is replaced.
     pub stateful: Vec<Arc<dyn crate::steps::Stateful>>,
+    /// Problems that do not stop the flow, such as a script whose last call's result is
+    /// ignored (printed by `sluice check`).
+    pub warnings: Vec<sluice_flow::Diagnostic>,
 }
 
 impl CompiledFlow {

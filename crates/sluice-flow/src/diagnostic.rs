@@ -89,11 +89,20 @@ impl Diagnostic {
 
     /// The multi-line, rustc-style rendering used by `sluice check`; secrets masked.
     pub fn render(&self) -> String {
-        crate::secrets::redacted(&self.render_raw())
+        self.render_as("error")
     }
 
-    fn render_raw(&self) -> String {
-        let mut out = format!("error: {}\n", self.message);
+    /// The same rendering for a problem that does not stop the flow; secrets masked.
+    pub fn render_warning(&self) -> String {
+        self.render_as("warning")
+    }
+
+    fn render_as(&self, severity: &str) -> String {
+        crate::secrets::redacted(&self.render_raw(severity))
+    }
+
+    fn render_raw(&self, severity: &str) -> String {
+        let mut out = format!("{severity}: {}\n", self.message);
         let Some(span) = self.span else {
             out.push_str(&format!("  --> {}\n", self.file.display()));
             for help in &self.help {

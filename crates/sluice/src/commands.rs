@@ -244,6 +244,11 @@ fn check(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     for flow in &flows {
+        // Warnings do not fail the check: the flow runs as written.
+        for warning in &flow.warnings {
+            eprint!("{}", warning.render_warning());
+            eprintln!();
+        }
         eprintln!("ok {} ({})", flow.name, flow.path.display());
     }
     eprintln!("{} flow files checked, all valid", files.len());

@@ -120,32 +120,65 @@ fn default_max_backoff() -> Dur {
     Dur(Duration::from_secs(10))
 }
 
-/// Sandbox limits for Rhai scripts, per message.
-#[derive(Debug, Clone, Deserialize)]
+/// Sandbox limits for Rhai scripts. `deadline` and `max_operations` apply to one script run;
+/// `concurrency` caps the script runs of the flow under way at once (its share of the CPU).
+/// The values are checked against [`ScriptLimits::DEADLINE_RANGE`] and friends when the flow
+/// compiles, so that a wrong value is an error with its position.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptLimits {
-    /// Wall-clock deadline of one script run.
-    #[serde(default = "default_deadline")]
-    pub deadline: Dur,
-    /// Maximum number of Rhai operations of one script run.
-    #[serde(default = "default_max_operations")]
-    pub max_operations: u64,
+    /// Wall-clock deadline of one script run (default 1 s).
+    pub deadline: Option<Spanned<Dur>>,
+    /// Maximum number of Rhai operations of one script run (default 1,000,000).
+    pub max_operations: Option<Spanned<u64>>,
+    /// Script runs of this flow at once (default: the number of cores less one, at least 1).
+    pub concurrency: Option<Spanned<usize>>,
 }
 
-impl Default for ScriptLimits {
-    fn default() -> Self {
+impl ScriptLimits {
+    /// The accepted deadlines: a deadline of zero would fail every run, and a script that
+    /// needs more than a minute per message belongs outside the message path.
+    pub const DEADLINE_RANGE: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(60));
+    /// The accepted operation limits. Rhai reads 0 as "no limit", so 0 is refused; the
+    /// upper bound is far beyond what the longest deadline allows.
+    pub const MAX_OPERATIONS_RANGE: (u64, u64) = (1, 1_000_000_000_000);
+    /// The accepted values of `concurrency`.
+    pub const CONCURRENCY_RANGE: (usize, usize) = (1, 1024);
+
+    /// Limits as if written in a flow file (for tests and embedders).
+    pub fn new(deadline: Duration, max_operations: u64) -> Self {
         ScriptLimits {
-            deadline: default_deadline(),
-            max_operations: default_max_operations(),
+            deadline: Some(trigger::unspanned(Dur(deadline))),
+            max_operations: Some(trigger::unspanned(max_operations)),
+            concurrency: None,
         }
     }
-}
 
-fn default_deadline() -> Dur {
-    Dur(Duration::from_secs(1))
-}
-fn default_max_operations() -> u64 {
-    1_000_000
+    /// The deadline of one script run.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+            .as_ref()
+            .map_or(Duration::from_secs(1), |d| d.value.0)
+    }
+
+    /// The operation limit of one script run.
+    pub fn max_operations(&self) -> u64 {
+        self.max_operations.as_ref().map_or(1_000_000, |m| m.value)
+    }
+
+    /// Script runs at once: as written, or the number of cores less one (at least 1), so
+    /// that one flow's scripts always leave a core to the listeners and the other flows.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.as_ref().map_or_else(
+            || {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1))
+                    .max(1)
+            },
+            |c| c.value,
+        )
+    }
 }
 
 /// One example message and its expected outcome.
