@@ -1,6 +1,7 @@
 //! The HTTP connector: request-reply flows on one shared listener, and the `http` sink.
 
 mod auth;
+mod request;
 mod route;
 mod server;
 mod sink;
