@@ -290,6 +290,7 @@ def entries(folder):
 
 
 def soak(args):
+    args.bin = os.path.abspath(args.bin)  # sluice runs in the temp dir
     if not os.access(args.bin, os.X_OK):
         raise SoakError(f"{args.bin} is not an executable; build it with `cargo build --release -p sluice`")
     work = tempfile.mkdtemp(prefix="sluice-soak-")

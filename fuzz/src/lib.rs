@@ -47,10 +47,7 @@ pub fn flow_load(data: &[u8]) {
         scripts: nowhere.join("scripts"),
     };
     if let Err(diagnostics) = sluice_engine::compile(&flow, &folders, &*CONNECTORS) {
-        assert!(
-            !diagnostics.is_empty(),
-            "compile failed without saying why"
-        );
+        assert!(!diagnostics.is_empty(), "compile failed without saying why");
         for diagnostic in &diagnostics {
             check_diagnostic(diagnostic, path, source);
         }
@@ -289,9 +286,9 @@ pub fn template(data: &[u8]) {
             return;
         }
     };
-    let value: Value = serde_json::from_str(payload).unwrap_or_else(|_| {
-        serde_json::json!({"id": "o-1", "n": 3, "ok": true, "customer": {"id": "c-7"}})
-    });
+    let value: Value = serde_json::from_str(payload).unwrap_or_else(
+        |_| serde_json::json!({"id": "o-1", "n": 3, "ok": true, "customer": {"id": "c-7"}}),
+    );
     let mut meta = Meta::new();
     meta.insert("message_id".to_owned(), "m-1".to_owned());
     meta.insert("file.name".to_owned(), "order 1.json".to_owned());
@@ -376,7 +373,12 @@ const HTTP_FLOWS: [&str; 3] = [
 ];
 
 /// Headers that carry credentials: never copied into a message's metadata.
-const SECRET_HEADERS: [&str; 4] = ["authorization", "cookie", "set-cookie", "proxy-authorization"];
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "proxy-authorization",
+];
 
 struct HttpHarness {
     runtime: tokio::runtime::Runtime,
@@ -455,7 +457,9 @@ pub fn http_request(data: &[u8]) {
                 Some(envelope) = b.recv() => envelope,
                 Some(envelope) = c.recv() => envelope,
             };
-            let Envelope { mut message, ack, .. } = envelope;
+            let Envelope {
+                mut message, ack, ..
+            } = envelope;
             check_message(&mut message, &method, &path, sent);
             let payload = message.payload.json().cloned().unwrap_or(Value::Null);
             replied = Some(payload.clone());
@@ -500,7 +504,10 @@ fn check_message(message: &mut sluice_engine::Message, method: &str, path: &str,
         message.meta.get("http.method").map(String::as_str),
         Some(method)
     );
-    assert_eq!(message.meta.get("http.path").map(String::as_str), Some(path));
+    assert_eq!(
+        message.meta.get("http.path").map(String::as_str),
+        Some(path)
+    );
     for secret in SECRET_HEADERS {
         let key = format!("http.header.{secret}");
         assert!(
