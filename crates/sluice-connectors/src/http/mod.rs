@@ -3,6 +3,7 @@
 mod answer;
 mod auth;
 mod listener;
+mod request;
 mod route;
 mod server;
 mod sink;

@@ -288,7 +288,7 @@ impl Acker for ReplyAck {
     }
 }
 
-async fn handle(hub: Arc<HttpHub>, request: Request<Body>) -> Response {
+pub(super) async fn handle(hub: Arc<HttpHub>, request: Request<Body>) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let (route, params) = match hub.find(&method, &path) {

@@ -1,0 +1,4 @@
+#![no_main]
+//! Fuzz target: see `sluice_fuzz::csv_rows` for what it feeds and what it asserts.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sluice_fuzz::csv_rows(data));
