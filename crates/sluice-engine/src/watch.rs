@@ -266,7 +266,7 @@ impl Watches {
             // An event about the folder itself (seen through its parent's watch) means it was
             // removed, created or renamed: watch it afresh even if the new one happens to
             // reuse the old inode number.
-            if events.iter().any(|e| *e == absolute) && folder.watched.is_some() {
+            if events.contains(&absolute) && folder.watched.is_some() {
                 let _ = watcher.unwatch(&absolute);
                 folder.watched = None;
                 folder.lost = true;
