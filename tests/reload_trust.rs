@@ -85,12 +85,12 @@ fn a_flow_saved_in_two_writes_never_runs_half_written() {
     let full = file_flow("half", "full");
     let split = full.find("steps:").unwrap();
     let mut file = std::fs::File::create(sb.path("flows/half.yaml")).unwrap();
-    file.write_all(full[..split].as_bytes()).unwrap();
+    file.write_all(&full.as_bytes()[..split]).unwrap();
     file.flush().unwrap();
     // The writer pauses (a slow copy) for five times the old 60 ms debounce, well under the
     // settle time, then writes the rest.
     thread::sleep(millis(300));
-    file.write_all(full[split..].as_bytes()).unwrap();
+    file.write_all(&full.as_bytes()[split..]).unwrap();
     drop(file);
 
     sluice.wait_ready("half");

@@ -24,7 +24,7 @@ use crate::flow::{CompiledFlow, run_workers};
 use crate::stats::FlowStats;
 use arc_swap::ArcSwap;
 use build::build_loaded;
-use checks::trigger_clash;
+use checks::conflicts;
 use futures_util::future::join_all;
 use sluice_flow::{Diagnostic, load_flow_file};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -605,29 +605,6 @@ impl Registry {
         flow_files.sort();
         join_all(flow_files.iter().map(|path| self.apply(path))).await;
     }
-}
-
-/// Why `path`'s flow `name` (claiming `claim`) may not run beside the others, if it may not.
-fn conflicts(
-    state: &State,
-    path: &Path,
-    name: &str,
-    claim: Option<&str>,
-) -> Result<(), Diagnostic> {
-    if let Some(claim) = claim {
-        let clash = state.running.iter().find(|(other, f)| {
-            *other != name && f.path != path && f.claim.as_deref() == Some(claim)
-        });
-        if let Some((other_name, other)) = clash {
-            return Err(trigger_clash(path, claim, other_name, &other.path));
-        }
-    }
-    if let Some(other) = state.running.get(name).filter(|f| f.path != path)
-        && other.path.exists()
-    {
-        return Err(duplicate_name(path, name, &other.path));
-    }
-    Ok(())
 }
 
 async fn drain(name: &str, tasks: Tasks, timeout: Duration) {

@@ -108,8 +108,8 @@ struct Folder {
     parent_watched: bool,
     /// Whether the folder existed at the last look (for logging its loss once).
     present: bool,
-    /// Whether it was watched before (a new watch is then worth a log line).
-    ever_watched: bool,
+    /// Whether it was reported gone (its new watch is then worth a log line).
+    lost: bool,
 }
 
 /// Watches `folders` until `stop` is cancelled, reloading what changes. `snapshot` is what
@@ -152,7 +152,7 @@ pub async fn watch(
                 watched: None,
                 parent_watched: false,
                 present: f.is_dir(),
-                ever_watched: false,
+                lost: false,
             })
             .collect(),
         targets: BTreeMap::new(),
@@ -266,9 +266,10 @@ impl Watches {
             // An event about the folder itself (seen through its parent's watch) means it was
             // removed, created or renamed: watch it afresh even if the new one happens to
             // reuse the old inode number.
-            if events.iter().any(|e| *e == absolute) && folder.watched.is_some() {
+            if events.contains(&absolute) && folder.watched.is_some() {
                 let _ = watcher.unwatch(&absolute);
                 folder.watched = None;
+                folder.lost = true;
             }
             if !folder.parent_watched
                 && let Some(parent) = absolute.parent()
@@ -279,6 +280,7 @@ impl Watches {
             let id = folder_id(&absolute);
             if id.is_none() && folder.present {
                 folder.present = false;
+                folder.lost = true;
                 tracing::warn!(
                     folder = %folder.path.display(),
                     "watched folder is gone; its flows stop, and it is watched again once it is back"
@@ -287,6 +289,7 @@ impl Watches {
             if folder.watched.is_some() && folder.watched != id {
                 let _ = watcher.unwatch(&absolute);
                 folder.watched = None;
+                folder.lost = true;
             }
             let Some(id) = id else {
                 registry.set_folder_problem(&folder.path, folder_gone(&folder.path));
@@ -296,10 +299,10 @@ impl Watches {
                 match watcher.watch(&absolute, RecursiveMode::Recursive) {
                     Ok(()) => {
                         folder.watched = Some(id);
-                        if folder.ever_watched {
+                        if folder.lost {
                             tracing::info!(folder = %folder.path.display(), "watching folder again (it was removed or replaced)");
                         }
-                        folder.ever_watched = true;
+                        folder.lost = false;
                     }
                     Err(e) => tracing::warn!(
                         folder = %folder.path.display(),

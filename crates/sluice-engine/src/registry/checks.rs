@@ -56,7 +56,7 @@ pub fn call_cycle(flow: &CompiledFlow) -> Option<Diagnostic> {
 }
 
 /// The error for a trigger whose exclusive resource another flow already holds.
-pub fn trigger_clash(path: &Path, claim: &str, other_name: &str, other_path: &Path) -> Diagnostic {
+fn trigger_clash(path: &Path, claim: &str, other_name: &str, other_path: &Path) -> Diagnostic {
     let message = format!(
         "`{claim}` is already taken by flow `{other_name}` ({}); {} cannot use it too",
         other_path.display(),
@@ -67,6 +67,29 @@ pub fn trigger_clash(path: &Path, claim: &str, other_name: &str, other_path: &Pa
         Err(_) => Diagnostic::file(path, message),
     };
     diagnostic.with_help("give one of the two flows another path or method")
+}
+
+/// Why `path`'s flow `name` (claiming `claim`) may not run beside the others, if it may not.
+pub(super) fn conflicts(
+    state: &super::State,
+    path: &Path,
+    name: &str,
+    claim: Option<&str>,
+) -> Result<(), Diagnostic> {
+    if let Some(claim) = claim {
+        let clash = state.running.iter().find(|(other, f)| {
+            *other != name && f.path != path && f.claim.as_deref() == Some(claim)
+        });
+        if let Some((other_name, other)) = clash {
+            return Err(trigger_clash(path, claim, other_name, &other.path));
+        }
+    }
+    if let Some(other) = state.running.get(name).filter(|f| f.path != path)
+        && other.path.exists()
+    {
+        return Err(duplicate_name(path, name, &other.path));
+    }
+    Ok(())
 }
 
 /// What a flow's `trigger:` says, without where it says it.
