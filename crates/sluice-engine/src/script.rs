@@ -45,6 +45,8 @@ impl Sandbox {
             .set_max_map_size(10_000)
             .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
         engine.disable_symbol("eval");
+        // Numbers Rhai cannot hold exactly arrive as `BigNumber` (see value.rs).
+        crate::value::register_numbers(&mut engine);
         let flow_name = flow.to_owned();
         engine.on_print(move |text| {
             tracing::info!(flow = %flow_name, message_id = %current_message(), script = true, "{text}")
@@ -92,7 +94,10 @@ impl Sandbox {
         meta: &Arc<Meta>,
     ) -> Result<(), FlowError> {
         let mut scope = Scope::new();
-        scope.push_dynamic("payload", payload.take_rhai());
+        let taken = payload
+            .take_rhai()
+            .map_err(|e| FlowError::permanent(ErrorKind::Script, e))?;
+        scope.push_dynamic("payload", taken);
         if uses_meta {
             let meta_map: rhai::Map = meta
                 .iter()
