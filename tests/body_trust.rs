@@ -84,7 +84,8 @@ fn http_bodies_the_parse_refuses_are_errors_never_null() {
     let (mut sluice, ports) = serve_refusal_flows(&sb);
     let bad: [(&str, Vec<u8>, u16, &str); 4] = [
         ("200 levels", nested(200).into_bytes(), 422, "deeper than 127 levels"),
-        ("1e400", br#"{"n":1e400}"#.to_vec(), 422, "1e400 at /n"),
+        // serde_json writes the number's exponent in its own form in the message.
+        ("1e400", br#"{"n":1e400}"#.to_vec(), 422, "1e+400 at /n"),
         ("-1e400 deep inside", br#"{"a":[{"b":-1e400}]}"#.to_vec(), 422, "at /a/0/b"),
         ("invalid UTF-8", b"{\"s\":\"caf\xe9\"}".to_vec(), 400, "the body is not JSON"),
     ];
@@ -307,7 +308,7 @@ errors:
     letters.sort_by_key(|l| l["meta"]["message_id"].as_str().unwrap_or_default().to_owned());
     for (letter, body, why) in [
         (&letters[0], deep.as_str(), "deeper than 127 levels"),
-        (&letters[1], huge, "1e400 at /n"),
+        (&letters[1], huge, "1e+400 at /n"),
     ] {
         assert_eq!(letter["message"], body, "the body as it arrived: {letter:#}");
         assert_eq!(letter["error"]["kind"], "trigger", "{letter:#}");

@@ -527,7 +527,7 @@ mod tests {
         // Until a script gives a payload back, the payload is the one it was given.
         assert_eq!(p.to_json_vec().unwrap(), b"[1,2]");
         let mut p = Payload::from_rhai(Dynamic::from_int(1));
-        p.take_rhai().unwrap();
+        assert!(p.take_rhai().unwrap().is_int());
         assert_eq!(p.json().unwrap_err(), TAKEN);
         assert_eq!(p.to_json_vec().unwrap_err(), TAKEN);
         assert!(p.take_rhai().is_err() && p.jmes().is_err());
@@ -545,14 +545,15 @@ mod tests {
 
     #[test]
     fn a_body_the_parser_cannot_represent_is_refused_with_the_reason() {
-        let nested = |depth: usize| "[".repeat(depth) + &"]".repeat(depth);
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
         assert!(Payload::from_json_bytes(nested(MAX_DEPTH)).is_ok());
         let e = Payload::from_json_bytes(nested(MAX_DEPTH + 1)).unwrap_err();
         assert_eq!(e.kind, BodyErrorKind::TooDeep);
         assert!(e.unrepresentable() && e.to_string().contains("deeper than 127"), "{e}");
         let e = Payload::from_json_bytes(&br#"{"a":[1,{"b/c":-1e400}]}"#[..]).unwrap_err();
         assert_eq!(e.kind, BodyErrorKind::NumberOutOfRange);
-        assert!(e.to_string().contains("-1e400 at /a/1/b~1c"), "{e}");
+        // serde_json writes the exponent in its own form.
+        assert!(e.to_string().contains("-1e+400 at /a/1/b~1c"), "{e}");
         let long = format!("[{}]", "9".repeat(309));
         assert!(Payload::from_json_bytes(long).is_err());
         assert!(Payload::from_json_bytes(format!("[{}]", "9".repeat(308))).is_ok());
