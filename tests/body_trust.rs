@@ -83,11 +83,26 @@ fn http_bodies_the_parse_refuses_are_errors_never_null() {
     let sb = Sandbox::new();
     let (mut sluice, ports) = serve_refusal_flows(&sb);
     let bad: [(&str, Vec<u8>, u16, &str); 4] = [
-        ("200 levels", nested(200).into_bytes(), 422, "deeper than 127 levels"),
+        (
+            "200 levels",
+            nested(200).into_bytes(),
+            422,
+            "deeper than 127 levels",
+        ),
         // serde_json writes the number's exponent in its own form in the message.
         ("1e400", br#"{"n":1e400}"#.to_vec(), 422, "1e+400 at /n"),
-        ("-1e400 deep inside", br#"{"a":[{"b":-1e400}]}"#.to_vec(), 422, "at /a/0/b"),
-        ("invalid UTF-8", b"{\"s\":\"caf\xe9\"}".to_vec(), 400, "the body is not JSON"),
+        (
+            "-1e400 deep inside",
+            br#"{"a":[{"b":-1e400}]}"#.to_vec(),
+            422,
+            "at /a/0/b",
+        ),
+        (
+            "invalid UTF-8",
+            b"{\"s\":\"caf\xe9\"}".to_vec(),
+            400,
+            "the body is not JSON",
+        ),
     ];
     for (what, body, status, why) in &bad {
         for path in ["/echo", "/keep"] {
@@ -109,7 +124,11 @@ fn http_bodies_the_parse_refuses_are_errors_never_null() {
     // Nothing refused was written (as null or otherwise): only the accepted body.
     let written = sb.only_json("outbox");
     assert_eq!(written["n"].as_f64(), Some(1e308), "{written}");
-    assert_eq!(written["tiny"].as_f64(), Some(0.0), "a script sees 1e-400 as 0.0");
+    assert_eq!(
+        written["tiny"].as_f64(),
+        Some(0.0),
+        "a script sees 1e-400 as 0.0"
+    );
 }
 
 #[test]
@@ -226,7 +245,13 @@ steps:
 
 /// Publishes `body` as it is to `subject` with `Nats-Msg-Id: id`, retrying until JetStream
 /// acknowledges it (bounded).
-fn publish(rt: &tokio::runtime::Runtime, js: &jetstream::Context, subject: &str, id: &str, body: &[u8]) {
+fn publish(
+    rt: &tokio::runtime::Runtime,
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    body: &[u8],
+) {
     rt.block_on(async {
         for _ in 0..200 {
             let mut headers = async_nats::HeaderMap::new();
@@ -305,19 +330,28 @@ errors:
         .iter()
         .map(|name| sb.read_json(&format!("dead-letter/{name}")))
         .collect();
-    letters.sort_by_key(|l| l["meta"]["message_id"].as_str().unwrap_or_default().to_owned());
+    letters.sort_by_key(|l| {
+        l["meta"]["message_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    });
     for (letter, body, why) in [
         (&letters[0], deep.as_str(), "deeper than 127 levels"),
         (&letters[1], huge, "1e+400 at /n"),
     ] {
-        assert_eq!(letter["message"], body, "the body as it arrived: {letter:#}");
+        assert_eq!(
+            letter["message"], body,
+            "the body as it arrived: {letter:#}"
+        );
         assert_eq!(letter["error"]["kind"], "trigger", "{letter:#}");
         let message = letter["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(why), "{letter:#}");
     }
     assert_eq!(letters[0]["meta"]["message_id"], "deep-1");
     assert_eq!(letters[1]["meta"]["message_id"], "huge-1");
-    let out = std::fs::read_to_string(sb.path("outbox/big-1.json")).expect("the big-integer output");
+    let out =
+        std::fs::read_to_string(sb.path("outbox/big-1.json")).expect("the big-integer output");
     let (got, sent): (Value, Value) = (
         serde_json::from_str(&out).unwrap(),
         serde_json::from_str(&big_body()).unwrap(),

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 /// arrived for the dead letter.
 pub fn decode(format: MessageFormat, body: &[u8]) -> Result<Payload, String> {
     match format {
-        MessageFormat::Json => Payload::from_json_bytes(bytes::Bytes::copy_from_slice(body))
-            .map_err(|e| e.to_string()),
+        MessageFormat::Json => {
+            Payload::from_json_bytes(bytes::Bytes::copy_from_slice(body)).map_err(|e| e.to_string())
+        }
         MessageFormat::Text => std::str::from_utf8(body)
             .map(|s| Value::String(s.to_owned()).into())
             .map_err(|e| format!("the body is not UTF-8: {e}")),

@@ -116,9 +116,10 @@ impl CompiledFlow {
                 child.dry = true;
                 let done = self.dry_from(child, at + 1).await?;
                 if done.control == Control::Continue {
-                    let payload = done.payload.into_json().map_err(|e| {
-                        FlowError::permanent(ErrorKind::Transform, e)
-                    })?;
+                    let payload = done
+                        .payload
+                        .into_json()
+                        .map_err(|e| FlowError::permanent(ErrorKind::Transform, e))?;
                     payloads.push(payload);
                 }
                 deliveries.extend(done.deliveries);

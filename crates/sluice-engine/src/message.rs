@@ -549,7 +549,10 @@ mod tests {
         assert!(Payload::from_json_bytes(nested(MAX_DEPTH)).is_ok());
         let e = Payload::from_json_bytes(nested(MAX_DEPTH + 1)).unwrap_err();
         assert_eq!(e.kind, BodyErrorKind::TooDeep);
-        assert!(e.unrepresentable() && e.to_string().contains("deeper than 127"), "{e}");
+        assert!(
+            e.unrepresentable() && e.to_string().contains("deeper than 127"),
+            "{e}"
+        );
         let e = Payload::from_json_bytes(&br#"{"a":[1,{"b/c":-1e400}]}"#[..]).unwrap_err();
         assert_eq!(e.kind, BodyErrorKind::NumberOutOfRange);
         // serde_json writes the exponent in its own form.
@@ -574,6 +577,9 @@ mod tests {
             br#"{"big":12345678901234567890123,"f":1.1,"u":18446744073709551615}"#
         );
         let p = Payload::from_json_bytes(&b"{ \"big\": 12345678901234567890123 }"[..]).unwrap();
-        assert_eq!(p.to_json_vec().unwrap(), br#"{"big":12345678901234567890123}"#);
+        assert_eq!(
+            p.to_json_vec().unwrap(),
+            br#"{"big":12345678901234567890123}"#
+        );
     }
 }

@@ -141,7 +141,11 @@ impl BigNumber {
              unchanged, compare it with ==, or convert it explicitly with to_float() \
              (rounds) or to_string()",
             self.number,
-            if self.from.is_empty() { "/" } else { &self.from },
+            if self.from.is_empty() {
+                "/"
+            } else {
+                &self.from
+            },
         )
         .into()
     }
@@ -156,20 +160,31 @@ pub fn register_numbers(engine: &mut rhai::Engine) {
         .register_type_with_name::<BigNumber>("BigNumber")
         .register_fn("to_string", |n: &mut BigNumber| n.number.to_string())
         .register_fn("to_debug", |n: &mut BigNumber| n.number.to_string())
-        .register_fn("to_float", |n: &mut BigNumber| -> Result<FLOAT, Box<EvalAltResult>> {
-            n.number
-                .as_f64()
-                .ok_or_else(|| n.refuse("to_float (beyond the range of a float)"))
-        })
+        .register_fn(
+            "to_float",
+            |n: &mut BigNumber| -> Result<FLOAT, Box<EvalAltResult>> {
+                n.number
+                    .as_f64()
+                    .ok_or_else(|| n.refuse("to_float (beyond the range of a float)"))
+            },
+        )
         .register_fn("==", |a: BigNumber, b: BigNumber| a.number == b.number)
         .register_fn("!=", |a: BigNumber, b: BigNumber| a.number != b.number)
         .register_fn("-", |a: BigNumber| -> Answer { Err(a.refuse("-")) });
     for op in ["+", "-", "*", "/", "%", "**", "<", ">", "<=", ">="] {
         engine
-            .register_fn(op, move |a: BigNumber, _: INT| -> Answer { Err(a.refuse(op)) })
-            .register_fn(op, move |_: INT, b: BigNumber| -> Answer { Err(b.refuse(op)) })
-            .register_fn(op, move |a: BigNumber, _: FLOAT| -> Answer { Err(a.refuse(op)) })
-            .register_fn(op, move |_: FLOAT, b: BigNumber| -> Answer { Err(b.refuse(op)) })
+            .register_fn(op, move |a: BigNumber, _: INT| -> Answer {
+                Err(a.refuse(op))
+            })
+            .register_fn(op, move |_: INT, b: BigNumber| -> Answer {
+                Err(b.refuse(op))
+            })
+            .register_fn(op, move |a: BigNumber, _: FLOAT| -> Answer {
+                Err(a.refuse(op))
+            })
+            .register_fn(op, move |_: FLOAT, b: BigNumber| -> Answer {
+                Err(b.refuse(op))
+            })
             .register_fn(op, move |a: BigNumber, _: BigNumber| -> Answer {
                 Err(a.refuse(op))
             });
@@ -361,9 +376,15 @@ mod tests {
         assert_eq!(try_jmes_to_json(&jmes).unwrap(), original);
         let rhai = jmes_to_rhai(&jmes).unwrap();
         assert_eq!(rhai_to_json(&rhai).unwrap(), original);
-        assert_eq!(try_jmes_to_json(&rhai_to_jmes(&rhai).unwrap()).unwrap(), original);
+        assert_eq!(
+            try_jmes_to_json(&rhai_to_jmes(&rhai).unwrap()).unwrap(),
+            original
+        );
         assert_eq!(rhai_to_json(&json_to_rhai(&original)).unwrap(), original);
-        assert_eq!(try_jmes_to_json(&json_into_jmes(original.clone())).unwrap(), original);
+        assert_eq!(
+            try_jmes_to_json(&json_into_jmes(original.clone())).unwrap(),
+            original
+        );
     }
 
     #[test]
@@ -396,14 +417,18 @@ mod tests {
     fn a_script_computing_with_a_big_integer_is_told_which_field() {
         let mut engine = rhai::Engine::new();
         register_numbers(&mut engine);
-        let payload: Value = serde_json::from_str(r#"{"a":[{"id":12345678901234567890123}]}"#).unwrap();
+        let payload: Value =
+            serde_json::from_str(r#"{"a":[{"id":12345678901234567890123}]}"#).unwrap();
         let mut scope = rhai::Scope::new();
         scope.push_dynamic("payload", json_to_rhai(&payload));
         let e = engine
             .eval_with_scope::<Dynamic>(&mut scope, "payload.a[0].id + 1")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("12345678901234567890123") && e.contains("/a/0/id"), "{e}");
+        assert!(
+            e.contains("12345678901234567890123") && e.contains("/a/0/id"),
+            "{e}"
+        );
         let same = engine
             .eval_with_scope::<bool>(&mut scope, "payload.a[0].id == payload.a[0].id")
             .unwrap();
@@ -417,7 +442,11 @@ mod tests {
     #[test]
     fn an_expression_reference_is_not_data() {
         let expref = Variable::Expref(jmespath::parse("a").unwrap());
-        assert!(try_jmes_to_json(&expref).unwrap_err().contains("expression reference"));
+        assert!(
+            try_jmes_to_json(&expref)
+                .unwrap_err()
+                .contains("expression reference")
+        );
         assert!(jmes_to_rhai(&expref).is_err());
     }
 }

@@ -85,9 +85,9 @@ pub fn repair_literals(ast: &mut Ast) -> bool {
         Ast::Flatten { node, .. } | Ast::Not { node, .. } | Ast::ObjectValues { node, .. } => {
             repair_literals(node)
         }
-        Ast::Function { args, .. } | Ast::MultiList { elements: args, .. } => {
-            args.iter_mut().fold(false, |acc, a| repair_literals(a) | acc)
-        }
+        Ast::Function { args, .. } | Ast::MultiList { elements: args, .. } => args
+            .iter_mut()
+            .fold(false, |acc, a| repair_literals(a) | acc),
         Ast::MultiHash { elements, .. } => elements
             .iter_mut()
             .fold(false, |acc, KeyValuePair { value, .. }| {
