@@ -9,11 +9,15 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Turns a received body into a payload; an error names what is wrong with the body. A JSON
-/// body is checked here and parsed later, into the form the flow's first step needs.
+/// body is parsed here, completely and once ([`sluice_engine::message::parse_json`]): a body
+/// it refuses (malformed, nested too deep, a number out of range) is the caller's to hand to
+/// [`Message::undecodable`](sluice_engine::Message::undecodable), which keeps it as it
+/// arrived for the dead letter.
 pub fn decode(format: MessageFormat, body: &[u8]) -> Result<Payload, String> {
     match format {
-        MessageFormat::Json => Payload::from_json_bytes(bytes::Bytes::copy_from_slice(body))
-            .map_err(|e| format!("the body is not JSON: {e}")),
+        MessageFormat::Json => {
+            Payload::from_json_bytes(bytes::Bytes::copy_from_slice(body)).map_err(|e| e.to_string())
+        }
         MessageFormat::Text => std::str::from_utf8(body)
             .map(|s| Value::String(s.to_owned()).into())
             .map_err(|e| format!("the body is not UTF-8: {e}")),
@@ -142,6 +146,20 @@ mod tests {
             "aGk="
         );
         assert!(decode(MessageFormat::Json, b"{").is_err());
+    }
+
+    #[test]
+    fn a_json_body_the_parse_refuses_is_undecodable() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let e = decode(MessageFormat::Json, deep.as_bytes()).unwrap_err();
+        assert!(e.contains("deeper than"), "{e}");
+        let e = decode(MessageFormat::Json, br#"{"n":1e400}"#).unwrap_err();
+        assert!(e.contains("1e+400 at /n"), "{e}");
+        let e = decode(MessageFormat::Json, b"{\"s\":\"\xff\"}").unwrap_err();
+        assert!(e.starts_with("the body is not JSON"), "{e}");
+        let big = br#"{"id":12345678901234567890123}"#;
+        let mut p = decode(MessageFormat::Json, big).unwrap();
+        assert_eq!(encode(MessageFormat::Json, &mut p).unwrap(), big);
     }
 
     #[test]

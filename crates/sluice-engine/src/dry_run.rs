@@ -61,8 +61,11 @@ impl CompiledFlow {
                 child.dry = true;
                 let done = self.dry_from(child, at + 1).await?;
                 if done.control == Control::Continue {
-                    let mut payload = done.payload;
-                    payloads.push(payload.json().cloned().unwrap_or(Value::Null));
+                    let payload = done
+                        .payload
+                        .into_json()
+                        .map_err(|e| FlowError::permanent(ErrorKind::Transform, e))?;
+                    payloads.push(payload);
                 }
                 deliveries.extend(done.deliveries);
             }

@@ -10,6 +10,8 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
     let mut runtime = Runtime::new();
     runtime.register_builtin_functions();
     runtime.register_function("meta", Box::new(MetaFunction));
+    // The built-in one loses numbers that are not i64/u64 (see value::jmes_numbers).
+    runtime.register_function("to_number", Box::new(crate::value::ToNumber));
     runtime
 });
 
@@ -75,10 +77,16 @@ impl Expr {
                 message: "the expression is empty".to_owned(),
             });
         }
-        let inner = RUNTIME.compile(text).map_err(|e| ExprError {
+        let mut inner = RUNTIME.compile(text).map_err(|e| ExprError {
             offset: e.offset.min(text.chars().count()),
             message: format!("invalid JMESPath: {}", e.reason),
         })?;
+        // Number literals such as `9.5` come out of jmespath's parser mangled by serde_json's
+        // `arbitrary_precision` (see value::jmes_numbers); mend them once, here.
+        let mut ast = inner.as_ast().clone();
+        if crate::value::repair_literals(&mut ast) {
+            inner = jmespath::Expression::new(text, ast, &RUNTIME);
+        }
         Ok(Expr {
             uses_meta: text.contains("meta"),
             inner,

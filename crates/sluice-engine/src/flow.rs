@@ -193,22 +193,25 @@ impl CompiledFlow {
                 Ok((Control::Fork, at)) => {
                     return self.forked(exec, at, want_reply, dead_letter).await;
                 }
-                Ok((Control::Continue, _)) => {
-                    let reply = reply(&mut exec, want_reply);
-                    if exec.deliveries.is_empty() {
-                        exec.finish(true);
-                        return Some(Outcome::Completed(reply));
-                    }
-                    match self
-                        .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
-                        .await {
-                        Ok(()) => {
+                Ok((Control::Continue, _)) => match reply(&mut exec, want_reply) {
+                    Err(error) => (error, 1),
+                    Ok(reply) => {
+                        if exec.deliveries.is_empty() {
                             exec.finish(true);
-                            return Some(Outcome::Delivered(reply));
+                            return Some(Outcome::Completed(reply));
                         }
-                        Err(failed) => failed,
+                        match self
+                            .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
+                            .await
+                        {
+                            Ok(()) => {
+                                exec.finish(true);
+                                return Some(Outcome::Delivered(reply));
+                            }
+                            Err(failed) => failed,
+                        }
                     }
-                }
+                },
                 Err(error) => {
                     let attempts = error.attempts.max(1);
                     (error, attempts)
@@ -516,7 +519,15 @@ impl CompiledFlow {
         meta: Arc<Meta>,
         envelope: &ErrorEnvelope,
     ) -> bool {
-        let message = original.json().cloned().unwrap_or(Value::Null);
+        // The original is in JSON form or was parsed when it arrived, so this holds; should
+        // it not, the write fails (the source keeps the message) rather than keep a null.
+        let message = match original.json() {
+            Ok(message) => message.clone(),
+            Err(e) => {
+                tracing::error!(flow = %self.name, message_id = %envelope.message_id, "dead letter write failed: the message has no JSON form: {e}");
+                return false;
+            }
+        };
         let payload = json!({
             "message": message,
             "meta": &*meta,
@@ -536,16 +547,23 @@ impl CompiledFlow {
     }
 }
 
-fn reply(exec: &mut Exec, wanted: bool) -> Option<Reply> {
+/// The reply for a request-reply trigger; a payload with no JSON form (a script made a
+/// function or NaN) fails the message instead of answering null.
+fn reply(exec: &mut Exec, wanted: bool) -> Result<Option<Reply>, FlowError> {
     if !wanted {
-        return None;
+        return Ok(None);
     }
-    Some(Reply {
-        payload: exec.payload.json().cloned().unwrap_or(Value::Null),
+    let payload = exec
+        .payload
+        .json()
+        .map_err(|e| FlowError::permanent(ErrorKind::Transform, e).at_step("reply"))?
+        .clone();
+    Ok(Some(Reply {
+        payload,
         status: exec.reply.status,
         headers: std::mem::take(&mut exec.reply.headers),
         message_id: exec.meta.get("message_id").cloned().unwrap_or_default(),
-    })
+    }))
 }
 
 /// Violations kept in a dead-letter entry, and bytes kept of each one's message: one body

@@ -15,15 +15,161 @@ pub const UNDECODABLE: &str = "sluice.undecodable";
 /// Metadata key saying how the body of an undecodable message is kept (`base64`).
 pub const BODY_ENCODING: &str = "sluice.body_encoding";
 
+/// How deeply arrays and objects may nest in a JSON body: serde_json's recursion limit,
+/// which every parse of a payload uses (docs/flow-format.md, "Bodies").
+pub const MAX_DEPTH: usize = 127;
+
+/// Why a JSON body was refused where it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyError {
+    /// What is wrong with the body.
+    pub kind: BodyErrorKind,
+    /// The parser's explanation, or the number and the field holding it.
+    pub detail: String,
+    /// 1-based line and column of the problem; 0 when it is a field (see `detail`).
+    pub line: usize,
+    /// See `line`.
+    pub column: usize,
+}
+
+/// The kinds of [`BodyError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyErrorKind {
+    /// Not JSON: bad syntax, bytes that are not UTF-8 inside a string, trailing data.
+    Malformed,
+    /// Well-formed JSON nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// A number beyond the range of a 64-bit float (`1e400`).
+    NumberOutOfRange,
+}
+
+impl BodyError {
+    /// Whether the body is well-formed JSON that sluice cannot represent (HTTP 422), rather
+    /// than malformed (HTTP 400).
+    pub fn unrepresentable(&self) -> bool {
+        self.kind != BodyErrorKind::Malformed
+    }
+
+    fn from_serde(e: &serde_json::Error) -> Self {
+        let text = e.to_string();
+        let detail = text.split(" at line ").next().unwrap_or(&text).to_owned();
+        // serde_json has no error code to ask for, only its (stable) message.
+        let kind = if detail == "recursion limit exceeded" {
+            BodyErrorKind::TooDeep
+        } else {
+            BodyErrorKind::Malformed
+        };
+        BodyError {
+            kind,
+            detail,
+            line: e.line(),
+            column: e.column(),
+        }
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (line, column) = (self.line, self.column);
+        match self.kind {
+            BodyErrorKind::Malformed => write!(
+                f,
+                "the body is not JSON: {} at line {line} column {column}",
+                self.detail
+            ),
+            BodyErrorKind::TooDeep => write!(
+                f,
+                "the body nests arrays and objects deeper than {MAX_DEPTH} levels (at line \
+                 {line} column {column}); flatten the document"
+            ),
+            BodyErrorKind::NumberOutOfRange => write!(
+                f,
+                "the body holds {}, beyond the range of a 64-bit float (±1.7976931348623157e308); \
+                 send such a value as a string",
+                self.detail
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// Parses a JSON body into a payload value: the one parse that decides what a body is. It
+/// refuses what no later step could represent (nesting past [`MAX_DEPTH`], invalid UTF-8 or
+/// lone surrogates in strings, numbers past f64's range), so nothing downstream fails on it.
+pub fn parse_json(body: &[u8]) -> Result<Value, BodyError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| BodyError::from_serde(&e))?;
+    if let Err(at) = check_numbers(&value) {
+        return Err(BodyError {
+            kind: BodyErrorKind::NumberOutOfRange,
+            detail: at,
+            line: 0,
+            column: 0,
+        });
+    }
+    Ok(value)
+}
+
+/// Checks that every number of `value` is within f64's range (JMESPath compares and Rhai
+/// computes in f64; a number past it would compare as neither smaller nor larger); the error
+/// names the number and its JSON pointer.
+fn check_numbers(value: &Value) -> Result<(), String> {
+    let mut path = Vec::new();
+    match out_of_range(value, &mut path) {
+        None => Ok(()),
+        Some(number) => {
+            let text = number.as_str();
+            let shown: String = text.chars().take(40).collect();
+            let more = if shown.len() < text.len() { "…" } else { "" };
+            let mut pointer = String::new();
+            for key in path.iter().rev() {
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            if pointer.is_empty() {
+                pointer.push('/');
+            }
+            Err(format!("the number {shown}{more} at {pointer}"))
+        }
+    }
+}
+
+/// The first number past f64's range, with the keys leading to it in `path` (innermost first).
+fn out_of_range<'a>(value: &'a Value, path: &mut Vec<String>) -> Option<&'a serde_json::Number> {
+    match value {
+        Value::Number(n) => {
+            let text = n.as_str();
+            // Without an exponent, a number of at most 308 characters is below 1e308.
+            ((text.len() > 308 || text.contains(['e', 'E'])) && n.as_f64().is_none()).then_some(n)
+        }
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let found = out_of_range(item, path)?;
+            path.push(i.to_string());
+            Some(found)
+        }),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let found = out_of_range(v, path)?;
+            path.push(k.clone());
+            Some(found)
+        }),
+        _ => None,
+    }
+}
+
+/// What a payload says when asked for a form after a script took it and failed.
+const TAKEN: &str = "the payload was handed to a script that failed before giving it back";
+
 /// A payload that remembers every form it has been converted to.
 ///
 /// Each step asks for the form it needs; a conversion happens only when that form is not
 /// already present, and a step that changes the payload keeps only the form it produced.
+/// No conversion ever yields null for a value it cannot make: it is an error.
 #[derive(Clone, Debug)]
 pub struct Payload {
-    /// The body as it arrived, already checked to be JSON: parsed only into the form the
-    /// first step asks for, and written out unchanged (if compact) when no step replaced
-    /// the payload.
+    /// The body as it arrived, while no step has replaced the payload: written out unchanged
+    /// (if compact), so what passes through is byte for byte what came in. It was parsed by
+    /// [`parse_json`] when it arrived, so parsing it again cannot fail and yields the same
+    /// value; `json` may therefore be dropped and derived from it again.
     raw: Option<bytes::Bytes>,
     /// Whether `raw` has no whitespace outside strings, so it can be written out as it is.
     raw_compact: bool,
@@ -66,16 +212,17 @@ impl Payload {
         }
     }
 
-    /// A payload from a JSON body, kept as bytes until a step needs a parsed form. The body
-    /// is checked here (without building anything), so a body that is not JSON is refused
-    /// where it arrives, with the reason.
-    pub fn from_json_bytes(body: impl Into<bytes::Bytes>) -> Result<Self, serde_json::Error> {
+    /// A payload from a JSON body. The body is parsed here, once and completely, by
+    /// [`parse_json`], so a body that cannot be represented is refused where it arrives, with
+    /// the reason; the bytes are kept to be written out unchanged while no step replaces
+    /// the payload.
+    pub fn from_json_bytes(body: impl Into<bytes::Bytes>) -> Result<Self, BodyError> {
         let body = body.into();
-        serde_json::from_slice::<serde::de::IgnoredAny>(&body)?;
+        let value = parse_json(&body)?;
         Ok(Payload {
             raw_compact: is_compact(&body),
             raw: Some(body),
-            json: None,
+            json: Some(value),
             jmes: None,
             rhai: None,
         })
@@ -85,17 +232,17 @@ impl Payload {
     pub fn json(&mut self) -> Result<&Value, String> {
         if self.json.is_none() {
             let converted = if let Some(jmes) = &self.jmes {
-                value::jmes_to_json(jmes)
+                value::try_jmes_to_json(jmes)?
             } else if let Some(rhai) = &self.rhai {
                 value::rhai_to_json(rhai)?
             } else if let Some(raw) = &self.raw {
-                serde_json::from_slice(raw).map_err(|e| format!("the body is not JSON: {e}"))?
+                parse_json(raw).map_err(|e| e.to_string())?
             } else {
-                Value::Null
+                return Err(TAKEN.to_owned());
             };
             self.json = Some(converted);
         }
-        Ok(self.json.get_or_insert(Value::Null))
+        self.json.as_ref().ok_or_else(|| TAKEN.to_owned())
     }
 
     /// The JMESPath form (a cheap shared handle), converting once if needed.
@@ -103,64 +250,62 @@ impl Payload {
         if let Some(jmes) = &self.jmes {
             return Ok(jmes.clone());
         }
-        let converted = if let Some(json) = &self.json {
-            value::json_to_jmes(json)
+        let converted = if self.raw.is_some() && self.json.is_some() {
+            // The JSON form can be parsed again from `raw`, so it is taken apart rather than
+            // copied.
+            self.json.take().map(value::json_into_jmes)
+        } else if let Some(json) = &self.json {
+            Some(value::json_to_jmes(json))
         } else if let Some(rhai) = &self.rhai {
-            value::rhai_to_jmes(rhai)?
+            Some(value::rhai_to_jmes(rhai)?)
         } else if let Some(raw) = &self.raw {
-            // Straight from the bytes: no intermediate JSON tree.
-            Rcvar::new(
-                serde_json::from_slice::<Variable>(raw)
-                    .map_err(|e| format!("the body is not JSON: {e}"))?,
-            )
+            Some(value::json_into_jmes(
+                parse_json(raw).map_err(|e| e.to_string())?,
+            ))
         } else {
-            Rcvar::new(Variable::Null)
+            None
         };
+        let converted = converted.ok_or_else(|| TAKEN.to_owned())?;
         self.jmes = Some(converted.clone());
         Ok(converted)
     }
 
-    /// Takes the Rhai form for a script to mutate; the payload is empty until replaced.
-    pub fn take_rhai(&mut self) -> Dynamic {
+    /// Takes the Rhai form for a script to mutate. The other forms stay: until the script
+    /// gives a payload back (which replaces this one) they hold the payload as it was, which
+    /// is what a failed script leaves behind. Only a Rhai form is moved out, so after a
+    /// failed script that received one the payload is empty and says so when asked.
+    pub fn take_rhai(&mut self) -> Result<Dynamic, String> {
         if let Some(rhai) = self.rhai.take() {
             self.raw = None;
             self.json = None;
             self.jmes = None;
-            return rhai;
+            return Ok(rhai);
         }
-        if self.json.is_none() && self.jmes.is_none() && self.raw.is_some() {
-            // A checked body parses; should it not, the script sees `()` as for no payload.
-            let _ = self.json();
+        if let Some(jmes) = &self.jmes {
+            return value::jmes_to_rhai(jmes);
         }
-        let converted = if let Some(jmes) = &self.jmes {
-            value::jmes_to_rhai(jmes)
-        } else if let Some(json) = &self.json {
-            value::json_to_rhai(json)
-        } else {
-            Dynamic::UNIT
-        };
-        self.raw = None;
-        self.json = None;
-        self.jmes = None;
-        converted
+        Ok(value::json_to_rhai(self.json()?))
     }
 
     /// The JSON value, consuming the payload.
     pub fn into_json(mut self) -> Result<Value, String> {
         self.json()?;
-        Ok(self.json.unwrap_or(Value::Null))
+        self.json.ok_or_else(|| TAKEN.to_owned())
     }
 
-    /// A copy for a delivery: the cheapest form to copy (JMESPath values are shared).
+    /// A copy for a delivery: the cheapest form to copy (JMESPath values are shared, the
+    /// body as it arrived is shared bytes).
     pub fn snapshot(&self) -> Payload {
+        let shared = |jmes: Option<Rcvar>| Payload {
+            raw: self.raw.clone(),
+            raw_compact: self.raw_compact,
+            jmes,
+            json: None,
+            rhai: None,
+        };
         match &self.jmes {
-            Some(jmes) => Payload {
-                raw: self.raw.clone(),
-                raw_compact: self.raw_compact,
-                jmes: Some(jmes.clone()),
-                json: None,
-                rhai: None,
-            },
+            Some(jmes) => shared(Some(jmes.clone())),
+            None if self.raw.is_some() => shared(None),
             None => self.clone(),
         }
     }
@@ -173,15 +318,14 @@ impl Payload {
         let result = if let Some(json) = &self.json {
             serde_json::to_vec(json)
         } else if let Some(jmes) = &self.jmes {
-            serde_json::to_vec(&**jmes)
+            return value::jmes_to_vec(jmes);
         } else if let Some(rhai) = &self.rhai {
-            return serde_json::to_vec(&value::rhai_to_json(rhai)?).map_err(|e| e.to_string());
+            serde_json::to_vec(&value::rhai_to_json(rhai)?)
         } else if let Some(raw) = &self.raw {
             // Not compact: parsed and written again, so the output is one line.
-            let value: Value = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
-            serde_json::to_vec(&value)
+            serde_json::to_vec(&parse_json(raw).map_err(|e| e.to_string())?)
         } else {
-            Ok(b"null".to_vec())
+            return Err(TAKEN.to_owned());
         };
         result.map_err(|e| format!("cannot serialize the payload: {e}"))
     }
@@ -222,6 +366,8 @@ impl Payload {
             Some(PathValue::Text(
                 serde_json::Number::from_f64(f)?.to_string(),
             ))
+        } else if let Some(big) = cur.read_lock::<value::BigNumber>() {
+            Some(PathValue::Text(big.number().to_string()))
         } else if let Ok(b) = cur.as_bool() {
             Some(PathValue::Text(b.to_string()))
         } else if cur.is_unit() {
@@ -354,7 +500,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_json_body_is_parsed_only_when_a_form_is_needed() {
+    fn a_json_body_is_written_out_as_it_arrived() {
         let mut p = Payload::from_json_bytes(&br#"{"id":"a","n":[1,2]}"#[..]).unwrap();
         assert_eq!(p.to_json_vec().unwrap(), br#"{"id":"a","n":[1,2]}"#);
         assert_eq!(
@@ -365,6 +511,8 @@ mod tests {
         assert_eq!(p.jmes().unwrap().as_object().unwrap().len(), 1);
         assert_eq!(p.json().unwrap()["s"], "x y\"");
         assert_eq!(p.snapshot().to_json_vec().unwrap(), b"{\"s\":\"x y\\\"\"}");
+        let mut copy = p.snapshot();
+        assert_eq!(copy.json().unwrap()["s"], "x y\"");
     }
 
     #[test]
@@ -373,16 +521,65 @@ mod tests {
         assert_eq!(p.to_json_vec().unwrap(), br#"{"a":1}"#);
         let mut p = Payload::from_json_bytes(&b"[1, 2]"[..]).unwrap();
         assert_eq!(
-            value::rhai_to_json(&p.take_rhai()).unwrap(),
+            value::rhai_to_json(&p.take_rhai().unwrap()).unwrap(),
             serde_json::json!([1, 2])
         );
-        assert!(p.to_json_vec().unwrap() == b"null");
+        // Until a script gives a payload back, the payload is the one it was given.
+        assert_eq!(p.to_json_vec().unwrap(), b"[1,2]");
+        let mut p = Payload::from_rhai(Dynamic::from_int(1));
+        assert!(p.take_rhai().unwrap().is_int());
+        assert_eq!(p.json().unwrap_err(), TAKEN);
+        assert_eq!(p.to_json_vec().unwrap_err(), TAKEN);
+        assert!(p.take_rhai().is_err() && p.jmes().is_err());
     }
 
     #[test]
     fn a_body_that_is_not_json_is_refused() {
         let e = Payload::from_json_bytes(&b"{\"a\":"[..]).unwrap_err();
-        assert_eq!((e.line(), e.column()), (1, 5));
+        assert_eq!((e.line, e.column, e.kind), (1, 5, BodyErrorKind::Malformed));
         assert!(Payload::from_json_bytes(&b"{} {}"[..]).is_err());
+        let e = Payload::from_json_bytes(&b"{\"a\":\"\xff\"}"[..]).unwrap_err();
+        assert_eq!(e.kind, BodyErrorKind::Malformed, "{e}");
+        assert!(Payload::from_json_bytes(&br#"["\ud800"]"#[..]).is_err());
+    }
+
+    #[test]
+    fn a_body_the_parser_cannot_represent_is_refused_with_the_reason() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(Payload::from_json_bytes(nested(MAX_DEPTH)).is_ok());
+        let e = Payload::from_json_bytes(nested(MAX_DEPTH + 1)).unwrap_err();
+        assert_eq!(e.kind, BodyErrorKind::TooDeep);
+        assert!(
+            e.unrepresentable() && e.to_string().contains("deeper than 127"),
+            "{e}"
+        );
+        let e = Payload::from_json_bytes(&br#"{"a":[1,{"b/c":-1e400}]}"#[..]).unwrap_err();
+        assert_eq!(e.kind, BodyErrorKind::NumberOutOfRange);
+        // serde_json writes the exponent in its own form.
+        assert!(e.to_string().contains("-1e+400 at /a/1/b~1c"), "{e}");
+        let long = format!("[{}]", "9".repeat(309));
+        assert!(Payload::from_json_bytes(long).is_err());
+        assert!(Payload::from_json_bytes(format!("[{}]", "9".repeat(308))).is_ok());
+        assert!(Payload::from_json_bytes(&b"[1e308, 1e-400]"[..]).is_ok());
+    }
+
+    #[test]
+    fn numbers_keep_their_text_in_every_form() {
+        let body = br#"{"big":12345678901234567890123,"f":1.10,"u":18446744073709551615}"#;
+        let mut p = Payload::from_json_bytes(&body[..]).unwrap();
+        let jmes = p.jmes().unwrap();
+        assert_eq!(Payload::from_jmes(jmes).to_json_vec().unwrap(), &body[..]);
+        let rhai = p.take_rhai().unwrap();
+        let back = Payload::from_rhai(rhai).to_json_vec().unwrap();
+        // Rhai holds the float as an f64, whose shortest form is 1.1.
+        assert_eq!(
+            back,
+            br#"{"big":12345678901234567890123,"f":1.1,"u":18446744073709551615}"#
+        );
+        let p = Payload::from_json_bytes(&b"{ \"big\": 12345678901234567890123 }"[..]).unwrap();
+        assert_eq!(
+            p.to_json_vec().unwrap(),
+            br#"{"big":12345678901234567890123}"#
+        );
     }
 }

@@ -112,6 +112,8 @@ impl Sandbox {
                     bounded_replace(s, find.encode_utf8(&mut [0; 4]), with)
                 },
             );
+        // Numbers Rhai cannot hold exactly arrive as `BigNumber` (see value.rs).
+        crate::value::register_numbers(&mut engine);
         let flow_name = flow.to_owned();
         engine.on_print(move |text| {
             tracing::info!(flow = %flow_name, message_id = %current_message(), script = true, "{text}")
@@ -206,7 +208,10 @@ impl Sandbox {
         meta: &Arc<Meta>,
     ) -> Result<(), FlowError> {
         let mut scope = Scope::new();
-        scope.push_dynamic("payload", payload.take_rhai());
+        let taken = payload
+            .take_rhai()
+            .map_err(|e| FlowError::permanent(ErrorKind::Script, e))?;
+        scope.push_dynamic("payload", taken);
         if uses_meta {
             let meta_map: rhai::Map = meta
                 .iter()

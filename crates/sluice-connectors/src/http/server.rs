@@ -392,19 +392,15 @@ async fn serve(
     } else {
         match Payload::from_json_bytes(bytes.clone()) {
             Ok(payload) => payload,
+            // One parse decides: what it refuses never reaches a step. Well-formed JSON that
+            // cannot be represented (too deep, a number out of range) is 422, the rest 400.
             Err(e) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "trigger",
-                    &format!(
-                        "malformed JSON at line {} column {}: {}",
-                        e.line(),
-                        e.column(),
-                        e.to_string().split(" at line ").next().unwrap_or("")
-                    ),
-                    None,
-                    None,
-                );
+                let status = if e.unrepresentable() {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return error_response(status, "trigger", &e.to_string(), None, None);
             }
         }
     };
