@@ -164,7 +164,10 @@ fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, String>
             break;
         }
         let end = reader.position().byte() as usize;
-        let source_line = row.position().map_or(0, |p| p.line() as usize);
+        let (raw, skipped) = raw_row(bytes, start, end);
+        // The reader counts from where it started looking, blank lines before the row
+        // included; the row itself starts after them.
+        let source_line = row.position().map_or(1, |p| p.line() as usize) + skipped;
         if options.header && headers.is_none() {
             let header = csv::StringRecord::from_byte_record(row.clone()).map_err(|e| {
                 format!(
@@ -209,10 +212,7 @@ fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, String>
             }
         };
         records.push(Record {
-            content: content.map_err(|reason| Malformed {
-                raw: raw_row(bytes, start, end),
-                reason,
-            }),
+            content: content.map_err(|reason| Malformed { raw, reason }),
             line: Some(number),
             source_line: Some(source_line),
         });
@@ -220,17 +220,18 @@ fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, String>
     Ok(records)
 }
 
-/// The bytes of one row as they are in the file: without the blank lines the reader skipped
-/// before it and without its line ending.
-fn raw_row(bytes: &[u8], start: usize, end: usize) -> Vec<u8> {
+/// The bytes of one row as they are in the file, without the blank lines the reader skipped
+/// before it (their number is returned too) and without its line ending.
+fn raw_row(bytes: &[u8], start: usize, end: usize) -> (Vec<u8>, usize) {
     let raw = bytes.get(start..end.min(bytes.len())).unwrap_or_default();
     let first = raw
         .iter()
         .position(|&b| b != b'\n' && b != b'\r')
         .unwrap_or(raw.len());
+    let skipped = raw[..first].iter().filter(|&&b| b == b'\n').count();
     let raw = &raw[first..];
     let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
-    raw.strip_suffix(b"\r").unwrap_or(raw).to_vec()
+    (raw.strip_suffix(b"\r").unwrap_or(raw).to_vec(), skipped)
 }
 
 #[cfg(test)]
