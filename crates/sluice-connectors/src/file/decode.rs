@@ -86,7 +86,9 @@ fn json_error(e: &serde_json::Error) -> String {
 
 fn json_what(e: &serde_json::Error) -> &'static str {
     match e.classify() {
-        serde_json::error::Category::Eof => "malformed JSON: the input ends in the middle of a value",
+        serde_json::error::Category::Eof => {
+            "malformed JSON: the input ends in the middle of a value"
+        }
         _ => "malformed JSON",
     }
 }
@@ -279,10 +281,18 @@ mod tests {
         assert_eq!(r.len(), 4);
         let bad = r[1].content.clone().unwrap_err();
         assert_eq!(bad.raw, b"{x}");
-        assert!(bad.reason.starts_with("line 2 column 2: malformed JSON"), "{}", bad.reason);
+        assert!(
+            bad.reason.starts_with("line 2 column 2: malformed JSON"),
+            "{}",
+            bad.reason
+        );
         let binary = r[2].content.clone().unwrap_err();
         assert_eq!(binary.raw, b"\xff");
-        assert!(binary.reason.contains("line 3: not UTF-8"), "{}", binary.reason);
+        assert!(
+            binary.reason.contains("line 3: not UTF-8"),
+            "{}",
+            binary.reason
+        );
         assert_eq!(r[3].content, Ok(json!({"b": 2})));
         assert_eq!(r[3].line, Some(4));
     }
@@ -303,7 +313,13 @@ mod tests {
         assert_eq!(r[2].content, Ok(json!({"id": "3", "name": "multi\nline"})));
         let binary = r[3].content.clone().unwrap_err();
         assert_eq!(binary.raw, b"4,\xffz");
-        assert!(binary.reason.contains("row 4 (line 7): field 2 is not UTF-8"), "{}", binary.reason);
+        assert!(
+            binary
+                .reason
+                .contains("row 4 (line 7): field 2 is not UTF-8"),
+            "{}",
+            binary.reason
+        );
         assert_eq!(r[4].content, Ok(json!({"id": "5", "name": "e"})));
         assert_eq!(r[4].source_line, Some(8));
     }
@@ -317,7 +333,10 @@ mod tests {
         let r = decode(b"a,b\nc\n", FileFormat::Csv, &csv).unwrap();
         assert_eq!(r[0].content, Ok(json!(["a", "b"])));
         let bad = r[1].content.clone().unwrap_err();
-        assert_eq!(bad.reason, "csv row 2 (line 2): 1 fields where the first row has 2");
+        assert_eq!(
+            bad.reason,
+            "csv row 2 (line 2): 1 fields where the first row has 2"
+        );
     }
 
     #[test]
