@@ -373,7 +373,7 @@ impl Claim {
         let mut pause = Duration::from_millis(100);
         loop {
             failures += 1;
-            if failures == 1 || failures % 60 == 0 {
+            if failures == 1 || failures.is_multiple_of(60) {
                 tracing::error!(flow = %self.flow(), file = %self.path.display(), attempts = failures, "cannot move the finished file out of .inflight/: {error}; its messages are done, and sluice tries again until the move succeeds (free disk space, or fix the folder's permissions)");
             }
             tokio::select! {
