@@ -51,14 +51,27 @@ fn a_malformed_csv_row_fails_alone_and_the_file_says_what_happened() {
     sluice.wait_ready("rows");
 
     // Row 2 (line 3) has a field too many; rows 1 and 3 are fine.
-    sb.write_atomic("inbox/in/people.csv", "id,name\nada,Ada\nbob,Bob,surplus\ncy,Cy\n");
+    sb.write_atomic(
+        "inbox/in/people.csv",
+        "id,name\nada,Ada\nbob,Bob,surplus\ncy,Cy\n",
+    );
     sluice.expect_within(secs(20), "people.csv in .partial/ with its sidecar", || {
         sb.exists("inbox/in/.partial/people.csv.error.json")
     });
-    assert_eq!(sb.read_json("outbox/ada.json"), json!({"id": "ada", "name": "Ada"}));
-    assert_eq!(sb.read_json("outbox/cy.json"), json!({"id": "cy", "name": "Cy"}));
+    assert_eq!(
+        sb.read_json("outbox/ada.json"),
+        json!({"id": "ada", "name": "Ada"})
+    );
+    assert_eq!(
+        sb.read_json("outbox/cy.json"),
+        json!({"id": "cy", "name": "Cy"})
+    );
     for folder in [".error", ".rejected", ".done", ".inflight"] {
-        assert_eq!(sb.count(&format!("inbox/in/{folder}")), 0, "nothing in {folder}/");
+        assert_eq!(
+            sb.count(&format!("inbox/in/{folder}")),
+            0,
+            "nothing in {folder}/"
+        );
     }
 
     // The dead letter keeps the row exactly as it is in the file, and where it is.
@@ -88,7 +101,10 @@ fn a_malformed_csv_row_fails_alone_and_the_file_says_what_happened() {
     assert_eq!(failed[0]["source_line"], 3, "{side:#}");
     assert_eq!(failed[0]["kind"], "trigger", "{side:#}");
     assert_eq!(failed[0]["dead_lettered"], true, "{side:#}");
-    assert_eq!(failed[0]["message_id"], dead["error"]["message_id"], "{side:#}");
+    assert_eq!(
+        failed[0]["message_id"], dead["error"]["message_id"],
+        "{side:#}"
+    );
 
     let line = logged(&sluice, "file partly processed");
     assert!(
@@ -96,15 +112,21 @@ fn a_malformed_csv_row_fails_alone_and_the_file_says_what_happened() {
         "{line}"
     );
     assert!(line.contains("do not drop the file again"), "{line}");
-    assert!(!sluice.log().contains("file not processed"), "{}", sluice.log_tail(20));
+    assert!(
+        !sluice.log().contains("file not processed"),
+        "{}",
+        sluice.log_tail(20)
+    );
 
     // A file whose rows all fail goes to .error/, one whose rows all succeed to .done/, and
     // each log line says so.
     sb.write_atomic("inbox/in/bad.csv", "id,name\nx\ny,z,w\n");
     sb.write_atomic("inbox/in/good.csv", "id,name\ndee,Dee\n");
-    sluice.expect_within(secs(20), "bad.csv in .error/ and good.csv in .done/", || {
-        sb.exists("inbox/in/.error/bad.csv.error.json") && sb.exists("inbox/in/.done/good.csv")
-    });
+    sluice.expect_within(
+        secs(20),
+        "bad.csv in .error/ and good.csv in .done/",
+        || sb.exists("inbox/in/.error/bad.csv.error.json") && sb.exists("inbox/in/.done/good.csv"),
+    );
     let side = sb.read_json("inbox/in/.error/bad.csv.error.json");
     assert_eq!(side["records"]["failed"], 2, "{side:#}");
     assert_eq!(side["records"]["succeeded"], 0, "{side:#}");
@@ -159,7 +181,12 @@ fn a_malformed_ndjson_line_fails_alone_and_keeps_its_bytes() {
         .iter()
         .map(|n| sb.read_json(&format!("dead-letter/{n}")))
         .collect();
-    dead.sort_by_key(|d| d["meta"]["file.line"].as_str().unwrap_or_default().to_owned());
+    dead.sort_by_key(|d| {
+        d["meta"]["file.line"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    });
     assert_eq!(dead.len(), 2, "{dead:#?}");
     assert_eq!(dead[0]["message"], "{\"id\": broken", "{:#}", dead[0]);
     assert_eq!(dead[0]["meta"]["file.line"], "2");
@@ -272,10 +299,14 @@ errors:
     // Space comes back: the same process finishes the file.
     std::fs::remove_file(sb.path("inbox/filler")).unwrap();
     sluice.expect_within(secs(20), "bad.json in .rejected/ with its sidecar", || {
-        sb.exists("inbox/in/.rejected/bad.json") && sb.exists("inbox/in/.rejected/bad.json.error.json")
+        sb.exists("inbox/in/.rejected/bad.json")
+            && sb.exists("inbox/in/.rejected/bad.json.error.json")
     });
     assert_eq!(sb.count("inbox/in/.inflight"), 0);
-    assert_eq!(sb.read_json("inbox/in/.rejected/bad.json.error.json")["kind"], "contract");
+    assert_eq!(
+        sb.read_json("inbox/in/.rejected/bad.json.error.json")["kind"],
+        "contract"
+    );
     logged(&sluice, "moved the finished file after");
     let leftovers: Vec<_> = std::fs::read_dir(sb.path("inbox/in/.rejected"))
         .unwrap()
@@ -287,7 +318,9 @@ errors:
 
     // A restart has nothing to redo: a new file goes through and the dead letter is alone.
     sluice.kill();
-X, &json!({"id": "g"}));
+    let mut sluice = Sluice::run(&sb);
+    sluice.wait_ready("rows");
+    sb.drop_json("inbox/in", "good.json", &json!({"id": "g"}));
     sluice.wait_json(&sb, "outbox/g.json", secs(20));
     assert_eq!(sb.count("dead-letter"), 1, "no second dead letter");
     assert!(
@@ -335,7 +368,10 @@ errors:
     let ours = [
         format!("outbox/{}", stale_temp_name("o-1.json", 60_000)),
         format!("dead-letter/{}", stale_temp_name("0191.json", 5_000)),
-        format!("inbox/in/.rejected/{}", stale_temp_name("x.json.error.json", 1_000)),
+        format!(
+            "inbox/in/.rejected/{}",
+            stale_temp_name("x.json.error.json", 1_000)
+        ),
     ];
     // Names that are not sluice's: kept.
     let theirs = [
@@ -363,7 +399,9 @@ errors:
         assert!(sb.exists(rel), "{rel} is not sluice's and must stay");
     }
     assert!(
-        sluice.log().contains("removed temporary files left by an earlier run"),
+        sluice
+            .log()
+            .contains("removed temporary files left by an earlier run"),
         "{}",
         sluice.log_tail(20)
     );
@@ -408,12 +446,20 @@ errors:
     let longest = format!("{}.json", "é".repeat(125));
     assert_eq!((long.len(), longest.len()), (250, 255));
     sb.drop_json("inbox/in", "a.json", &json!({"name": long, "deep": false}));
-    sb.drop_json("inbox/in", "b.json", &json!({"name": longest, "deep": false}));
+    sb.drop_json(
+        "inbox/in",
+        "b.json",
+        &json!({"name": longest, "deep": false}),
+    );
     sluice.wait_json(&sb, &format!("outbox/{long}"), secs(20));
     sluice.wait_json(&sb, &format!("outbox/{longest}"), secs(20));
 
     // A path the system refuses as too long: permanent, one attempt, and it says why.
-    sb.drop_json("inbox/in", "c.json", &json!({"name": "c.json", "deep": true}));
+    sb.drop_json(
+        "inbox/in",
+        "c.json",
+        &json!({"name": "c.json", "deep": true}),
+    );
     sluice.expect_within(secs(20), "c.json in .error/", || {
         sb.exists("inbox/in/.error/c.json.error.json")
     });
@@ -491,14 +537,22 @@ errors:
         message.contains("cannot fsync the folder") && message.contains("not confirmed"),
         "{message}"
     );
-    assert!(!sb.exists("inbox/in/.done/a.json"), "an unsynced write is not confirmed");
+    assert!(
+        !sb.exists("inbox/in/.done/a.json"),
+        "an unsynced write is not confirmed"
+    );
     sluice.assert_running();
 }
 
 #[test]
 fn files_with_a_byte_order_mark_are_read_without_it() {
     let sb = Sandbox::new();
-    for (format, glob) in [("json", "*.json"), ("ndjson", "*.ndjson"), ("csv", "*.csv"), ("text", "*.txt")] {
+    for (format, glob) in [
+        ("json", "*.json"),
+        ("ndjson", "*.ndjson"),
+        ("csv", "*.csv"),
+        ("text", "*.txt"),
+    ] {
         sb.write(
             &format!("flows/{format}.yaml"),
             format!(

@@ -234,10 +234,9 @@ impl Claim {
             "file": self.busy.name,
             "dead_lettered": false,
         });
-        let summary = Summary::Failed(format!(
-            "file not processed: {reason}; see its .error.json"
-        ));
-        self.settle(Disposition::Error, Some(sidecar), summary).await;
+        let summary = Summary::Failed(format!("file not processed: {reason}; see its .error.json"));
+        self.settle(Disposition::Error, Some(sidecar), summary)
+            .await;
     }
 
     /// Every message has settled: decide where the file goes and what its sidecar says.
@@ -246,17 +245,16 @@ impl Claim {
         let failed = tally.failed.len();
         let total = self.total;
         let succeeded = total.saturating_sub(failed);
-        let counts = format!(
-            "{} delivered, {} filtered",
-            tally.delivered, tally.filtered
-        );
+        let counts = format!("{} delivered, {} filtered", tally.delivered, tally.filtered);
         if failed == 0 {
             let disposition = match self.busy.shared.config.on_success {
                 OnSuccess::Move => Disposition::Done,
                 OnSuccess::Delete => Disposition::Delete,
             };
             let summary = if self.multi {
-                Summary::Done(format!("file done: all {total} records succeeded ({counts})"))
+                Summary::Done(format!(
+                    "file done: all {total} records succeeded ({counts})"
+                ))
             } else {
                 Summary::Quiet
             };
@@ -344,7 +342,12 @@ impl Claim {
     /// Moves the file to its place; when that fails, tries again in a task of its own (see
     /// [`Claim::retry`]). The first try is awaited by the acknowledgement, so a shutdown that
     /// drains the flow also waits for the file to be moved.
-    async fn settle(self: Arc<Self>, disposition: Disposition, sidecar: Option<Value>, summary: Summary) {
+    async fn settle(
+        self: Arc<Self>,
+        disposition: Disposition,
+        sidecar: Option<Value>,
+        summary: Summary,
+    ) {
         let sidecar = sidecar.map(Arc::new);
         let (chosen, result) = self.try_place(disposition, &sidecar, None).await;
         match result {
@@ -370,7 +373,7 @@ impl Claim {
         let mut pause = Duration::from_millis(100);
         loop {
             failures += 1;
-            if failures == 1 || failures % 60 == 0 {
+            if failures == 1 || failures.is_multiple_of(60) {
                 tracing::error!(flow = %self.flow(), file = %self.path.display(), attempts = failures, "cannot move the finished file out of .inflight/: {error}; its messages are done, and sluice tries again until the move succeeds (free disk space, or fix the folder's permissions)");
             }
             tokio::select! {

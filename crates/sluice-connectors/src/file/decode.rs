@@ -86,7 +86,9 @@ fn json_error(e: &serde_json::Error) -> String {
 
 fn json_what(e: &serde_json::Error) -> &'static str {
     match e.classify() {
-        serde_json::error::Category::Eof => "malformed JSON: the input ends in the middle of a value",
+        serde_json::error::Category::Eof => {
+            "malformed JSON: the input ends in the middle of a value"
+        }
         _ => "malformed JSON",
     }
 }
@@ -164,7 +166,10 @@ fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, String>
             break;
         }
         let end = reader.position().byte() as usize;
-        let source_line = row.position().map_or(0, |p| p.line() as usize);
+        let (raw, skipped) = raw_row(bytes, start, end);
+        // The reader counts from where it started looking, blank lines before the row
+        // included; the row itself starts after them.
+        let source_line = row.position().map_or(1, |p| p.line() as usize) + skipped;
         if options.header && headers.is_none() {
             let header = csv::StringRecord::from_byte_record(row.clone()).map_err(|e| {
                 format!(
@@ -209,10 +214,7 @@ fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, String>
             }
         };
         records.push(Record {
-            content: content.map_err(|reason| Malformed {
-                raw: raw_row(bytes, start, end),
-                reason,
-            }),
+            content: content.map_err(|reason| Malformed { raw, reason }),
             line: Some(number),
             source_line: Some(source_line),
         });
@@ -220,17 +222,18 @@ fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, String>
     Ok(records)
 }
 
-/// The bytes of one row as they are in the file: without the blank lines the reader skipped
-/// before it and without its line ending.
-fn raw_row(bytes: &[u8], start: usize, end: usize) -> Vec<u8> {
+/// The bytes of one row as they are in the file, without the blank lines the reader skipped
+/// before it (their number is returned too) and without its line ending.
+fn raw_row(bytes: &[u8], start: usize, end: usize) -> (Vec<u8>, usize) {
     let raw = bytes.get(start..end.min(bytes.len())).unwrap_or_default();
     let first = raw
         .iter()
         .position(|&b| b != b'\n' && b != b'\r')
         .unwrap_or(raw.len());
+    let skipped = raw[..first].iter().filter(|&&b| b == b'\n').count();
     let raw = &raw[first..];
     let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
-    raw.strip_suffix(b"\r").unwrap_or(raw).to_vec()
+    (raw.strip_suffix(b"\r").unwrap_or(raw).to_vec(), skipped)
 }
 
 #[cfg(test)]
@@ -278,10 +281,18 @@ mod tests {
         assert_eq!(r.len(), 4);
         let bad = r[1].content.clone().unwrap_err();
         assert_eq!(bad.raw, b"{x}");
-        assert!(bad.reason.starts_with("line 2 column 2: malformed JSON"), "{}", bad.reason);
+        assert!(
+            bad.reason.starts_with("line 2 column 2: malformed JSON"),
+            "{}",
+            bad.reason
+        );
         let binary = r[2].content.clone().unwrap_err();
         assert_eq!(binary.raw, b"\xff");
-        assert!(binary.reason.contains("line 3: not UTF-8"), "{}", binary.reason);
+        assert!(
+            binary.reason.contains("line 3: not UTF-8"),
+            "{}",
+            binary.reason
+        );
         assert_eq!(r[3].content, Ok(json!({"b": 2})));
         assert_eq!(r[3].line, Some(4));
     }
@@ -302,7 +313,13 @@ mod tests {
         assert_eq!(r[2].content, Ok(json!({"id": "3", "name": "multi\nline"})));
         let binary = r[3].content.clone().unwrap_err();
         assert_eq!(binary.raw, b"4,\xffz");
-        assert!(binary.reason.contains("row 4 (line 7): field 2 is not UTF-8"), "{}", binary.reason);
+        assert!(
+            binary
+                .reason
+                .contains("row 4 (line 7): field 2 is not UTF-8"),
+            "{}",
+            binary.reason
+        );
         assert_eq!(r[4].content, Ok(json!({"id": "5", "name": "e"})));
         assert_eq!(r[4].source_line, Some(8));
     }
@@ -316,7 +333,10 @@ mod tests {
         let r = decode(b"a,b\nc\n", FileFormat::Csv, &csv).unwrap();
         assert_eq!(r[0].content, Ok(json!(["a", "b"])));
         let bad = r[1].content.clone().unwrap_err();
-        assert_eq!(bad.reason, "csv row 2 (line 2): 1 fields where the first row has 2");
+        assert_eq!(
+            bad.reason,
+            "csv row 2 (line 2): 1 fields where the first row has 2"
+        );
     }
 
     #[test]

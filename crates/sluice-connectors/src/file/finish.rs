@@ -159,7 +159,10 @@ mod tests {
         let a = sidecar_path(&Path::new("/x").join(format!("{long}.csv")));
         let b = sidecar_path(&Path::new("/x").join(format!("{long}-1.csv")));
         let a_name = a.file_name().unwrap().to_str().unwrap();
-        assert!(a_name.len() <= NAME_MAX && a_name.ends_with(".error.json"), "{a_name}");
+        assert!(
+            a_name.len() <= NAME_MAX && a_name.ends_with(".error.json"),
+            "{a_name}"
+        );
         assert_ne!(a, b, "neighbours keep apart");
         let name = format!("{long}.csv");
         assert_eq!(suffixed(&name, 1).len(), NAME_MAX);

@@ -297,7 +297,10 @@ fn place(
                 }
             }
             Err(e) => {
-                return Err(io_failure(format!("cannot create {}", target.display()), &e));
+                return Err(io_failure(
+                    format!("cannot create {}", target.display()),
+                    &e,
+                ));
             }
         }
     }

@@ -120,7 +120,8 @@ mod tests {
 
     /// A UUIDv7 in simple form made at `ms` (Unix milliseconds).
     fn v7_at(ms: u64) -> String {
-        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
+        let ts =
+            uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
         uuid::Uuid::new_v7(ts).simple().to_string()
     }
 
@@ -138,7 +139,10 @@ mod tests {
     fn only_our_names_from_before_this_process_are_stale() {
         let before = started_ms() - 60_000;
         assert!(is_stale(&format!(".a.json.tmp-{}", v7_at(before))));
-        assert!(!is_stale(&format!(".a.json.tmp-{}", v7_at(started_ms() + 1))));
+        assert!(!is_stale(&format!(
+            ".a.json.tmp-{}",
+            v7_at(started_ms() + 1)
+        )));
         let mine = temp_path(Path::new("/x"), "a.json");
         assert!(!is_stale(mine.file_name().unwrap().to_str().unwrap()));
         // Other people's names.
@@ -158,7 +162,9 @@ mod tests {
     #[test]
     fn cleaning_removes_stale_names_once() {
         let dir = tempfile::tempdir().unwrap();
-        let stale = dir.path().join(format!(".o.json.tmp-{}", v7_at(started_ms() - 1000)));
+        let stale = dir
+            .path()
+            .join(format!(".o.json.tmp-{}", v7_at(started_ms() - 1000)));
         let keep = dir.path().join(".notes.tmp-mine");
         std::fs::write(&stale, b"").unwrap();
         std::fs::write(&keep, b"x").unwrap();
