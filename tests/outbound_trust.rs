@@ -6,7 +6,7 @@
 
 mod support;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::*;
 
 /// A flow whose `enrich` step and `http` sink both render payload values into the path
@@ -144,6 +144,8 @@ trigger:
     path: inbox/hop
     glob: "*.json"
     {FAST_TRIGGER}
+steps:
+  - to: out
 sinks:
   out:
     http:
@@ -212,6 +214,8 @@ trigger:
     path: inbox/{name}
     glob: "*.json"
     {FAST_TRIGGER}
+steps:
+  - to: out
 sinks:
   out:
     http:
