@@ -242,7 +242,9 @@ mod tests {
             "http://user:{{p}}@h/x",
             "{{scheme}}://h/x",
         ] {
-            let err = UrlTemplate::compile(url).err().unwrap_or_else(|| panic!("{url}"));
+            let err = UrlTemplate::compile(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url}"));
             assert_eq!(err.help, FIXED_HOST_HELP, "{url}: {}", err.error.message);
         }
         assert!(UrlTemplate::compile("ftp://h/x").is_err());
@@ -255,8 +257,17 @@ mod tests {
     fn origins_compare_scheme_host_and_port() {
         let a = reqwest::Url::parse("http://h:80/x").unwrap();
         assert!(same_origin(&a, &reqwest::Url::parse("http://h/y").unwrap()));
-        assert!(!same_origin(&a, &reqwest::Url::parse("http://h:81/x").unwrap()));
-        assert!(!same_origin(&a, &reqwest::Url::parse("https://h/x").unwrap()));
-        assert!(!same_origin(&a, &reqwest::Url::parse("http://g/x").unwrap()));
+        assert!(!same_origin(
+            &a,
+            &reqwest::Url::parse("http://h:81/x").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &reqwest::Url::parse("https://h/x").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &reqwest::Url::parse("http://g/x").unwrap()
+        ));
     }
 }
