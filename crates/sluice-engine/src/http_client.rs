@@ -209,11 +209,20 @@ fn transport_error(url: &str, e: reqwest::Error) -> FlowError {
     if timeout {
         FlowError::new(ErrorKind::Timeout, format!("{url} did not answer in time"))
     } else if connect {
-        FlowError::new(ErrorKind::Sink, format!("cannot connect to {url}: {reason}"))
+        FlowError::new(
+            ErrorKind::Sink,
+            format!("cannot connect to {url}: {reason}"),
+        )
     } else if redirect {
         // Another attempt gets the same redirect.
-        FlowError::permanent(ErrorKind::Sink, format!("request to {url} failed: {reason}"))
+        FlowError::permanent(
+            ErrorKind::Sink,
+            format!("request to {url} failed: {reason}"),
+        )
     } else {
-        FlowError::new(ErrorKind::Sink, format!("request to {url} failed: {reason}"))
+        FlowError::new(
+            ErrorKind::Sink,
+            format!("request to {url} failed: {reason}"),
+        )
     }
 }

@@ -70,7 +70,7 @@ impl UrlTemplate {
             .find(|s| lower.starts_with(*s))
             .map(|s| s.len())
         else {
-            let message = if prefix.is_empty() || !lower.contains("://") && has_holes {
+            let message = if prefix.is_empty() || (has_holes && !lower.contains("://")) {
                 "the URL starts with a template hole: a template may not produce the scheme, host or port".to_owned()
             } else {
                 format!(
@@ -153,7 +153,7 @@ impl UrlTemplate {
         for segment in url[self.path_start..path_end].split('/') {
             let (start, end) = (offset, offset + segment.len());
             offset = end + 1;
-            let from_payload = in_path.iter().any(|&(s, e)| s < end.max(start + 1) && e > start);
+            let from_payload = in_path.iter().any(|&(s, e)| s < end && e > start);
             if from_payload && is_dot_segment(segment) {
                 return Err(format!(
                     "a value rendered into the URL path makes the segment `{segment}`, which would move the request to another path; `.` and `..` are not allowed as path values"
@@ -242,7 +242,9 @@ mod tests {
             "http://user:{{p}}@h/x",
             "{{scheme}}://h/x",
         ] {
-            let err = UrlTemplate::compile(url).err().unwrap_or_else(|| panic!("{url}"));
+            let err = UrlTemplate::compile(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url}"));
             assert_eq!(err.help, FIXED_HOST_HELP, "{url}: {}", err.error.message);
         }
         assert!(UrlTemplate::compile("ftp://h/x").is_err());
@@ -255,8 +257,17 @@ mod tests {
     fn origins_compare_scheme_host_and_port() {
         let a = reqwest::Url::parse("http://h:80/x").unwrap();
         assert!(same_origin(&a, &reqwest::Url::parse("http://h/y").unwrap()));
-        assert!(!same_origin(&a, &reqwest::Url::parse("http://h:81/x").unwrap()));
-        assert!(!same_origin(&a, &reqwest::Url::parse("https://h/x").unwrap()));
-        assert!(!same_origin(&a, &reqwest::Url::parse("http://g/x").unwrap()));
+        assert!(!same_origin(
+            &a,
+            &reqwest::Url::parse("http://h:81/x").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &reqwest::Url::parse("https://h/x").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &reqwest::Url::parse("http://g/x").unwrap()
+        ));
     }
 }

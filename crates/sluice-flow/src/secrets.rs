@@ -76,8 +76,10 @@ fn strip_userinfo(text: &str) -> Cow<'_, str> {
         // running text (whitespace, quotes, brackets).
         let end = rest
             .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '"' | '\'' | '`' | '<' | '>' | ')' | ']')
-                    || c.is_whitespace()
+                matches!(
+                    c,
+                    '/' | '?' | '#' | '"' | '\'' | '`' | '<' | '>' | ')' | ']'
+                ) || c.is_whitespace()
             })
             .unwrap_or(rest.len());
         let authority = &rest[..end];

@@ -56,8 +56,8 @@ impl<'de> Deserialize<'de> for Text {
             }
             value
         })
-            .map(Text)
-            .map_err(serde::de::Error::custom)
+        .map(Text)
+        .map_err(serde::de::Error::custom)
     }
 }
 
