@@ -12,7 +12,7 @@ use crate::steps::{Control, Delivery, Exec, Fork, Steps};
 use crate::testing::CompiledTest;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, join_all};
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice_flow::{RetryConfig, TriggerConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
