@@ -198,7 +198,8 @@ impl CompiledFlow {
                     }
                     match self
                         .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
-                        .await {
+                        .await
+                    {
                         Ok(()) => {
                             exec.finish(true);
                             return Some(Outcome::Delivered(reply));
@@ -369,8 +370,9 @@ impl CompiledFlow {
                 return Some(Outcome::Delivered(None));
             }
             None => self
-                        .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
-                        .await.err(),
+                .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
+                .await
+                .err(),
         };
         match failed {
             None => {

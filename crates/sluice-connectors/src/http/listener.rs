@@ -65,7 +65,9 @@ pub fn fitting_cap(wanted: usize) -> (usize, Option<u64>) {
     if !read || limit.rlim_cur == libc::RLIM_INFINITY {
         return (wanted, None);
     }
-    let half = usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX).max(1);
+    let half = usize::try_from(limit.rlim_cur / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
     if wanted > half {
         (half, Some(limit.rlim_cur))
     } else {
