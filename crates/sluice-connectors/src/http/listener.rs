@@ -7,7 +7,6 @@
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sluice_flow::HttpListenerSettings;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -225,11 +224,9 @@ where
 }
 
 /// Sleeps until `deadline`, or forever without one.
-fn sleep_until(deadline: Option<tokio::time::Instant>) -> impl Future<Output = ()> {
-    async move {
-        match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        }
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
