@@ -375,8 +375,9 @@ impl CompiledFlow {
                 return Some(Outcome::Delivered(None));
             }
             None => self
-                        .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
-                        .await.err(),
+                .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
+                .await
+                .err(),
         };
         match failed {
             None => {

@@ -144,13 +144,18 @@ impl Auth {
                 prefix,
                 timestamp,
             } => {
-                let given = header(name).ok_or_else(|| format!("missing signature (header `{name}`)"))?;
+                let given =
+                    header(name).ok_or_else(|| format!("missing signature (header `{name}`)"))?;
                 let hex_digest = given
                     .strip_prefix(prefix.as_str())
                     .map(str::trim)
-                    .filter(|d| d.len() == HEX_DIGEST_LEN && d.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .filter(|d| {
+                        d.len() == HEX_DIGEST_LEN && d.bytes().all(|b| b.is_ascii_hexdigit())
+                    })
                     .ok_or_else(|| {
-                        format!("malformed signature: `{name}` must hold `{prefix}` and 64 hex digits")
+                        format!(
+                            "malformed signature: `{name}` must hold `{prefix}` and 64 hex digits"
+                        )
                     })?;
                 let signed_at = match timestamp {
                     Some(t) => Some(fresh_timestamp(headers, t, now)?),
@@ -254,9 +259,17 @@ mod tests {
         let bearer = Auth::Bearer("t".into());
         assert!(bearer.check(&HeaderMap::new(), None, 0).is_err());
         // Decided before the body: no signature, or one that cannot be a digest.
-        assert!(auth.check(&HeaderMap::new(), None, 0).unwrap_err().contains("missing"));
+        assert!(
+            auth.check(&HeaderMap::new(), None, 0)
+                .unwrap_err()
+                .contains("missing")
+        );
         headers.insert("x-signature", HeaderValue::from_static("sha256=zz"));
-        assert!(auth.check(&headers, None, 0).unwrap_err().contains("malformed"));
+        assert!(
+            auth.check(&headers, None, 0)
+                .unwrap_err()
+                .contains("malformed")
+        );
     }
 
     fn sign(data: &[u8]) -> String {
@@ -286,7 +299,10 @@ mod tests {
         let sig = sign(b"1000.{\"a\":1}");
         assert!(auth.check(&headers("1000", &sig), Some(body), 1100).is_ok());
         let stale = auth.check(&headers("1000", &sig), None, 1400).unwrap_err();
-        assert!(stale.contains("stale") && stale.contains("400s old"), "{stale}");
+        assert!(
+            stale.contains("stale") && stale.contains("400s old"),
+            "{stale}"
+        );
         // The same signature with a fresh timestamp: the timestamp is signed.
         let refreshed = auth.check(&headers("1390", &sig), Some(body), 1400);
         assert_eq!(refreshed.unwrap_err(), "wrong signature");

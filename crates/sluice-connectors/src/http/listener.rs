@@ -7,7 +7,6 @@
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sluice_flow::HttpListenerSettings;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -65,7 +64,9 @@ pub fn fitting_cap(wanted: usize) -> (usize, Option<u64>) {
     if !read || limit.rlim_cur == libc::RLIM_INFINITY {
         return (wanted, None);
     }
-    let half = usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX).max(1);
+    let half = usize::try_from(limit.rlim_cur / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
     if wanted > half {
         (half, Some(limit.rlim_cur))
     } else {
@@ -223,11 +224,9 @@ where
 }
 
 /// Sleeps until `deadline`, or forever without one.
-fn sleep_until(deadline: Option<tokio::time::Instant>) -> impl Future<Output = ()> {
-    async move {
-        match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        }
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -222,7 +222,11 @@ pub(super) fn error_response(
     json_response(status, &json!({ "error": error }), &[])
 }
 
-pub(super) fn json_response(status: StatusCode, body: &Value, headers: &[(String, String)]) -> Response {
+pub(super) fn json_response(
+    status: StatusCode,
+    body: &Value,
+    headers: &[(String, String)],
+) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec());
     let mut response = (status, bytes).into_response();
     let h = response.headers_mut();
@@ -465,11 +469,11 @@ fn body_late(timeout: Duration) -> Response {
         "the request body did not arrive within {} (sluice.yaml `http.body_timeout`)",
         humantime::format_duration(timeout)
     );
-    let mut response =
-        error_response(StatusCode::REQUEST_TIMEOUT, "trigger", &why, None, None);
-    response
-        .headers_mut()
-        .insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    let mut response = error_response(StatusCode::REQUEST_TIMEOUT, "trigger", &why, None, None);
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        HeaderValue::from_static("close"),
+    );
     response
 }
 
@@ -483,7 +487,13 @@ fn body_busy() -> Response {
         None,
     );
     let headers = response.headers_mut();
-    headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    headers.insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    );
+    headers.insert(
+        axum::http::header::CONNECTION,
+        HeaderValue::from_static("close"),
+    );
     response
 }
