@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[allow(unused_imports)] // a re-export for the test files; not every one builds JSON
 pub use serde_json::json;
 
 /// The binary under test.
