@@ -159,7 +159,7 @@ steps:
   - transform: "{id: id, u: u, neg: neg, fine: fine, n: n, seen: seen, first: first, same: id == id}"
   - script: |
       payload.tag = "scripted";
-      payload.label = `id ${payload.id}`;
+      payload.label = "id " + payload.id.to_string();
       payload
   - filter: "seen"
   - to: out

@@ -112,8 +112,9 @@ pub fn parse_json(body: &[u8]) -> Result<Value, BodyError> {
 
 /// Checks that every number of `value` is within f64's range (JMESPath compares and Rhai
 /// computes in f64; a number past it would compare as neither smaller nor larger); the error
-/// names the number and its JSON pointer.
-fn check_numbers(value: &Value) -> Result<(), String> {
+/// names the number and its JSON pointer. Every edge that parses JSON itself (file trigger,
+/// admin injection) calls it, so all of them refuse what the body parse refuses.
+pub fn check_numbers(value: &Value) -> Result<(), String> {
     let mut path = Vec::new();
     match out_of_range(value, &mut path) {
         None => Ok(()),
@@ -317,13 +318,14 @@ impl Payload {
         }
         let result = if let Some(json) = &self.json {
             serde_json::to_vec(json)
+        } else if let Some(raw) = &self.raw {
+            // Unchanged but not compact: parsed and written again, so the output is one line
+            // with the keys in their original order (JMESPath objects would sort them).
+            serde_json::to_vec(&parse_json(raw).map_err(|e| e.to_string())?)
         } else if let Some(jmes) = &self.jmes {
             return value::jmes_to_vec(jmes);
         } else if let Some(rhai) = &self.rhai {
             serde_json::to_vec(&value::rhai_to_json(rhai)?)
-        } else if let Some(raw) = &self.raw {
-            // Not compact: parsed and written again, so the output is one line.
-            serde_json::to_vec(&parse_json(raw).map_err(|e| e.to_string())?)
         } else {
             return Err(TAKEN.to_owned());
         };

@@ -84,6 +84,9 @@ impl Sandbox {
             .set_max_string_size(MAX_STRING_BYTES)
             .set_max_array_size(100_000)
             .set_max_map_size(10_000)
+            // The return rule (script/tail.rs) reads the last statement as written; the
+            // optimizer would turn a trailing `return x;` into a bare `x` first.
+            .set_optimization_level(rhai::OptimizationLevel::None)
             .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
         engine.disable_symbol("eval");
         // Rhai's `sleep` blocks the thread, out of reach of the deadline. Functions registered
@@ -414,7 +417,7 @@ mod tests {
     async fn isolated_runs_leave_the_calling_thread_and_keep_the_payload() {
         let s = Arc::new(sandbox(1_000, 1_000_000));
         let ast = Arc::new(
-            s.compile("payload.thread = 1; payload.remove(\"x\");")
+            s.compile("payload.worker = 1; payload.remove(\"x\");")
                 .unwrap()
                 .ast,
         );
@@ -422,7 +425,7 @@ mod tests {
         s.run_isolated(&ast, false, &mut p, &Arc::new(Meta::new()))
             .await
             .unwrap();
-        assert_eq!(p.into_json().unwrap(), json!({"thread": 1}));
+        assert_eq!(p.into_json().unwrap(), json!({"worker": 1}));
     }
 
     #[test]

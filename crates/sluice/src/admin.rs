@@ -184,12 +184,17 @@ async fn inject(
             ),
         );
     }
-    let payload: Value = match serde_json::from_slice(&body) {
+    let payload: Value = match sluice_engine::message::parse_json(&body) {
         Ok(value) => value,
         Err(e) => {
+            let status = if e.unrepresentable() {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::BAD_REQUEST
+            };
             return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": {"kind": "trigger", "message": format!("malformed JSON: {e}")}})),
+                status,
+                Json(json!({"error": {"kind": "trigger", "message": e.to_string()}})),
             )
                 .into_response();
         }

@@ -51,7 +51,10 @@ pub fn decode(bytes: &[u8], format: FileFormat, csv: &CsvOptions) -> Result<Vec<
         FileFormat::Json => {
             let text = utf8(strip_bom(bytes))?;
             match serde_json::from_str(text) {
-                Ok(value) => single(value),
+                Ok(value) => match sluice_engine::message::check_numbers(&value) {
+                    Ok(()) => single(value),
+                    Err(number) => Err(format!("{number} is beyond a 64-bit float's range")),
+                },
                 Err(e) => Err(json_error(&e)),
             }
         }
@@ -117,14 +120,20 @@ fn decode_ndjson(bytes: &[u8]) -> Vec<Record> {
                 "line {number}: not UTF-8 text: invalid byte at column {}",
                 e.valid_up_to() + 1
             )),
-            Ok(text) => serde_json::from_str(text).map_err(|e| {
-                format!(
-                    "line {number} column {}: {}: {}",
-                    e.column(),
-                    json_what(&e),
-                    json_detail(&e)
-                )
-            }),
+            Ok(text) => serde_json::from_str(text)
+                .map_err(|e| {
+                    format!(
+                        "line {number} column {}: {}: {}",
+                        e.column(),
+                        json_what(&e),
+                        json_detail(&e)
+                    )
+                })
+                .and_then(|value| {
+                    sluice_engine::message::check_numbers(&value)
+                        .map(|()| value)
+                        .map_err(|n| format!("line {number}: {n} is beyond a 64-bit float's range"))
+                }),
         };
         records.push(Record {
             content: content.map_err(|reason| Malformed {
@@ -272,6 +281,16 @@ mod tests {
         assert!(e.contains("malformed JSON at line 2"), "{e}");
         let e = decode(&[0x7b, 0xff, 0x00], FileFormat::Json, &csv).unwrap_err();
         assert!(e.contains("not UTF-8"), "{e}");
+        // The same numbers the body parse refuses: a file is no way around it.
+        let e = decode(br#"{"a":[1e400]}"#, FileFormat::Json, &csv).unwrap_err();
+        assert!(e.contains("the number") && e.contains("at /a/0"), "{e}");
+        let r = decode(b"{\"n\":1}\n{\"n\":-1e400}\n", FileFormat::Ndjson, &csv).unwrap();
+        let bad = r[1].content.clone().unwrap_err();
+        assert!(
+            bad.reason.starts_with("line 2: the number"),
+            "{}",
+            bad.reason
+        );
     }
 
     #[test]
