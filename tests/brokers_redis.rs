@@ -28,16 +28,30 @@ fn add(c: &mut redis::Connection, stream: &str, id: &str, body: &Value) {
 }
 
 /// Appends an entry whose `payload` field is `body` as it is (JSON or not).
+/// A restarted server answers `BUSYLOADING` while it reads its data back; that is waited out
+/// (bounded), any other error fails the test.
 fn add_raw(c: &mut redis::Connection, stream: &str, id: &str, body: &str) {
-    let _: String = redis::cmd("XADD")
-        .arg(stream)
-        .arg("*")
-        .arg("payload")
-        .arg(body)
-        .arg("message_id")
-        .arg(id)
-        .query(c)
-        .expect("XADD");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let sent: redis::RedisResult<String> = redis::cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("payload")
+            .arg(body)
+            .arg("message_id")
+            .arg(id)
+            .query(c);
+        match sent {
+            Ok(_) => return,
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("XADD: {e}"),
+        }
+    }
 }
 
 /// Every entry of a stream: (fields, body).
