@@ -84,8 +84,7 @@ impl Sandbox {
             .set_max_string_size(MAX_STRING_BYTES)
             .set_max_array_size(100_000)
             .set_max_map_size(10_000)
-            // The return rule (script/tail.rs) reads the last statement as written; the
-            // optimizer would turn a trailing `return x;` into a bare `x` first.
+            // Compiled as written; `compile` optimizes after the return rule is applied.
             .set_optimization_level(rhai::OptimizationLevel::None)
             .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
         engine.disable_symbol("eval");
@@ -196,7 +195,15 @@ impl Sandbox {
                 e.err_type().to_string(),
             )
         })?;
-        Ok(tail::prepare(ast))
+        // The return rule reads the script as written; the optimizer runs after it, so a
+        // trailing `return x;` is not first turned into a bare `x`.
+        let mut script = tail::prepare(ast);
+        script.ast = self.engine.optimize_ast(
+            &Scope::new(),
+            std::mem::take(&mut script.ast),
+            rhai::OptimizationLevel::Simple,
+        );
+        Ok(script)
     }
 
     /// Runs a script over the payload: `payload` is mutable, `meta` read-only; a returned
