@@ -11,6 +11,7 @@
 pub mod diagnostic;
 pub mod load;
 pub mod model;
+pub mod schema;
 pub mod secrets;
 pub mod settings;
 pub mod text;
@@ -22,4 +23,4 @@ pub use model::*;
 pub use serde_saphyr::Spanned;
 pub use settings::{ChannelBackend, HttpListenerSettings, Settings};
 pub use text::Text;
-pub use units::{ByteSize, Count, Dur};
+pub use units::{ByteSize, Count, Dur, WholeSeconds};

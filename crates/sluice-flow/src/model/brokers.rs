@@ -6,13 +6,14 @@
 
 use super::trigger::unspanned;
 use crate::{Dur, Text};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// How the bytes of a broker message become a payload, and back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageFormat {
     /// The body is one JSON value (a body that is not JSON is a `trigger` error).
@@ -48,17 +49,21 @@ fn default_true() -> bool {
 
 /// The `nats` trigger: a JetStream durable pull consumer (at-least-once), or a plain core
 /// NATS subscription when no `stream` is given (at-most-once).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsTriggerConfig {
     /// Server URL(s), comma-separated; credentials may sit in the URL (`${env:…}`).
     #[serde(default = "default_nats_url")]
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// The subject (wildcards allowed) the consumer filters on.
+    #[schemars(with = "Text")]
     pub subject: Spanned<Text>,
     /// The JetStream stream; created with `subject` when it does not exist. Absent: core NATS.
+    #[schemars(with = "Option<Text>")]
     pub stream: Option<Spanned<Text>>,
     /// The durable consumer name; every process using it shares the work.
+    #[schemars(with = "Option<Text>")]
     pub durable: Option<Spanned<Text>>,
     /// Deliveries of one message before JetStream gives up on it (`-1`: no limit).
     #[serde(default = "default_max_deliver")]
@@ -78,13 +83,15 @@ pub struct NatsTriggerConfig {
 }
 
 /// The `nats` sink: publishes to a subject, to JetStream (awaiting the publish ack) by default.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
     /// Server URL(s), comma-separated.
     #[serde(default = "default_nats_url")]
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// Subject template; `{{ expr }}` holds JMESPath.
+    #[schemars(with = "Text")]
     pub subject: Spanned<Text>,
     /// Await JetStream's publish ack (`false`: core NATS, fire and forget).
     #[serde(default = "default_true")]
@@ -98,10 +105,11 @@ pub struct NatsSinkConfig {
 }
 
 /// A named flow-to-flow channel, as trigger or sink.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// The channel's name: letters, digits, `-` and `_`.
+    #[schemars(with = "Text")]
     pub name: Spanned<Text>,
     /// Sink only: how long a write may wait for the consuming flow (a timeout is retried).
     #[serde(default = "default_channel_timeout")]
@@ -117,13 +125,15 @@ fn default_amqp_url() -> Spanned<Text> {
 }
 
 /// The `amqp` trigger: consumes a RabbitMQ queue, prefetch = the flow's concurrency.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpTriggerConfig {
     /// Broker URL (`amqp://` or `amqps://`); credentials may sit in it (`${env:…}`).
     #[serde(default = "default_amqp_url")]
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// The queue; declared durable when missing.
+    #[schemars(with = "Text")]
     pub queue: Spanned<Text>,
     /// Unacknowledged deliveries at once (default: the flow's concurrency).
     pub prefetch: Option<u16>,
@@ -136,16 +146,18 @@ pub struct AmqpTriggerConfig {
 }
 
 /// The `amqp` sink: publishes with publisher confirms to an exchange and routing key.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSinkConfig {
     /// Broker URL.
     #[serde(default = "default_amqp_url")]
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// Exchange name; `""` is the default exchange (routing key = queue name).
     #[serde(default)]
     pub exchange: Text,
     /// Routing key template; `{{ expr }}` holds JMESPath.
+    #[schemars(with = "Text")]
     pub routing_key: Spanned<Text>,
     /// How long to wait for the broker's confirm (a timeout is retried).
     #[serde(default = "default_publish_timeout")]
@@ -163,17 +175,21 @@ fn default_claim_idle() -> Dur {
 }
 
 /// The `redis` trigger: a Redis Stream read through a consumer group.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisTriggerConfig {
     /// Server URL; credentials may sit in it (`${env:…}`).
     #[serde(default = "default_redis_url")]
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// The stream key.
+    #[schemars(with = "Text")]
     pub stream: Spanned<Text>,
     /// The consumer group; created (from the start of the stream) when missing.
+    #[schemars(with = "Text")]
     pub group: Spanned<Text>,
     /// This process's consumer name (default: host name and process id).
+    #[schemars(with = "Option<Text>")]
     pub consumer: Option<Spanned<Text>>,
     /// Pending entries idle this long belong to a dead consumer and are claimed.
     #[serde(default = "default_claim_idle")]
@@ -194,13 +210,15 @@ fn default_redis_field() -> Text {
 }
 
 /// The `redis` sink: `XADD` to a stream, optionally trimmed with `MAXLEN ~`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSinkConfig {
     /// Server URL.
     #[serde(default = "default_redis_url")]
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// Stream key template; `{{ expr }}` holds JMESPath.
+    #[schemars(with = "Text")]
     pub stream: Spanned<Text>,
     /// Approximate cap of the stream's length (`MAXLEN ~`).
     pub maxlen: Option<usize>,
@@ -220,34 +238,42 @@ fn default_pool() -> usize {
 }
 
 /// `on_conflict` of a `postgres` sink: an upsert.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PgConflict {
     /// The conflict target (a unique or primary key).
+    #[schemars(with = "Vec<Text>")]
     pub key: Vec<Spanned<Text>>,
     /// Columns overwritten on conflict; empty: `DO NOTHING`.
     #[serde(default)]
+    #[schemars(with = "Vec<Text>")]
     pub update: Vec<Spanned<Text>>,
 }
 
 /// The `postgres` sink: one transaction per message, insert/upsert or a parameterised statement.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSinkConfig {
     /// Connection URL; credentials may sit in it (`${env:…}`).
     #[serde(default = "default_postgres_url")]
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// Target table (`name` or `schema.name`), with `columns`.
+    #[schemars(with = "Option<Text>")]
     pub table: Option<Spanned<Text>>,
     /// Column → JMESPath expression giving its value.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Text>")]
     pub columns: BTreeMap<String, Spanned<Text>>,
     /// Upsert instead of insert.
+    #[schemars(with = "Option<PgConflict>")]
     pub on_conflict: Option<Spanned<PgConflict>>,
     /// A statement with `$1`, `$2`, … instead of `table`.
+    #[schemars(with = "Option<Text>")]
     pub sql: Option<Spanned<Text>>,
     /// JMESPath expressions giving `$1`, `$2`, … of `sql`.
     #[serde(default)]
+    #[schemars(with = "Vec<Text>")]
     pub args: Vec<Spanned<Text>>,
     /// Connections in the pool.
     #[serde(default = "default_pool")]
@@ -255,13 +281,15 @@ pub struct PostgresSinkConfig {
 }
 
 /// The `postgres` trigger: an outbox table polled with `FOR UPDATE SKIP LOCKED`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresTriggerConfig {
     /// Connection URL.
     #[serde(default = "default_postgres_url")]
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// The outbox table.
+    #[schemars(with = "Text")]
     pub table: Spanned<Text>,
     /// Its key column.
     #[serde(default = "default_pg_id")]
@@ -305,6 +333,35 @@ pub enum MqttQos {
     AtLeastOnce,
 }
 
+impl MqttQos {
+    /// The number written in a flow file.
+    pub fn level(self) -> u8 {
+        match self {
+            MqttQos::AtMostOnce => 0,
+            MqttQos::AtLeastOnce => 1,
+        }
+    }
+}
+
+impl Serialize for MqttQos {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u8(self.level())
+    }
+}
+
+impl JsonSchema for MqttQos {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MqttQos".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "MQTT quality of service: 1 (at least once) or 0 (at most once).",
+            "type": "integer",
+            "enum": [0, 1],
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for MqttQos {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match u8::deserialize(deserializer)? {
@@ -318,31 +375,38 @@ impl<'de> Deserialize<'de> for MqttQos {
 }
 
 /// TLS settings of an `mqtts://` connection; without them the system's roots are trusted.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttTls {
     /// PEM file of the certificate authorities to trust instead of the system's.
+    #[schemars(with = "Option<Text>")]
     pub ca: Option<Spanned<Text>>,
     /// PEM file of a client certificate (chain), for brokers that require one; with `key`.
+    #[schemars(with = "Option<Text>")]
     pub cert: Option<Spanned<Text>>,
     /// PEM file of the client certificate's private key.
+    #[schemars(with = "Option<Text>")]
     pub key: Option<Spanned<Text>>,
 }
 
 /// The `mqtt` trigger: subscribes to topic filters in a persistent session, so messages
 /// published while sluice is down are delivered when it is back.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttTriggerConfig {
     /// Broker URL (`mqtt://` or `mqtts://`); `user:password@` may sit in it (`${env:…}`).
     #[serde(default = "default_mqtt_url")]
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// Topic filters; `+` matches one level, `#` the rest.
+    #[schemars(with = "Vec<Text>")]
     pub topics: Spanned<Vec<Spanned<Text>>>,
     /// TLS settings for an `mqtts://` URL.
+    #[schemars(with = "Option<Box<MqttTls>>")]
     pub tls: Option<Box<Spanned<MqttTls>>>,
     /// The session's client id (default `sluice-<flow name>`). The broker keeps the session
     /// under this id: keep it stable, and unique among the broker's clients.
+    #[schemars(with = "Option<Text>")]
     pub client_id: Option<Spanned<Text>>,
     /// Start a fresh session at every connect (messages sent while away are then lost).
     #[serde(default)]
@@ -352,6 +416,7 @@ pub struct MqttTriggerConfig {
     pub qos: MqttQos,
     /// Interval of keep-alive pings.
     #[serde(default = "default_keep_alive")]
+    #[schemars(with = "Dur")]
     pub keep_alive: Spanned<Dur>,
     /// After a failure that was not dead-lettered, the session is resumed after this pause,
     /// which makes the broker deliver the message again.
@@ -363,15 +428,18 @@ pub struct MqttTriggerConfig {
 }
 
 /// The `mqtt` sink: publishes to a templated topic and, at QoS 1, waits for the PUBACK.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSinkConfig {
     /// Broker URL.
     #[serde(default = "default_mqtt_url")]
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// Topic template; `{{ expr }}` holds JMESPath. No wildcards.
+    #[schemars(with = "Text")]
     pub topic: Spanned<Text>,
     /// TLS settings for an `mqtts://` URL.
+    #[schemars(with = "Option<Box<MqttTls>>")]
     pub tls: Option<Box<Spanned<MqttTls>>>,
     /// Publish QoS: 1 (default, waits for the broker's PUBACK) or 0.
     #[serde(default)]
@@ -381,6 +449,7 @@ pub struct MqttSinkConfig {
     pub retain: bool,
     /// Client id prefix (default `sluice-<flow name>-pub`); the process id and a random
     /// suffix are appended, so several processes never take each other's connection.
+    #[schemars(with = "Option<Text>")]
     pub client_id: Option<Spanned<Text>>,
     /// How long to wait for the PUBACK (a timeout is retried).
     #[serde(default = "default_publish_timeout")]

@@ -2,13 +2,14 @@
 //! `dedupe`, `throttle`, and the per-sink circuit breaker.
 
 use crate::{Dur, Text};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 use std::fmt;
 
 /// What a failing child of a `split` does to its parent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnChildError {
     /// The child is dead-lettered on its own; its siblings and the parent carry on.
@@ -27,10 +28,14 @@ pub struct SplitConfig {
     pub on_child_error: OnChildError,
 }
 
-#[derive(Deserialize)]
+/// The long form of `split`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SplitMap {
+    /// JMESPath expression yielding the array to split.
+    #[schemars(with = "Text")]
     on: Spanned<Text>,
+    /// What a failing child does to its parent.
     #[serde(default)]
     on_child_error: OnChildError,
 }
@@ -62,8 +67,21 @@ impl<'de> Deserialize<'de> for SplitConfig {
     }
 }
 
+impl JsonSchema for SplitConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SplitConfig".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let long = generator.subschema_for::<SplitMap>();
+        schemars::json_schema!({
+            "description": "A JMESPath expression yielding the array to split, or the long form with `on_child_error`.",
+            "oneOf": [{ "type": "string" }, long],
+        })
+    }
+}
+
 /// What an `aggregate` does with its open groups when the flow stops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnShutdown {
     /// Leave them: their members are not acknowledged and their sources redeliver them.
@@ -74,18 +92,21 @@ pub enum OnShutdown {
 }
 
 /// `aggregate:` — correlation, completion conditions and output shape.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateConfig {
     /// JMESPath correlation key; messages with equal keys share a group (default: one group).
+    #[schemars(with = "Option<Text>")]
     pub key: Option<Spanned<Text>>,
     /// Complete a group when it has this many members.
+    #[schemars(with = "Option<usize>")]
     pub size: Option<Spanned<usize>>,
     /// Complete a group when no member joined it for this long.
     pub timeout: Option<Dur>,
     /// Complete a group this long after it was opened.
     pub interval: Option<Dur>,
     /// JMESPath predicate over the array of member payloads; truthy completes the group.
+    #[schemars(with = "Option<Text>")]
     pub when: Option<Spanned<Text>>,
     /// Complete a group when every batch (file) its members came from has been read and
     /// every message of it has reached this step or ended before it.
@@ -95,27 +116,32 @@ pub struct AggregateConfig {
     #[serde(default)]
     pub on_shutdown: OnShutdown,
     /// JMESPath over the array of member payloads; default: the array itself.
+    #[schemars(with = "Option<Text>")]
     pub output: Option<Spanned<Text>>,
     /// Open groups at most; opening one more completes the oldest.
+    #[schemars(with = "Option<usize>")]
     pub max_groups: Option<Spanned<usize>>,
 }
 
 /// `dedupe:` — idempotent receiver.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeConfig {
     /// JMESPath key; default: a hash of the whole payload.
+    #[schemars(with = "Option<Text>")]
     pub key: Option<Spanned<Text>>,
     /// How long a key is remembered.
     pub ttl: Option<Dur>,
     /// A redb file that keeps the keys across restarts; default: in memory.
+    #[schemars(with = "Option<Text>")]
     pub path: Option<Spanned<Text>>,
     /// Keys remembered at most (in memory); the oldest are forgotten first.
+    #[schemars(with = "Option<usize>")]
     pub max_keys: Option<Spanned<usize>>,
 }
 
 /// What a throttle does with a message over its limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnLimit {
     /// Wait until the message may pass.
@@ -126,19 +152,23 @@ pub enum OnLimit {
 }
 
 /// `throttle:` — a token-bucket rate limit (optionally per key) and a concurrency limit.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleConfig {
     /// Messages per unit of time: `50/s`, `600/m`, `1000/h`.
+    #[schemars(with = "Option<Text>")]
     pub rate: Option<Spanned<Text>>,
     /// Bucket size: messages that may pass at once after a quiet period (default 1).
+    #[schemars(with = "Option<u32>")]
     pub burst: Option<Spanned<u32>>,
     /// JMESPath key: one bucket per key value.
+    #[schemars(with = "Option<Text>")]
     pub key: Option<Spanned<Text>>,
     /// Behaviour over the rate.
     #[serde(default)]
     pub on_rate: OnLimit,
     /// Messages past this step and not yet finished (sinks included), at most.
+    #[schemars(with = "Option<usize>")]
     pub concurrency: Option<Spanned<usize>>,
     /// Behaviour over the concurrency limit.
     #[serde(default)]
@@ -146,11 +176,12 @@ pub struct ThrottleConfig {
 }
 
 /// `errors.circuit_breaker:` — one breaker per sink of the flow.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     /// Failed writes within `window` that open the circuit.
     #[serde(default = "default_failures")]
+    #[schemars(with = "u32")]
     pub failures: Spanned<u32>,
     /// The sliding window in which failures are counted.
     #[serde(default = "default_window")]
@@ -160,9 +191,11 @@ pub struct CircuitBreakerConfig {
     pub open_for: Dur,
     /// Probe writes let through while half-open; all must succeed to close the circuit.
     #[serde(default = "default_probes")]
+    #[schemars(with = "u32")]
     pub probes: Spanned<u32>,
     /// A sink that takes the deliveries while the circuit is open (default: the message fails
     /// at once and goes to the dead letter).
+    #[schemars(with = "Option<Text>")]
     pub fallback: Option<Spanned<Text>>,
 }
 

@@ -1,12 +1,13 @@
 use crate::{ByteSize, Dur, Text};
-use serde::{Deserialize, Deserializer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 /// An HTTP method.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub enum HttpMethod {
     /// GET
     #[serde(rename = "GET", alias = "get")]
@@ -39,6 +40,35 @@ impl HttpMethod {
     }
 }
 
+impl HttpMethod {
+    /// Every method, in the order the schema lists them.
+    pub const ALL: [HttpMethod; 5] = [
+        HttpMethod::Get,
+        HttpMethod::Post,
+        HttpMethod::Put,
+        HttpMethod::Patch,
+        HttpMethod::Delete,
+    ];
+}
+
+/// Hand-written because serde's `alias` (the lower-case spellings) is not seen by the derive.
+impl JsonSchema for HttpMethod {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HttpMethod".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<String> = HttpMethod::ALL
+            .iter()
+            .flat_map(|m| [m.as_str().to_owned(), m.as_str().to_lowercase()])
+            .collect();
+        schemars::json_schema!({
+            "description": "An HTTP method, upper or lower case.",
+            "type": "string",
+            "enum": names,
+        })
+    }
+}
+
 /// A secret from a flow file (usually `${env:…}`); never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(pub String);
@@ -49,6 +79,21 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl JsonSchema for Secret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A secret; write it as `${env:NAME}` so it stays out of the file.",
+            "type": "string",
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Text::deserialize(deserializer).map(|t| Secret(t.0))
@@ -56,10 +101,11 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// The `http` trigger: one route on the shared listener, request-reply.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTriggerConfig {
     /// The route, with `{name}` path parameters.
+    #[schemars(with = "Text")]
     pub path: Spanned<Text>,
     /// The method.
     #[serde(default)]
@@ -71,11 +117,12 @@ pub struct HttpTriggerConfig {
     #[serde(default = "default_trigger_timeout")]
     pub timeout: Dur,
     /// Authentication of requests.
+    #[schemars(with = "Option<HttpAuth>")]
     pub auth: Option<Spanned<HttpAuth>>,
 }
 
 /// How requests authenticate: exactly one of the three.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpAuth {
     /// `Authorization: Bearer <token>`.
@@ -87,7 +134,7 @@ pub struct HttpAuth {
 }
 
 /// An API key in a request header.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyAuth {
     /// The header name.
@@ -98,7 +145,7 @@ pub struct ApiKeyAuth {
 }
 
 /// An HMAC-SHA256 body signature.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacAuth {
     /// The shared secret.
@@ -110,6 +157,7 @@ pub struct HmacAuth {
     #[serde(default)]
     pub prefix: Text,
     /// A signed timestamp that limits how long a signature can be replayed.
+    #[schemars(with = "Option<HmacTimestamp>")]
     pub timestamp: Option<Spanned<HmacTimestamp>>,
 }
 
@@ -117,7 +165,7 @@ pub struct HmacAuth {
 /// `header` and signs `<timestamp>.<body>` instead of the body alone, so a captured request
 /// is refused once it is older than `tolerance`, and its timestamp cannot be refreshed
 /// without the secret.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacTimestamp {
     /// The header carrying the timestamp.
@@ -125,32 +173,37 @@ pub struct HmacTimestamp {
     pub header: Text,
     /// How far the timestamp may be from the server's clock, either way.
     #[serde(default = "default_timestamp_tolerance")]
+    #[schemars(with = "Dur")]
     pub tolerance: Spanned<Dur>,
 }
 
 /// The `schedule` trigger: a message on every tick.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleTriggerConfig {
     /// A fixed interval.
+    #[schemars(with = "Option<Dur>")]
     pub every: Option<Spanned<Dur>>,
     /// A cron expression (seconds first), UTC.
+    #[schemars(with = "Option<Text>")]
     pub cron: Option<Spanned<Text>>,
     /// The payload of each message (default `{}`).
     pub payload: Option<serde_json::Value>,
 }
 
 /// The `http` sink: sends each payload as JSON.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
     /// URL template.
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// The method.
     #[serde(default)]
     pub method: HttpMethod,
     /// Header templates.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Text>")]
     pub headers: BTreeMap<String, Spanned<Text>>,
     /// A slower answer is a `timeout` error.
     #[serde(default = "default_client_timeout")]
@@ -158,37 +211,44 @@ pub struct HttpSinkConfig {
 }
 
 /// The `reply` step.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyConfig {
     /// The response status.
+    #[schemars(with = "Option<u16>")]
     pub status: Option<Spanned<u16>>,
     /// Response header templates.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Text>")]
     pub headers: BTreeMap<String, Spanned<Text>>,
 }
 
 /// The `enrich` step: call an HTTP endpoint and merge its JSON answer into the payload.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrichConfig {
     /// URL template.
+    #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// The method (default GET).
     #[serde(default = "default_get")]
     pub method: HttpMethod,
     /// JMESPath for the JSON request body.
+    #[schemars(with = "Option<Text>")]
     pub body: Option<Spanned<Text>>,
     /// JMESPath per query parameter.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Text>")]
     pub query: BTreeMap<String, Spanned<Text>>,
     /// Header templates.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Text>")]
     pub headers: BTreeMap<String, Spanned<Text>>,
     /// A slower answer is a `timeout` error.
     #[serde(default = "default_client_timeout")]
     pub timeout: Dur,
     /// The payload field that receives the response.
+    #[schemars(with = "Text")]
     pub into: Spanned<Text>,
 }
 

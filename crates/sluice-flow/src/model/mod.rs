@@ -18,33 +18,40 @@ pub use step::*;
 pub use trigger::*;
 
 use crate::{Dur, Text};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// One flow file: a trigger, steps and sinks.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlowFile {
     /// Unique across all flows; defaults to the file stem.
+    #[schemars(with = "Option<Text>")]
     pub name: Option<Spanned<Text>>,
     /// Free text for people and the admin API.
     pub description: Option<Text>,
     /// Messages processed at once; defaults to the number of cores.
+    #[schemars(with = "Option<usize>")]
     pub concurrency: Option<Spanned<usize>>,
     /// Capacity of the bounded queue between the trigger and the steps.
+    #[schemars(with = "Option<usize>")]
     pub queue: Option<Spanned<usize>>,
     /// Where messages come from.
+    #[schemars(with = "TriggerConfig")]
     pub trigger: Spanned<TriggerConfig>,
     /// JSON Schema contracts checked on the way in and out.
     #[serde(default)]
     pub contract: ContractConfig,
     /// The steps, in order.
     #[serde(default)]
+    #[schemars(with = "Vec<StepConfig>")]
     pub steps: Vec<Spanned<StepConfig>>,
     /// Named sinks that `to` and `route` deliver to.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, SinkConfig>")]
     pub sinks: BTreeMap<String, Spanned<SinkConfig>>,
     /// Retry and dead-letter policy.
     #[serde(default)]
@@ -54,27 +61,31 @@ pub struct FlowFile {
     pub script_limits: ScriptLimits,
     /// Example messages and their expected outcome, run before the flow goes live.
     #[serde(default)]
+    #[schemars(with = "Vec<TestCase>")]
     pub tests: Vec<Spanned<TestCase>>,
 }
 
 /// Contracts on the payload entering the steps and leaving for each sink.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContractConfig {
     /// Checked before the first step.
+    #[schemars(with = "Option<Text>")]
     pub input: Option<Spanned<Text>>,
     /// Checked before every sink write.
+    #[schemars(with = "Option<Text>")]
     pub output: Option<Spanned<Text>>,
 }
 
 /// What happens when a message fails.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsConfig {
     /// Retry policy for transient errors.
     #[serde(default)]
     pub retry: RetryConfig,
     /// Where a message goes after its last attempt (original payload plus error envelope).
+    #[schemars(with = "Option<SinkConfig>")]
     pub dead_letter: Option<Spanned<SinkConfig>>,
     /// Whether a request-reply trigger's errors that were answered to the caller (an HTTP
     /// 422 or 500) are dead-lettered too. Off by default: the caller has the error and owns
@@ -82,11 +93,12 @@ pub struct ErrorsConfig {
     #[serde(default)]
     pub dead_letter_answered: bool,
     /// One circuit breaker per sink: fail fast while a sink keeps failing.
+    #[schemars(with = "Option<CircuitBreakerConfig>")]
     pub circuit_breaker: Option<Spanned<CircuitBreakerConfig>>,
 }
 
 /// Exponential backoff for transient (`sink`, `timeout`) errors.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Total attempts, the first one included.
@@ -124,14 +136,17 @@ fn default_max_backoff() -> Dur {
 /// `concurrency` caps the script runs of the flow under way at once (its share of the CPU).
 /// The values are checked against [`ScriptLimits::DEADLINE_RANGE`] and friends when the flow
 /// compiles, so that a wrong value is an error with its position.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptLimits {
     /// Wall-clock deadline of one script run (default 1 s).
+    #[schemars(with = "Option<Dur>")]
     pub deadline: Option<Spanned<Dur>>,
     /// Maximum number of Rhai operations of one script run (default 1,000,000).
+    #[schemars(with = "Option<u64>")]
     pub max_operations: Option<Spanned<u64>>,
     /// Script runs of this flow at once (default: the number of cores less one, at least 1).
+    #[schemars(with = "Option<usize>")]
     pub concurrency: Option<Spanned<usize>>,
 }
 
@@ -182,7 +197,7 @@ impl ScriptLimits {
 }
 
 /// One example message and its expected outcome.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
     /// Shown by `sluice test`.
@@ -197,15 +212,17 @@ pub struct TestCase {
 }
 
 /// The expected outcome of a test case.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expectation {
     /// The sink that must receive the message.
+    #[schemars(with = "Option<Text>")]
     pub sink: Option<Spanned<Text>>,
     /// A subset of the payload that sink receives.
     pub payload: Option<serde_json::Value>,
     /// The message must be dropped by a filter.
     pub filtered: Option<bool>,
     /// The message must fail with this error kind.
+    #[schemars(with = "Option<Text>")]
     pub error: Option<Spanned<Text>>,
 }

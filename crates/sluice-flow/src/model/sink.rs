@@ -1,9 +1,10 @@
 use crate::Text;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 /// A destination for messages.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
     /// One file per message in a folder.
@@ -44,7 +45,7 @@ impl SinkConfig {
 }
 
 /// How a payload is written out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputFormat {
     /// Compact JSON.
@@ -59,7 +60,7 @@ pub enum OutputFormat {
 }
 
 /// What a file sink does when the target name already exists with other content.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnConflict {
     /// Write `name-1.ext`, `name-2.ext`, …
@@ -72,13 +73,15 @@ pub enum OnConflict {
 }
 
 /// Writes each message to its own file, atomically (temporary name, then rename).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// The target folder, relative to the working directory.
+    #[schemars(with = "Text")]
     pub path: Spanned<Text>,
     /// File name template; `{{ expr }}` holds JMESPath.
     #[serde(default = "default_name")]
+    #[schemars(with = "Text")]
     pub name: Spanned<Text>,
     /// Serialization of the payload.
     #[serde(default)]
@@ -96,7 +99,7 @@ fn default_name() -> Spanned<Text> {
 }
 
 /// Prints each message on standard output.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {
     /// Serialization of the payload (`ndjson-line` is the same as `json` here).

@@ -1,10 +1,11 @@
 use crate::{ByteSize, Dur, Text};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 use std::time::Duration;
 
 /// Where a flow's messages come from; exactly one per flow.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TriggerConfig {
     /// Files dropped into a folder.
@@ -64,7 +65,7 @@ impl TriggerConfig {
 }
 
 /// How the content of a file becomes messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FileFormat {
     /// The whole file is one JSON value.
@@ -81,7 +82,7 @@ pub enum FileFormat {
 }
 
 /// What to do with a file whose messages all succeeded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnSuccess {
     /// Move it to `.done/`.
@@ -92,13 +93,15 @@ pub enum OnSuccess {
 }
 
 /// The file trigger: watches one folder and claims stable files by renaming them.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileTriggerConfig {
     /// The watched folder, relative to the working directory.
+    #[schemars(with = "Text")]
     pub path: Spanned<Text>,
     /// Which file names to take.
     #[serde(default = "default_glob")]
+    #[schemars(with = "Text")]
     pub glob: Spanned<Text>,
     /// How a file becomes messages.
     #[serde(default)]
@@ -130,11 +133,12 @@ pub struct FileTriggerConfig {
 }
 
 /// CSV parsing options.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CsvOptions {
     /// Field delimiter, one ASCII character.
     #[serde(default = "default_delimiter")]
+    #[schemars(with = "Text")]
     pub delimiter: Spanned<Text>,
     /// The first row names the fields.
     #[serde(default = "default_true")]
