@@ -29,6 +29,26 @@ pub fn flow_schema_text() -> String {
     text
 }
 
+/// YAML text as the JSON value a schema validator sees (for checking flow text, or a part of
+/// it, against [`flow_schema`]).
+pub fn yaml_to_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_saphyr::from_str(text).map_err(|e| e.to_string())
+}
+
+/// A validator for the whole flow file, or for one of its `$defs` (a fragment of a flow, such
+/// as a `PostgresSinkConfig`).
+pub fn validator(definition: Option<&str>) -> Result<jsonschema::Validator, String> {
+    let mut schema = serde_json::Value::from(flow_schema());
+    if let Some(name) = definition {
+        let defs = schema.get("$defs").cloned().unwrap_or_default();
+        if defs.get(name).is_none() {
+            return Err(format!("the flow schema has no definition `{name}`"));
+        }
+        schema = serde_json::json!({ "$ref": format!("#/$defs/{name}"), "$defs": defs });
+    }
+    jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+}
+
 impl JsonSchema for Text {
     fn schema_name() -> Cow<'static, str> {
         "Text".into()
@@ -46,6 +66,10 @@ impl Serialize for Text {
         serializer.serialize_str(&self.0)
     }
 }
+
+#[cfg(test)]
+#[path = "schema_edges.rs"]
+mod edges;
 
 #[cfg(test)]
 mod tests {

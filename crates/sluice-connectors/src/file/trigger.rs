@@ -53,15 +53,7 @@ impl FileTrigger {
                 )
                 .with_help("for example `,`, `;` or a tab"));
         }
-        if config.max_in_flight == 0 {
-            return Err(cx
-                .flow
-                .diagnostic(
-                    sluice_flow::Span::of(&config.path),
-                    "`max_in_flight` must be at least 1",
-                )
-                .with_help("use 1 or more"));
-        }
+        // `max_in_flight: 0` is refused while the flow is parsed, at its own key.
         Ok(FileTrigger {
             folder: PathBuf::from(folder),
             glob,

@@ -109,7 +109,7 @@ pub struct NatsSinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// The channel's name: letters, digits, `-` and `_`.
-    #[schemars(with = "Text")]
+    #[schemars(with = "Text", regex(pattern = r"^[A-Za-z0-9_-]+$"))]
     pub name: Spanned<Text>,
     /// Sink only: how long a write may wait for the consuming flow (a timeout is retried).
     #[serde(default = "default_channel_timeout")]
@@ -253,6 +253,18 @@ pub struct PgConflict {
 /// The `postgres` sink: one transaction per message, insert/upsert or a parameterised statement.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+// The sink builder refuses every other combination, at the key that is wrong.
+#[schemars(extend("oneOf" = [
+    {
+        "required": ["table", "columns"],
+        "properties": { "columns": { "minProperties": 1 } },
+        "not": { "anyOf": [{ "required": ["sql"] }, { "required": ["args"] }] }
+    },
+    {
+        "required": ["sql"],
+        "not": { "anyOf": [{ "required": ["table"] }, { "required": ["columns"] }, { "required": ["on_conflict"] }] }
+    }
+]))]
 pub struct PostgresSinkConfig {
     /// Connection URL; credentials may sit in it (`${env:…}`).
     #[serde(default = "default_postgres_url")]
@@ -276,7 +288,11 @@ pub struct PostgresSinkConfig {
     #[schemars(with = "Vec<Text>")]
     pub args: Vec<Spanned<Text>>,
     /// Connections in the pool.
-    #[serde(default = "default_pool")]
+    #[serde(
+        default = "default_pool",
+        deserialize_with = "crate::units::at_least_one"
+    )]
+    #[schemars(range(min = 1))]
     pub pool: usize,
 }
 
@@ -414,9 +430,12 @@ pub struct MqttTriggerConfig {
     /// Subscription QoS: 1 (default) or 0.
     #[serde(default)]
     pub qos: MqttQos,
-    /// Interval of keep-alive pings.
-    #[serde(default = "default_keep_alive")]
-    #[schemars(with = "Dur")]
+    /// Interval of keep-alive pings, in whole seconds (`0s` turns them off).
+    #[serde(
+        default = "default_keep_alive",
+        deserialize_with = "crate::units::whole_seconds"
+    )]
+    #[schemars(with = "crate::WholeSeconds")]
     pub keep_alive: Spanned<Dur>,
     /// After a failure that was not dead-lettered, the session is resumed after this pause,
     /// which makes the broker deliver the message again.

@@ -94,12 +94,20 @@ pub enum OnShutdown {
 /// `aggregate:` — correlation, completion conditions and output shape.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+// Without a completion condition a group never completes; the compiler refuses that.
+#[schemars(extend("anyOf" = [
+    { "required": ["size"] },
+    { "required": ["timeout"] },
+    { "required": ["interval"] },
+    { "required": ["when"] },
+    { "required": ["end_of_batch"], "properties": { "end_of_batch": { "const": true } } }
+]))]
 pub struct AggregateConfig {
     /// JMESPath correlation key; messages with equal keys share a group (default: one group).
     #[schemars(with = "Option<Text>")]
     pub key: Option<Spanned<Text>>,
     /// Complete a group when it has this many members.
-    #[schemars(with = "Option<usize>")]
+    #[schemars(with = "Option<usize>", range(min = 1))]
     pub size: Option<Spanned<usize>>,
     /// Complete a group when no member joined it for this long.
     pub timeout: Option<Dur>,
@@ -118,8 +126,8 @@ pub struct AggregateConfig {
     /// JMESPath over the array of member payloads; default: the array itself.
     #[schemars(with = "Option<Text>")]
     pub output: Option<Spanned<Text>>,
-    /// Open groups at most; opening one more completes the oldest.
-    #[schemars(with = "Option<usize>")]
+    /// Open groups at most (default 10000); opening one more completes the oldest.
+    #[schemars(with = "Option<usize>", range(min = 1))]
     pub max_groups: Option<Spanned<usize>>,
 }
 
@@ -136,7 +144,7 @@ pub struct DedupeConfig {
     #[schemars(with = "Option<Text>")]
     pub path: Option<Spanned<Text>>,
     /// Keys remembered at most (in memory); the oldest are forgotten first.
-    #[schemars(with = "Option<usize>")]
+    #[schemars(with = "Option<usize>", range(min = 1))]
     pub max_keys: Option<Spanned<usize>>,
 }
 
@@ -159,7 +167,7 @@ pub struct ThrottleConfig {
     #[schemars(with = "Option<Text>")]
     pub rate: Option<Spanned<Text>>,
     /// Bucket size: messages that may pass at once after a quiet period (default 1).
-    #[schemars(with = "Option<u32>")]
+    #[schemars(with = "Option<u32>", range(min = 1))]
     pub burst: Option<Spanned<u32>>,
     /// JMESPath key: one bucket per key value.
     #[schemars(with = "Option<Text>")]
@@ -168,7 +176,7 @@ pub struct ThrottleConfig {
     #[serde(default)]
     pub on_rate: OnLimit,
     /// Messages past this step and not yet finished (sinks included), at most.
-    #[schemars(with = "Option<usize>")]
+    #[schemars(with = "Option<usize>", range(min = 1))]
     pub concurrency: Option<Spanned<usize>>,
     /// Behaviour over the concurrency limit.
     #[serde(default)]
@@ -181,7 +189,7 @@ pub struct ThrottleConfig {
 pub struct CircuitBreakerConfig {
     /// Failed writes within `window` that open the circuit.
     #[serde(default = "default_failures")]
-    #[schemars(with = "u32")]
+    #[schemars(with = "u32", range(min = 1))]
     pub failures: Spanned<u32>,
     /// The sliding window in which failures are counted.
     #[serde(default = "default_window")]
@@ -191,7 +199,7 @@ pub struct CircuitBreakerConfig {
     pub open_for: Dur,
     /// Probe writes let through while half-open; all must succeed to close the circuit.
     #[serde(default = "default_probes")]
-    #[schemars(with = "u32")]
+    #[schemars(with = "u32", range(min = 1))]
     pub probes: Spanned<u32>,
     /// A sink that takes the deliveries while the circuit is open (default: the message fails
     /// at once and goes to the dead letter).

@@ -124,6 +124,11 @@ pub struct HttpTriggerConfig {
 /// How requests authenticate: exactly one of the three.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    { "required": ["bearer"] },
+    { "required": ["api_key"] },
+    { "required": ["hmac"] }
+]))]
 pub struct HttpAuth {
     /// `Authorization: Bearer <token>`.
     pub bearer: Option<Secret>,
@@ -180,6 +185,7 @@ pub struct HmacTimestamp {
 /// The `schedule` trigger: a message on every tick.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{ "required": ["every"] }, { "required": ["cron"] }]))]
 pub struct ScheduleTriggerConfig {
     /// A fixed interval.
     #[schemars(with = "Option<Dur>")]
@@ -214,8 +220,8 @@ pub struct HttpSinkConfig {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyConfig {
-    /// The response status.
-    #[schemars(with = "Option<u16>")]
+    /// The response status, 100 to 599 (default 200).
+    #[schemars(with = "Option<u16>", range(min = 100, max = 599))]
     pub status: Option<Spanned<u16>>,
     /// Response header templates.
     #[serde(default)]

@@ -28,16 +28,17 @@ use std::time::Duration;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlowFile {
-    /// Unique across all flows; defaults to the file stem.
-    #[schemars(with = "Option<Text>")]
+    /// Unique across all flows; defaults to the file stem. Letters, digits, `-`, `_` and `.`.
+    #[schemars(with = "Option<Text>", regex(pattern = r"^[A-Za-z0-9_.-]+$|\$\{env:"))]
     pub name: Option<Spanned<Text>>,
     /// Free text for people and the admin API.
     pub description: Option<Text>,
     /// Messages processed at once; defaults to the number of cores.
-    #[schemars(with = "Option<usize>")]
+    #[schemars(with = "Option<usize>", range(min = 1))]
     pub concurrency: Option<Spanned<usize>>,
-    /// Capacity of the bounded queue between the trigger and the steps.
-    #[schemars(with = "Option<usize>")]
+    /// Capacity of the bounded queue between the trigger and the steps (default: 4 ×
+    /// `concurrency`).
+    #[schemars(with = "Option<usize>", range(min = 1))]
     pub queue: Option<Spanned<usize>>,
     /// Where messages come from.
     #[schemars(with = "TriggerConfig")]
@@ -103,6 +104,7 @@ pub struct ErrorsConfig {
 pub struct RetryConfig {
     /// Total attempts, the first one included.
     #[serde(default = "default_attempts")]
+    #[schemars(range(min = 1))]
     pub attempts: u32,
     /// Wait before the second attempt; doubles each time.
     #[serde(default = "default_backoff")]
@@ -139,14 +141,14 @@ fn default_max_backoff() -> Dur {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptLimits {
-    /// Wall-clock deadline of one script run (default 1 s).
+    /// Wall-clock deadline of one script run (default 1 s), from 1ms to 60s.
     #[schemars(with = "Option<Dur>")]
     pub deadline: Option<Spanned<Dur>>,
     /// Maximum number of Rhai operations of one script run (default 1,000,000).
-    #[schemars(with = "Option<u64>")]
+    #[schemars(with = "Option<u64>", range(min = 1, max = 1_000_000_000_000u64))]
     pub max_operations: Option<Spanned<u64>>,
     /// Script runs of this flow at once (default: the number of cores less one, at least 1).
-    #[schemars(with = "Option<usize>")]
+    #[schemars(with = "Option<usize>", range(min = 1, max = 1024))]
     pub concurrency: Option<Spanned<usize>>,
 }
 

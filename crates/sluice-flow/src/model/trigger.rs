@@ -119,13 +119,21 @@ pub struct FileTriggerConfig {
     #[serde(default = "default_check_interval")]
     pub check_interval: Dur,
     /// Consecutive identical looks (size and mtime) before a file is taken.
-    #[serde(default = "default_stable_checks")]
+    #[serde(
+        default = "default_stable_checks",
+        deserialize_with = "crate::units::at_least_one"
+    )]
+    #[schemars(range(min = 1))]
     pub stable_checks: u32,
     /// Interval of the full rescan that backs up filesystem notifications.
     #[serde(default = "default_rescan_interval")]
     pub rescan_interval: Dur,
     /// Files claimed at once.
-    #[serde(default = "default_max_in_flight")]
+    #[serde(
+        default = "default_max_in_flight",
+        deserialize_with = "crate::units::at_least_one"
+    )]
+    #[schemars(range(min = 1))]
     pub max_in_flight: usize,
     /// CSV options, for `format: csv`.
     #[serde(default)]
@@ -138,6 +146,7 @@ pub struct FileTriggerConfig {
 pub struct CsvOptions {
     /// Field delimiter, one ASCII character.
     #[serde(default = "default_delimiter")]
+    #[schemars(length(min = 1, max = 1))]
     #[schemars(with = "Text")]
     pub delimiter: Spanned<Text>,
     /// The first row names the fields.
