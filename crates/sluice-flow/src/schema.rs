@@ -18,7 +18,27 @@ pub fn flow_schema() -> Schema {
     let mut schema = SchemaGenerator::default().into_root_schema_for::<FlowFile>();
     schema.insert("$id".into(), SCHEMA_ID.into());
     schema.insert("title".into(), "sluice flow (v1)".into());
-    schema
+    let mut value = serde_json::Value::from(schema);
+    unwrap_descriptions(&mut value);
+    Schema::try_from(value).expect("the schema stays an object")
+}
+
+/// Doc comments wrap at 100 columns; an editor shows a description as one paragraph.
+fn unwrap_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = text.replace('\n', " ");
+                    }
+                    _ => unwrap_descriptions(v),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }
 
 /// The schema as published: pretty JSON with a final newline.

@@ -13,9 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// The JSON Schema of the flow format, as published in `schemas/`.
-const FLOW_SCHEMA: &str = include_str!("../../../schemas/sluice-flow.schema.json");
-
 /// Runs a command and returns its exit code (0 ok, 1 invalid flow or input).
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -44,7 +41,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             input,
         } => exec(&folders, &flow, &input),
         Command::Schema => {
-            out(FLOW_SCHEMA.trim_end());
+            // Generated from the model; `schemas/sluice-flow.schema.json` is this output.
+            out(sluice_flow::schema::flow_schema_text().trim_end());
             Ok(ExitCode::SUCCESS)
         }
     }
