@@ -174,9 +174,25 @@ fn workdir() -> tempfile::TempDir {
     dir
 }
 
+/// `sluice check` of one flow, with every `${env:NAME}` it names set (a placeholder of secret
+/// length), as a deployment would.
 fn check_flow(dir: &Path, flow: &str) -> Output {
     fs::write(dir.join("flows/block.yaml"), flow).unwrap();
-    sluice(dir, &["check", "flows/block.yaml"])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(["check", "flows/block.yaml"])
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    for reference in flow.split("${env:").skip(1) {
+        let name: String = reference
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        command.env(name, "placeholder-value");
+    }
+    command.output().expect("run the sluice binary")
 }
 
 #[test]
@@ -187,7 +203,11 @@ fn every_yaml_block_of_the_reference_loads_or_matches_its_fragment() {
     let mut checked = 0;
     for file in reference_files() {
         let markdown = fs::read_to_string(&file).unwrap();
-        let shown = file.strip_prefix(repo()).unwrap_or(&file).display().to_string();
+        let shown = file
+            .strip_prefix(repo())
+            .unwrap_or(&file)
+            .display()
+            .to_string();
         for block in yaml_blocks(&markdown) {
             checked += 1;
             let at = format!("{shown}:{}", block.line);
@@ -257,45 +277,112 @@ fn the_schema_command_prints_the_checked_in_schema() {
 fn compile_table() -> Vec<(&'static str, String, bool)> {
     let head = "trigger:\n  file: { path: inbox }\n";
     let with_sink = |sink: &str| format!("{head}sinks:\n  out: {sink}\n");
-    let with_step = |step: &str| {
-        format!("{head}steps:\n  - {step}\nsinks:\n  out: {{ stdout: {{}} }}\n")
-    };
+    let with_step =
+        |step: &str| format!("{head}steps:\n  - {step}\nsinks:\n  out: {{ stdout: {{}} }}\n");
     let top = |line: &str| format!("{line}\n{head}");
     vec![
         ("aggregate: {}", with_step("aggregate: {}"), false),
-        ("aggregate: { size: 10 }", with_step("aggregate: { size: 10 }"), true),
-        ("aggregate end_of_batch: false", with_step("aggregate: { end_of_batch: false }"), false),
-        ("aggregate end_of_batch: true", with_step("aggregate: { end_of_batch: true }"), true),
-        ("aggregate size: 0", with_step("aggregate: { size: 0 }"), false),
-        ("aggregate max_groups: 0", with_step("aggregate: { size: 2, max_groups: 0 }"), false),
-        ("dedupe max_keys: 0", with_step("dedupe: { max_keys: 0 }"), false),
-        ("throttle burst: 0", with_step("throttle: { rate: 5/s, burst: 0 }"), false),
-        ("throttle concurrency: 0", with_step("throttle: { concurrency: 0 }"), false),
-        ("throttle concurrency: 2", with_step("throttle: { concurrency: 2 }"), true),
-        ("reply status: 99", with_step("reply: { status: 99 }"), false),
-        ("reply status: 600", with_step("reply: { status: 600 }"), false),
-        ("reply status: 201", with_step("reply: { status: 201 }"), true),
+        (
+            "aggregate: { size: 10 }",
+            with_step("aggregate: { size: 10 }"),
+            true,
+        ),
+        (
+            "aggregate end_of_batch: false",
+            with_step("aggregate: { end_of_batch: false }"),
+            false,
+        ),
+        (
+            "aggregate end_of_batch: true",
+            with_step("aggregate: { end_of_batch: true }"),
+            true,
+        ),
+        (
+            "aggregate size: 0",
+            with_step("aggregate: { size: 0 }"),
+            false,
+        ),
+        (
+            "aggregate max_groups: 0",
+            with_step("aggregate: { size: 2, max_groups: 0 }"),
+            false,
+        ),
+        (
+            "dedupe max_keys: 0",
+            with_step("dedupe: { max_keys: 0 }"),
+            false,
+        ),
+        (
+            "throttle burst: 0",
+            with_step("throttle: { rate: 5/s, burst: 0 }"),
+            false,
+        ),
+        (
+            "throttle concurrency: 0",
+            with_step("throttle: { concurrency: 0 }"),
+            false,
+        ),
+        (
+            "throttle concurrency: 2",
+            with_step("throttle: { concurrency: 2 }"),
+            true,
+        ),
+        (
+            "reply status: 99",
+            with_step("reply: { status: 99 }"),
+            false,
+        ),
+        (
+            "reply status: 600",
+            with_step("reply: { status: 600 }"),
+            false,
+        ),
+        (
+            "reply status: 201",
+            with_step("reply: { status: 201 }"),
+            true,
+        ),
         ("postgres sink: {}", with_sink("{ postgres: {} }"), false),
-        ("postgres sink: table, no columns", with_sink("{ postgres: { table: t } }"), false),
+        (
+            "postgres sink: table, no columns",
+            with_sink("{ postgres: { table: t } }"),
+            false,
+        ),
         (
             "postgres sink: table and columns",
             with_sink("{ postgres: { table: t, columns: { id: id } } }"),
             true,
         ),
-        ("postgres sink: sql", with_sink("{ postgres: { sql: 'select 1' } }"), true),
+        (
+            "postgres sink: sql",
+            with_sink("{ postgres: { sql: 'select 1' } }"),
+            true,
+        ),
         (
             "postgres sink: table and sql",
             with_sink("{ postgres: { table: t, columns: { id: id }, sql: 'select 1' } }"),
             false,
         ),
-        ("schedule: {}", "trigger:\n  schedule: {}\n".to_owned(), false),
-        ("schedule every", "trigger:\n  schedule: { every: 1s }\n".to_owned(), true),
+        (
+            "schedule: {}",
+            "trigger:\n  schedule: {}\n".to_owned(),
+            false,
+        ),
+        (
+            "schedule every",
+            "trigger:\n  schedule: { every: 1s }\n".to_owned(),
+            true,
+        ),
         (
             "schedule every and cron",
             "trigger:\n  schedule: { every: 1s, cron: '* * * * * *' }\n".to_owned(),
             false,
         ),
-        ("http auth: {}", "trigger:\n  http: { path: /a, auth: {} }\n".to_owned(), false),
+        (
+            "http auth: {}",
+            "trigger:\n  http: { path: /a, auth: {} }\n".to_owned(),
+            false,
+        ),
         (
             "http auth: bearer",
             "trigger:\n  http: { path: /a, auth: { bearer: tok-1234 } }\n".to_owned(),
@@ -304,14 +391,46 @@ fn compile_table() -> Vec<(&'static str, String, bool)> {
         ("concurrency: 0", top("concurrency: 0"), false),
         ("concurrency: 2", top("concurrency: 2"), true),
         ("queue: 0", top("queue: 0"), false),
-        ("retry attempts: 0", top("errors: { retry: { attempts: 0 } }"), false),
-        ("breaker failures: 0", top("errors: { circuit_breaker: { failures: 0 } }"), false),
-        ("breaker probes: 0", top("errors: { circuit_breaker: { probes: 0 } }"), false),
-        ("script concurrency: 0", top("script_limits: { concurrency: 0 }"), false),
-        ("script concurrency: 1025", top("script_limits: { concurrency: 1025 }"), false),
-        ("script max_operations: 0", top("script_limits: { max_operations: 0 }"), false),
-        ("channel name with a blank", "trigger:\n  channel: { name: 'a b' }\n".to_owned(), false),
-        ("channel name", "trigger:\n  channel: { name: a-b_1 }\n".to_owned(), true),
+        (
+            "retry attempts: 0",
+            top("errors: { retry: { attempts: 0 } }"),
+            false,
+        ),
+        (
+            "breaker failures: 0",
+            top("errors: { circuit_breaker: { failures: 0 } }"),
+            false,
+        ),
+        (
+            "breaker probes: 0",
+            top("errors: { circuit_breaker: { probes: 0 } }"),
+            false,
+        ),
+        (
+            "script concurrency: 0",
+            top("script_limits: { concurrency: 0 }"),
+            false,
+        ),
+        (
+            "script concurrency: 1025",
+            top("script_limits: { concurrency: 1025 }"),
+            false,
+        ),
+        (
+            "script max_operations: 0",
+            top("script_limits: { max_operations: 0 }"),
+            false,
+        ),
+        (
+            "channel name with a blank",
+            "trigger:\n  channel: { name: 'a b' }\n".to_owned(),
+            false,
+        ),
+        (
+            "channel name",
+            "trigger:\n  channel: { name: a-b_1 }\n".to_owned(),
+            true,
+        ),
     ]
 }
 
@@ -338,23 +457,29 @@ fn sluice_check_and_the_schema_agree_on_compiler_constraints() {
     assert!(disagreements.is_empty(), "{}", disagreements.join("\n\n"));
 }
 
-/// The text of the section under `heading` (up to the next heading of the same or a higher
-/// level).
-fn section<'a>(markdown: &'a str, heading: &str) -> &'a str {
-    let start = markdown
-        .find(&format!("\n{heading}\n"))
-        .or_else(|| markdown.find(&format!("\n{heading} ")))
-        .unwrap_or_else(|| panic!("the docs have no heading `{heading}`"));
+/// The text of the section under `heading`, up to the next heading of the same or a higher
+/// level (a `#` line inside a code block is not a heading).
+fn section(markdown: &str, heading: &str) -> String {
     let level = heading.chars().take_while(|c| *c == '#').count();
-    let body = &markdown[start + 1 + heading.len()..];
-    let end = body
-        .match_indices("\n#")
-        .find(|(i, _)| {
-            let hashes = body[i + 1..].chars().take_while(|c| *c == '#').count();
-            hashes <= level && body[i + 1 + hashes..].starts_with(' ')
-        })
-        .map_or(body.len(), |(i, _)| i);
-    &body[..end]
+    let mut lines = markdown.lines();
+    lines
+        .by_ref()
+        .find(|l| *l == heading || l.starts_with(&format!("{heading} ")))
+        .unwrap_or_else(|| panic!("the docs have no heading `{heading}`"));
+    let mut body = String::new();
+    let mut in_code = false;
+    for line in lines {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        }
+        let hashes = line.chars().take_while(|c| *c == '#').count();
+        if !in_code && hashes > 0 && hashes <= level && line[hashes..].starts_with(' ') {
+            break;
+        }
+        body.push_str(line);
+        body.push('\n');
+    }
+    body
 }
 
 /// How a default is written in the docs.
@@ -387,13 +512,22 @@ fn every_connector_key_is_documented_with_its_default() {
         ("PostgresTriggerConfig", "flow-format", "### `postgres`"),
         ("PostgresSinkConfig", "flow-format", "### `postgres`"),
         ("HttpTriggerConfig", "operations", "## Trigger `http`"),
-        ("ScheduleTriggerConfig", "operations", "## Trigger `schedule`"),
+        (
+            "ScheduleTriggerConfig",
+            "operations",
+            "## Trigger `schedule`",
+        ),
         ("HttpSinkConfig", "operations", "## Sink `http`"),
     ];
     // Every connector of the schema has a row above.
     for list in ["TriggerConfig", "SinkConfig"] {
         for variant in defs[list]["oneOf"].as_array().unwrap() {
-            let (_, target) = variant["properties"].as_object().unwrap().iter().next().unwrap();
+            let (_, target) = variant["properties"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .next()
+                .unwrap();
             let name = target["$ref"]
                 .as_str()
                 .map_or("StdoutSinkConfig", |r| r.trim_start_matches("#/$defs/"));
@@ -405,14 +539,20 @@ fn every_connector_key_is_documented_with_its_default() {
     }
     let mut missing = Vec::new();
     for (def, doc, heading) in sections {
-        let markdown = if doc == "operations" { &operations } else { &flow_format };
-        let text = section(markdown, heading);
+        let markdown = if doc == "operations" {
+            &operations
+        } else {
+            &flow_format
+        };
+        let text = &section(markdown, heading);
         let properties = defs[def]["properties"]
             .as_object()
             .unwrap_or_else(|| panic!("`{def}` has properties"));
         for (key, property) in properties {
             if !text.contains(&format!("{key}:")) && !text.contains(&format!("`{key}`")) {
-                missing.push(format!("{heading}: the key `{key}` ({def}) is not documented"));
+                missing.push(format!(
+                    "{heading}: the key `{key}` ({def}) is not documented"
+                ));
                 continue;
             }
             if let Some(default) = property.get("default")
@@ -434,15 +574,18 @@ fn every_error_kind_and_envelope_field_is_documented() {
     use sluice_engine::{ErrorEnvelope, ErrorKind, FlowError};
     let readme = fs::read_to_string(repo().join("README.md")).unwrap();
     let flow_format = fs::read_to_string(repo().join("docs/flow-format.md")).unwrap();
-    let errors_section = section(&flow_format, "## Errors");
+    let errors_section = &section(&flow_format, "## Errors");
     let kinds_line = readme
         .lines()
         .find(|l| l.starts_with("| `kind` |"))
         .expect("the README's sidecar table has a `kind` row");
-    let readme_errors = section(&readme, "## Errors and retries");
+    let readme_errors = &section(&readme, "## Errors and retries");
     for kind in ErrorKind::ALL {
         let name = format!("`{}`", kind.as_str());
-        assert!(kinds_line.contains(&name), "README's `kind` row lacks {name}");
+        assert!(
+            kinds_line.contains(&name),
+            "README's `kind` row lacks {name}"
+        );
         assert!(
             readme_errors.contains(&name),
             "README's \"Errors and retries\" lacks {name}"

@@ -97,7 +97,9 @@ mod tests {
     use std::path::PathBuf;
 
     fn repo_file(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(name)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(name)
     }
 
     /// `SLUICE_BLESS=1` rewrites the file instead of failing.

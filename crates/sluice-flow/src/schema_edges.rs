@@ -21,7 +21,9 @@ fn flow_with_sink(sink: &str) -> String {
 }
 
 fn flow_with_step(step: &str) -> String {
-    format!("trigger:\n  file: {{ path: inbox }}\nsteps:\n  - {step}\nsinks:\n  out: {{ stdout: {{}} }}\n")
+    format!(
+        "trigger:\n  file: {{ path: inbox }}\nsteps:\n  - {step}\nsinks:\n  out: {{ stdout: {{}} }}\n"
+    )
 }
 
 /// (what, flow text, accepted?)
@@ -32,9 +34,21 @@ fn table() -> Vec<(String, String, bool)> {
     row("unknown key", file_flow("globb: '*'"), false);
     row("missing trigger", "steps: []\n".to_owned(), false);
     row("empty trigger map", "trigger: {}\n".to_owned(), false);
-    row("two triggers", "trigger: { file: { path: a }, http: { path: /a } }\n".to_owned(), false);
-    row("valid name", format!("name: order-intake.v2\n{}", file_flow("glob: '*'")), true);
-    row("name with a blank", format!("name: 'order intake'\n{}", file_flow("glob: '*'")), false);
+    row(
+        "two triggers",
+        "trigger: { file: { path: a }, http: { path: /a } }\n".to_owned(),
+        false,
+    );
+    row(
+        "valid name",
+        format!("name: order-intake.v2\n{}", file_flow("glob: '*'")),
+        true,
+    );
+    row(
+        "name with a blank",
+        format!("name: 'order intake'\n{}", file_flow("glob: '*'")),
+        false,
+    );
     // Counts.
     for (key, value, ok) in [
         ("stable_checks", "0", false),
@@ -45,17 +59,49 @@ fn table() -> Vec<(String, String, bool)> {
         ("max_in_flight", "1", true),
         ("max_in_flight", "-3", false),
     ] {
-        row(&format!("{key}: {value}"), file_flow(&format!("{key}: {value}")), ok);
+        row(
+            &format!("{key}: {value}"),
+            file_flow(&format!("{key}: {value}")),
+            ok,
+        );
     }
-    row("nats batch: 0", "trigger:\n  nats: { subject: a, batch: 0 }\n".to_owned(), false);
-    row("nats batch: 1", "trigger:\n  nats: { subject: a, batch: 1 }\n".to_owned(), true);
-    row("postgres trigger: {}", "trigger:\n  postgres: {}\n".to_owned(), false);
-    row("postgres pool: 0", flow_with_sink("{ postgres: { sql: 'select 1', pool: 0 } }"), false);
-    row("postgres pool: 2", flow_with_sink("{ postgres: { sql: 'select 1', pool: 2 } }"), true);
+    row(
+        "nats batch: 0",
+        "trigger:\n  nats: { subject: a, batch: 0 }\n".to_owned(),
+        false,
+    );
+    row(
+        "nats batch: 1",
+        "trigger:\n  nats: { subject: a, batch: 1 }\n".to_owned(),
+        true,
+    );
+    row(
+        "postgres trigger: {}",
+        "trigger:\n  postgres: {}\n".to_owned(),
+        false,
+    );
+    row(
+        "postgres pool: 0",
+        flow_with_sink("{ postgres: { sql: 'select 1', pool: 0 } }"),
+        false,
+    );
+    row(
+        "postgres pool: 2",
+        flow_with_sink("{ postgres: { sql: 'select 1', pool: 2 } }"),
+        true,
+    );
     // Sizes: every unit spelling, no unit, and what is not a size.
     for (unit, _) in SIZE_UNITS {
-        row(&format!("max_size 512{unit}"), file_flow(&format!("max_size: 512{unit}")), true);
-        row(&format!("max_size '3 {unit}'"), file_flow(&format!("max_size: '3 {unit}'")), true);
+        row(
+            &format!("max_size 512{unit}"),
+            file_flow(&format!("max_size: 512{unit}")),
+            true,
+        );
+        row(
+            &format!("max_size '3 {unit}'"),
+            file_flow(&format!("max_size: '3 {unit}'")),
+            true,
+        );
     }
     for (value, ok) in [
         ("0", true),
@@ -68,11 +114,19 @@ fn table() -> Vec<(String, String, bool)> {
         ("512kb", false),
         ("''", false),
     ] {
-        row(&format!("max_size: {value}"), file_flow(&format!("max_size: {value}")), ok);
+        row(
+            &format!("max_size: {value}"),
+            file_flow(&format!("max_size: {value}")),
+            ok,
+        );
     }
     // Durations: every unit spelling, combinations, fractions, and what is not a duration.
     for (unit, _) in DURATION_UNITS {
-        row(&format!("min_age 5{unit}"), file_flow(&format!("min_age: 5{unit}")), true);
+        row(
+            &format!("min_age 5{unit}"),
+            file_flow(&format!("min_age: 5{unit}")),
+            true,
+        );
     }
     for (value, ok) in [
         ("0s", true),
@@ -89,7 +143,11 @@ fn table() -> Vec<(String, String, bool)> {
         ("''", false),
         ("5S", false),
     ] {
-        row(&format!("min_age: {value}"), file_flow(&format!("min_age: {value}")), ok);
+        row(
+            &format!("min_age: {value}"),
+            file_flow(&format!("min_age: {value}")),
+            ok,
+        );
     }
     // MQTT keep-alive: whole seconds.
     for (value, ok) in [
@@ -101,15 +159,27 @@ fn table() -> Vec<(String, String, bool)> {
         ("1.5s", false),
         ("30", false),
     ] {
-        row(&format!("keep_alive: {value}"), mqtt_flow(&format!("keep_alive: {value}")), ok);
+        row(
+            &format!("keep_alive: {value}"),
+            mqtt_flow(&format!("keep_alive: {value}")),
+            ok,
+        );
     }
     row("qos: 0", mqtt_flow("qos: 0"), true);
     row("qos: 2", mqtt_flow("qos: 2"), false);
     // Enums and shapes.
     row("format: ndjson", file_flow("format: ndjson"), true);
     row("format: xml", file_flow("format: xml"), false);
-    row("http method get", "trigger:\n  http: { path: /a, method: get }\n".to_owned(), true);
-    row("http method Get", "trigger:\n  http: { path: /a, method: Get }\n".to_owned(), false);
+    row(
+        "http method get",
+        "trigger:\n  http: { path: /a, method: get }\n".to_owned(),
+        true,
+    );
+    row(
+        "http method Get",
+        "trigger:\n  http: { path: /a, method: Get }\n".to_owned(),
+        false,
+    );
     row("empty sink map", flow_with_sink("{}"), false);
     row("stdout sink", flow_with_sink("{ stdout: {} }"), true);
     row("to: []", flow_with_step("to: []"), false);
@@ -117,7 +187,11 @@ fn table() -> Vec<(String, String, bool)> {
     row("split shorthand", flow_with_step("split: items"), true);
     row("split: {}", flow_with_step("split: {}"), false);
     row("unknown step", flow_with_step("tranform: a"), false);
-    row("two step kinds", flow_with_step("{ filter: a, log: b }"), false);
+    row(
+        "two step kinds",
+        flow_with_step("{ filter: a, log: b }"),
+        false,
+    );
     rows
 }
 

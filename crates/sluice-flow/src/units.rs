@@ -417,7 +417,11 @@ pub fn whole_seconds<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<serde_saphyr::Spanned<Dur>, D::Error> {
     let s = serde_saphyr::Spanned::<WholeSeconds>::deserialize(deserializer)?;
-    Ok(serde_saphyr::Spanned::new(s.value.0, s.referenced, s.defined))
+    Ok(serde_saphyr::Spanned::new(
+        s.value.0,
+        s.referenced,
+        s.defined,
+    ))
 }
 
 #[cfg(test)]

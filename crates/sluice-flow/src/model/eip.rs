@@ -3,8 +3,8 @@
 
 use crate::{Dur, Text};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 use std::fmt;
 
