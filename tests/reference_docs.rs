@@ -327,6 +327,27 @@ fn compile_table() -> Vec<(&'static str, String, bool)> {
             with_step("throttle: { concurrency: 2 }"),
             true,
         ),
+        ("throttle: {}", with_step("throttle: {}"), false),
+        (
+            "throttle key without rate",
+            with_step("throttle: { key: a, concurrency: 2 }"),
+            false,
+        ),
+        (
+            "throttle rate and key",
+            with_step("throttle: { rate: 5/s, key: a }"),
+            true,
+        ),
+        (
+            "http path without /",
+            "trigger:\n  http: { path: orders }\n".to_owned(),
+            false,
+        ),
+        (
+            "http path",
+            "trigger:\n  http: { path: /orders }\n".to_owned(),
+            true,
+        ),
         (
             "reply status: 99",
             with_step("reply: { status: 99 }"),

@@ -238,3 +238,25 @@ fn sub_second_keep_alive_is_refused_at_its_value() {
     assert_eq!(err.span.map(|s| s.line), Some(4), "{err}");
     assert!(err.message.contains("whole number of seconds"), "{err}");
 }
+
+#[test]
+fn every_key_of_the_schema_has_a_description() {
+    let schema = serde_json::Value::from(crate::schema::flow_schema());
+    let mut undescribed = Vec::new();
+    for (name, def) in schema["$defs"].as_object().expect("the schema has $defs") {
+        for (key, property) in def["properties"].as_object().into_iter().flatten() {
+            let described = property
+                .get("description")
+                .and_then(|d| d.as_str())
+                .is_some_and(|d| !d.trim().is_empty());
+            if !described {
+                undescribed.push(format!("{name}.{key}"));
+            }
+        }
+    }
+    assert!(
+        undescribed.is_empty(),
+        "give these model fields a doc comment: {}",
+        undescribed.join(", ")
+    );
+}

@@ -162,6 +162,11 @@ pub enum OnLimit {
 /// `throttle:` — a token-bucket rate limit (optionally per key) and a concurrency limit.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+// The compiler refuses a throttle without a limit, and a `key` without a `rate`.
+#[schemars(extend(
+    "anyOf" = [{ "required": ["rate"] }, { "required": ["concurrency"] }],
+    "dependentRequired" = { "key": ["rate"] }
+))]
 pub struct ThrottleConfig {
     /// Messages per unit of time: `50/s`, `600/m`, `1000/h`.
     #[schemars(with = "Option<Text>")]

@@ -104,8 +104,8 @@ impl<'de> Deserialize<'de> for Secret {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTriggerConfig {
-    /// The route, with `{name}` path parameters.
-    #[schemars(with = "Text")]
+    /// The route, with `{name}` path parameters; starts with `/`.
+    #[schemars(with = "Text", regex(pattern = r"^/|\$\{env:"))]
     pub path: Spanned<Text>,
     /// The method.
     #[serde(default)]
