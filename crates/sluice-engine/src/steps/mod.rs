@@ -7,6 +7,7 @@
 //! [`Control::Fork`]; the runtime then carries on with the children or the group.
 
 pub mod aggregate;
+pub(crate) mod kinds;
 pub mod call;
 pub mod dedupe;
 mod enrich;

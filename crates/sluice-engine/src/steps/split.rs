@@ -10,6 +10,8 @@ use crate::hold::Hold;
 use crate::message::{Meta, Payload};
 use jmespath::Variable;
 use std::sync::Arc;
+use crate::compile::Compiler;
+use sluice_flow::{OnChildError, Span, Spanned, SplitConfig, StepConfig};
 
 /// Metadata: the 0-based position of a child.
 pub const SPLIT_INDEX: &str = "split.index";
@@ -89,4 +91,21 @@ impl Step for Split {
         }));
         Ok(Control::Fork)
     }
+}
+
+/// Compiles `split:`; the shorthand `split: <jmespath>` has no position of its own, so its
+/// mistakes point at the step.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    step: &Spanned<StepConfig>,
+    config: &Spanned<SplitConfig>,
+) -> Option<super::Node> {
+    let c = &config.value;
+    cx.expr_at(&c.on, Span::of(config).or(Span::of(step)))
+        .map(|on| {
+            super::Node::Sync(Box::new(Split::new(
+                on,
+                c.on_child_error == OnChildError::FailParent,
+            )))
+        })
 }

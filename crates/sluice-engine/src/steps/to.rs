@@ -1,6 +1,8 @@
 use super::{Control, Delivery, Exec, Step};
 use crate::error::FlowError;
 use std::sync::Arc;
+use crate::compile::Compiler;
+use sluice_flow::{Spanned, Targets};
 
 /// `to: <sink> | [sinks]` — records a delivery of the current payload and continues.
 pub struct To {
@@ -28,4 +30,15 @@ impl Step for To {
         To::record(&self.sinks, exec);
         Ok(Control::Continue)
     }
+}
+
+/// Compiles `to: <sink> | [sinks]`; every name must be a sink of the flow.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    targets: &Spanned<Targets>,
+    sinks: &[&str],
+) -> Option<super::Node> {
+    Some(super::Node::Sync(Box::new(To::new(
+        cx.targets(targets, sinks)?,
+    ))))
 }

@@ -2,6 +2,8 @@ use super::{Control, Exec, Step};
 use crate::contract::Contract;
 use crate::error::{ErrorKind, FlowError};
 use std::sync::Arc;
+use crate::compile::Compiler;
+use sluice_flow::{Spanned, Text};
 
 /// `validate: <contract>` — checks the payload against a JSON Schema.
 pub struct Validate {
@@ -24,4 +26,9 @@ impl Step for Validate {
         self.contract.check(json)?;
         Ok(Control::Continue)
     }
+}
+
+/// Compiles `validate: <contract>`: the contract is loaded (and watched) now.
+pub(crate) fn compile(cx: &mut Compiler<'_>, name: &Spanned<Text>) -> Option<super::Node> {
+    Some(super::Node::Sync(Box::new(Validate::new(cx.contract(name)?))))
 }

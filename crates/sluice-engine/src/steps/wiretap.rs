@@ -10,6 +10,8 @@ use crate::error::FlowError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use crate::compile::Compiler;
+use sluice_flow::{Spanned, Text};
 
 /// Copies waiting for the wiretap sink, at most.
 pub const QUEUE: usize = 1024;
@@ -87,5 +89,27 @@ impl Step for Wiretap {
             tracing::warn!(flow = %self.flow, message_id = %message_id, sink = %self.sink_name[0], dropped = n, "wiretap queue full: copy dropped");
         }
         Ok(Control::Continue)
+    }
+}
+
+/// Compiles `wiretap: <sink>`; the sink is one of the flow's, already built.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    sink: &Spanned<Text>,
+    sinks: &[&str],
+) -> Option<super::Node> {
+    let name = sink.value.as_str();
+    match cx.sink_map.get(name) {
+        Some(built) => Some(super::Node::Sync(Box::new(Wiretap::new(
+            &cx.flow.name,
+            name,
+            built.clone(),
+        )))),
+        None => {
+            if !sinks.contains(&name) {
+                cx.unknown_sink(sink, name, sinks, "wiretap to");
+            }
+            None
+        }
     }
 }
