@@ -66,6 +66,8 @@ impl ChannelHub {
 #[derive(Clone, Default)]
 pub struct Channels {
     backend: ChannelBackend,
+    // The NATS backend's address; unread in a build without NATS.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     url: String,
     hub: ChannelHub,
     #[cfg(feature = "nats")]

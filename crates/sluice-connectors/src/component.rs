@@ -80,6 +80,16 @@ pub trait SinkComponent {
 }
 
 /// The load error for a flow using a connector this build left out.
+#[cfg_attr(
+    all(
+        feature = "nats",
+        feature = "amqp",
+        feature = "mqtt",
+        feature = "redis",
+        feature = "postgres"
+    ),
+    allow(dead_code)
+)]
 pub(crate) fn left_out<T>(
     at: &Spanned<T>,
     cx: &BuildContext<'_>,

@@ -32,17 +32,9 @@ pub mod stdout;
 
 pub use component::{SinkComponent, TriggerComponent};
 
-use component::left_out;
-use sluice_engine::{
-    BuildContext, Connectors, Sink, SinkInfo, Trigger, TriggerInfo, TriggerKey,
-};
-use sluice_flow::{
-    AmqpSinkConfig, AmqpTriggerConfig, ChannelConfig, Diagnostic, FileSinkConfig,
-    FileTriggerConfig, HttpSinkConfig, HttpTriggerConfig, MqttSinkConfig, MqttTriggerConfig,
-    NatsSinkConfig, NatsTriggerConfig, PostgresSinkConfig, PostgresTriggerConfig,
-    RedisSinkConfig, RedisTriggerConfig, ScheduleTriggerConfig, Settings, SinkConfig, Spanned,
-    StdoutSinkConfig, TriggerConfig,
-};
+use sluice_engine::{BuildContext, Connectors, Sink, SinkInfo, Trigger, TriggerInfo, TriggerKey};
+use sluice_flow as model;
+use sluice_flow::{Diagnostic, Settings, SinkConfig, Spanned, TriggerConfig};
 use std::sync::Arc;
 
 /// Every connector that ships with sluice, with the resources they share (the HTTP
@@ -151,7 +143,7 @@ macro_rules! components {
                         TriggerConfig::$tv(c) => <$tt as TriggerComponent>::build(c, self, cx),
                         $(
                             #[cfg(not(feature = $tf))]
-                            TriggerConfig::$tv(_) => Err(left_out(config, cx, "trigger", $tf)),
+                            TriggerConfig::$tv(_) => Err(component::left_out(config, cx, "trigger", $tf)),
                         )?
                     )*
                 }
@@ -191,7 +183,7 @@ macro_rules! components {
                         SinkConfig::$sv(c) => <$st as SinkComponent>::build(c, name, self, cx),
                         $(
                             #[cfg(not(feature = $sf))]
-                            SinkConfig::$sv(_) => Err(left_out(config, cx, "sink", $sf)),
+                            SinkConfig::$sv(_) => Err(component::left_out(config, cx, "sink", $sf)),
                         )?
                     )*
                 }
@@ -250,26 +242,26 @@ macro_rules! components {
 // The one list. Adding a connector adds its line here (and its module above).
 components! {
     triggers {
-        File(FileTriggerConfig),
-        Http(HttpTriggerConfig),
-        Schedule(ScheduleTriggerConfig),
-        Channel(ChannelConfig),
-        Nats(NatsTriggerConfig) if "nats",
-        Amqp(AmqpTriggerConfig) if "amqp",
-        Mqtt(MqttTriggerConfig) if "mqtt",
-        Redis(RedisTriggerConfig) if "redis",
-        Postgres(PostgresTriggerConfig) if "postgres",
+        File(model::FileTriggerConfig),
+        Http(model::HttpTriggerConfig),
+        Schedule(model::ScheduleTriggerConfig),
+        Channel(model::ChannelConfig),
+        Nats(model::NatsTriggerConfig) if "nats",
+        Amqp(model::AmqpTriggerConfig) if "amqp",
+        Mqtt(model::MqttTriggerConfig) if "mqtt",
+        Redis(model::RedisTriggerConfig) if "redis",
+        Postgres(model::PostgresTriggerConfig) if "postgres",
     }
     sinks {
-        File(FileSinkConfig),
-        Stdout(StdoutSinkConfig),
-        Http(HttpSinkConfig),
-        Channel(ChannelConfig),
-        Nats(NatsSinkConfig) if "nats",
-        Amqp(AmqpSinkConfig) if "amqp",
-        Mqtt(MqttSinkConfig) if "mqtt",
-        Redis(RedisSinkConfig) if "redis",
-        Postgres(PostgresSinkConfig) if "postgres",
+        File(model::FileSinkConfig),
+        Stdout(model::StdoutSinkConfig),
+        Http(model::HttpSinkConfig),
+        Channel(model::ChannelConfig),
+        Nats(model::NatsSinkConfig) if "nats",
+        Amqp(model::AmqpSinkConfig) if "amqp",
+        Mqtt(model::MqttSinkConfig) if "mqtt",
+        Redis(model::RedisSinkConfig) if "redis",
+        Postgres(model::PostgresSinkConfig) if "postgres",
     }
 }
 
@@ -277,8 +269,114 @@ components! {
 mod tests {
     use super::*;
 
+    fn flow(source: &str) -> sluice_flow::LoadedFlow {
+        sluice_flow::parse_flow(std::path::Path::new("flows/t.yaml"), source.to_owned())
+            .unwrap_or_else(|d| panic!("{d}"))
+    }
+
+    fn info(source: &str) -> TriggerInfo {
+        let loaded = flow(source);
+        StandardConnectors::default()
+            .trigger_info(&loaded.file.trigger, &BuildContext { flow: &loaded })
+    }
+
+    const SINKS: &str = "sinks:\n  out: { stdout: {} }\n";
+
+    #[test]
+    fn a_file_trigger_claims_and_watches_its_folder() {
+        let info = info(&format!("trigger:\n  file: {{ path: inbox/a }}\n{SINKS}"));
+        let folder = sluice_engine::compile::normalize(std::path::Path::new("inbox/a"));
+        assert_eq!(info.kind, "file");
+        assert_eq!(info.description, "file inbox/a");
+        assert_eq!(info.claim, Some(format!("file {}", folder.display())));
+        assert_eq!(info.watched_folder, Some(folder));
+        assert!(!info.connects && info.url.is_none());
+    }
+
+    #[test]
+    fn an_http_trigger_claims_its_method_and_path_shape() {
+        let info = info(&format!(
+            "trigger:\n  http: {{ path: \"/orders/{{id}}\", method: PUT }}\n{SINKS}"
+        ));
+        assert_eq!(info.description, "http PUT /orders/{id}");
+        let claim = info.claim.expect("an http trigger claims its route");
+        assert!(claim.starts_with("http PUT /orders/"), "{claim}");
+    }
+
+    #[test]
+    fn a_channel_connects_without_a_url_and_claims_nothing() {
+        let info = info(&format!("trigger:\n  channel: {{ name: c }}\n{SINKS}"));
+        assert_eq!(info.description, "channel c");
+        assert!(info.connects && info.url.is_none() && info.claim.is_none());
+    }
+
+    #[cfg(feature = "nats")]
+    #[test]
+    fn a_broker_trigger_has_its_url_and_shares_its_source() {
+        let info = info(&format!(
+            "trigger:\n  nats: {{ url: \"nats://u:p@127.0.0.1:4222\", subject: s }}\n{SINKS}"
+        ));
+        assert_eq!(info.url.as_deref(), Some("nats://u:p@127.0.0.1:4222"));
+        assert!(info.connects && info.claim.is_none());
+    }
+
+    #[test]
+    fn the_restart_key_ignores_positions_but_not_values() {
+        let a = info(&format!("trigger:\n  file: {{ path: inbox/a }}\n{SINKS}"));
+        let moved = info(&format!(
+            "# moved\ndescription: x\ntrigger:\n  file:\n    path: \"inbox/a\"\n{SINKS}"
+        ));
+        let changed = info(&format!("trigger:\n  file: {{ path: inbox/b }}\n{SINKS}"));
+        assert!(a.restart_key.same_as(&moved.restart_key));
+        assert!(!a.restart_key.same_as(&changed.restart_key));
+    }
+
+    #[test]
+    fn a_file_sink_reports_its_folder() {
+        let loaded =
+            flow("trigger:\n  channel: { name: c }\nsinks:\n  out: { file: { path: outbox } }\n");
+        let info = StandardConnectors::default().sink_info(&loaded.file.sinks["out"]);
+        assert_eq!(info.kind, "file");
+        assert_eq!(
+            info.folder.map(|f| f.value.to_string()).as_deref(),
+            Some("outbox")
+        );
+    }
+
+    #[cfg(not(feature = "nats"))]
+    #[test]
+    fn a_connector_left_out_of_the_build_is_a_positioned_load_error() {
+        let loaded = flow(&format!(
+            "trigger:\n  nats: {{ subject: s }}\nsinks:\n  out: {{ nats: {{ subject: t }} }}\n"
+        ));
+        let connectors = StandardConnectors::default();
+        let cx = BuildContext { flow: &loaded };
+        let trigger = connectors.trigger(&loaded.file.trigger, &cx).err();
+        let trigger = trigger.expect("a nats trigger does not build without the feature");
+        let text = trigger.to_string();
+        assert!(text.contains("flows/t.yaml:2:"), "{text}");
+        assert!(
+            text.contains("no `nats` trigger") && text.contains("cargo feature `nats`"),
+            "{text}"
+        );
+        let sink = connectors.sink("out", &loaded.file.sinks["out"], &cx).err();
+        let text = sink
+            .expect("a nats sink does not build without the feature")
+            .to_string();
+        assert!(
+            text.contains("flows/t.yaml:4:") && text.contains("no `nats` sink"),
+            "{text}"
+        );
+        assert!(kinds().iter().any(|k| k.key == "nats" && !k.included));
+    }
+
     #[test]
     fn every_key_is_the_name_the_flow_format_uses() {
+        let unknown = serde_saphyr::from_str::<TriggerConfig>("no_such_kind: 1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(unknown.contains("unknown variant"), "{unknown}");
         let kinds = kinds();
         assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 9);
         assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 9);

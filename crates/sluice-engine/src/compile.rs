@@ -8,7 +8,7 @@ use crate::connector::{BuildContext, Connectors, SinkInfo};
 use crate::flow::{CompiledFlow, FlowSource};
 use crate::script::Sandbox;
 use crate::steps::Steps;
-use sluice_flow::{Diagnostic, LoadedFlow, SinkConfig, Span, Spanned};
+use sluice_flow::{Diagnostic, LoadedFlow, Span};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,6 @@ mod size;
 pub(crate) use compiler::Compiler;
 pub use position::position_in_scalar;
 pub use size::{MAX_DEPTH, MAX_STEPS};
-
 
 /// Where a flow's references resolve.
 #[derive(Clone, Debug)]
@@ -85,7 +84,11 @@ pub fn compile(
             Err(d) => cx.diagnostics.push(d),
         }
     }
-    let dead_letter_info = file.errors.dead_letter.as_ref().map(|c| connectors.sink_info(c));
+    let dead_letter_info = file
+        .errors
+        .dead_letter
+        .as_ref()
+        .map(|c| connectors.sink_info(c));
     let dead_letter = file.errors.dead_letter.as_ref().and_then(|config| {
         let info = dead_letter_info.clone().unwrap_or_default();
         cx.check_sink_folder(&info, watched, "the dead letter");

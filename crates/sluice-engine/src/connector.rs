@@ -296,6 +296,5 @@ pub trait Connectors: Send + Sync {
 
     /// What the registry needs to know about a trigger: its description, claim, broker,
     /// and the key that decides whether a reload restarts it.
-    fn trigger_info(&self, config: &Spanned<TriggerConfig>, cx: &BuildContext<'_>)
-    -> TriggerInfo;
+    fn trigger_info(&self, config: &Spanned<TriggerConfig>, cx: &BuildContext<'_>) -> TriggerInfo;
 }

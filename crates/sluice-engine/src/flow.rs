@@ -2,17 +2,15 @@
 //! input contract → steps → output contract → sinks (with retry) → dead letter → outcome.
 
 use crate::breaker::Breakers;
-use crate::connector::{Caller, Failure, Outcome, Outgoing, Reply, Sink, Trigger};
+use crate::connector::{Caller, Outcome, Sink, Trigger};
 use crate::contract::Contract;
-use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
+use crate::error::{ErrorKind, FlowError};
 use crate::hold::Hold;
 use crate::message::{Message, Meta, Payload};
-use crate::retry::with_retry;
-use crate::steps::{Control, Delivery, Exec, Fork, Steps};
+use crate::steps::{Control, Exec, Steps};
 use crate::testing::CompiledTest;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, join_all};
-use serde_json::json;
+use futures_util::future::BoxFuture;
 use sluice_flow::{RetryConfig, TriggerConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -301,7 +299,6 @@ impl CompiledFlow {
         exec.finish(result.is_ok());
         result
     }
-
 }
 
 impl CompiledFlow {

@@ -4,21 +4,16 @@
 //! messages were all handled is never processed a second time by a later restart.
 
 use super::emit::Busy;
-use super::decode::{Malformed, Record, decode};
 use super::finish::{Disposition, place, target};
-use super::scan::Poke;
-use super::trigger::{Shared, lock};
-use async_trait::async_trait;
+use super::trigger::lock;
 use serde_json::{Value, json};
-use sluice_engine::{Acker, Envelope, ErrorKind, Inlet, Message, Meta, Outcome};
-use sluice_flow::{FileFormat, OnSuccess};
+use sluice_engine::ErrorKind;
+use sluice_flow::OnSuccess;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-
 
 /// At most this many failed records are listed in a sidecar's `failed_records` (the first
 /// ones by line); `records.failed` always has the full count.

@@ -1,19 +1,16 @@
 //! Reading a claimed file and emitting its records as messages, each with an acker that
 //! counts its outcome towards the file's claim (`claim.rs`).
 
-use super::claim::{Claim, FailedRecord};
+use super::claim::{Claim, FailedRecord, Tally};
 use super::decode::{Malformed, Record, decode};
-use super::finish::{Disposition, place, target};
 use super::scan::Poke;
 use super::trigger::{Shared, lock};
 use async_trait::async_trait;
-use serde_json::{Value, json};
-use sluice_engine::{Acker, Envelope, ErrorKind, Inlet, Message, Meta, Outcome};
-use sluice_flow::{FileFormat, OnSuccess};
-use std::path::PathBuf;
+use serde_json::Value;
+use sluice_engine::{Acker, Envelope, Inlet, Message, Meta, Outcome};
+use sluice_flow::FileFormat;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 

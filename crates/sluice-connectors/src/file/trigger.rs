@@ -3,16 +3,15 @@
 //! `.done/`, `.rejected/` or `.error/` once every message of the file is acknowledged.
 
 use super::emit::start;
-use super::scan::{Poke, list_names, scan, watch_folder};
 use super::finish::Disposition;
-use super::is_ignored_name;
+use super::scan::{Poke, list_names, scan, watch_folder};
 use super::stability::Stability;
 use super::temp::clean_once;
 use async_trait::async_trait;
 use sluice_engine::{BuildContext, Inlet, Trigger};
 use sluice_flow::{Diagnostic, FileTriggerConfig};
 use std::collections::{HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
@@ -165,7 +164,6 @@ impl Trigger for FileTrigger {
     }
 }
 
-
 impl FileTrigger {
     /// Lists the folder and passes every settling file through the gate; files that become
     /// ready join the queue. The gate moves into the blocking task and back.
@@ -243,7 +241,6 @@ impl FileTrigger {
         ready.extend(postponed);
     }
 }
-
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex

@@ -71,7 +71,11 @@ impl crate::TriggerComponent for sluice_flow::NatsTriggerConfig {
         shared: &crate::StandardConnectors,
         cx: &sluice_engine::BuildContext<'_>,
     ) -> Result<Box<dyn sluice_engine::Trigger>, sluice_flow::Diagnostic> {
-        Ok(Box::new(trigger::NatsTrigger::new(self, shared.nats.clone(), cx)?))
+        Ok(Box::new(trigger::NatsTrigger::new(
+            self,
+            shared.nats.clone(),
+            cx,
+        )?))
     }
 
     fn describe(&self) -> String {
@@ -98,6 +102,10 @@ impl crate::SinkComponent for sluice_flow::NatsSinkConfig {
         shared: &crate::StandardConnectors,
         cx: &sluice_engine::BuildContext<'_>,
     ) -> Result<std::sync::Arc<dyn sluice_engine::Sink>, sluice_flow::Diagnostic> {
-        Ok(std::sync::Arc::new(sink::NatsSink::new(self, shared.nats.clone(), cx)?))
+        Ok(std::sync::Arc::new(sink::NatsSink::new(
+            self,
+            shared.nats.clone(),
+            cx,
+        )?))
     }
 }

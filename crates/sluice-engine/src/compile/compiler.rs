@@ -32,7 +32,12 @@ pub(crate) struct Compiler<'a> {
 }
 
 impl Compiler<'_> {
-    pub(crate) fn error(&mut self, span: Option<Span>, message: impl Into<String>, help: impl Into<String>) {
+    pub(crate) fn error(
+        &mut self,
+        span: Option<Span>,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
         let d = self.flow.diagnostic(span, message).with_help(help);
         self.diagnostics.push(d);
     }
@@ -63,7 +68,6 @@ impl Compiler<'_> {
         }
     }
 
-
     pub(crate) fn expr(&mut self, text: &Spanned<Text>) -> Option<Expr> {
         match Expr::compile(text.value.as_str()) {
             Ok(expr) => Some(expr),
@@ -88,7 +92,11 @@ impl Compiler<'_> {
         self.diagnostics.push(d);
     }
 
-    pub(crate) fn targets(&mut self, targets: &Spanned<Targets>, sinks: &[&str]) -> Option<Vec<String>> {
+    pub(crate) fn targets(
+        &mut self,
+        targets: &Spanned<Targets>,
+        sinks: &[&str],
+    ) -> Option<Vec<String>> {
         let mut ok = true;
         for name in &targets.value.0 {
             if !sinks.contains(&name.as_str()) {
@@ -98,7 +106,6 @@ impl Compiler<'_> {
         }
         ok.then(|| targets.value.0.clone())
     }
-
 
     /// Compiles a list of steps (`prefix` is where it sits: `steps`, `steps[2].try`); a
     /// `try` and the `catch` after it become one step.

@@ -1,24 +1,15 @@
 //! Deliveries: sink writes (in parallel, through circuit breakers, with retries), the
 //! dead letter, and the reply for a request-reply trigger.
 
-use crate::breaker::Breakers;
 use super::CompiledFlow;
-use crate::connector::{Caller, Failure, Outcome, Outgoing, Reply, Sink, Trigger};
-use crate::contract::Contract;
+use crate::connector::{Caller, Failure, Outcome, Outgoing, Reply, Sink};
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
-use crate::hold::Hold;
-use crate::message::{Message, Meta, Payload};
+use crate::message::{Meta, Payload};
 use crate::retry::with_retry;
-use crate::steps::{Control, Delivery, Exec, Fork, Steps};
-use crate::testing::CompiledTest;
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, join_all};
+use crate::steps::{Delivery, Exec};
+use futures_util::future::join_all;
 use serde_json::json;
-use sluice_flow::{RetryConfig, TriggerConfig};
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-
+use std::sync::Arc;
 
 impl CompiledFlow {
     /// Writes the deliveries of `exec`, unless its caller was already told that nothing

@@ -1,24 +1,11 @@
 //! After `split` and `aggregate`: the children of a split, and the members of a group that
 //! wait for its leader.
 
-use crate::breaker::Breakers;
 use super::CompiledFlow;
-use crate::connector::{Caller, Failure, Outcome, Outgoing, Reply, Sink, Trigger};
-use crate::contract::Contract;
+use crate::connector::{Failure, Outcome};
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
-use crate::hold::Hold;
-use crate::message::{Message, Meta, Payload};
-use crate::retry::with_retry;
-use crate::steps::{Control, Delivery, Exec, Fork, Steps};
-use crate::testing::CompiledTest;
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, join_all};
-use serde_json::json;
-use sluice_flow::{RetryConfig, TriggerConfig};
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-
+use crate::steps::{Exec, Fork};
+use futures_util::future::join_all;
 
 impl CompiledFlow {
     /// Carries on after `split` (the children) or `aggregate` (the group).

@@ -45,7 +45,12 @@ pub fn call_cycle(flow: &CompiledFlow) -> Option<Diagnostic> {
 }
 
 /// The error for a trigger whose exclusive resource another flow already holds.
-fn trigger_clash(source: &FlowSource, claim: &str, other_name: &str, other_path: &Path) -> Diagnostic {
+fn trigger_clash(
+    source: &FlowSource,
+    claim: &str,
+    other_name: &str,
+    other_path: &Path,
+) -> Diagnostic {
     let message = format!(
         "`{claim}` is already taken by flow `{other_name}` ({}); {} cannot use it too",
         other_path.display(),

@@ -61,7 +61,12 @@ impl Registry {
             if state.closed {
                 return;
             }
-            if let Err(d) = conflicts(&state, &candidate.compiled.source, &name, candidate.claim.as_deref()) {
+            if let Err(d) = conflicts(
+                &state,
+                &candidate.compiled.source,
+                &name,
+                candidate.claim.as_deref(),
+            ) {
                 drop(state);
                 return self.failed(path, owner.as_deref(), vec![d]);
             }
@@ -90,7 +95,12 @@ impl Registry {
             return;
         }
         // Another file may have taken the name or the source while the old version drained.
-        if let Err(d) = conflicts(&state, &candidate.compiled.source, &name, candidate.claim.as_deref()) {
+        if let Err(d) = conflicts(
+            &state,
+            &candidate.compiled.source,
+            &name,
+            candidate.claim.as_deref(),
+        ) {
             // The drained version's entry goes too: nothing of this file runs any more.
             if state
                 .running

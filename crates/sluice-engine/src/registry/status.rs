@@ -1,9 +1,9 @@
 //! What the admin API reports about each flow: its state, why it is not ready, its last
 //! reload error. Built from a short look at the registry, never waiting for a reload.
 
+use crate::connector::TriggerInfo;
 use crate::stats::Counters;
 use serde::Serialize;
-use crate::connector::TriggerInfo;
 use std::path::{Path, PathBuf};
 
 /// A flow's state for status reports and the admin API.

@@ -8,7 +8,9 @@
 //! the outcome to the other members. The groups live in [`crate::state`], so they survive a
 //! hot reload that leaves the step's definition unchanged.
 
+use super::Node;
 use super::{Control, Exec, Fork, Stateful, Step};
+use crate::compile::Compiler;
 use crate::connector::Outcome;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
@@ -16,14 +18,12 @@ use crate::hold::{BATCH_ID, BATCH_SIZE, BatchListener};
 use crate::message::{Meta, Payload};
 use jmespath::{Rcvar, Variable};
 use sluice_flow::OnShutdown;
+use sluice_flow::{AggregateConfig, Span, Spanned};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use crate::compile::Compiler;
-use super::Node;
-use sluice_flow::{AggregateConfig, Span, Spanned};
 
 /// Metadata of an aggregated message: the correlation key.
 pub const AGGREGATE_KEY: &str = "aggregate.key";

@@ -6,9 +6,9 @@
 //! metadata guards against anything that slips through.
 
 use super::{AsyncStep, Control, Exec};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use async_trait::async_trait;
-use crate::compile::Compiler;
 use sluice_flow::{Span, Spanned, Text};
 
 /// Metadata: how deep in nested calls a message is.

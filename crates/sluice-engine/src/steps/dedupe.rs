@@ -8,20 +8,20 @@
 //! opened belong to messages a crash interrupted, which their sources redeliver, so they
 //! are forgotten rather than treated as seen.
 
+use super::Node;
 use super::{AsyncStep, Control, Exec};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use sluice_flow::{DedupeConfig, Span, Spanned};
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use crate::compile::Compiler;
-use super::Node;
-use sluice_flow::{DedupeConfig, Span, Spanned};
-use std::path::Path;
 
 const KEYS: TableDefinition<&str, u64> = TableDefinition::new("dedupe_keys");
 

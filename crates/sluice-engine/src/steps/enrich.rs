@@ -1,4 +1,5 @@
 use super::{Control, Exec, Step, StepFuture};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::http_client::HttpCall;
@@ -7,7 +8,6 @@ use crate::retry::with_retry;
 use crate::value::{jmes_to_json, json_to_jmes};
 use jmespath::{Rcvar, Variable};
 use sluice_flow::RetryConfig;
-use crate::compile::Compiler;
 use sluice_flow::{EnrichConfig, Span};
 
 /// `enrich:` — calls an HTTP endpoint and merges its JSON answer into the payload at a

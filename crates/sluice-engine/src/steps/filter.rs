@@ -1,7 +1,7 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
-use crate::compile::Compiler;
 use sluice_flow::{Spanned, Text};
 
 /// `filter: <jmespath>` — drops the message unless the predicate is truthy.

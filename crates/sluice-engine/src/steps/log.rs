@@ -1,7 +1,7 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::FlowError;
 use crate::expr::Template;
-use crate::compile::Compiler;
 use sluice_flow::{Spanned, Text};
 
 /// `log: <template>` — writes one line to the log with the message id and flow.

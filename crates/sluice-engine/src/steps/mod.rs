@@ -7,11 +7,11 @@
 //! [`Control::Fork`]; the runtime then carries on with the children or the group.
 
 pub mod aggregate;
-pub(crate) mod kinds;
 pub mod call;
 pub mod dedupe;
 mod enrich;
 mod filter;
+pub(crate) mod kinds;
 mod log;
 mod reply;
 mod route;

@@ -1,7 +1,7 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Template;
-use crate::compile::Compiler;
 use sluice_flow::{ReplyConfig, Span};
 
 /// `reply: {status, headers}` — sets the status and headers of a request-reply answer

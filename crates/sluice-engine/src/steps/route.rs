@@ -1,9 +1,9 @@
 use super::{Control, Exec, Step, StepFuture, Steps, To};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
-use std::sync::Arc;
-use crate::compile::Compiler;
 use sluice_flow::{RouteArm as RouteArmConfig, Span, Spanned, StepConfig};
+use std::sync::Arc;
 
 /// What a matching route arm does.
 pub enum RouteAction {

@@ -1,12 +1,12 @@
 use super::{Control, Exec, Step, StepFuture};
-use crate::error::{ErrorKind, FlowError};
-use crate::script::Sandbox;
-use std::sync::Arc;
 use crate::compile::Compiler;
 use crate::compile::position_in_scalar;
+use crate::error::{ErrorKind, FlowError};
+use crate::script::Sandbox;
 use crate::script::tail::TailWarning;
 use sluice_flow::{Diagnostic, Span, Spanned, Text};
 use std::path::Path;
+use std::sync::Arc;
 
 /// `script: <rhai>` — runs a sandboxed Rhai script over the payload, on the blocking pool
 /// (see [`Sandbox::run_isolated`]), so that a busy script never holds up the threads that
@@ -89,7 +89,12 @@ pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<sup
 }
 
 /// The file position of a 1-based line and column inside an inline script.
-fn inline_position(cx: &Compiler<'_>, text: &Spanned<Text>, line: usize, column: usize) -> Option<Span> {
+fn inline_position(
+    cx: &Compiler<'_>,
+    text: &Spanned<Text>,
+    line: usize,
+    column: usize,
+) -> Option<Span> {
     position_in_scalar(
         &cx.flow.source,
         Span::of(text),

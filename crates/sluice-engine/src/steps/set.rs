@@ -1,9 +1,9 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::message::Payload;
 use jmespath::{Rcvar, Variable};
-use crate::compile::Compiler;
 use sluice_flow::{Span, Spanned, StepConfig, Text};
 use std::collections::BTreeMap;
 

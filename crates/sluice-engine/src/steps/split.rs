@@ -4,14 +4,14 @@
 //! deliveries, retries and dead letter; the parent is acknowledged when every child is done.
 
 use super::{Control, Exec, Fork, Step};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::hold::Hold;
 use crate::message::{Meta, Payload};
 use jmespath::Variable;
-use std::sync::Arc;
-use crate::compile::Compiler;
 use sluice_flow::{OnChildError, Span, Spanned, SplitConfig, StepConfig};
+use std::sync::Arc;
 
 /// Metadata: the 0-based position of a child.
 pub const SPLIT_INDEX: &str = "split.index";

@@ -5,19 +5,19 @@
 //! sink never sees more than the limit. (A message that parks in an `aggregate` group after
 //! the throttle gives its permit back: it no longer works.)
 
+use super::Node;
 use super::{AsyncStep, Control, Exec};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use async_trait::async_trait;
 use sluice_flow::OnLimit;
+use sluice_flow::{Span, Spanned, ThrottleConfig};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use crate::compile::Compiler;
-use super::Node;
-use sluice_flow::{Span, Spanned, ThrottleConfig};
 
 /// Buckets kept at most with a `key`; idle (full) buckets are forgotten first.
 const MAX_BUCKETS: usize = 10_000;

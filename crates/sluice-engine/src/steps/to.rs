@@ -1,8 +1,8 @@
 use super::{Control, Delivery, Exec, Step};
-use crate::error::FlowError;
-use std::sync::Arc;
 use crate::compile::Compiler;
+use crate::error::FlowError;
 use sluice_flow::{Spanned, Targets};
+use std::sync::Arc;
 
 /// `to: <sink> | [sinks]` — records a delivery of the current payload and continues.
 pub struct To {

@@ -1,8 +1,8 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::message::Payload;
-use crate::compile::Compiler;
 use sluice_flow::{Spanned, Text};
 
 /// `transform: <jmespath>` — replaces the payload with the expression's result.

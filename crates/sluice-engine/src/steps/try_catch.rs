@@ -6,9 +6,9 @@
 //! errors happen after the steps and are not caught (they have retries and the dead letter).
 
 use super::{AsyncStep, Control, Exec, Steps};
+use crate::compile::Compiler;
 use crate::error::FlowError;
 use async_trait::async_trait;
-use crate::compile::Compiler;
 use sluice_flow::{Span, Spanned, StepConfig};
 
 /// The compiled pair of `try` and `catch`.

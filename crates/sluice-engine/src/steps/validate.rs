@@ -1,9 +1,9 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::contract::Contract;
 use crate::error::{ErrorKind, FlowError};
-use std::sync::Arc;
-use crate::compile::Compiler;
 use sluice_flow::{Spanned, Text};
+use std::sync::Arc;
 
 /// `validate: <contract>` — checks the payload against a JSON Schema.
 pub struct Validate {
@@ -30,5 +30,7 @@ impl Step for Validate {
 
 /// Compiles `validate: <contract>`: the contract is loaded (and watched) now.
 pub(crate) fn compile(cx: &mut Compiler<'_>, name: &Spanned<Text>) -> Option<super::Node> {
-    Some(super::Node::Sync(Box::new(Validate::new(cx.contract(name)?))))
+    Some(super::Node::Sync(Box::new(Validate::new(
+        cx.contract(name)?,
+    ))))
 }

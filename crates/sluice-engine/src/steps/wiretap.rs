@@ -5,13 +5,13 @@
 //! (audit trails, debugging feeds), not for deliveries that must arrive — use `to` for those.
 
 use super::{Control, Delivery, Exec, Step};
+use crate::compile::Compiler;
 use crate::connector::{Outgoing, Sink};
 use crate::error::FlowError;
+use sluice_flow::{Spanned, Text};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-use crate::compile::Compiler;
-use sluice_flow::{Spanned, Text};
 
 /// Copies waiting for the wiretap sink, at most.
 pub const QUEUE: usize = 1024;
