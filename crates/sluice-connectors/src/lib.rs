@@ -204,6 +204,8 @@ macro_rules! components {
         }
 
         /// Every trigger and sink kind, in the order registered, and whether this build has it.
+        // Pushed one by one: each entry may be cfg'd out, which `vec![]` cannot express.
+        #[allow(clippy::vec_init_then_push)]
         pub fn kinds() -> Vec<Kind> {
             let mut kinds = Vec::new();
             $(
