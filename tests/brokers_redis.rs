@@ -332,7 +332,11 @@ fn redis_broker_restart_loses_nothing() {
         );
     }
     // The broker itself kept every input: a shortfall below is then sluice's, not Redis's.
-    assert_eq!(len(&mut c, &ins), N, "Redis lost input entries in its restart");
+    assert_eq!(
+        len(&mut c, &ins),
+        N,
+        "Redis lost input entries in its restart"
+    );
     sluice.expect_within(secs(90), "every entry arrives", || {
         len(&mut c, &outs) >= N && ids(&entries(&mut c, &outs)).len() == N
     });

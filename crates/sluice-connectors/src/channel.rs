@@ -11,6 +11,7 @@
 //! `sluice-ch-x`, so the same flow files scale out over several processes and machines.
 
 use crate::codec;
+#[cfg(feature = "nats")]
 use crate::nats::{JetStreamSource, NatsClients, NatsSink, NatsTrigger};
 use async_trait::async_trait;
 use serde_json::Value;
@@ -65,8 +66,11 @@ impl ChannelHub {
 #[derive(Clone, Default)]
 pub struct Channels {
     backend: ChannelBackend,
+    // The NATS backend's address; unread in a build without NATS.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     url: String,
     hub: ChannelHub,
+    #[cfg(feature = "nats")]
     nats: NatsClients,
 }
 
@@ -79,7 +83,7 @@ impl std::fmt::Debug for Channels {
 
 impl Channels {
     /// The channels described by `sluice.yaml`'s `channels:` section.
-    pub fn new(settings: &Settings, nats: NatsClients) -> Self {
+    pub fn new(settings: &Settings, #[cfg(feature = "nats")] nats: NatsClients) -> Self {
         Channels {
             backend: settings.channels.backend,
             url: settings
@@ -89,6 +93,7 @@ impl Channels {
                 .map(|u| u.to_string())
                 .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned()),
             hub: ChannelHub::default(),
+            #[cfg(feature = "nats")]
             nats,
         }
     }
@@ -100,6 +105,7 @@ impl Channels {
         Ok(name)
     }
 
+    #[cfg(feature = "nats")]
     fn nats_names(name: &str) -> (String, String, String) {
         (
             format!("SLUICE_CH_{name}"),
@@ -120,6 +126,9 @@ impl Channels {
                 name: name.clone(),
                 queue: self.hub.queue(&name),
             }),
+            #[cfg(not(feature = "nats"))]
+            ChannelBackend::Nats => return Err(nats_left_out(config, cx)),
+            #[cfg(feature = "nats")]
             ChannelBackend::Nats => {
                 let (stream, subject, durable) = Self::nats_names(&name);
                 Box::new(NatsTrigger::for_channel(
@@ -146,6 +155,9 @@ impl Channels {
                 tx: self.hub.queue(&name).0,
                 timeout: config.timeout.0,
             }),
+            #[cfg(not(feature = "nats"))]
+            ChannelBackend::Nats => return Err(nats_left_out(config, cx)),
+            #[cfg(feature = "nats")]
             ChannelBackend::Nats => {
                 let (stream, subject, _) = Self::nats_names(&name);
                 Arc::new(
@@ -161,6 +173,17 @@ impl Channels {
             }
         })
     }
+}
+
+/// The load error for a channel when `sluice.yaml` puts channels on NATS and this build has
+/// no NATS connector.
+#[cfg(not(feature = "nats"))]
+fn nats_left_out(config: &ChannelConfig, cx: &BuildContext<'_>) -> Diagnostic {
+    cx.diagnostic(
+        &config.name,
+        "`sluice.yaml` puts channels on NATS (`channels: { backend: nats }`), but this build of sluice was built without the cargo feature `nats`",
+    )
+    .with_help("use a sluice built with the `nats` feature (on by default), or remove `channels:` from sluice.yaml for in-process channels")
 }
 
 /// Sends to an in-process channel and waits until the consuming flow is done with it.
@@ -292,5 +315,39 @@ impl Acker for ChannelAcker {
         };
         // The writer may have timed out and gone; then there is nobody left to tell.
         let _ = self.done.send(result);
+    }
+}
+
+impl crate::TriggerComponent for ChannelConfig {
+    const KEY: &'static str = "channel";
+
+    fn build(
+        &self,
+        shared: &crate::StandardConnectors,
+        cx: &BuildContext<'_>,
+    ) -> Result<Box<dyn Trigger>, Diagnostic> {
+        shared.channels.trigger(self, cx)
+    }
+
+    fn describe(&self) -> String {
+        format!("channel {}", self.name.value)
+    }
+
+    /// A channel may live on NATS (`channels: { backend: nats }`), which can be down.
+    fn connects(&self) -> bool {
+        true
+    }
+}
+
+impl crate::SinkComponent for ChannelConfig {
+    const KEY: &'static str = "channel";
+
+    fn build(
+        &self,
+        _: &str,
+        shared: &crate::StandardConnectors,
+        cx: &BuildContext<'_>,
+    ) -> Result<Arc<dyn Sink>, Diagnostic> {
+        shared.channels.sink(self, cx)
     }
 }

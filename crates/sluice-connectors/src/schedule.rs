@@ -123,3 +123,26 @@ impl Trigger for ScheduleTrigger {
         }
     }
 }
+
+impl crate::TriggerComponent for ScheduleTriggerConfig {
+    const KEY: &'static str = "schedule";
+
+    fn build(
+        &self,
+        _: &crate::StandardConnectors,
+        cx: &BuildContext<'_>,
+    ) -> Result<Box<dyn Trigger>, Diagnostic> {
+        Ok(Box::new(ScheduleTrigger::new(self, cx)?))
+    }
+
+    fn describe(&self) -> String {
+        match (&self.every, &self.cron) {
+            (Some(every), _) => format!(
+                "schedule every {}",
+                humantime::format_duration(every.value.0)
+            ),
+            (None, Some(cron)) => format!("schedule cron {}", cron.value),
+            (None, None) => "schedule".to_owned(),
+        }
+    }
+}

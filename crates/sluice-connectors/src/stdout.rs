@@ -38,3 +38,16 @@ impl Sink for StdoutSink {
         Ok("stdout".to_owned())
     }
 }
+
+impl crate::SinkComponent for StdoutSinkConfig {
+    const KEY: &'static str = "stdout";
+
+    fn build(
+        &self,
+        _: &str,
+        _: &crate::StandardConnectors,
+        _: &sluice_engine::BuildContext<'_>,
+    ) -> Result<std::sync::Arc<dyn Sink>, sluice_flow::Diagnostic> {
+        Ok(std::sync::Arc::new(StdoutSink::new(self)))
+    }
+}

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jmespath::ToJmespath;
 use serde_json::{Value, json};
+use sluice_engine::connector::{SinkInfo, TriggerInfo};
 use sluice_engine::{
     BuildContext, Connectors, FlowError, Message, Meta, Outgoing, Payload, Sink, Trigger, compile,
 };
@@ -85,8 +86,11 @@ impl Trigger for NullTrigger {
 struct NullConnectors;
 
 impl Connectors for NullConnectors {
-    fn claim(&self, _: &TriggerConfig) -> Option<String> {
-        None
+    fn trigger_info(&self, _: &Spanned<TriggerConfig>, _: &BuildContext<'_>) -> TriggerInfo {
+        TriggerInfo::default()
+    }
+    fn sink_info(&self, _: &Spanned<SinkConfig>) -> SinkInfo {
+        SinkInfo::default()
     }
 
     fn sink(

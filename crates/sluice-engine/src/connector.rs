@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod info;
+
+pub use info::{SinkInfo, TriggerInfo, TriggerKey};
+
 /// A message on its way to one sink.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
@@ -269,12 +273,9 @@ impl BuildContext<'_> {
     }
 }
 
-/// Builds sinks and triggers from their configuration; the binary supplies one.
+/// Builds sinks and triggers from their configuration; the binary supplies one
+/// (sluice-connectors' `StandardConnectors`, derived from its one list of components).
 pub trait Connectors: Send + Sync {
-    /// The exclusive resource a trigger claims (`http POST /orders`, `file /abs/inbox`);
-    /// two flows claiming the same one is a load error naming both files.
-    fn claim(&self, config: &TriggerConfig) -> Option<String>;
-
     /// Builds (and checks) a sink; nothing is opened or written yet.
     fn sink(
         &self,
@@ -283,10 +284,17 @@ pub trait Connectors: Send + Sync {
         cx: &BuildContext<'_>,
     ) -> Result<Arc<dyn Sink>, Diagnostic>;
 
+    /// What the compiler needs to know about a sink (its kind, the folder it writes).
+    fn sink_info(&self, config: &Spanned<SinkConfig>) -> SinkInfo;
+
     /// Builds (and checks) a trigger; it starts working only when run.
     fn trigger(
         &self,
         config: &Spanned<TriggerConfig>,
         cx: &BuildContext<'_>,
     ) -> Result<Box<dyn Trigger>, Diagnostic>;
+
+    /// What the registry needs to know about a trigger: its description, claim, broker,
+    /// and the key that decides whether a reload restarts it.
+    fn trigger_info(&self, config: &Spanned<TriggerConfig>, cx: &BuildContext<'_>) -> TriggerInfo;
 }

@@ -1,7 +1,9 @@
 //! Unit tests of the EIP steps through the engine's own message path (no binary, no files):
 //! dry runs as `tests:` see them, and live runs with holds, batches and a recording sink.
 
-use crate::connector::{BuildContext, Connectors, Outcome, Outgoing, Sink, Trigger};
+use crate::connector::{
+    BuildContext, Connectors, Outcome, Outgoing, Sink, SinkInfo, Trigger, TriggerInfo,
+};
 use crate::error::{ErrorKind, FlowError};
 use crate::flow::CompiledFlow;
 use crate::hold::{BATCH_ID, BATCH_SIZE, BatchTracker, HoldInner};
@@ -57,8 +59,11 @@ impl Connectors for Stub {
     ) -> Result<Box<dyn Trigger>, Diagnostic> {
         Ok(Box::new(Idle))
     }
-    fn claim(&self, _: &TriggerConfig) -> Option<String> {
-        None
+    fn trigger_info(&self, _: &Spanned<TriggerConfig>, _: &BuildContext<'_>) -> TriggerInfo {
+        TriggerInfo::default()
+    }
+    fn sink_info(&self, _: &Spanned<SinkConfig>) -> SinkInfo {
+        SinkInfo::default()
     }
 }
 

@@ -38,7 +38,7 @@ mod eip_tests;
 pub use compile::{Folders, compile};
 pub use connector::{
     Acker, BuildContext, Caller, Connectors, Envelope, Failure, GaveUp, Inlet, Outcome, Outgoing,
-    Reply, Sink, Trigger,
+    Reply, Sink, SinkInfo, Trigger, TriggerInfo, TriggerKey,
 };
 pub use error::{ErrorEnvelope, ErrorKind, FlowError, Violation};
 pub use flow::CompiledFlow;

@@ -213,7 +213,7 @@ fn build_all(folders: &Folders, files: &[PathBuf]) -> (Vec<CompiledFlow>, usize)
         )) {
             Ok(flow) => {
                 if let Some(first) = names.get(&flow.name) {
-                    let d = duplicate_name(path, &flow.name, first);
+                    let d = duplicate_name(&flow.source, &flow.name, first);
                     eprint!("{}", d.render());
                     invalid += 1;
                     continue;

@@ -42,3 +42,36 @@ fn header_text(value: &AMQPValue) -> Option<String> {
         _ => return None,
     })
 }
+
+impl crate::TriggerComponent for sluice_flow::AmqpTriggerConfig {
+    const KEY: &'static str = "amqp";
+
+    fn build(
+        &self,
+        _: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<Box<dyn sluice_engine::Trigger>, sluice_flow::Diagnostic> {
+        Ok(Box::new(trigger::AmqpTrigger::new(self, cx)?))
+    }
+
+    fn describe(&self) -> String {
+        format!("amqp queue {}", self.queue.value)
+    }
+
+    fn url(&self) -> Option<&str> {
+        Some(self.url.value.as_str())
+    }
+}
+
+impl crate::SinkComponent for sluice_flow::AmqpSinkConfig {
+    const KEY: &'static str = "amqp";
+
+    fn build(
+        &self,
+        _: &str,
+        _: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<std::sync::Arc<dyn sluice_engine::Sink>, sluice_flow::Diagnostic> {
+        Ok(std::sync::Arc::new(sink::AmqpSink::new(self, cx)?))
+    }
+}

@@ -1,20 +1,18 @@
-//! One claimed file: its records become messages, their outcomes are counted, and once the
-//! last one has settled the file goes to the place that says what happened to it. That move is
+//! One claimed file: its records' outcomes are counted, and once the last one has settled
+//! the file goes to the place that says what happened to it, with its sidecar. That move is
 //! retried in-process until it succeeds (a full disk gets space back), so a file whose
 //! messages were all handled is never processed a second time by a later restart.
 
-use super::decode::{Malformed, Record, decode};
+use super::emit::Busy;
 use super::finish::{Disposition, place, target};
-use super::trigger::{Poke, Shared, lock};
-use async_trait::async_trait;
+use super::trigger::lock;
 use serde_json::{Value, json};
-use sluice_engine::{Acker, Envelope, ErrorKind, Inlet, Message, Meta, Outcome};
-use sluice_flow::{FileFormat, OnSuccess};
+use sluice_engine::ErrorKind;
+use sluice_flow::OnSuccess;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 /// At most this many failed records are listed in a sidecar's `failed_records` (the first
@@ -24,195 +22,38 @@ const MAX_LISTED: usize = 10_000;
 /// The longest wait between two tries to move a finished file.
 const MAX_SETTLE_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Marks a claimed file in flight and processes it in a task of its own.
-pub(super) fn start(
-    shared: &Arc<Shared>,
-    inlet: &Inlet,
-    name: String,
-    slot: OwnedSemaphorePermit,
-    stop: &CancellationToken,
-) {
-    lock(&shared.in_flight).insert(name.clone());
-    let busy = Busy {
-        shared: shared.clone(),
-        name,
-        _slot: slot,
-    };
-    tokio::spawn(process(busy, inlet.clone(), stop.clone()));
-}
-
-/// A file name in flight and the trigger slot it holds, until the file is finished or
-/// abandoned (shutdown, unreadable): either way the name is free again. An abandoned file
-/// stays in `.inflight/` and is recovered at the next start.
-struct Busy {
-    shared: Arc<Shared>,
-    name: String,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        lock(&self.shared.in_flight).remove(&self.name);
-        let _ = self.shared.poke.send(Poke::Slot);
-    }
-}
-
 /// How one failed record ended.
-struct FailedRecord {
-    line: Option<usize>,
-    source_line: Option<usize>,
-    envelope: Value,
-    kind: ErrorKind,
-    dead_lettered: bool,
+pub(super) struct FailedRecord {
+    pub(super) line: Option<usize>,
+    pub(super) source_line: Option<usize>,
+    pub(super) envelope: Value,
+    pub(super) kind: ErrorKind,
+    pub(super) dead_lettered: bool,
 }
 
 #[derive(Default)]
-struct Tally {
-    delivered: usize,
-    filtered: usize,
-    failed: Vec<FailedRecord>,
+pub(super) struct Tally {
+    pub(super) delivered: usize,
+    pub(super) filtered: usize,
+    pub(super) failed: Vec<FailedRecord>,
 }
 
 /// One claimed file: counts its outstanding messages and moves it when the last is acked.
-struct Claim {
-    busy: Busy,
-    path: PathBuf,
-    multi: bool,
-    total: usize,
-    remaining: AtomicUsize,
-    tally: Mutex<Tally>,
-    stop: CancellationToken,
+pub(super) struct Claim {
+    pub(super) busy: Busy,
+    pub(super) path: PathBuf,
+    pub(super) multi: bool,
+    pub(super) total: usize,
+    pub(super) remaining: AtomicUsize,
+    pub(super) tally: Mutex<Tally>,
+    pub(super) stop: CancellationToken,
 }
 
 /// The log line that says what happened to a finished file, written once it is in place.
-enum Summary {
+pub(super) enum Summary {
     Quiet,
     Done(String),
     Failed(String),
-}
-
-/// Reads a claimed file, sends its messages, and leaves the rest to the acks.
-async fn process(busy: Busy, inlet: Inlet, stop: CancellationToken) {
-    let shared = busy.shared.clone();
-    let name = busy.name.clone();
-    let path = shared.inflight.join(&name);
-    let max_size = shared.config.max_size.0;
-    let format = shared.config.format;
-    let read_path = path.clone();
-    let csv = shared.config.csv.clone();
-    let read = tokio::task::spawn_blocking(move || -> Result<Result<(u64, Vec<Record>), String>, std::io::Error> {
-        let size = std::fs::metadata(&read_path)?.len();
-        if size > max_size {
-            return Ok(Err(format!(
-                "the file is {size} bytes, over the trigger's max_size of {max_size} bytes; it was not read (raise `max_size` to accept it)"
-            )));
-        }
-        let bytes = std::fs::read(&read_path)?;
-        Ok(decode(&bytes, format, &csv).map(|records| (size, records)))
-    })
-    .await;
-    let claim = |total| {
-        Arc::new(Claim {
-            busy,
-            path: path.clone(),
-            multi: matches!(format, FileFormat::Ndjson | FileFormat::Csv),
-            total,
-            remaining: AtomicUsize::new(total),
-            tally: Mutex::new(Tally::default()),
-            stop: stop.clone(),
-        })
-    };
-    let (size, records) = match read {
-        Ok(Ok(Ok(decoded))) => decoded,
-        Ok(Ok(Err(reason))) => return claim(0).fail_unread(reason).await,
-        Ok(Err(e)) => {
-            // Vanished or unreadable: leave it for the next start rather than guess.
-            tracing::warn!(flow = %shared.flow, file = %path.display(), "cannot read the claimed file: {e}");
-            return;
-        }
-        Err(_) => return,
-    };
-    let claim = claim(records.len());
-    if records.is_empty() {
-        return claim.complete().await;
-    }
-    let original = shared.folder.join(&name).display().to_string();
-    // The file is one batch: the engine notices when every message of it has settled
-    // (`aggregate … end_of_batch`). A fresh id per claim: a redelivered file is a new batch.
-    let batch_id = uuid::Uuid::now_v7().to_string();
-    let batch_size = records.len().to_string();
-    for record in records {
-        if stop.is_cancelled() {
-            return;
-        }
-        let mut meta = Meta::new();
-        meta.insert("file.name".to_owned(), name.clone());
-        meta.insert("file.path".to_owned(), original.clone());
-        meta.insert("file.size".to_owned(), size.to_string());
-        if let Some(line) = record.line {
-            meta.insert("file.line".to_owned(), line.to_string());
-        }
-        if let Some(line) = record.source_line {
-            meta.insert("file.source_line".to_owned(), line.to_string());
-        }
-        meta.insert(sluice_engine::hold::BATCH_ID.to_owned(), batch_id.clone());
-        meta.insert(
-            sluice_engine::hold::BATCH_SIZE.to_owned(),
-            batch_size.clone(),
-        );
-        let message = match record.content {
-            Ok(payload) => Message::new(&shared.flow, payload, meta),
-            // A malformed line or row fails alone, as a `trigger` error whose dead letter
-            // keeps the record exactly as it is in the file.
-            Err(Malformed { raw, reason }) => {
-                Message::undecodable(&shared.flow, &raw, reason, meta)
-            }
-        };
-        let ack = Box::new(FileAck {
-            claim: claim.clone(),
-            line: record.line,
-            source_line: record.source_line,
-        });
-        let envelope = Envelope {
-            message,
-            ack,
-            reply: false,
-        };
-        if inlet.send(envelope).await.is_err() {
-            return;
-        }
-    }
-}
-
-struct FileAck {
-    claim: Arc<Claim>,
-    line: Option<usize>,
-    source_line: Option<usize>,
-}
-
-#[async_trait]
-impl Acker for FileAck {
-    async fn ack(self: Box<Self>, outcome: Outcome) {
-        {
-            let mut tally = lock(&self.claim.tally);
-            match outcome {
-                Outcome::Delivered(_) | Outcome::Completed(_) => tally.delivered += 1,
-                Outcome::Filtered => tally.filtered += 1,
-                Outcome::Failed(failure) => tally.failed.push(FailedRecord {
-                    line: self.line,
-                    source_line: self.source_line,
-                    envelope: serde_json::to_value(&failure.envelope).unwrap_or(Value::Null),
-                    kind: failure.error.kind,
-                    dead_lettered: failure.dead_lettered,
-                }),
-            }
-        }
-        if self.claim.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-            // Awaited, so that a draining shutdown waits for the move; a move that has to
-            // wait for disk space goes on in a task of its own.
-            self.claim.clone().complete().await;
-        }
-    }
 }
 
 impl Claim {
@@ -221,7 +62,7 @@ impl Claim {
     }
 
     /// The file could not be read at all: `.error/`, with the reason.
-    async fn fail_unread(self: Arc<Self>, reason: String) {
+    pub(super) async fn fail_unread(self: Arc<Self>, reason: String) {
         let sidecar = json!({
             "flow": self.flow(),
             "flow_version": null,
@@ -240,7 +81,7 @@ impl Claim {
     }
 
     /// Every message has settled: decide where the file goes and what its sidecar says.
-    async fn complete(self: Arc<Self>) {
+    pub(super) async fn complete(self: Arc<Self>) {
         let mut tally = std::mem::take(&mut *lock(&self.tally));
         let failed = tally.failed.len();
         let total = self.total;

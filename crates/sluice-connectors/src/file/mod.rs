@@ -3,7 +3,9 @@
 
 mod claim;
 mod decode;
+mod emit;
 mod finish;
+mod scan;
 mod sink;
 mod stability;
 mod temp;
@@ -37,6 +39,51 @@ pub fn is_ignored_name(name: &str) -> bool {
         || name.ends_with(".tmp")
         || name.ends_with(".part")
         || name.ends_with(".swp")
+}
+
+impl crate::TriggerComponent for sluice_flow::FileTriggerConfig {
+    const KEY: &'static str = "file";
+
+    fn build(
+        &self,
+        _: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<Box<dyn sluice_engine::Trigger>, sluice_flow::Diagnostic> {
+        Ok(Box::new(FileTrigger::new(self, cx)?))
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.value)
+    }
+
+    /// The folder: two flows taking files from one folder would steal them from each other.
+    fn claim(&self) -> Option<String> {
+        self.watched_folder()
+            .map(|folder| format!("file {}", folder.display()))
+    }
+
+    fn watched_folder(&self) -> Option<std::path::PathBuf> {
+        Some(sluice_engine::compile::normalize(std::path::Path::new(
+            self.path.value.as_str(),
+        )))
+    }
+}
+
+impl crate::SinkComponent for sluice_flow::FileSinkConfig {
+    const KEY: &'static str = "file";
+
+    fn build(
+        &self,
+        name: &str,
+        _: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<std::sync::Arc<dyn sluice_engine::Sink>, sluice_flow::Diagnostic> {
+        Ok(std::sync::Arc::new(FileSink::new(name, self, cx)?))
+    }
+
+    fn folder(&self) -> Option<&sluice_flow::Spanned<sluice_flow::Text>> {
+        Some(&self.path)
+    }
 }
 
 #[cfg(test)]

@@ -2,16 +2,16 @@
 //! gate, claim by atomic rename into `.inflight/`, recovery at start-up, and the move to
 //! `.done/`, `.rejected/` or `.error/` once every message of the file is acknowledged.
 
-use super::claim::start;
+use super::emit::start;
 use super::finish::Disposition;
-use super::is_ignored_name;
+use super::scan::{Poke, list_names, scan, watch_folder};
 use super::stability::Stability;
 use super::temp::clean_once;
 use async_trait::async_trait;
 use sluice_engine::{BuildContext, Inlet, Trigger};
 use sluice_flow::{Diagnostic, FileTriggerConfig};
 use std::collections::{HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
@@ -156,15 +156,6 @@ impl Trigger for FileTrigger {
     }
 }
 
-/// Why the scanner wakes up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Poke {
-    /// Something appeared or changed in the folder.
-    Folder,
-    /// A claim finished, so a slot is free.
-    Slot,
-}
-
 impl FileTrigger {
     /// Lists the folder and passes every settling file through the gate; files that become
     /// ready join the queue. The gate moves into the blocking task and back.
@@ -241,78 +232,6 @@ impl FileTrigger {
         }
         ready.extend(postponed);
     }
-}
-
-/// Lists `folder`, forgets files that are gone, looks at every file still settling, and
-/// returns the names that just became ready (regular files matching the glob, not temporary).
-fn scan(
-    folder: &Path,
-    glob: &globset::GlobMatcher,
-    gate: &mut Stability,
-) -> std::io::Result<Vec<String>> {
-    let now = Instant::now();
-    let mut present = HashSet::new();
-    let mut newly_ready = Vec::new();
-    for entry in std::fs::read_dir(folder)? {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if is_ignored_name(&name) || !glob.is_match(&name) {
-            continue;
-        }
-        // `file_type` comes from the directory listing itself on Linux: no `stat` call.
-        if !entry.file_type().is_ok_and(|t| t.is_file()) {
-            continue;
-        }
-        if !gate.is_ready(&name) {
-            let Ok(meta) = entry.metadata() else { continue };
-            if gate.observe(&name, meta.len(), meta.modified().ok(), now) {
-                newly_ready.push(name.clone());
-            }
-        }
-        present.insert(name);
-    }
-    gate.retain(|name| present.contains(name));
-    newly_ready.sort();
-    Ok(newly_ready)
-}
-
-fn list_names(folder: &Path) -> Vec<String> {
-    std::fs::read_dir(folder)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect()
-}
-
-fn watch_folder(
-    folder: &Path,
-    poke: mpsc::UnboundedSender<Poke>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    use notify::event::{EventKind, ModifyKind, RenameMode};
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Only appearing or changing files matter; files leaving (our own claims) do not.
-        let relevant = event.is_ok_and(|e| match e.kind {
-            EventKind::Create(_) => true,
-            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => false,
-            EventKind::Modify(_) => true,
-            EventKind::Any | EventKind::Other => true,
-            EventKind::Access(_) | EventKind::Remove(_) => false,
-        });
-        if relevant {
-            let _ = poke.send(Poke::Folder);
-        }
-    })
-    .map_err(|e| tracing::warn!("file notifications unavailable, relying on rescans: {e}"))
-    .ok()?;
-    watcher
-        .watch(folder, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| tracing::warn!(folder = %folder.display(), "file notifications unavailable, relying on rescans: {e}"))
-        .ok()?;
-    Some(watcher)
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

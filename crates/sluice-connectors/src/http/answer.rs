@@ -2,8 +2,8 @@
 //! 504 means: before the message's first sink write it is cancelled (nothing delivered),
 //! after it the outcome is unknown and the answer says so.
 
-use super::server::{RouteEntry, error_response, json_response};
-use axum::http::{HeaderValue, StatusCode};
+use super::server::RouteEntry;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sluice_engine::{Caller, Envelope, ErrorKind, GaveUp, Outcome};
@@ -135,6 +135,44 @@ fn timed_out(timeout: Duration, message_id: &str, gave_up: GaveUp) -> Response {
     let mut response = json_response(StatusCode::GATEWAY_TIMEOUT, &body, &[]);
     if let Ok(value) = HeaderValue::try_from(message_id) {
         response.headers_mut().insert("x-message-id", value);
+    }
+    response
+}
+
+/// Error bodies: `{"error": {"kind", "message", "message_id", "violations"?}}`.
+pub(super) fn error_response(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+    message_id: Option<&str>,
+    violations: Option<Value>,
+) -> Response {
+    let mut error = json!({ "kind": kind, "message": message, "message_id": message_id });
+    if let Some(violations) = violations {
+        error["violations"] = violations;
+    }
+    json_response(status, &json!({ "error": error }), &[])
+}
+
+pub(super) fn json_response(
+    status: StatusCode,
+    body: &Value,
+    headers: &[(String, String)],
+) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec());
+    let mut response = (status, bytes).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            h.insert(name, value);
+        }
     }
     response
 }

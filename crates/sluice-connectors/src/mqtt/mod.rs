@@ -307,6 +307,40 @@ fn check_topic(topic: &str) -> Result<(), (usize, String)> {
     Ok(())
 }
 
+impl crate::TriggerComponent for sluice_flow::MqttTriggerConfig {
+    const KEY: &'static str = "mqtt";
+
+    fn build(
+        &self,
+        _: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<Box<dyn sluice_engine::Trigger>, sluice_flow::Diagnostic> {
+        Ok(Box::new(trigger::MqttTrigger::new(self, cx)?))
+    }
+
+    fn describe(&self) -> String {
+        let topics: Vec<&str> = self.topics.value.iter().map(|t| t.value.as_str()).collect();
+        format!("mqtt {}", topics.join(", "))
+    }
+
+    fn url(&self) -> Option<&str> {
+        Some(self.url.value.as_str())
+    }
+}
+
+impl crate::SinkComponent for sluice_flow::MqttSinkConfig {
+    const KEY: &'static str = "mqtt";
+
+    fn build(
+        &self,
+        _: &str,
+        _: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<std::sync::Arc<dyn sluice_engine::Sink>, sluice_flow::Diagnostic> {
+        Ok(std::sync::Arc::new(sink::MqttSink::new(self, cx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

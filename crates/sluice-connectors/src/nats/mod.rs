@@ -62,3 +62,50 @@ impl NatsClients {
         Ok(client)
     }
 }
+
+impl crate::TriggerComponent for sluice_flow::NatsTriggerConfig {
+    const KEY: &'static str = "nats";
+
+    fn build(
+        &self,
+        shared: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<Box<dyn sluice_engine::Trigger>, sluice_flow::Diagnostic> {
+        Ok(Box::new(trigger::NatsTrigger::new(
+            self,
+            shared.nats.clone(),
+            cx,
+        )?))
+    }
+
+    fn describe(&self) -> String {
+        match &self.stream {
+            Some(stream) => format!(
+                "nats stream {} subject {}",
+                stream.value, self.subject.value
+            ),
+            None => format!("nats subject {}", self.subject.value),
+        }
+    }
+
+    fn url(&self) -> Option<&str> {
+        Some(self.url.value.as_str())
+    }
+}
+
+impl crate::SinkComponent for sluice_flow::NatsSinkConfig {
+    const KEY: &'static str = "nats";
+
+    fn build(
+        &self,
+        _: &str,
+        shared: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<std::sync::Arc<dyn sluice_engine::Sink>, sluice_flow::Diagnostic> {
+        Ok(std::sync::Arc::new(sink::NatsSink::new(
+            self,
+            shared.nats.clone(),
+            cx,
+        )?))
+    }
+}

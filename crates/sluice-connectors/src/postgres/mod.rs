@@ -52,6 +52,39 @@ pub fn quote_table(name: &str) -> Result<String, String> {
     Ok(quoted?.join("."))
 }
 
+impl crate::TriggerComponent for sluice_flow::PostgresTriggerConfig {
+    const KEY: &'static str = "postgres";
+
+    fn build(
+        &self,
+        _: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<Box<dyn sluice_engine::Trigger>, sluice_flow::Diagnostic> {
+        Ok(Box::new(outbox::OutboxTrigger::new(self, cx)?))
+    }
+
+    fn describe(&self) -> String {
+        format!("postgres outbox {}", self.table.value)
+    }
+
+    fn url(&self) -> Option<&str> {
+        Some(self.url.value.as_str())
+    }
+}
+
+impl crate::SinkComponent for sluice_flow::PostgresSinkConfig {
+    const KEY: &'static str = "postgres";
+
+    fn build(
+        &self,
+        _: &str,
+        _: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<std::sync::Arc<dyn sluice_engine::Sink>, sluice_flow::Diagnostic> {
+        Ok(std::sync::Arc::new(sink::PostgresSink::new(self, cx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,3 +40,36 @@ async fn manager(client: redis::Client) -> Result<ConnectionManager, String> {
         Err(_) => Err("cannot connect to Redis: timed out".to_owned()),
     }
 }
+
+impl crate::TriggerComponent for sluice_flow::RedisTriggerConfig {
+    const KEY: &'static str = "redis";
+
+    fn build(
+        &self,
+        _: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<Box<dyn sluice_engine::Trigger>, sluice_flow::Diagnostic> {
+        Ok(Box::new(trigger::RedisTrigger::new(self, cx)?))
+    }
+
+    fn describe(&self) -> String {
+        format!("redis stream {}", self.stream.value)
+    }
+
+    fn url(&self) -> Option<&str> {
+        Some(self.url.value.as_str())
+    }
+}
+
+impl crate::SinkComponent for sluice_flow::RedisSinkConfig {
+    const KEY: &'static str = "redis";
+
+    fn build(
+        &self,
+        _: &str,
+        _: &crate::StandardConnectors,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<std::sync::Arc<dyn sluice_engine::Sink>, sluice_flow::Diagnostic> {
+        Ok(std::sync::Arc::new(sink::RedisSink::new(self, cx)?))
+    }
+}

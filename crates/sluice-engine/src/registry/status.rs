@@ -1,10 +1,10 @@
 //! What the admin API reports about each flow: its state, why it is not ready, its last
 //! reload error. Built from a short look at the registry, never waiting for a reload.
 
+use crate::connector::TriggerInfo;
 use crate::stats::Counters;
 use serde::Serialize;
-use sluice_flow::TriggerConfig;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A flow's state for status reports and the admin API.
 #[derive(Clone, Debug, Serialize)]
@@ -37,30 +37,25 @@ pub struct FlowStatus {
     pub counters: Counters,
 }
 
-/// The state of a flow whose trigger is `config` and whose health is `unhealthy`.
-pub fn state_of(config: &TriggerConfig, unhealthy: Option<&str>) -> &'static str {
+/// The state of a flow whose trigger is `trigger` and whose health is `unhealthy`.
+pub fn state_of(trigger: &TriggerInfo, unhealthy: Option<&str>) -> &'static str {
     match unhealthy {
         None => "running",
-        Some(_) if connects(config) => "connecting",
+        Some(_) if trigger.connects => "connecting",
         Some(_) => "unhealthy",
     }
 }
 
-/// Whether the trigger's source is a connection that can be down (a broker, or a channel
-/// that lives on NATS): such a trigger is `connecting` until it consumes.
-fn connects(config: &TriggerConfig) -> bool {
-    broker_url(config).is_some() || matches!(config, TriggerConfig::Channel(_))
-}
-
 /// The broker address of a trigger, shown without credentials.
-pub fn broker_url(config: &TriggerConfig) -> Option<String> {
-    raw_url(config).map(without_credentials)
+pub fn broker_url(trigger: &TriggerInfo) -> Option<String> {
+    trigger.url.as_deref().map(without_credentials)
 }
 
-/// A trigger's reason for being unhealthy, with its broker URL shown without credentials
-/// should a client library have put the URL (or its user info) into an error.
-pub fn scrub(reason: String, config: &TriggerConfig) -> String {
-    let Some(raw) = raw_url(config) else {
+/// A trigger's reason for being unhealthy, with its broker URL (`raw`, as configured) shown
+/// without credentials should a client library have put the URL (or its user info) into
+/// an error.
+pub fn scrub(reason: String, raw: Option<&str>) -> String {
+    let Some(raw) = raw else {
         return reason;
     };
     let mut reason = reason.replace(raw, &without_credentials(raw));
@@ -77,21 +72,6 @@ pub fn scrub(reason: String, config: &TriggerConfig) -> String {
     reason
 }
 
-fn raw_url(config: &TriggerConfig) -> Option<&str> {
-    let url = match config {
-        TriggerConfig::Nats(c) => &c.url,
-        TriggerConfig::Amqp(c) => &c.url,
-        TriggerConfig::Mqtt(c) => &c.url,
-        TriggerConfig::Redis(c) => &c.url,
-        TriggerConfig::Postgres(c) => &c.url,
-        TriggerConfig::File(_)
-        | TriggerConfig::Channel(_)
-        | TriggerConfig::Http(_)
-        | TriggerConfig::Schedule(_) => return None,
-    };
-    Some(url.value.as_str())
-}
-
 /// `scheme://user:password@host:port/path?query` → `scheme://host:port/path`: user info and
 /// query (where some brokers take a password or token) are dropped, so a status page never
 /// shows a secret. Everything up to the last `@` goes, so a password with a raw `/` or `@`
@@ -106,18 +86,89 @@ pub fn without_credentials(url: &str) -> String {
     format!("{scheme}{rest}")
 }
 
+impl super::Registry {
+    /// Status of every running flow and every flow file that failed to load. Never waits
+    /// for a reload in progress.
+    pub async fn status(&self) -> Vec<FlowStatus> {
+        self.status_now()
+    }
+
+    fn status_now(&self) -> Vec<FlowStatus> {
+        let state = self.lock();
+        let errors_of = |path: &Path| {
+            state.errors.get(path).map(|d| {
+                d.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        };
+        let counters_of = |name: &str| {
+            state
+                .stats
+                .get(name)
+                .map(|s| s.snapshot())
+                .unwrap_or_default()
+        };
+        let mut out: Vec<FlowStatus> = state
+            .running
+            .iter()
+            .map(|(name, flow)| {
+                let current = flow.current.load();
+                let unhealthy = flow
+                    .health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .map(|reason| scrub(reason, current.trigger_info.url.as_deref()));
+                FlowStatus {
+                    name: name.clone(),
+                    path: flow.path.clone(),
+                    version: Some(current.version.clone()),
+                    state: state_of(&current.trigger_info, unhealthy.as_deref()),
+                    ready: unhealthy.is_none(),
+                    description: current.description.clone(),
+                    trigger: Some(current.trigger_info.description.clone()),
+                    url: broker_url(&current.trigger_info),
+                    unhealthy,
+                    last_error: errors_of(&flow.path),
+                    counters: counters_of(name),
+                }
+            })
+            .collect();
+        for path in state.errors.keys() {
+            if state.running.values().any(|f| &f.path == path) {
+                continue;
+            }
+            let name = sluice_flow::flow_name_from_path(path);
+            out.push(FlowStatus {
+                counters: counters_of(&name),
+                name,
+                path: path.clone(),
+                version: None,
+                state: "invalid",
+                ready: !state.unloaded_at_start.contains(path),
+                description: None,
+                trigger: None,
+                url: None,
+                unhealthy: None,
+                last_error: errors_of(path),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.path.cmp(&b.path)));
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_reason_never_shows_the_credentials() {
-        let config: TriggerConfig =
-            serde_saphyr::from_str("nats: { url: \"nats://me:pw-42@127.0.0.1:4999\", subject: a }")
-                .unwrap();
         let reason = scrub(
             "cannot connect to nats://me:pw-42@127.0.0.1:4999 (user me:pw-42@; pw-42)".into(),
-            &config,
+            Some("nats://me:pw-42@127.0.0.1:4999"),
         );
         assert!(!reason.contains("pw-42"), "{reason}");
         assert!(reason.contains("nats://127.0.0.1:4999"), "{reason}");

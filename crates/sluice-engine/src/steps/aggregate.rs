@@ -8,7 +8,9 @@
 //! the outcome to the other members. The groups live in [`crate::state`], so they survive a
 //! hot reload that leaves the step's definition unchanged.
 
+use super::Node;
 use super::{Control, Exec, Fork, Stateful, Step};
+use crate::compile::Compiler;
 use crate::connector::Outcome;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
@@ -16,6 +18,7 @@ use crate::hold::{BATCH_ID, BATCH_SIZE, BatchListener};
 use crate::message::{Meta, Payload};
 use jmespath::{Rcvar, Variable};
 use sluice_flow::OnShutdown;
+use sluice_flow::{AggregateConfig, Span, Spanned};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -391,4 +394,99 @@ impl Step for Aggregate {
         exec.fork = Some(Fork::Park(parked));
         Ok(Control::Fork)
     }
+}
+
+/// Open groups at most, by default.
+const DEFAULT_MAX_GROUPS: usize = 10_000;
+
+/// Compiles `aggregate:`; `path` (e.g. `steps[3]`) and the definition name its groups in
+/// [`crate::state`], so a reload that keeps both keeps the open groups.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    config: &Spanned<AggregateConfig>,
+    path: &str,
+) -> Option<Node> {
+    let c = &config.value;
+    let at = Span::of(config);
+    let before = cx.diagnostics.len();
+    let key = cx.optional_expr(&c.key).ok().flatten();
+    let when = cx.optional_expr(&c.when).ok().flatten();
+    let output = cx.optional_expr(&c.output).ok().flatten();
+    if c.size.is_none()
+        && c.timeout.is_none()
+        && c.interval.is_none()
+        && c.when.is_none()
+        && !c.end_of_batch
+    {
+        cx.error(
+            at,
+            "this aggregate never completes a group",
+            "give at least one of `size`, `timeout`, `interval`, `when` or `end_of_batch: true`",
+        );
+    }
+    if let Some(size) = &c.size
+        && size.value == 0
+    {
+        cx.error(
+            Span::of(size),
+            "`size` must be at least 1",
+            "for example `size: 10`",
+        );
+    }
+    if let Some(max) = &c.max_groups
+        && max.value == 0
+    {
+        cx.error(
+            Span::of(max),
+            "`max_groups` must be at least 1",
+            "the default is 10000",
+        );
+    }
+    if c.timeout.is_some_and(|t| t.0.is_zero()) || c.interval.is_some_and(|t| t.0.is_zero()) {
+        cx.error(
+            at,
+            "`timeout` and `interval` must be longer than 0",
+            "for example `timeout: 5s`",
+        );
+    }
+    if cx.diagnostics.len() != before {
+        return None;
+    }
+    let text = |t: &Option<Spanned<sluice_flow::Text>>| t.as_ref().map(|t| t.value.0.clone());
+    // Positions are left out: moving the step in the file keeps its groups.
+    let definition = format!(
+        "{:?}",
+        (
+            text(&c.key),
+            c.size.as_ref().map(|s| s.value),
+            c.timeout,
+            c.interval,
+            text(&c.when),
+            c.end_of_batch,
+            c.on_shutdown,
+            text(&c.output),
+            c.max_groups.as_ref().map(|m| m.value),
+        )
+    );
+    let state_key = format!("aggregate/{}/{path}/{definition}", cx.flow.name);
+    let step = Aggregate::new(
+        &cx.flow.name,
+        &state_key,
+        Settings {
+            key,
+            size: c.size.as_ref().map(|s| s.value),
+            timeout: c.timeout.map(|t| t.0),
+            interval: c.interval.map(|t| t.0),
+            when,
+            end_of_batch: c.end_of_batch,
+            on_shutdown: c.on_shutdown,
+            output,
+            max_groups: c
+                .max_groups
+                .as_ref()
+                .map_or(DEFAULT_MAX_GROUPS, |m| m.value),
+        },
+    );
+    cx.stateful.push(step.stateful());
+    Some(Node::Sync(Box::new(step)))
 }

@@ -6,8 +6,10 @@
 //! metadata guards against anything that slips through.
 
 use super::{AsyncStep, Control, Exec};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use async_trait::async_trait;
+use sluice_flow::{Span, Spanned, Text};
 
 /// Metadata: how deep in nested calls a message is.
 pub const CALL_DEPTH: &str = "call.depth";
@@ -69,5 +71,29 @@ impl AsyncStep for Call {
             // The called flow filtered the message: so is it here.
             None => Ok(Control::Drop),
         }
+    }
+}
+
+/// Compiles `call: <flow>`; the callee is looked up when a message runs, and a cycle of
+/// calls among the running flows is refused by the registry.
+pub(crate) fn compile(cx: &mut Compiler<'_>, flow: &Spanned<Text>) -> Option<super::Node> {
+    let name = flow.value.as_str().trim();
+    if name.is_empty() {
+        cx.error(
+            Span::of(flow),
+            "`call` needs the name of a flow",
+            "for example `call: price-lookup`",
+        );
+        None
+    } else if name == cx.flow.name {
+        cx.error(
+            Span::of(flow),
+            format!("flow `{name}` calls itself"),
+            "a cycle of calls would never end; call another flow",
+        );
+        None
+    } else {
+        cx.calls.push((name.to_owned(), Span::of(flow)));
+        Some(super::Node::Async(Box::new(Call::new(name))))
     }
 }

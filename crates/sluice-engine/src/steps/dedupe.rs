@@ -8,12 +8,16 @@
 //! opened belong to messages a crash interrupted, which their sources redeliver, so they
 //! are forgotten rather than treated as seen.
 
+use super::Node;
 use super::{AsyncStep, Control, Exec};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use sluice_flow::{DedupeConfig, Span, Spanned};
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -291,6 +295,80 @@ impl AsyncStep for Dedupe {
         }));
         Ok(Control::Continue)
     }
+}
+
+/// Keys are remembered this long by default.
+const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// In-memory keys at most, by default.
+const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// Compiles `dedupe:`; the store is shared by the versions of this step (memory) or by every
+/// step naming the same file (redb).
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    config: &Spanned<DedupeConfig>,
+    path: &str,
+) -> Option<Node> {
+    let c = &config.value;
+    let before = cx.diagnostics.len();
+    let key = cx.optional_expr(&c.key).ok().flatten();
+    if c.ttl.is_some_and(|t| t.0.is_zero()) {
+        cx.error(
+            Span::of(config),
+            "`ttl` must be longer than 0",
+            "how long a key is remembered, e.g. `ttl: 24h`",
+        );
+    }
+    if let Some(max) = &c.max_keys
+        && max.value == 0
+    {
+        cx.error(
+            Span::of(max),
+            "`max_keys` must be at least 1",
+            "the default is 1000000",
+        );
+    }
+    let file = match &c.path {
+        Some(p) if p.value.as_str().trim().is_empty() => {
+            cx.error(
+                Span::of(p),
+                "the dedupe store `path` is empty",
+                "a redb file, e.g. `state/orders-dedupe.redb`, or leave `path` out for memory",
+            );
+            None
+        }
+        Some(p) => {
+            let file = crate::compile::normalize(Path::new(p.value.as_str()));
+            if file.is_dir() {
+                cx.error(
+                    Span::of(p),
+                    format!("`{}` is a folder", p.value),
+                    "give the path of a file (it is created when missing)",
+                );
+            }
+            Some(file)
+        }
+        None => None,
+    };
+    if cx.diagnostics.len() != before {
+        return None;
+    }
+    let max_keys = c.max_keys.as_ref().map_or(DEFAULT_MAX_KEYS, |m| m.value);
+    // A file store is shared by every step that names the file (one open per process);
+    // a memory store by the versions of this step.
+    let state_key = match &file {
+        Some(f) => format!("dedupe-file/{}", f.display()),
+        None => format!("dedupe/{}/{path}/{max_keys}", cx.flow.name),
+    };
+    let cell = crate::state::shared(&state_key, || {
+        Arc::new(StoreCell::new(file.clone(), max_keys))
+    });
+    Some(Node::Async(Box::new(Dedupe::new(
+        &cx.flow.name,
+        key,
+        c.ttl.map_or(DEFAULT_TTL, |t| t.0),
+        cell,
+    ))))
 }
 
 #[cfg(test)]

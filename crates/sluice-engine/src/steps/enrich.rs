@@ -1,4 +1,5 @@
 use super::{Control, Exec, Step, StepFuture};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::http_client::HttpCall;
@@ -7,6 +8,7 @@ use crate::retry::with_retry;
 use crate::value::{jmes_to_json, json_to_jmes};
 use jmespath::{Rcvar, Variable};
 use sluice_flow::RetryConfig;
+use sluice_flow::{EnrichConfig, Span};
 
 /// `enrich:` — calls an HTTP endpoint and merges its JSON answer into the payload at a
 /// field; failures are `sink`/`timeout` errors retried like sink writes.
@@ -116,4 +118,54 @@ impl Step for Enrich {
     fn run_async<'a>(&'a self, exec: &'a mut Exec) -> StepFuture<'a> {
         Box::pin(self.call(exec))
     }
+}
+
+/// Compiles `enrich:`: the request (method, URL template, headers) is checked now.
+pub(crate) fn compile(cx: &mut Compiler<'_>, config: &EnrichConfig) -> Option<super::Node> {
+    let headers: Vec<(String, String)> = config
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.0.clone()))
+        .collect();
+    let call = match HttpCall::new(
+        config.method,
+        config.url.value.as_str(),
+        &headers,
+        config.timeout.0,
+    ) {
+        Ok(call) => call,
+        Err(e) => {
+            let at = if e.which == "url" {
+                &config.url
+            } else {
+                &config.headers[&e.which]
+            };
+            cx.expr_error(at, &e.error, e.help);
+            return None;
+        }
+    };
+    let body = match &config.body {
+        Some(text) => Some(cx.expr(text)?),
+        None => None,
+    };
+    let mut query = Vec::new();
+    for (name, text) in &config.query {
+        query.push((name.clone(), cx.expr(text)?));
+    }
+    if config.into.value.trim().is_empty() {
+        cx.error(
+            Span::of(&config.into),
+            "`into` is empty",
+            "name the payload field that receives the answer",
+        );
+        return None;
+    }
+    Some(super::Node::Sync(Box::new(Enrich::new(
+        &cx.flow.name,
+        call,
+        body,
+        query,
+        config.into.value.0.clone(),
+        cx.flow.file.errors.retry.clone(),
+    ))))
 }

@@ -1,6 +1,8 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
+use sluice_flow::{Spanned, Text};
 
 /// `filter: <jmespath>` — drops the message unless the predicate is truthy.
 pub struct Filter {
@@ -28,4 +30,9 @@ impl Step for Filter {
             Control::Drop
         })
     }
+}
+
+/// Compiles `filter: <jmespath>`.
+pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<super::Node> {
+    Some(super::Node::Sync(Box::new(Filter::new(cx.expr(text)?))))
 }

@@ -1,6 +1,8 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::FlowError;
 use crate::expr::Template;
+use sluice_flow::{Spanned, Text};
 
 /// `log: <template>` — writes one line to the log with the message id and flow.
 pub struct Log {
@@ -29,5 +31,16 @@ impl Step for Log {
             Err(e) => tracing::warn!(flow = %flow, message_id = %message_id, "log step: {e}"),
         }
         Ok(Control::Continue)
+    }
+}
+
+/// Compiles `log: <template>`.
+pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<super::Node> {
+    match Template::compile(text.value.as_str()) {
+        Ok(t) => Some(super::Node::Sync(Box::new(Log::new(t)))),
+        Err(e) => {
+            cx.expr_error(text, &e, "a template is text with `{{ jmespath }}` holes");
+            None
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod call;
 pub mod dedupe;
 mod enrich;
 mod filter;
+pub(crate) mod kinds;
 mod log;
 mod reply;
 mod route;

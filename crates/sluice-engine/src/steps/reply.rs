@@ -1,6 +1,8 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Template;
+use sluice_flow::{ReplyConfig, Span};
 
 /// `reply: {status, headers}` — sets the status and headers of a request-reply answer
 /// (the HTTP response); other triggers ignore them.
@@ -33,4 +35,35 @@ impl Step for Reply {
         }
         Ok(Control::Continue)
     }
+}
+
+/// Compiles `reply: {status, headers}`.
+pub(crate) fn compile(cx: &mut Compiler<'_>, reply: &ReplyConfig) -> Option<super::Node> {
+    let status = match &reply.status {
+        Some(status) if !(100..=599).contains(&status.value) => {
+            cx.error(
+                Span::of(status),
+                format!("`{}` is not an HTTP status", status.value),
+                "use a status from 100 to 599",
+            );
+            return None;
+        }
+        Some(status) => Some(status.value),
+        None => None,
+    };
+    let mut headers = Vec::new();
+    for (name, value) in &reply.headers {
+        match Template::compile(value.value.as_str()) {
+            Ok(t) => headers.push((name.clone(), t)),
+            Err(e) => {
+                cx.expr_error(
+                    value,
+                    &e,
+                    "a header value is text with `{{ jmespath }}` holes",
+                );
+                return None;
+            }
+        }
+    }
+    Some(super::Node::Sync(Box::new(Reply::new(status, headers))))
 }

@@ -1,6 +1,8 @@
 use super::{Control, Exec, Step, StepFuture, Steps, To};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
+use sluice_flow::{RouteArm as RouteArmConfig, Span, Spanned, StepConfig};
 use std::sync::Arc;
 
 /// What a matching route arm does.
@@ -84,4 +86,70 @@ impl Step for Route {
             Ok(Control::Continue)
         })
     }
+}
+
+/// Compiles `route:`; `path` labels the arms (`steps[2].route[0]`) and their nested steps.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    step: &Spanned<StepConfig>,
+    arms: &[Spanned<RouteArmConfig>],
+    path: &str,
+    sinks: &[&str],
+) -> Option<super::Node> {
+    let mut compiled = Vec::new();
+    let mut failed = false;
+    for (i, arm) in arms.iter().enumerate() {
+        let label = format!("{path}.route[{i}]");
+        let a = &arm.value;
+        let span = Span::of(arm);
+        let action = match (&a.when, &a.to, &a.steps, &a.otherwise) {
+            (Some(_), Some(to), None, None) => cx
+                .targets(to, sinks)
+                .map(|t| RouteAction::Deliver(t.into())),
+            (Some(_), None, Some(nested), None) => Some(RouteAction::Steps(cx.steps(
+                nested,
+                &format!("{label}.steps"),
+                sinks,
+            ))),
+            (None, None, None, Some(to)) => {
+                if i + 1 != arms.len() {
+                    cx.error(
+                        span,
+                        "`else` must be the last arm of a route",
+                        "move the `else` arm to the end",
+                    );
+                }
+                cx.targets(to, sinks)
+                    .map(|t| RouteAction::Deliver(t.into()))
+            }
+            _ => {
+                cx.error(
+                    span,
+                    "a route arm is `{when, to}`, `{when, steps}` or `{else}`",
+                    "give each arm a `when:` with either `to:` or `steps:`, and end with `else:` if needed",
+                );
+                None
+            }
+        };
+        let when = match &a.when {
+            Some(text) => cx.expr(text).map(Some),
+            None => Some(None),
+        };
+        match (when, action) {
+            (Some(when), Some(action)) => compiled.push((label, RouteArm { when, action })),
+            _ => failed = true,
+        }
+    }
+    if arms.is_empty() {
+        cx.error(
+            Span::of(step),
+            "`route` has no arms",
+            "add `- when: <jmespath>` arms",
+        );
+        return None;
+    }
+    if failed {
+        return None;
+    }
+    Some(super::Node::Sync(Box::new(Route::new(compiled))))
 }

@@ -1,8 +1,11 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::message::Payload;
 use jmespath::{Rcvar, Variable};
+use sluice_flow::{Span, Spanned, StepConfig, Text};
+use std::collections::BTreeMap;
 
 /// `set: {field: <jmespath>}` — evaluates each expression against the payload and merges
 /// the results in as fields.
@@ -39,4 +42,25 @@ impl Step for Set {
         exec.payload = Payload::from_jmes(Rcvar::new(Variable::Object(merged)));
         Ok(Control::Continue)
     }
+}
+
+/// Compiles `set: {field: <jmespath>}`; `step` is the whole step, for an empty map.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    step: &Spanned<StepConfig>,
+    fields: &BTreeMap<String, Spanned<Text>>,
+) -> Option<super::Node> {
+    if fields.is_empty() {
+        cx.error(
+            Span::of(step),
+            "`set` has no fields",
+            "add `field: <jmespath>` entries",
+        );
+        return None;
+    }
+    let mut compiled = Vec::new();
+    for (field, text) in fields {
+        compiled.push((field.clone(), cx.expr(text)?));
+    }
+    Some(super::Node::Sync(Box::new(Set::new(compiled))))
 }

@@ -4,11 +4,13 @@
 //! deliveries, retries and dead letter; the parent is acknowledged when every child is done.
 
 use super::{Control, Exec, Fork, Step};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::hold::Hold;
 use crate::message::{Meta, Payload};
 use jmespath::Variable;
+use sluice_flow::{OnChildError, Span, Spanned, SplitConfig, StepConfig};
 use std::sync::Arc;
 
 /// Metadata: the 0-based position of a child.
@@ -89,4 +91,21 @@ impl Step for Split {
         }));
         Ok(Control::Fork)
     }
+}
+
+/// Compiles `split:`; the shorthand `split: <jmespath>` has no position of its own, so its
+/// mistakes point at the step.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    step: &Spanned<StepConfig>,
+    config: &Spanned<SplitConfig>,
+) -> Option<super::Node> {
+    let c = &config.value;
+    cx.expr_at(&c.on, Span::of(config).or(Span::of(step)))
+        .map(|on| {
+            super::Node::Sync(Box::new(Split::new(
+                on,
+                c.on_child_error == OnChildError::FailParent,
+            )))
+        })
 }

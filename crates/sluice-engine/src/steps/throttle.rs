@@ -5,11 +5,14 @@
 //! sink never sees more than the limit. (A message that parks in an `aggregate` group after
 //! the throttle gives its permit back: it no longer works.)
 
+use super::Node;
 use super::{AsyncStep, Control, Exec};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use async_trait::async_trait;
 use sluice_flow::OnLimit;
+use sluice_flow::{Span, Spanned, ThrottleConfig};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -187,6 +190,91 @@ impl AsyncStep for Throttle {
         }));
         Ok(Control::Continue)
     }
+}
+
+/// Compiles `throttle:`; its limits are shared by the versions of this step with the same
+/// definition, so a reload does not reset a rate.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    config: &Spanned<ThrottleConfig>,
+    path: &str,
+) -> Option<Node> {
+    let c = &config.value;
+    let before = cx.diagnostics.len();
+    let key = cx.optional_expr(&c.key).ok().flatten();
+    if c.rate.is_none() && c.concurrency.is_none() {
+        cx.error(
+            Span::of(config),
+            "this throttle limits nothing",
+            "give `rate` (e.g. `rate: 50/s`), `concurrency` (e.g. `concurrency: 4`), or both",
+        );
+    }
+    if c.key.is_some() && c.rate.is_none() {
+        cx.error(
+            Span::of(config),
+            "`key` needs a `rate`: it picks one token bucket per key",
+            "add `rate:`, or remove `key:`",
+        );
+    }
+    let rate = match &c.rate {
+        None => None,
+        Some(text) => match Rate::parse(text.value.as_str()) {
+            Ok(rate) => Some(rate),
+            Err(e) => {
+                cx.error(
+                    Span::of(text),
+                    e,
+                    "a rate is `<count>/<s|m|h>`, e.g. `50/s`",
+                );
+                None
+            }
+        },
+    };
+    if let Some(burst) = &c.burst
+        && burst.value == 0
+    {
+        cx.error(
+            Span::of(burst),
+            "`burst` must be at least 1",
+            "the default is 1",
+        );
+    }
+    if let Some(n) = &c.concurrency
+        && n.value == 0
+    {
+        cx.error(
+            Span::of(n),
+            "`concurrency` must be at least 1",
+            "for example `concurrency: 4`",
+        );
+    }
+    if cx.diagnostics.len() != before {
+        return None;
+    }
+    let burst = c.burst.as_ref().map_or(1, |b| b.value);
+    let concurrency = c.concurrency.as_ref().map(|n| n.value);
+    let definition = format!(
+        "{:?}",
+        (
+            rate.map(|r| r.per_second.to_bits()),
+            burst,
+            c.on_rate,
+            concurrency,
+            c.on_concurrency
+        )
+    );
+    let state_key = format!("throttle/{}/{path}/{definition}", cx.flow.name);
+    let limits = crate::state::shared(&state_key, || {
+        Arc::new(Limits::new(
+            rate.map(|r| (r, burst, c.on_rate)),
+            concurrency.map(|n| (n, c.on_concurrency)),
+        ))
+    });
+    Some(Node::Async(Box::new(Throttle::new(
+        &cx.flow.name,
+        key,
+        limits,
+    ))))
 }
 
 #[cfg(test)]

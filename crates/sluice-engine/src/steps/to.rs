@@ -1,5 +1,7 @@
 use super::{Control, Delivery, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::FlowError;
+use sluice_flow::{Spanned, Targets};
 use std::sync::Arc;
 
 /// `to: <sink> | [sinks]` — records a delivery of the current payload and continues.
@@ -28,4 +30,15 @@ impl Step for To {
         To::record(&self.sinks, exec);
         Ok(Control::Continue)
     }
+}
+
+/// Compiles `to: <sink> | [sinks]`; every name must be a sink of the flow.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    targets: &Spanned<Targets>,
+    sinks: &[&str],
+) -> Option<super::Node> {
+    Some(super::Node::Sync(Box::new(To::new(
+        cx.targets(targets, sinks)?,
+    ))))
 }

@@ -1,7 +1,9 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::message::Payload;
+use sluice_flow::{Spanned, Text};
 
 /// `transform: <jmespath>` — replaces the payload with the expression's result.
 pub struct Transform {
@@ -25,4 +27,9 @@ impl Step for Transform {
         exec.payload = Payload::from_jmes(result);
         Ok(Control::Continue)
     }
+}
+
+/// Compiles `transform: <jmespath>`.
+pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<super::Node> {
+    Some(super::Node::Sync(Box::new(Transform::new(cx.expr(text)?))))
 }

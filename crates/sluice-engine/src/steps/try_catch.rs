@@ -6,8 +6,10 @@
 //! errors happen after the steps and are not caught (they have retries and the dead letter).
 
 use super::{AsyncStep, Control, Exec, Steps};
+use crate::compile::Compiler;
 use crate::error::FlowError;
 use async_trait::async_trait;
+use sluice_flow::{Span, Spanned, StepConfig};
 
 /// The compiled pair of `try` and `catch`.
 pub struct TryCatch {
@@ -39,4 +41,36 @@ impl AsyncStep for TryCatch {
             }
         }
     }
+}
+
+/// Compiles a `try` step and the `catch` after it (`handler`, `None` when missing) into one.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    step: &Spanned<StepConfig>,
+    body: &[Spanned<StepConfig>],
+    handler: Option<&Vec<Spanned<StepConfig>>>,
+    path: &str,
+    sinks: &[&str],
+) -> Option<super::Node> {
+    let Some(handler) = handler else {
+        cx.error(
+            Span::of(step),
+            "`try` must be followed by a `catch` step",
+            "add `- catch: [...]` right after it, with the steps that handle the error (the error is in meta('error.kind'), meta('error.message'), meta('error.step'))",
+        );
+        return None;
+    };
+    if body.is_empty() {
+        cx.error(
+            Span::of(step),
+            "`try` has no steps",
+            "list the steps that may fail: `- try: [ {script: ...} ]`",
+        );
+        return None;
+    }
+    let before = cx.diagnostics.len();
+    let body = cx.steps(body, &format!("{path}.try"), sinks);
+    let handler = cx.steps(handler, &format!("{path}.catch"), sinks);
+    (cx.diagnostics.len() == before)
+        .then(|| super::Node::Async(Box::new(TryCatch::new(body, handler))))
 }

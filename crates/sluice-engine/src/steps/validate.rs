@@ -1,6 +1,8 @@
 use super::{Control, Exec, Step};
+use crate::compile::Compiler;
 use crate::contract::Contract;
 use crate::error::{ErrorKind, FlowError};
+use sluice_flow::{Spanned, Text};
 use std::sync::Arc;
 
 /// `validate: <contract>` — checks the payload against a JSON Schema.
@@ -24,4 +26,11 @@ impl Step for Validate {
         self.contract.check(json)?;
         Ok(Control::Continue)
     }
+}
+
+/// Compiles `validate: <contract>`: the contract is loaded (and watched) now.
+pub(crate) fn compile(cx: &mut Compiler<'_>, name: &Spanned<Text>) -> Option<super::Node> {
+    Some(super::Node::Sync(Box::new(Validate::new(
+        cx.contract(name)?,
+    ))))
 }

@@ -5,8 +5,10 @@
 //! (audit trails, debugging feeds), not for deliveries that must arrive — use `to` for those.
 
 use super::{Control, Delivery, Exec, Step};
+use crate::compile::Compiler;
 use crate::connector::{Outgoing, Sink};
 use crate::error::FlowError;
+use sluice_flow::{Spanned, Text};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -87,5 +89,27 @@ impl Step for Wiretap {
             tracing::warn!(flow = %self.flow, message_id = %message_id, sink = %self.sink_name[0], dropped = n, "wiretap queue full: copy dropped");
         }
         Ok(Control::Continue)
+    }
+}
+
+/// Compiles `wiretap: <sink>`; the sink is one of the flow's, already built.
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    sink: &Spanned<Text>,
+    sinks: &[&str],
+) -> Option<super::Node> {
+    let name = sink.value.as_str();
+    match cx.sink_map.get(name) {
+        Some(built) => Some(super::Node::Sync(Box::new(Wiretap::new(
+            &cx.flow.name,
+            name,
+            built.clone(),
+        )))),
+        None => {
+            if !sinks.contains(&name) {
+                cx.unknown_sink(sink, name, sinks, "wiretap to");
+            }
+            None
+        }
     }
 }

@@ -1,0 +1,172 @@
+//! Reading a claimed file and emitting its records as messages, each with an acker that
+//! counts its outcome towards the file's claim (`claim.rs`).
+
+use super::claim::{Claim, FailedRecord, Tally};
+use super::decode::{Malformed, Record, decode};
+use super::scan::Poke;
+use super::trigger::{Shared, lock};
+use async_trait::async_trait;
+use serde_json::Value;
+use sluice_engine::{Acker, Envelope, Inlet, Message, Meta, Outcome};
+use sluice_flow::FileFormat;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+/// Marks a claimed file in flight and processes it in a task of its own.
+pub(super) fn start(
+    shared: &Arc<Shared>,
+    inlet: &Inlet,
+    name: String,
+    slot: OwnedSemaphorePermit,
+    stop: &CancellationToken,
+) {
+    lock(&shared.in_flight).insert(name.clone());
+    let busy = Busy {
+        shared: shared.clone(),
+        name,
+        _slot: slot,
+    };
+    tokio::spawn(process(busy, inlet.clone(), stop.clone()));
+}
+
+/// A file name in flight and the trigger slot it holds, until the file is finished or
+/// abandoned (shutdown, unreadable): either way the name is free again. An abandoned file
+/// stays in `.inflight/` and is recovered at the next start.
+pub(super) struct Busy {
+    pub(super) shared: Arc<Shared>,
+    pub(super) name: String,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        lock(&self.shared.in_flight).remove(&self.name);
+        let _ = self.shared.poke.send(Poke::Slot);
+    }
+}
+
+/// Reads a claimed file, sends its messages, and leaves the rest to the acks.
+async fn process(busy: Busy, inlet: Inlet, stop: CancellationToken) {
+    let shared = busy.shared.clone();
+    let name = busy.name.clone();
+    let path = shared.inflight.join(&name);
+    let max_size = shared.config.max_size.0;
+    let format = shared.config.format;
+    let read_path = path.clone();
+    let csv = shared.config.csv.clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<Result<(u64, Vec<Record>), String>, std::io::Error> {
+        let size = std::fs::metadata(&read_path)?.len();
+        if size > max_size {
+            return Ok(Err(format!(
+                "the file is {size} bytes, over the trigger's max_size of {max_size} bytes; it was not read (raise `max_size` to accept it)"
+            )));
+        }
+        let bytes = std::fs::read(&read_path)?;
+        Ok(decode(&bytes, format, &csv).map(|records| (size, records)))
+    })
+    .await;
+    let claim = |total| {
+        Arc::new(Claim {
+            busy,
+            path: path.clone(),
+            multi: matches!(format, FileFormat::Ndjson | FileFormat::Csv),
+            total,
+            remaining: AtomicUsize::new(total),
+            tally: Mutex::new(Tally::default()),
+            stop: stop.clone(),
+        })
+    };
+    let (size, records) = match read {
+        Ok(Ok(Ok(decoded))) => decoded,
+        Ok(Ok(Err(reason))) => return claim(0).fail_unread(reason).await,
+        Ok(Err(e)) => {
+            // Vanished or unreadable: leave it for the next start rather than guess.
+            tracing::warn!(flow = %shared.flow, file = %path.display(), "cannot read the claimed file: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let claim = claim(records.len());
+    if records.is_empty() {
+        return claim.complete().await;
+    }
+    let original = shared.folder.join(&name).display().to_string();
+    // The file is one batch: the engine notices when every message of it has settled
+    // (`aggregate … end_of_batch`). A fresh id per claim: a redelivered file is a new batch.
+    let batch_id = uuid::Uuid::now_v7().to_string();
+    let batch_size = records.len().to_string();
+    for record in records {
+        if stop.is_cancelled() {
+            return;
+        }
+        let mut meta = Meta::new();
+        meta.insert("file.name".to_owned(), name.clone());
+        meta.insert("file.path".to_owned(), original.clone());
+        meta.insert("file.size".to_owned(), size.to_string());
+        if let Some(line) = record.line {
+            meta.insert("file.line".to_owned(), line.to_string());
+        }
+        if let Some(line) = record.source_line {
+            meta.insert("file.source_line".to_owned(), line.to_string());
+        }
+        meta.insert(sluice_engine::hold::BATCH_ID.to_owned(), batch_id.clone());
+        meta.insert(
+            sluice_engine::hold::BATCH_SIZE.to_owned(),
+            batch_size.clone(),
+        );
+        let message = match record.content {
+            Ok(payload) => Message::new(&shared.flow, payload, meta),
+            // A malformed line or row fails alone, as a `trigger` error whose dead letter
+            // keeps the record exactly as it is in the file.
+            Err(Malformed { raw, reason }) => {
+                Message::undecodable(&shared.flow, &raw, reason, meta)
+            }
+        };
+        let ack = Box::new(FileAck {
+            claim: claim.clone(),
+            line: record.line,
+            source_line: record.source_line,
+        });
+        let envelope = Envelope {
+            message,
+            ack,
+            reply: false,
+        };
+        if inlet.send(envelope).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct FileAck {
+    claim: Arc<Claim>,
+    line: Option<usize>,
+    source_line: Option<usize>,
+}
+
+#[async_trait]
+impl Acker for FileAck {
+    async fn ack(self: Box<Self>, outcome: Outcome) {
+        {
+            let mut tally = lock(&self.claim.tally);
+            match outcome {
+                Outcome::Delivered(_) | Outcome::Completed(_) => tally.delivered += 1,
+                Outcome::Filtered => tally.filtered += 1,
+                Outcome::Failed(failure) => tally.failed.push(FailedRecord {
+                    line: self.line,
+                    source_line: self.source_line,
+                    envelope: serde_json::to_value(&failure.envelope).unwrap_or(Value::Null),
+                    kind: failure.error.kind,
+                    dead_lettered: failure.dead_lettered,
+                }),
+            }
+        }
+        if self.claim.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Awaited, so that a draining shutdown waits for the move; a move that has to
+            // wait for disk space goes on in a task of its own.
+            self.claim.clone().complete().await;
+        }
+    }
+}
