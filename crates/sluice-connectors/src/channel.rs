@@ -294,3 +294,7 @@ impl Acker for ChannelAcker {
         let _ = self.done.send(result);
     }
 }
+
+#[cfg(test)]
+#[path = "channel_tests.rs"]
+mod tests;
