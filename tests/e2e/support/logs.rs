@@ -1,7 +1,5 @@
 //! Reading sluice's log: fields, flows, positions, tails.
 
-use super::sandbox::Sandbox;
-
 /// Removes ANSI escape sequences (colours), in case the logger emits them into a file.
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -68,22 +66,6 @@ pub fn assert_logged_once(log: &str, substr: &str, flow: &str) {
         "`{substr}` logged once for flow={flow}:\n{}",
         tail(log, 30)
     );
-}
-
-/// The one dead letter in `sb`'s `dead-letter/` of a body that could not be decoded, checked to
-/// hold `body` as it arrived with a `trigger` error whose message contains `reason`; returned
-/// for the connector's own checks.
-pub fn undecodable_dead_letter(sb: &Sandbox, body: &str, reason: &str) -> Value {
-    let dead = sb.only_json("dead-letter");
-    assert_eq!(dead["message"], body, "the body as it arrived: {dead:#}");
-    assert_eq!(dead["error"]["kind"], "trigger", "{dead:#}");
-    assert!(
-        dead["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(reason)),
-        "{dead:#}"
-    );
-    dead
 }
 
 /// Every `<file>:<line>:<col>` position named in `text` for a file whose path ends with `file`
