@@ -1,13 +1,12 @@
 //! The admin server: health, readiness, Prometheus metrics that match what was sent, the flows
 //! API, injecting messages, dead letters, the admin token; and the `schedule` trigger.
 
-
 use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::Instant;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 const THING_SCHEMA: &str = r#"{
   "type": "object",

@@ -3,7 +3,6 @@
 //! metrics keep memory flat when nobody scrapes them; a restart right after a stop gets its
 //! admin port.
 
-
 use std::net::SocketAddr;
 
 use crate::support::*;

@@ -1,12 +1,11 @@
 //! Bad input is put aside, typed and explained; it never stops the flow or the other flows.
 
-
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::time::Instant;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 const ORDER_SCHEMA: &str = r#"{
   "$schema": "https://json-schema.org/draft/2020-12/schema",

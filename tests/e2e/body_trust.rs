@@ -4,11 +4,10 @@
 //! never a `null`; integers past 64 bits come out exactly as they came in, through steps that
 //! do not change them, and a script that must compute with one says which field it is.
 
-
+use crate::support::*;
 use async_nats::jetstream::{self, stream};
 use serde_json::Value;
 use std::time::Duration;
-use crate::support::*;
 
 const NATS_PORT: u16 = 4222;
 

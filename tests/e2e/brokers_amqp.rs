@@ -1,7 +1,7 @@
 //! RabbitMQ end to end, against the broker on 127.0.0.1:5672: transform and republish with
 //! publisher confirms, dead letters, requeue after a transient failure, SIGKILL of sluice.
 
-
+use crate::support::*;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -10,7 +10,6 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use crate::support::*;
 
 const AMQP_PORT: u16 = 5672;
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

@@ -7,12 +7,11 @@
 //! the test-side clients use clean sessions, and each test ends sluice's persistent session
 //! with a clean-session connect under the same id once sluice has stopped.
 
-
-use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
 use crate::support::mosquitto::{Mosquitto, mosquitto_installed};
 use crate::support::mqtt::*;
 use crate::support::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 
 const ORDER_SCHEMA: &str = r#"{
   "type": "object",

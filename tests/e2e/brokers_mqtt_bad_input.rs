@@ -3,10 +3,9 @@
 //! message still flows, and broken topic filters, QoS and sink topics are load errors with
 //! file:line:col.
 
-
-use std::collections::BTreeSet;
 use crate::support::mqtt::*;
 use crate::support::*;
+use std::collections::BTreeSet;
 #[test]
 fn mqtt_bad_message_and_config_errors() {
     if !service_available("Mosquitto", MQTT_PORT) {

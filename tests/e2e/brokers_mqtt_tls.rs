@@ -3,11 +3,10 @@
 //! subscribes and publishes through `mqtts://` with `tls: { ca, cert, key }`; load errors for
 //! broken TLS settings name the file, line and column.
 
-
-use std::path::Path;
-use std::process::{Command, Stdio};
 use crate::support::mosquitto::{Mosquitto, mosquitto_installed};
 use crate::support::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// Runs `openssl` with `args` in `dir`, failing the test with its output on error.
 fn openssl(dir: &Path, args: &[&str]) {

@@ -2,12 +2,11 @@
 //! `nats-server` processes: transform and republish, dead letters, redelivery after a
 //! transient failure, broker restart, SIGKILL of sluice, and channels over both backends.
 
-
+use crate::support::*;
 use async_nats::jetstream::{self, stream};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use crate::support::*;
 
 const NATS_PORT: u16 = 4222;
 

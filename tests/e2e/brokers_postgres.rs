@@ -2,7 +2,6 @@
 //! parameterised statements, dead letters, a transient failure retried, and the outbox
 //! trigger.
 
-
 use crate::support::*;
 
 #[test]

@@ -2,11 +2,10 @@
 //! processes: transform and re-append, dead letters, redelivery (XAUTOCLAIM) after a
 //! transient failure, broker restart, SIGKILL of sluice.
 
-
+use crate::support::*;
 use redis::Commands;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use crate::support::*;
 
 const REDIS_PORT: u16 = 6379;
 
@@ -331,7 +330,11 @@ fn redis_broker_restart_loses_nothing() {
         );
     }
     // The broker itself kept every input: a shortfall below is then sluice's, not Redis's.
-    assert_eq!(len(&mut c, &ins), N, "Redis lost input entries in its restart");
+    assert_eq!(
+        len(&mut c, &ins),
+        N,
+        "Redis lost input entries in its restart"
+    );
     sluice.expect_within(secs(90), "every entry arrives", || {
         len(&mut c, &outs) >= N && ids(&entries(&mut c, &outs)).len() == N
     });

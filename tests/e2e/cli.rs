@@ -1,8 +1,7 @@
 //! The one-shot commands: `check`, `test`, `exec`, `schema`, and usage errors.
 
-
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 const ORDER_SCHEMA: &str = r#"{
   "type": "object",

@@ -1,7 +1,6 @@
 //! SIGKILL in the middle of a run loses nothing: what was claimed but not acknowledged is
 //! processed again on the next start.
 
-
 use std::collections::BTreeSet;
 use std::time::Instant;
 

@@ -2,7 +2,6 @@
 //! folder): the circuit opens, fails fast, closes when the sink recovers, and every message
 //! is either delivered or dead-lettered.
 
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,6 @@
 //! `dedupe` with the persistent (redb) store: the same 500 messages sent twice, with a
 //! SIGKILL and a restart in between, come out 500 times.
 
-
 use crate::support::*;
 
 const FLOW: &str = r#"name: intake

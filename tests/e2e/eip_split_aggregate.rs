@@ -3,7 +3,6 @@
 //! equal the input's, the file is done only after every aggregate was written, and a SIGKILL
 //! in the middle loses no aggregate.
 
-
 use std::collections::BTreeMap;
 
 use crate::support::*;

@@ -2,7 +2,6 @@
 //! `call`s across files, the examples' `tests:`, multicast, try/catch and call end to end,
 //! and aggregate groups across a hot reload.
 
-
 use std::path::Path;
 
 use crate::support::*;

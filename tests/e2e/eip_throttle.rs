@@ -5,7 +5,6 @@
 //! takes that long, and the sink logs `writers=N`, the writes under way at that moment): the
 //! measurement is the sink's own, independent of the throttle's bookkeeping.
 
-
 use std::time::{Duration, SystemTime};
 
 use crate::support::*;

@@ -1,6 +1,5 @@
 //! Dropping files into a watched folder: many at once, and one written slowly.
 
-
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io::Write;

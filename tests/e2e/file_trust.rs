@@ -2,14 +2,13 @@
 //! alone, a full disk is waited out in-process, a killed run leaves nothing behind, long names
 //! and unsyncable folders fail honestly, and a UTF-8 byte order mark is not content.
 
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 /// A flow reading `format` files from `inbox/in` and writing each record to `outbox/`.
 fn rows_flow(format: &str, glob: &str) -> String {

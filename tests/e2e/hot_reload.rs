@@ -1,14 +1,13 @@
 //! Hot reload: a saved flow, script or schema replaces the running version only when it builds
 //! completely; otherwise the old version keeps running and the log says where the problem is.
 
-
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::thread;
 use std::time::Instant;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // (a) reload while files stream in

@@ -2,14 +2,13 @@
 //! switches the answers to the new version; a broken save changes nothing and shows in the admin
 //! API; routes come and go without restarting the listener.
 
-
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Instant;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 const ECHO_FLOW: &str = r#"name: echo
 trigger:

@@ -1,11 +1,10 @@
 //! The `http` sink (retries on 5xx/429 with backoff and `Retry-After`, no retry on other 4xx,
 //! dead letters) and the `enrich` step, against test servers run by the test itself.
 
-
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 const PUSH_FLOW: &str = r#"name: @NAME@
 trigger:

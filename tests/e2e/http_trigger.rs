@@ -2,11 +2,10 @@
 //! JSON body, auth (bearer token, HMAC signature), path parameters / query / headers in `meta`,
 //! the `reply` step, and route conflicts.
 
-
 use std::time::Instant;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 const TOKEN: &str = "tok-7f3a9c-orders-e2e";
 const HOOK_SECRET: &str = "whsec-4b1d-e2e-secret";

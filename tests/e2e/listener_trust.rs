@@ -3,12 +3,11 @@
 //! requests holding file descriptors, rejected requests filling the dead letter, and a 504
 //! whose message is delivered anyway (issue 9, items 9, 10, 11, 12, 19 and 20).
 
-
+use crate::support::*;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
-use crate::support::*;
 
 /// The body of an error answer, `{"error": {...}}`.
 fn error_of(r: &HttpResponse) -> Value {

@@ -4,9 +4,8 @@
 //! values from `${env:…}` never show up in the log, dead letters, sidecars, the admin API or
 //! `sluice check`.
 
-
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 /// A flow whose `enrich` step and `http` sink both render payload values into the path
 /// and the query.

@@ -3,14 +3,13 @@
 //! re-created folder) are picked up, moved lines do not restart a trigger, and readiness
 //! tells a broken deploy from a broken edit.
 
-
 use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::thread;
 use std::time::Instant;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 /// A file trigger that takes a file as soon as it is there, so that a half-loaded flow would
 /// consume inputs within the time a slow writer pauses.

@@ -2,10 +2,9 @@
 //! 20,000 messages are published; one process is SIGKILLed midway; a PostgreSQL table keyed
 //! by message id ends with every id. Prints the split over the processes and the duplicates.
 
-
+use crate::support::*;
 use async_nats::jetstream::{self, stream};
 use std::time::Instant;
-use crate::support::*;
 
 const N: usize = 20_000;
 

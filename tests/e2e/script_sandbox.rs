@@ -1,11 +1,10 @@
 //! A runaway Rhai script fails its own message with a `script` error; the runtime keeps going.
 
-
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 const LOOP_FLOW: &str = r#"name: sandbox
 script_limits: { @LIMITS@ }

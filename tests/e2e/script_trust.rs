@@ -2,11 +2,10 @@
 //! threads that serve I/O and the other flows, `sleep` is gone, absurd limits and flow sizes
 //! are refused at load, and a trailing method call no longer replaces the payload.
 
-
+use crate::support::*;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use crate::support::*;
 
 /// How many scripts to keep busy at once: more than the runtime has worker threads (one per
 /// core), so that on a runtime that runs scripts on its workers every worker is taken.

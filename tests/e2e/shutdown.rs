@@ -2,7 +2,6 @@
 //! sent before the signal and exits 0 within the grace period; SIGTERM while a file flow drains
 //! exits 0 and loses no file.
 
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
@@ -10,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Instant;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 /// Some real work per message: a busy loop in Rhai (limits raised for it).
 const WORK_FLOW: &str = r#"name: work

@@ -55,11 +55,17 @@ async fn a_failure_not_settled_fails_the_write_and_a_delivery_confirms_the_retry
     let running = tokio::spawn(trigger.run(flow.inlet(), stop.clone()));
 
     let writing = write(sink, outgoing("o-1"));
-    let envelope = flow.next().await.expect("the channel hands the message over");
+    let envelope = flow
+        .next()
+        .await
+        .expect("the channel hands the message over");
     assert_eq!(envelope.message.id(), "o-1", "the message keeps its id");
     let meta = &envelope.message.meta;
     assert_eq!(meta.get("channel.name").map(String::as_str), Some("orders"));
-    assert_eq!(meta.get("channel.from").map(String::as_str), Some("producer"));
+    assert_eq!(
+        meta.get("channel.from").map(String::as_str),
+        Some("producer")
+    );
     assert_eq!(meta.get("flow").map(String::as_str), Some("consumer"));
     assert!(
         !meta.contains_key("secret.note"),
@@ -73,7 +79,10 @@ async fn a_failure_not_settled_fails_the_write_and_a_delivery_confirms_the_retry
     envelope.ack.ack(failed).await;
     let (sink, out, result) = writing.await.expect("the write task");
     let error = result.expect_err("the writer learns that the message was not processed");
-    assert!(error.retryable, "so that the upstream flow retries: {error:?}");
+    assert!(
+        error.retryable,
+        "so that the upstream flow retries: {error:?}"
+    );
     assert_eq!(error.kind, ErrorKind::Sink, "{error:?}");
     assert!(
         error.message.contains("the consuming flow failed") && error.message.contains("away"),
@@ -86,7 +95,10 @@ async fn a_failure_not_settled_fails_the_write_and_a_delivery_confirms_the_retry
     assert_eq!(envelope.message.id(), "o-1");
     envelope.ack.ack(TestInlet::delivered()).await;
     let (_, _, result) = writing.await.expect("the write task");
-    assert!(result.is_ok(), "delivered downstream: confirmed upstream: {result:?}");
+    assert!(
+        result.is_ok(),
+        "delivered downstream: confirmed upstream: {result:?}"
+    );
 
     assert!(flow.try_next().is_none(), "nothing else was sent");
     stop.cancel();
@@ -101,7 +113,10 @@ async fn a_dead_lettered_failure_confirms_the_write_and_a_dropped_ack_fails_it()
     let running = tokio::spawn(trigger.run(flow.inlet(), stop.clone()));
 
     let writing = write(sink, outgoing("a-1"));
-    let envelope = flow.next().await.expect("the channel hands the message over");
+    let envelope = flow
+        .next()
+        .await
+        .expect("the channel hands the message over");
     let error = FlowError::permanent(ErrorKind::Contract, "no `id`");
     let dead = flow.failed(&envelope.message, error, 1, true);
     assert!(dead.settled());
@@ -114,7 +129,10 @@ async fn a_dead_lettered_failure_confirms_the_write_and_a_dropped_ack_fails_it()
 
     // The consuming flow stops with the message in hand: its acker is dropped unanswered.
     let writing = write(sink, outgoing("a-2"));
-    let envelope = flow.next().await.expect("the channel hands the message over");
+    let envelope = flow
+        .next()
+        .await
+        .expect("the channel hands the message over");
     assert_eq!(envelope.message.id(), "a-2");
     drop(envelope);
     let (_, _, result) = writing.await.expect("the write task");

@@ -308,7 +308,10 @@ impl TestInlet {
 
     /// Why the trigger reported itself unhealthy; `None` while it is healthy.
     pub fn unhealthy(&self) -> Option<String> {
-        self.health.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Every delivery confirmed by its sinks (no reply asked for).
@@ -392,12 +395,19 @@ mod tests {
         assert_eq!(failure.envelope.attempts, 3);
         assert_eq!(failure.envelope.flow, "t");
         first.ack.ack(outcome).await;
-        assert_eq!(settled.recv().await, Some(false), "a retryable failure is not settled");
+        assert_eq!(
+            settled.recv().await,
+            Some(false),
+            "a retryable failure is not settled"
+        );
 
         let second = test.try_next().expect("the second envelope is there");
         assert_eq!(second.message.id(), "m-2");
         second.ack.ack(TestInlet::delivered()).await;
         assert_eq!(settled.recv().await, Some(true), "a delivery is settled");
-        assert!(test.next().await.is_none(), "every inlet is gone: no more envelopes");
+        assert!(
+            test.next().await.is_none(),
+            "every inlet is gone: no more envelopes"
+        );
     }
 }

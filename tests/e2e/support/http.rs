@@ -54,7 +54,6 @@ impl std::fmt::Display for HttpResponse {
     }
 }
 
-
 /// One client for every test thread: it has no state that a test could leave behind (no
 /// pooled connections, no cookies).
 fn client() -> &'static reqwest::blocking::Client {

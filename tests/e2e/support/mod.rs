@@ -19,7 +19,6 @@ pub mod services;
 pub mod signing;
 pub mod test_server;
 
-pub use cli::*;
 pub use flows::*;
 pub use http::*;
 pub use logs::*;

@@ -299,7 +299,6 @@ impl Drop for Sluice {
     }
 }
 
-
 /// A port that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -157,7 +157,6 @@ pub fn read_json(path: &Path) -> Value {
     })
 }
 
-
 /// `<repo root>/<rel>` (the crate lives in crates/sluice).
 pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -188,4 +187,3 @@ pub fn undecodable_dead_letter(sb: &Sandbox, body: &str, reason: &str) -> Value 
     );
     dead
 }
-

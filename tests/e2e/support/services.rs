@@ -83,11 +83,6 @@ impl Server {
         server
     }
 
-    /// The server's port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// SIGKILL by PID, then reap. Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,12 +1,8 @@
-//! SHA-256 and HMAC-SHA256 for signing webhook bodies in tests (the `sha2` and `hmac` crates
+//! HMAC-SHA256 for signing webhook bodies in tests (the `sha2` and `hmac` crates
 //! the HTTP trigger itself uses).
 
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
-
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
+use sha2::Sha256;
 
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
