@@ -52,7 +52,7 @@ async fn a_failure_not_settled_fails_the_write_and_a_delivery_confirms_the_retry
     let (sink, trigger) = channel("orders");
     let mut flow = TestInlet::new("consumer", 4);
     let stop = CancellationToken::new();
-    let running = tokio::spawn(trigger.run(flow.inlet(), stop.clone()));
+    let running = tokio::spawn(trigger.run(flow.inlet().expect("a fresh inlet"), stop.clone()));
 
     let writing = write(sink, outgoing("o-1"));
     let envelope = flow
@@ -110,7 +110,7 @@ async fn a_dead_lettered_failure_confirms_the_write_and_a_dropped_ack_fails_it()
     let (sink, trigger) = channel("audit");
     let mut flow = TestInlet::new("consumer", 4);
     let stop = CancellationToken::new();
-    let running = tokio::spawn(trigger.run(flow.inlet(), stop.clone()));
+    let running = tokio::spawn(trigger.run(flow.inlet().expect("a fresh inlet"), stop.clone()));
 
     let writing = write(sink, outgoing("a-1"));
     let envelope = flow

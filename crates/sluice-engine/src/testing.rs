@@ -272,7 +272,10 @@ pub fn subset_match(expected: &Value, actual: &Value, pointer: &str) -> Result<(
 /// through the envelope's own acker. What the source then does (acknowledge, redeliver,
 /// answer the writer) is observable at once, with no engine, timer or sleep in between.
 pub struct TestInlet {
-    inlet: Inlet,
+    flow: String,
+    /// Handed out once: while the test held a sender, the queue could never report that the
+    /// trigger has stopped.
+    inlet: Option<Inlet>,
     rx: mpsc::Receiver<Envelope>,
     health: Health,
 }
@@ -284,15 +287,17 @@ impl TestInlet {
         let (tx, rx) = mpsc::channel(capacity);
         let health: Health = Arc::new(Mutex::new(None));
         TestInlet {
-            inlet: Inlet::new(flow, tx, health.clone()),
+            flow: flow.to_owned(),
+            inlet: Some(Inlet::new(flow, tx, health.clone())),
             rx,
             health,
         }
     }
 
-    /// The inlet to hand the trigger's `run`.
-    pub fn inlet(&self) -> Inlet {
-        self.inlet.clone()
+    /// The inlet to hand the trigger's `run`, given out once (clone it for more); `None`
+    /// the second time.
+    pub fn inlet(&mut self) -> Option<Inlet> {
+        self.inlet.take()
     }
 
     /// The next envelope the trigger sends; `None` once the trigger has stopped and dropped
@@ -329,8 +334,7 @@ impl TestInlet {
         attempts: u32,
         dead_lettered: bool,
     ) -> Outcome {
-        let envelope =
-            ErrorEnvelope::new(self.inlet.flow(), "test", message.id(), &error, attempts);
+        let envelope = ErrorEnvelope::new(&self.flow, "test", message.id(), &error, attempts);
         Outcome::Failed(Box::new(Failure {
             error,
             envelope,
@@ -358,7 +362,8 @@ mod tests {
     #[tokio::test]
     async fn the_test_inlet_hands_over_envelopes_and_builds_outcomes() {
         let mut test = TestInlet::new("t", 2);
-        let inlet = test.inlet();
+        let inlet = test.inlet().expect("the inlet, the first time");
+        assert!(test.inlet().is_none(), "given out once");
         assert_eq!(inlet.flow(), "t");
         inlet.set_unhealthy("broker away");
         assert_eq!(test.unhealthy().as_deref(), Some("broker away"));
