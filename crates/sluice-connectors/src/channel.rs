@@ -351,3 +351,7 @@ impl crate::SinkComponent for ChannelConfig {
         shared.channels.sink(self, cx)
     }
 }
+
+#[cfg(test)]
+#[path = "channel_tests.rs"]
+mod tests;

@@ -1,7 +1,9 @@
-//! `tests:` cases and dry runs (`sluice test`, `sluice exec`, and the gate of every reload).
+//! `tests:` cases and dry runs (`sluice test`, `sluice exec`, and the gate of every reload),
+//! and [`TestInlet`], which lets a connector's own tests drive its trigger and acker
+//! in-process with the outcome they choose.
 
-use crate::connector::Outgoing;
-use crate::error::{ErrorKind, FlowError};
+use crate::connector::{Envelope, Failure, Health, Inlet, Outcome, Outgoing};
+use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
 use crate::flow::CompiledFlow;
 use crate::message::{Message, Meta};
 use crate::steps::Control;
@@ -9,6 +11,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sluice_flow::Span;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 
 /// Metadata key set on the messages of `tests:` cases.
 pub const TEST_MARKER: &str = "sluice.test";
@@ -262,6 +266,83 @@ pub fn subset_match(expected: &Value, actual: &Value, pointer: &str) -> Result<(
     }
 }
 
+/// A flow's inlet with the test in the flow's place: a connector test runs its trigger on
+/// [`TestInlet::inlet`], takes each envelope the trigger sends with [`TestInlet::next`], and
+/// settles it with the outcome it wants ([`TestInlet::delivered`], [`TestInlet::failed`], …)
+/// through the envelope's own acker. What the source then does (acknowledge, redeliver,
+/// answer the writer) is observable at once, with no engine, timer or sleep in between.
+pub struct TestInlet {
+    flow: String,
+    /// Handed out once: while the test held a sender, the queue could never report that the
+    /// trigger has stopped.
+    inlet: Option<Inlet>,
+    rx: mpsc::Receiver<Envelope>,
+    health: Health,
+}
+
+impl TestInlet {
+    /// An inlet for flow `flow` whose queue holds `capacity` envelopes (the trigger waits when
+    /// it is full, as it would for a busy flow).
+    pub fn new(flow: &str, capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel(capacity);
+        let health: Health = Arc::new(Mutex::new(None));
+        TestInlet {
+            flow: flow.to_owned(),
+            inlet: Some(Inlet::new(flow, tx, health.clone())),
+            rx,
+            health,
+        }
+    }
+
+    /// The inlet to hand the trigger's `run`, given out once (clone it for more); `None`
+    /// the second time.
+    pub fn inlet(&mut self) -> Option<Inlet> {
+        self.inlet.take()
+    }
+
+    /// The next envelope the trigger sends; `None` once the trigger has stopped and dropped
+    /// every copy of the inlet.
+    pub async fn next(&mut self) -> Option<Envelope> {
+        self.rx.recv().await
+    }
+
+    /// An envelope already sent, without waiting; `None` when the queue is empty now.
+    pub fn try_next(&mut self) -> Option<Envelope> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Why the trigger reported itself unhealthy; `None` while it is healthy.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Every delivery confirmed by its sinks (no reply asked for).
+    pub fn delivered() -> Outcome {
+        Outcome::Delivered(None)
+    }
+
+    /// The message failed with `error`, after `attempts` attempts; `dead_lettered` says
+    /// whether a dead letter took it. Unless it did (or the error is of kind `trigger`), the
+    /// outcome is not settled: the source must deliver the message again.
+    pub fn failed(
+        &self,
+        message: &Message,
+        error: FlowError,
+        attempts: u32,
+        dead_lettered: bool,
+    ) -> Outcome {
+        let envelope = ErrorEnvelope::new(&self.flow, "test", message.id(), &error, attempts);
+        Outcome::Failed(Box::new(Failure {
+            error,
+            envelope,
+            dead_lettered,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +357,62 @@ mod tests {
         assert!(err.contains("/b/c"), "{err}");
         let err = subset_match(&json!({"z": 1}), &actual, "").unwrap_err();
         assert!(err.contains("/z"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_test_inlet_hands_over_envelopes_and_builds_outcomes() {
+        let mut test = TestInlet::new("t", 2);
+        let inlet = test.inlet().expect("the inlet, the first time");
+        assert!(test.inlet().is_none(), "given out once");
+        assert_eq!(inlet.flow(), "t");
+        inlet.set_unhealthy("broker away");
+        assert_eq!(test.unhealthy().as_deref(), Some("broker away"));
+        inlet.set_healthy();
+        assert_eq!(test.unhealthy(), None);
+
+        struct Noted(mpsc::UnboundedSender<bool>);
+        #[async_trait::async_trait]
+        impl crate::connector::Acker for Noted {
+            async fn ack(self: Box<Self>, outcome: Outcome) {
+                let _ = self.0.send(outcome.settled());
+            }
+        }
+        let (noted, mut settled) = mpsc::unbounded_channel();
+        for id in ["m-1", "m-2"] {
+            let meta = Meta::from([("message_id".to_owned(), id.to_owned())]);
+            let envelope = Envelope {
+                message: Message::new("t", json!({"id": id}), meta),
+                ack: Box::new(Noted(noted.clone())),
+                reply: false,
+            };
+            assert!(inlet.send(envelope).await.is_ok());
+        }
+        drop(inlet);
+
+        let first = test.next().await.expect("the first envelope");
+        assert_eq!(first.message.id(), "m-1");
+        let error = FlowError::new(ErrorKind::Sink, "sink away");
+        let outcome = test.failed(&first.message, error, 3, false);
+        let Outcome::Failed(failure) = &outcome else {
+            panic!("a failure: {outcome:?}");
+        };
+        assert_eq!(failure.envelope.message_id, "m-1");
+        assert_eq!(failure.envelope.attempts, 3);
+        assert_eq!(failure.envelope.flow, "t");
+        first.ack.ack(outcome).await;
+        assert_eq!(
+            settled.recv().await,
+            Some(false),
+            "a retryable failure is not settled"
+        );
+
+        let second = test.try_next().expect("the second envelope is there");
+        assert_eq!(second.message.id(), "m-2");
+        second.ack.ack(TestInlet::delivered()).await;
+        assert_eq!(settled.recv().await, Some(true), "a delivery is settled");
+        assert!(
+            test.next().await.is_none(),
+            "every inlet is gone: no more envelopes"
+        );
     }
 }
