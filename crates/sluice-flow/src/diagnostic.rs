@@ -316,8 +316,7 @@ fn block_indicator(chars: &[Placed], start: usize) -> Option<bool> {
         .map(|p| p.c)
         .collect();
     let before = before.split(" #").next().unwrap_or("").trim_end();
-    let indicator =
-        before.trim_end_matches(|c: char| c == '-' || c == '+' || c.is_ascii_digit());
+    let indicator = before.trim_end_matches(|c: char| c == '-' || c == '+' || c.is_ascii_digit());
     match indicator.chars().last() {
         Some('|') => Some(false),
         Some('>') => Some(true),
@@ -377,7 +376,10 @@ fn quoted(chars: &[Placed], mut i: usize, end: usize, double: bool) -> Vec<(char
                         'U' => 8,
                         _ => 0,
                     };
-                    out.push((unescape(e, &chars[(i + 2).min(end)..(i + 2 + digits).min(end)]), i));
+                    out.push((
+                        unescape(e, &chars[(i + 2).min(end)..(i + 2 + digits).min(end)]),
+                        i,
+                    ));
                     i += 2 + digits;
                 }
                 None => break,
@@ -476,7 +478,8 @@ fn block(chars: &[Placed], first: usize, end: usize, folded: bool) -> Vec<(char,
             break;
         }
         let text = (i + spaces.min(width)).min(stop)..stop;
-        let more_indented = !empty && matches!(chars.get(text.start).map(|p| p.c), Some(' ' | '\t'));
+        let more_indented =
+            !empty && matches!(chars.get(text.start).map(|p| p.c), Some(' ' | '\t'));
         lines.push(Line {
             text,
             brk: line_end,
@@ -589,7 +592,11 @@ mod tests {
         assert_eq!(where_is(source, at, 2), (3, 22));
         assert_eq!(where_is(source, at, 11), (4, 7), "`d` after a folded break");
         assert_eq!(where_is(source, at, 13), (6, 3), "`e` after an empty line");
-        assert_eq!(where_is(source, at, 21), (6, 11), "past the end: the closing quote");
+        assert_eq!(
+            where_is(source, at, 21),
+            (6, 11),
+            "past the end: the closing quote"
+        );
         // Without the scalar's length the walk still stops at the closing quote.
         assert_eq!(where_is(source, scalar_at(source, "\"{{", 1), 21), (6, 11));
     }
@@ -599,7 +606,11 @@ mod tests {
         let source = "a: \"x\\ty\\u00e9\\\"z\"\nb: 'it''s q'\n";
         let at = scalar_at(source, "\"x", 1);
         assert_eq!(where_is(source, at, 2), (1, 8), "`y` after `\\t`");
-        assert_eq!(where_is(source, at, 5), (1, 17), "`z` after `\\u00e9` and `\\\"`");
+        assert_eq!(
+            where_is(source, at, 5),
+            (1, 17),
+            "`z` after `\\u00e9` and `\\\"`"
+        );
         let at = scalar_at(source, "'it", 1);
         assert_eq!(where_is(source, at, 5), (2, 11), "`q` after `''`");
     }
@@ -631,7 +642,11 @@ mod tests {
     fn an_env_reference_maps_to_the_reference() {
         let source = "n: \"${env:SLUICE_SURELY_UNSET_VAR:-abc}{{\"\n";
         let at = scalar_at(source, "\"$", 1);
-        assert_eq!(where_is(source, at, 1), (1, 5), "inside the value: its reference");
+        assert_eq!(
+            where_is(source, at, 1),
+            (1, 5),
+            "inside the value: its reference"
+        );
         assert_eq!(where_is(source, at, 3), (1, 40), "`{{` after the reference");
     }
 

@@ -186,7 +186,8 @@ mod tests {
 
     #[test]
     fn origins_point_at_the_raw_text() {
-        let origins = |raw: &str| -> Vec<usize> { value_origins(raw).iter().map(|o| o.1).collect() };
+        let origins =
+            |raw: &str| -> Vec<usize> { value_origins(raw).iter().map(|o| o.1).collect() };
         assert_eq!(origins("ab"), [0, 1]);
         // `x` is the default of an unset variable: it comes from the reference at 1.
         assert_eq!(
