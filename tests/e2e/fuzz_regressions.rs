@@ -177,13 +177,3 @@ fn http_body_with_a_number_out_of_range_is_a_400() {
 fn http_cookie_is_not_copied_into_the_metadata() {
     pending("http_request", "cookie-in-meta", checks::http_request);
 }
-
-#[test]
-#[ignore = "fuzz crash, fix pending: a compile error inside a multi-line quoted YAML string (a sink name template) points at column 140 of an 80-character line: the offset in the string is added to the value's start column"]
-fn template_error_in_a_multi_line_string_points_inside_the_line() {
-    pending(
-        "flow_load",
-        "template-error-column-past-line-end",
-        checks::flow_load,
-    );
-}

@@ -70,15 +70,51 @@ pub fn substitute_env(
         return Ok(raw.to_owned());
     }
     let mut out = String::with_capacity(raw.len());
+    substitute_pieces(raw, lookup, |_, piece, _| out.push_str(piece))?;
+    Ok(out)
+}
+
+/// The characters of `raw` once substituted with the process environment (as loading does),
+/// each with the character offset in `raw` it comes from; the characters of a variable's
+/// value all come from the `$` of its reference. Diagnostics use it to map a position in a
+/// value back to the flow text. Text with an invalid reference maps to itself.
+pub fn value_origins(raw: &str) -> Vec<(char, usize)> {
+    let mut out = Vec::with_capacity(raw.len());
+    let substituted = substitute_pieces(
+        raw,
+        |name| std::env::var(name).ok(),
+        |at, piece, literal| {
+            let first = raw[..at].chars().count();
+            for (i, c) in piece.chars().enumerate() {
+                out.push((c, if literal { first + i } else { first }));
+            }
+        },
+    );
+    match substituted {
+        Ok(()) => out,
+        Err(_) => raw.chars().enumerate().map(|(i, c)| (c, i)).collect(),
+    }
+}
+
+/// Walks `raw` and hands each piece of the substituted text to `emit` with the byte offset
+/// in `raw` where it starts and whether it is copied from there character for character
+/// (`false` for a variable's value or default).
+fn substitute_pieces(
+    raw: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    mut emit: impl FnMut(usize, &str, bool),
+) -> Result<(), String> {
+    let mut base = 0;
     let mut rest = raw;
     while let Some(pos) = rest.find("${") {
         if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
-            out.push_str(&rest[..pos - 1]);
-            out.push_str("${");
+            emit(base, &rest[..pos - 1], true);
+            emit(base + pos, "${", true);
             rest = &rest[pos + 2..];
+            base += pos + 2;
             continue;
         }
-        out.push_str(&rest[..pos]);
+        emit(base, &rest[..pos], true);
         let body_start = pos + 2;
         let Some(end) = rest[body_start..].find('}') else {
             return Err(format!(
@@ -101,8 +137,8 @@ pub fn substitute_env(
             ));
         }
         match (lookup(name), default) {
-            (Some(value), _) => out.push_str(&value),
-            (None, Some(default)) => out.push_str(default),
+            (Some(value), _) => emit(base + pos, &value, false),
+            (None, Some(default)) => emit(base + pos, default, false),
             (None, None) => {
                 return Err(format!(
                     "environment variable `{name}` is not set; set it, or give a default with `${{env:{name}:-value}}`"
@@ -110,9 +146,10 @@ pub fn substitute_env(
             }
         }
         rest = &rest[body_start + end + 1..];
+        base += body_start + end + 1;
     }
-    out.push_str(rest);
-    Ok(out)
+    emit(base, rest, true);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -145,5 +182,19 @@ mod tests {
         assert!(err.contains(":-value"), "{err}");
         assert!(substitute_env("${oops}", env).is_err());
         assert!(substitute_env("${env:A", env).is_err());
+    }
+
+    #[test]
+    fn origins_point_at_the_raw_text() {
+        let origins =
+            |raw: &str| -> Vec<usize> { value_origins(raw).iter().map(|o| o.1).collect() };
+        assert_eq!(origins("ab"), [0, 1]);
+        // `x` is the default of an unset variable: it comes from the reference at 1.
+        assert_eq!(
+            value_origins("a${env:SLUICE_SURELY_UNSET_VAR:-x}b"),
+            [('a', 0), ('x', 1), ('b', 34)]
+        );
+        assert_eq!(origins("$${é}"), [1, 2, 3, 4]);
+        assert_eq!(origins("${oops}"), [0, 1, 2, 3, 4, 5, 6]);
     }
 }
