@@ -27,23 +27,6 @@ pub enum SinkConfig {
     Http(crate::HttpSinkConfig),
 }
 
-impl SinkConfig {
-    /// The kind of sink, as written in the flow file.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::File(_) => "file",
-            SinkConfig::Stdout(_) => "stdout",
-            SinkConfig::Nats(_) => "nats",
-            SinkConfig::Channel(_) => "channel",
-            SinkConfig::Amqp(_) => "amqp",
-            SinkConfig::Mqtt(_) => "mqtt",
-            SinkConfig::Redis(_) => "redis",
-            SinkConfig::Postgres(_) => "postgres",
-            SinkConfig::Http(_) => "http",
-        }
-    }
-}
-
 /// How a payload is written out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -28,42 +28,6 @@ pub enum TriggerConfig {
     Schedule(crate::ScheduleTriggerConfig),
 }
 
-impl TriggerConfig {
-    /// A short human description, e.g. `file inbox/orders`.
-    pub fn describe(&self) -> String {
-        match self {
-            TriggerConfig::File(file) => format!("file {}", file.path.value),
-            TriggerConfig::Nats(nats) => match &nats.stream {
-                Some(stream) => format!(
-                    "nats stream {} subject {}",
-                    stream.value, nats.subject.value
-                ),
-                None => format!("nats subject {}", nats.subject.value),
-            },
-            TriggerConfig::Channel(channel) => format!("channel {}", channel.name.value),
-            TriggerConfig::Amqp(amqp) => format!("amqp queue {}", amqp.queue.value),
-            TriggerConfig::Mqtt(mqtt) => {
-                let topics: Vec<&str> =
-                    mqtt.topics.value.iter().map(|t| t.value.as_str()).collect();
-                format!("mqtt {}", topics.join(", "))
-            }
-            TriggerConfig::Redis(redis) => format!("redis stream {}", redis.stream.value),
-            TriggerConfig::Postgres(pg) => format!("postgres outbox {}", pg.table.value),
-            TriggerConfig::Http(http) => {
-                format!("http {} {}", http.method.as_str(), http.path.value)
-            }
-            TriggerConfig::Schedule(schedule) => match (&schedule.every, &schedule.cron) {
-                (Some(every), _) => format!(
-                    "schedule every {}",
-                    humantime::format_duration(every.value.0)
-                ),
-                (None, Some(cron)) => format!("schedule cron {}", cron.value),
-                (None, None) => "schedule".to_owned(),
-            },
-        }
-    }
-}
-
 /// How the content of a file becomes messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
