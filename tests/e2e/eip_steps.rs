@@ -256,6 +256,11 @@ fn split_try_catch_wiretap_aggregate_and_call_run_end_to_end() {
     sluice.expect_within(secs(30), "the file is done", || {
         sb.exists("inbox/orders/.done/orders-1.ndjson")
     });
+    // The wiretap copies without waiting (a background writer), so its files may land after
+    // the input is done.
+    sluice.expect_within(secs(30), "the wiretap saw every line", || {
+        sb.names("outbox/audit").len() >= 4
+    });
     let audit: Vec<serde_json::Value> = sb
         .names("outbox/audit")
         .iter()
