@@ -469,7 +469,7 @@ pub fn http_request(data: &[u8]) {
                 payload,
                 status: None,
                 headers: Vec::new(),
-                message_id: message.id().to_owned(),
+                message_id: sluice_engine::Ids::message_id(&*message.meta).to_owned(),
             };
             ack.ack(Outcome::Delivered(Some(reply))).await;
         };

@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use serde_json::Value;
-use sluice_engine::{ErrorKind, FlowError, Inlet, Meta, Payload};
+use sluice_engine::{ErrorKind, FlowError, Inlet, Payload};
 use sluice_flow::MessageFormat;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -46,14 +46,6 @@ pub fn encode(format: MessageFormat, payload: &mut Payload) -> Result<Vec<u8>, F
             )),
         },
     }
-}
-
-/// The correlation id a message carries on: the one it arrived with, else its own id.
-pub fn correlation_id(meta: &Meta) -> &str {
-    meta.get("correlation_id")
-        .or_else(|| meta.get("message_id"))
-        .map(String::as_str)
-        .unwrap_or("-")
 }
 
 /// Capped exponential backoff for reconnecting: 100 ms, 200 ms, … up to 10 s.

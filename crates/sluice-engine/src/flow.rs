@@ -6,7 +6,7 @@ use crate::connector::{Caller, Outcome, Sink, Trigger};
 use crate::contract::Contract;
 use crate::error::{ErrorKind, FlowError};
 use crate::hold::Hold;
-use crate::message::{Message, Meta, Payload};
+use crate::message::{Ids, Message, Meta, Payload};
 use crate::steps::{Control, Exec, Steps};
 use crate::testing::CompiledTest;
 use futures_util::FutureExt;
@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use crate::dry_run::Executed;
+use crate::dry_run::Recorder;
 pub use crate::workers::run_workers;
 
 mod delivery;
@@ -58,6 +59,40 @@ impl FlowSource {
         message: impl Into<String>,
     ) -> sluice_flow::Diagnostic {
         sluice_flow::Diagnostic::at(&self.path, &self.text, span, message)
+    }
+}
+
+/// How [`CompiledFlow::run`] treats a message: live (sinks written, failures logged and
+/// dead-lettered) or dry (`tests:`, `sluice exec`: deliveries and final payloads recorded,
+/// nothing written, nothing logged as a failure).
+#[derive(Clone, Copy)]
+pub(crate) struct Mode<'a> {
+    /// The caller wants the final payload back (request-reply).
+    pub(crate) want_reply: bool,
+    /// A failure goes to the dead letter (the top-level message, or a split child that
+    /// dead-letters itself).
+    pub(crate) dead_letter: bool,
+    /// A dry run, recorded here.
+    pub(crate) dry: Option<&'a Recorder>,
+}
+
+impl<'a> Mode<'a> {
+    /// A live run.
+    pub(crate) fn live(want_reply: bool) -> Self {
+        Mode {
+            want_reply,
+            dead_letter: true,
+            dry: None,
+        }
+    }
+
+    /// A dry run recorded by `recorder`.
+    pub(crate) fn dry(recorder: &'a Recorder) -> Self {
+        Mode {
+            want_reply: false,
+            dead_letter: false,
+            dry: Some(recorder),
+        }
     }
 }
 
@@ -181,11 +216,13 @@ impl CompiledFlow {
     ) -> Option<Outcome> {
         if let Some(why) = message.undecodable_reason() {
             let error = FlowError::permanent(ErrorKind::Trigger, why.to_owned());
-            let message_id = message.id().to_owned();
+            let message_id = message.meta.message_id().to_owned();
             let meta = message.meta.clone();
             let original = Some((message.payload, message.meta));
             let keep = self.keeps_failure(caller.as_ref());
-            let outcome = self.fail(error, 1, &meta, original, keep).await;
+            let outcome = self
+                .fail(error, 1, &meta, original, keep, Mode::live(false))
+                .await;
             if !outcome.dead_lettered() {
                 tracing::error!(flow = %self.name, message_id = %message_id,
                     "the body cannot be read and the flow has no working dead letter: the message is acknowledged at its source and dropped; add `errors: dead_letter:` to keep such messages");
@@ -196,7 +233,7 @@ impl CompiledFlow {
         let mut exec = Exec::new(payload, meta);
         exec.hold = hold;
         exec.caller = caller;
-        self.run(exec, 0, want_reply, true).await
+        self.run(exec, 0, Mode::live(want_reply)).await
     }
 
     /// Whether a failure goes to the dead letter: always for one-way sources; for a caller
@@ -208,44 +245,47 @@ impl CompiledFlow {
         self.dead_letter_answered || !caller.is_some_and(Caller::answers_failure)
     }
 
-    /// Runs a message from step `start` on: steps, deliveries, and (when `dead_letter`) the
-    /// dead letter on failure. Boxed because split children and aggregates recurse.
-    fn run(
-        &self,
+    /// Runs a message from step `start` on: steps, deliveries, and (when `mode.dead_letter`)
+    /// the dead letter on failure. Live runs and dry runs both take this path; a dry run's
+    /// deliveries and final payloads go to its recorder instead of the sinks. Boxed because
+    /// split children and aggregates recurse.
+    pub(crate) fn run<'a>(
+        &'a self,
         mut exec: Exec,
         start: usize,
-        want_reply: bool,
-        dead_letter: bool,
-    ) -> BoxFuture<'_, Option<Outcome>> {
+        mode: Mode<'a>,
+    ) -> BoxFuture<'a, Option<Outcome>> {
         async move {
-            let message_id = exec
-                .meta
-                .get("message_id")
-                .cloned()
-                .unwrap_or_else(|| "-".to_owned());
             let original = self
                 .dead_letter
                 .as_ref()
-                .filter(|_| dead_letter)
+                .filter(|_| mode.dead_letter)
                 .map(|_| (exec.payload.snapshot(), exec.meta.clone()));
             let (error, attempts) = match self.steps_from(&mut exec, start).await {
                 Ok((Control::Drop, _)) => {
-                    tracing::debug!(flow = %self.name, message_id = %message_id, "filtered");
+                    tracing::debug!(flow = %self.name, message_id = %exec.meta.message_id(), "filtered");
+                    if let Some(recorder) = mode.dry {
+                        recorder.end(Control::Drop, &mut exec);
+                    }
                     exec.finish(true);
                     return Some(Outcome::Filtered);
                 }
                 Ok((Control::Fork, at)) => {
-                    return self.forked(exec, at, want_reply, dead_letter).await;
+                    return self.forked(exec, at, mode).await;
                 }
-                Ok((Control::Continue, _)) => match reply(&mut exec, want_reply) {
+                Ok((Control::Continue, _)) => match reply(&mut exec, mode.want_reply) {
                     Err(error) => (error, 1),
                     Ok(reply) => {
+                        if let Some(recorder) = mode.dry {
+                            recorder.end(Control::Continue, &mut exec);
+                        }
                         if exec.deliveries.is_empty() {
                             exec.finish(true);
                             return Some(Outcome::Completed(reply));
                         }
+                        let deliveries = std::mem::take(&mut exec.deliveries);
                         match self
-                            .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
+                            .deliver_for(exec.caller.as_ref(), &exec.meta, deliveries, mode)
                             .await
                         {
                             Ok(()) => {
@@ -262,8 +302,8 @@ impl CompiledFlow {
                 }
             };
             exec.finish(false);
-            let keep = dead_letter && self.keeps_failure(exec.caller.as_ref());
-            Some(self.fail(error, attempts, &exec.meta, original, keep).await)
+            let keep = mode.dead_letter && self.keeps_failure(exec.caller.as_ref());
+            Some(self.fail(error, attempts, &exec.meta, original, keep, mode).await)
         }
         .boxed()
     }

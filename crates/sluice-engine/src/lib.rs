@@ -42,5 +42,5 @@ pub use connector::{
 };
 pub use error::{ErrorEnvelope, ErrorKind, FlowError, Violation};
 pub use flow::CompiledFlow;
-pub use message::{Message, Meta, Payload};
+pub use message::{CORRELATION_ID, Ids, MESSAGE_ID, Message, Meta, Payload};
 pub use registry::{Registry, RegistryOptions, build_flow, flow_files};

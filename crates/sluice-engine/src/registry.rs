@@ -189,7 +189,7 @@ impl Registry {
         let mut meta = crate::message::Meta::new();
         meta.insert("admin.inject".to_owned(), "true".to_owned());
         let message = crate::message::Message::new(name, payload, meta);
-        let id = message.id().to_owned();
+        let id = crate::message::Ids::message_id(&*message.meta).to_owned();
         let started = std::time::Instant::now();
         if let Some(stats) = &stats {
             stats.started();

@@ -26,6 +26,7 @@ pub async fn run_workers(
         message,
         ack,
         reply,
+        batch,
     }) = rx.recv().await
     {
         let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -34,7 +35,7 @@ pub async fn run_workers(
         let caller = ack.caller();
         let flow = current.load_full();
         let slot = Slot::new(permit);
-        let hold = HoldInner::new(Some(slot.clone()), &batches, &message.meta);
+        let hold = HoldInner::new(Some(slot.clone()), &batches, batch);
         let stats = stats.clone();
         tasks.spawn(async move {
             // The slot goes back after the acknowledgement (or earlier, if the message parks).

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
+use sluice_engine::Ids;
 use sluice_engine::expr::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{AmqpSinkConfig, Diagnostic, MessageFormat, Span};
@@ -99,7 +100,7 @@ impl Sink for AmqpSink {
     async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
         let key = self.render_key(out)?;
         let body = codec::encode(self.format, &mut out.payload)?;
-        let message_id = out.meta.get("message_id").cloned().unwrap_or_default();
+        let message_id = out.meta.message_id().to_owned();
         let mut headers = FieldTable::default();
         headers.insert(
             "sluice-flow".into(),
@@ -108,7 +109,7 @@ impl Sink for AmqpSink {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(message_id.as_str().into())
-            .with_correlation_id(codec::correlation_id(&out.meta).into())
+            .with_correlation_id(out.meta.correlation().into())
             .with_headers(headers);
         if self.format == MessageFormat::Json {
             properties = properties.with_content_type("application/json".into());

@@ -10,6 +10,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
+use sluice_engine::{CORRELATION_ID, MESSAGE_ID};
 use sluice_flow::{AmqpTriggerConfig, Diagnostic, MessageFormat};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -122,29 +123,30 @@ impl AmqpTrigger {
             }
         }
         if let Some(id) = properties.message_id() {
-            meta.insert("message_id".to_owned(), id.to_string());
+            meta.insert(MESSAGE_ID.to_owned(), id.to_string());
         }
-        match properties.correlation_id() {
-            Some(id) => meta.insert("correlation_id".to_owned(), id.to_string()),
-            None => meta
-                .get("message_id")
-                .cloned()
-                .and_then(|id| meta.insert("correlation_id".to_owned(), id)),
-        };
+        // Without a correlation property, the message id the producer gave (if any)
+        // correlates; `Message::new` gives the others a fresh id.
+        if let Some(id) = properties
+            .correlation_id()
+            .as_ref()
+            .or(properties.message_id().as_ref())
+        {
+            meta.insert(CORRELATION_ID.to_owned(), id.to_string());
+        }
         let flow = inlet.flow().to_owned();
         let message = match codec::decode(self.format, &delivery.data) {
             Ok(payload) => Message::new(&flow, payload, meta),
             Err(why) => Message::undecodable(&flow, &delivery.data, why, meta),
         };
-        let envelope = Envelope {
+        let envelope = Envelope::new(
             message,
-            ack: Box::new(AmqpAcker {
+            Box::new(AmqpAcker {
                 acker: delivery.acker,
                 requeue_delay: self.requeue_delay,
                 flow,
             }),
-            reply: false,
-        };
+        );
         inlet.send(envelope).await.is_ok()
     }
 }

@@ -6,6 +6,7 @@ mod decode;
 mod emit;
 mod finish;
 mod scan;
+mod sidecar;
 mod sink;
 mod stability;
 mod temp;

@@ -381,17 +381,16 @@ async fn forward(
         // The body is in the message now; the acknowledgement needs the packet id only.
         publish.payload = Default::default();
         connection.in_flight.fetch_add(1, Ordering::AcqRel);
-        let envelope = Envelope {
+        let envelope = Envelope::new(
             message,
-            ack: Box::new(MqttAcker {
+            Box::new(MqttAcker {
                 connection: connection.clone(),
                 publish,
                 redeliver_delay,
                 clean_session,
                 flow: flow.clone(),
             }),
-            reply: false,
-        };
+        );
         if inlet.send(envelope).await.is_err() {
             return;
         }

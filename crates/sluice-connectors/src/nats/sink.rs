@@ -6,6 +6,7 @@ use crate::codec;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_trait::async_trait;
+use sluice_engine::Ids;
 use sluice_engine::expr::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, MessageFormat, NatsSinkConfig, Span};
@@ -106,10 +107,10 @@ impl Sink for NatsSink {
     async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
         let subject = self.render_subject(out)?;
         let body = codec::encode(self.format, &mut out.payload)?;
-        let message_id = out.meta.get("message_id").cloned().unwrap_or_default();
+        let message_id = out.meta.message_id().to_owned();
         let mut headers = HeaderMap::new();
         headers.insert(MESSAGE_ID_HEADER, message_id.as_str());
-        headers.insert(CORRELATION_ID_HEADER, codec::correlation_id(&out.meta));
+        headers.insert(CORRELATION_ID_HEADER, out.meta.correlation());
         let (client, js) = self
             .client
             .get_or_try_init(|| async {

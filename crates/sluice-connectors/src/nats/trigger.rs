@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
+use sluice_engine::{CORRELATION_ID, Ids, MESSAGE_ID};
 use sluice_flow::{Diagnostic, MessageFormat, NatsTriggerConfig};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -179,13 +180,12 @@ impl NatsTrigger {
         meta.insert("nats.delivered".to_owned(), delivered.to_string());
         meta.insert("nats.max_deliver".to_owned(), self.max_deliver.to_string());
         header_meta(&message, &mut meta);
-        if !meta.contains_key("message_id") {
-            // Stable across redeliveries, so sinks can recognise a message they already took.
-            meta.insert("message_id".to_owned(), format!("{stream}-{sequence}"));
-        }
-        if !meta.contains_key("correlation_id") {
-            let id = meta.get("message_id").cloned().unwrap_or_default();
-            meta.insert("correlation_id".to_owned(), id);
+        // Stable across redeliveries, so sinks can recognise a message they already took.
+        meta.entry(MESSAGE_ID.to_owned())
+            .or_insert_with(|| format!("{stream}-{sequence}"));
+        if meta.correlation_id().is_none() {
+            let id = meta.message_id().to_owned();
+            meta.insert(CORRELATION_ID.to_owned(), id);
         }
         meta.extend(self.extra_meta.iter().cloned());
         let flow = inlet.flow().to_owned();
@@ -193,17 +193,16 @@ impl NatsTrigger {
             Ok(payload) => Message::new(&flow, payload, meta),
             Err(why) => Message::undecodable(&flow, &message.payload, why, meta),
         };
-        let envelope = Envelope {
+        let envelope = Envelope::new(
             message,
-            ack: Box::new(JetStreamAcker {
+            Box::new(JetStreamAcker {
                 acker,
                 delivered,
                 max_deliver: self.max_deliver,
                 nak_delay: self.nak_delay,
                 flow,
             }),
-            reply: false,
-        };
+        );
         inlet.send(envelope).await.is_ok()
     }
 
@@ -233,11 +232,7 @@ impl NatsTrigger {
                     continue;
                 }
             };
-            let envelope = Envelope {
-                message: Message::new(&flow, payload, meta),
-                ack: Box::new(NoAck),
-                reply: false,
-            };
+            let envelope = Envelope::new(Message::new(&flow, payload, meta), Box::new(NoAck));
             if inlet.send(envelope).await.is_err() {
                 return Ok(());
             }
@@ -266,10 +261,10 @@ fn header_meta(message: &async_nats::Message, meta: &mut Meta) {
         .get(super::sink::MESSAGE_ID_HEADER)
         .or_else(|| headers.get("Nats-Msg-Id"));
     if let Some(id) = id {
-        meta.insert("message_id".to_owned(), id.as_str().to_owned());
+        meta.insert(MESSAGE_ID.to_owned(), id.as_str().to_owned());
     }
     if let Some(correlation) = headers.get(super::sink::CORRELATION_ID_HEADER) {
-        meta.insert("correlation_id".to_owned(), correlation.as_str().to_owned());
+        meta.insert(CORRELATION_ID.to_owned(), correlation.as_str().to_owned());
     }
 }
 

@@ -83,7 +83,10 @@ impl OutboxTrigger {
                 let mut meta = Meta::new();
                 meta.insert("postgres.table".to_owned(), self.table_name.clone());
                 meta.insert("postgres.id".to_owned(), id.clone());
-                meta.insert("message_id".to_owned(), format!("{}-{id}", self.table_name));
+                meta.insert(
+                    sluice_engine::MESSAGE_ID.to_owned(),
+                    format!("{}-{id}", self.table_name),
+                );
                 // A payload that is not JSON goes to the dead letter (the row is then deleted);
                 // without one, the row stays for someone to look at.
                 let message = match body
@@ -104,14 +107,13 @@ impl OutboxTrigger {
                         meta,
                     ),
                 };
-                let envelope = Envelope {
+                let envelope = Envelope::new(
                     message,
-                    ack: Box::new(RowAcker {
+                    Box::new(RowAcker {
                         ctid,
                         done: done_tx.clone(),
                     }),
-                    reply: false,
-                };
+                );
                 if inlet.send(envelope).await.is_err() {
                     // Stopping: the transaction rolls back, the rows stay.
                     return Ok(());

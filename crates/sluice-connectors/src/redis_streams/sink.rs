@@ -5,6 +5,7 @@ use super::{CORRELATION_ID_FIELD, MESSAGE_ID_FIELD};
 use crate::codec;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
+use sluice_engine::Ids;
 use sluice_engine::expr::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, MessageFormat, RedisSinkConfig, Span};
@@ -86,9 +87,9 @@ impl Sink for RedisSink {
             .arg(&self.field)
             .arg(body)
             .arg(MESSAGE_ID_FIELD)
-            .arg(out.meta.get("message_id").map(String::as_str).unwrap_or(""))
+            .arg(out.meta.message_id())
             .arg(CORRELATION_ID_FIELD)
-            .arg(codec::correlation_id(&out.meta));
+            .arg(out.meta.correlation());
         add.query_async::<String>(&mut conn)
             .await
             .map(|_| ())

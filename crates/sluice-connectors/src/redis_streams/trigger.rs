@@ -12,6 +12,7 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Value};
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
+use sluice_engine::{CORRELATION_ID, Ids, MESSAGE_ID};
 use sluice_flow::{Diagnostic, MessageFormat, RedisTriggerConfig};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -210,11 +211,11 @@ impl RedisTrigger {
                 );
             }
         }
-        meta.entry("message_id".to_owned())
+        meta.entry(MESSAGE_ID.to_owned())
             .or_insert_with(|| format!("{}-{}", self.stream, entry.id));
-        if !meta.contains_key("correlation_id") {
-            let id = meta.get("message_id").cloned().unwrap_or_default();
-            meta.insert("correlation_id".to_owned(), id);
+        if meta.correlation_id().is_none() {
+            let id = meta.message_id().to_owned();
+            meta.insert(CORRELATION_ID.to_owned(), id);
         }
         // An entry that cannot be read goes to the dead letter and is acknowledged (retrying
         // cannot fix it; the entry itself stays in the stream).
@@ -228,11 +229,7 @@ impl RedisTrigger {
                 Err(why) => Message::undecodable(&flow, &body, why, meta),
             },
         };
-        let envelope = Envelope {
-            message,
-            ack: Box::new(acker),
-            reply: false,
-        };
+        let envelope = Envelope::new(message, Box::new(acker));
         inlet.send(envelope).await.is_ok()
     }
 }

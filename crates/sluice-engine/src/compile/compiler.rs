@@ -146,8 +146,8 @@ impl Compiler<'_> {
                 }
                 _ => steps::kinds::compile(self, step, &path, sinks),
             };
-            if let Some(node) = built {
-                steps.push_node(&self.flow.name, label, node);
+            if let Some(step) = built {
+                steps.push(&self.flow.name, label, step);
             }
             i += taken;
         }
