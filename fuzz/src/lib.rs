@@ -11,7 +11,7 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use serde_json::Value;
 use sluice_connectors::StandardConnectors;
 use sluice_connectors::http::HttpHub;
-use sluice_engine::connector::{BuildContext, Connectors, Envelope, Inlet, Outcome, Reply};
+use sluice_engine::{BuildContext, Connectors, Envelope, Inlet, Outcome, Reply};
 use sluice_engine::{Folders, Meta, Payload};
 use sluice_flow::{CsvOptions, Diagnostic, FileFormat, MessageFormat, OutputFormat, Text};
 use std::path::{Path, PathBuf};
@@ -273,7 +273,7 @@ pub fn template(data: &[u8]) {
         return;
     };
     let (source, payload) = text.split_once('\n').unwrap_or((text, ""));
-    let template = match sluice_engine::expr::Template::compile(source) {
+    let template = match sluice_engine::Template::compile(source) {
         Ok(template) => template,
         Err(e) => {
             assert!(!e.message.trim().is_empty(), "an error without a reason");
@@ -288,7 +288,7 @@ pub fn template(data: &[u8]) {
     };
     // The payload is what a trigger would accept: the body parse refuses what no step could
     // represent (a number past f64's range, too deep a nesting), so such text is no payload.
-    let value = sluice_engine::message::parse_json(payload.as_bytes()).unwrap_or_else(
+    let value = sluice_engine::parse_json(payload.as_bytes()).unwrap_or_else(
         |_| serde_json::json!({"id": "o-1", "n": 3, "ok": true, "customer": {"id": "c-7"}}),
     );
     let mut meta = Meta::new();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Turns a received body into a payload; an error names what is wrong with the body. A JSON
-/// body is parsed here, completely and once ([`sluice_engine::message::parse_json`]): a body
+/// body is parsed here, completely and once ([`sluice_engine::parse_json`]): a body
 /// it refuses (malformed, nested too deep, a number out of range) is the caller's to hand to
 /// [`Message::undecodable`](sluice_engine::Message::undecodable), which keeps it as it
 /// arrived for the dead letter.

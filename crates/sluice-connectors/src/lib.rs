@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn a_file_trigger_claims_and_watches_its_folder() {
         let info = info(&format!("trigger:\n  file: {{ path: inbox/a }}\n{SINKS}"));
-        let folder = sluice_engine::compile::normalize(std::path::Path::new("inbox/a"));
+        let folder = sluice_flow::paths::normalize(std::path::Path::new("inbox/a"));
         assert_eq!(info.kind, "file");
         assert_eq!(info.description, "file inbox/a");
         assert_eq!(info.claim, Some(format!("file {}", folder.display())));

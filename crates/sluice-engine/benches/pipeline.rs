@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jmespath::ToJmespath;
 use serde_json::{Value, json};
-use sluice_engine::connector::{SinkInfo, TriggerInfo};
 use sluice_engine::{
     BuildContext, Connectors, FlowError, Message, Meta, Outgoing, Payload, Sink, Trigger, compile,
 };
+use sluice_engine::{SinkInfo, TriggerInfo};
 use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig, parse_flow};
 use std::hint::black_box;
 use std::path::Path;
@@ -234,7 +234,7 @@ fn pipeline(c: &mut Criterion) {
 
     // What running scripts off the async threads costs per run: the same script inline on
     // the calling thread (as before) and handed to the blocking pool under the flow's permit.
-    let sandbox = Arc::new(sluice_engine::script::Sandbox::new(
+    let sandbox = Arc::new(sluice_engine::Sandbox::new(
         "bench",
         &sluice_flow::ScriptLimits::default(),
     ));

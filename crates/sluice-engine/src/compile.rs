@@ -10,7 +10,7 @@ use crate::script::Sandbox;
 use crate::steps::Steps;
 use sluice_flow::{Diagnostic, LoadedFlow, Span};
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 mod breakers;
@@ -20,8 +20,6 @@ mod position;
 mod size;
 
 pub(crate) use compiler::Compiler;
-pub use position::position_in_scalar;
-pub use size::{MAX_DEPTH, MAX_STEPS};
 
 /// Where a flow's references resolve.
 #[derive(Clone, Debug)]
@@ -189,22 +187,6 @@ pub fn compile(
     })
 }
 
-/// Makes a path absolute and removes `.` and `..` without touching the filesystem.
-pub fn normalize(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    let mut out = PathBuf::new();
-    for part in absolute.components() {
-        match part {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
-
 fn version_hash(source: &str, dependencies: &[PathBuf]) -> String {
     // FNV-1a: stable across runs and Rust versions, unlike `DefaultHasher`.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -228,7 +210,7 @@ impl Compiler<'_> {
         let (Some(folder), Some(watched)) = (&sink.folder, watched) else {
             return;
         };
-        let target = normalize(Path::new(folder.value.as_str()));
+        let target = sluice_flow::paths::normalize(Path::new(folder.value.as_str()));
         if target.starts_with(watched) {
             self.error(
                 Span::of(folder),

@@ -10,7 +10,7 @@
 
 mod settle;
 
-pub use settle::{INTERVAL as SETTLE_INTERVAL, LOOKS as SETTLE_LOOKS, MIN_AGE as SETTLE_MIN_AGE};
+pub(crate) use settle::INTERVAL as SETTLE_INTERVAL;
 
 use crate::registry::Registry;
 use notify::{RecursiveMode, Watcher};

@@ -11,6 +11,7 @@
 pub mod diagnostic;
 pub mod load;
 pub mod model;
+pub mod paths;
 pub mod schema;
 pub mod secrets;
 pub mod settings;

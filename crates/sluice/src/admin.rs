@@ -184,7 +184,7 @@ async fn inject(
             ),
         );
     }
-    let payload: Value = match sluice_engine::message::parse_json(&body) {
+    let payload: Value = match sluice_engine::parse_json(&body) {
         Ok(value) => value,
         Err(e) => {
             let status = if e.unrepresentable() {

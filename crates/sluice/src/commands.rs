@@ -3,9 +3,9 @@
 use crate::cli::{Cli, Command, Folders};
 use anyhow::{Context, bail};
 use sluice_connectors::StandardConnectors;
-use sluice_engine::registry::{Registry, RegistryOptions, build_flow, duplicate_name, flow_files};
 use sluice_engine::testing::{dry_run, run_test};
 use sluice_engine::{CompiledFlow, Meta};
+use sluice_engine::{Registry, RegistryOptions, build_flow, duplicate_name, flow_files};
 use sluice_flow::{FileFormat, TriggerConfig};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -128,7 +128,7 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             folders.scripts.clone(),
         ];
         // Taken before the flows load, so that a save made while they load is not missed.
-        let snapshot = sluice_engine::watch::Snapshot::take(&watched);
+        let snapshot = sluice_engine::Snapshot::take(&watched);
         registry.start_all().await.with_context(|| {
             format!("cannot read the flows folder `{}`", folders.flows.display())
         })?;
@@ -140,7 +140,7 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             folders.schemas.display(),
             folders.scripts.display()
         );
-        let watcher = tokio::spawn(sluice_engine::watch::watch(
+        let watcher = tokio::spawn(sluice_engine::watch(
             registry.clone(),
             watched,
             snapshot,

@@ -8,7 +8,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
 use sluice_engine::Ids;
-use sluice_engine::expr::Template;
+use sluice_engine::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{AmqpSinkConfig, Diagnostic, MessageFormat, Span};
 use std::time::Duration;
@@ -34,7 +34,7 @@ impl AmqpSink {
     /// Builds the sink, compiling its routing-key template; nothing is opened yet.
     pub fn new(config: &AmqpSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
         let routing_key = Template::compile(config.routing_key.value.as_str()).map_err(|e| {
-            let span = sluice_engine::compile::position_in_scalar(
+            let span = sluice_flow::diagnostic::position_in_scalar(
                 &cx.flow.source,
                 Span::of(&config.routing_key),
                 0,

@@ -51,7 +51,7 @@ pub fn decode(bytes: &[u8], format: FileFormat, csv: &CsvOptions) -> Result<Vec<
         FileFormat::Json => {
             let text = utf8(strip_bom(bytes))?;
             match serde_json::from_str(text) {
-                Ok(value) => match sluice_engine::message::check_numbers(&value) {
+                Ok(value) => match sluice_engine::check_numbers(&value) {
                     Ok(()) => single(value),
                     Err(number) => Err(format!("{number} is beyond a 64-bit float's range")),
                 },
@@ -130,7 +130,7 @@ fn decode_ndjson(bytes: &[u8]) -> Vec<Record> {
                     )
                 })
                 .and_then(|value| {
-                    sluice_engine::message::check_numbers(&value)
+                    sluice_engine::check_numbers(&value)
                         .map(|()| value)
                         .map_err(|n| format!("line {number}: {n} is beyond a 64-bit float's range"))
                 }),

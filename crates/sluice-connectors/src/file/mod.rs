@@ -64,7 +64,7 @@ impl crate::TriggerComponent for sluice_flow::FileTriggerConfig {
     }
 
     fn watched_folder(&self) -> Option<std::path::PathBuf> {
-        Some(sluice_engine::compile::normalize(std::path::Path::new(
+        Some(sluice_flow::paths::normalize(std::path::Path::new(
             self.path.value.as_str(),
         )))
     }

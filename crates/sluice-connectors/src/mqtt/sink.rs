@@ -11,7 +11,7 @@ use super::Endpoint;
 use crate::codec;
 use async_trait::async_trait;
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing as Sent, QoS};
-use sluice_engine::expr::Template;
+use sluice_engine::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, MessageFormat, MqttSinkConfig, Span};
 use std::collections::{HashMap, VecDeque};
@@ -102,7 +102,7 @@ impl MqttSink {
     pub fn new(config: &MqttSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
         let endpoint = Endpoint::load(&config.url, config.tls.as_deref(), cx)?;
         let at = |offset: usize| {
-            sluice_engine::compile::position_in_scalar(
+            sluice_flow::diagnostic::position_in_scalar(
                 &cx.flow.source,
                 Span::of(&config.topic),
                 0,

@@ -62,7 +62,7 @@ impl MqttTrigger {
         for topic in &config.topics.value {
             if let Err((offset, why)) = super::check_filter(&topic.value) {
                 let column = topic.value[..offset].chars().count();
-                let span = sluice_engine::compile::position_in_scalar(
+                let span = sluice_flow::diagnostic::position_in_scalar(
                     &cx.flow.source,
                     Span::of(topic),
                     0,

@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_trait::async_trait;
 use sluice_engine::Ids;
-use sluice_engine::expr::Template;
+use sluice_engine::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, MessageFormat, NatsSinkConfig, Span};
 use std::time::Duration;
@@ -40,7 +40,7 @@ impl NatsSink {
         cx: &BuildContext<'_>,
     ) -> Result<Self, Diagnostic> {
         let subject = Template::compile(config.subject.value.as_str()).map_err(|e| {
-            let span = sluice_engine::compile::position_in_scalar(
+            let span = sluice_flow::diagnostic::position_in_scalar(
                 &cx.flow.source,
                 Span::of(&config.subject),
                 0,

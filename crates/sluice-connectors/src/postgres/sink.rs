@@ -8,8 +8,8 @@ use super::{quote_ident, quote_table};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use serde_json::{Map, Value};
-use sluice_engine::expr::Expr;
-use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink, value};
+use sluice_engine::Expr;
+use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, PostgresSinkConfig, Spanned, Text};
 use tokio_postgres::types::ToSql;
 
@@ -141,7 +141,7 @@ impl PostgresSink {
             .map_err(|e| FlowError::permanent(ErrorKind::Transform, e))?;
         let eval = |e: &Expr| -> Result<Value, FlowError> {
             e.search(data.clone(), &out.meta)
-                .map(|v| value::jmes_to_json(&v))
+                .map(|v| sluice_engine::jmes_to_json(&v))
                 .map_err(|m| FlowError::permanent(ErrorKind::Transform, m).at_step("postgres sink"))
         };
         Ok(match &self.shape {

@@ -6,7 +6,7 @@ use crate::codec;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use sluice_engine::Ids;
-use sluice_engine::expr::Template;
+use sluice_engine::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, MessageFormat, RedisSinkConfig, Span};
 
@@ -24,7 +24,7 @@ impl RedisSink {
     /// Builds the sink, compiling its stream-key template; nothing is opened yet.
     pub fn new(config: &RedisSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
         let stream = Template::compile(config.stream.value.as_str()).map_err(|e| {
-            let span = sluice_engine::compile::position_in_scalar(
+            let span = sluice_flow::diagnostic::position_in_scalar(
                 &cx.flow.source,
                 Span::of(&config.stream),
                 0,

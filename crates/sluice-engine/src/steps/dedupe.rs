@@ -13,7 +13,7 @@ use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::message::Ids;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use sluice_flow::{DedupeConfig, Span, Spanned};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -132,8 +132,10 @@ impl RedbStore {
         Ok(result)
     }
 
-    /// Whether `key` is remembered (for tests and tools).
+    /// Whether `key` is remembered.
+    #[cfg(test)]
     pub fn contains(&self, key: &str) -> bool {
+        use redb::ReadableDatabase;
         let Ok(txn) = self.db.begin_read() else {
             return false;
         };
@@ -342,7 +344,7 @@ pub(crate) fn compile(
             None
         }
         Some(p) => {
-            let file = crate::compile::normalize(Path::new(p.value.as_str()));
+            let file = sluice_flow::paths::normalize(Path::new(p.value.as_str()));
             if file.is_dir() {
                 cx.error(
                     Span::of(p),

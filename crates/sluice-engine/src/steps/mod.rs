@@ -25,18 +25,6 @@ pub mod try_catch;
 mod validate;
 pub mod wiretap;
 
-pub use enrich::Enrich;
-pub use filter::Filter;
-pub use log::Log;
-pub use reply::Reply;
-pub use route::{Route, RouteAction, RouteArm};
-pub use script::Script;
-pub use set::Set;
-pub use to::To;
-pub use transform::Transform;
-pub use try_catch::TryCatch;
-pub use validate::Validate;
-
 use crate::error::{ErrorKind, FlowError};
 use crate::hold::Hold;
 use crate::message::{Meta, Payload};

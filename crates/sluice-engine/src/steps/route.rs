@@ -1,4 +1,5 @@
-use super::{Control, Exec, Run, Step, Steps, To};
+use super::to::To;
+use super::{Control, Exec, Run, Step, Steps};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;

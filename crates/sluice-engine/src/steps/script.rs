@@ -1,8 +1,8 @@
 use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
-use crate::compile::position_in_scalar;
 use crate::script::Sandbox;
 use crate::script::tail::TailWarning;
+use sluice_flow::diagnostic::position_in_scalar;
 use sluice_flow::{Diagnostic, Span, Spanned, Text};
 use std::path::Path;
 use std::sync::Arc;
