@@ -111,6 +111,8 @@ fn trigger_info<C: TriggerComponent>(config: &C, cx: &BuildContext<'_>) -> Trigg
         connects: config.connects(),
         watched_folder: config.watched_folder(),
         restart_key,
+        authenticates: config.authenticates(),
+        input: config.input(),
     }
 }
 

@@ -162,7 +162,6 @@ pub fn compile(
         version,
         path: flow.path.clone(),
         description: file.description.as_ref().map(|d| d.0.clone()),
-        trigger_config: file.trigger.value.clone(),
         trigger_info,
         source: FlowSource::of(flow),
         trigger: Mutex::new(trigger),

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 mod info;
 
-pub use info::{SinkInfo, TriggerInfo, TriggerKey};
+pub use info::{InputFormat, SinkInfo, TriggerInfo, TriggerKey};
 
 /// A message on its way to one sink.
 #[derive(Clone, Debug)]

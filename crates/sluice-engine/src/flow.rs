@@ -11,7 +11,7 @@ use crate::steps::{Control, Exec, Steps};
 use crate::testing::CompiledTest;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use sluice_flow::{RetryConfig, TriggerConfig};
+use sluice_flow::RetryConfig;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -106,8 +106,6 @@ pub struct CompiledFlow {
     pub path: PathBuf,
     /// `description:`.
     pub description: Option<String>,
-    /// Trigger configuration (a reload with the same one keeps the trigger running).
-    pub trigger_config: TriggerConfig,
     /// What the registry knows of the trigger: description, claim, broker, restart key.
     pub trigger_info: crate::connector::TriggerInfo,
     /// The flow file's text this version was built from (for later diagnostics).

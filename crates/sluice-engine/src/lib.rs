@@ -42,8 +42,8 @@ mod eip_tests;
 
 pub use compile::{Folders, compile};
 pub use connector::{
-    Acker, BuildContext, Caller, Connectors, Envelope, Failure, GaveUp, Health, Inlet, Outcome,
-    Outgoing, Reply, Sink, SinkInfo, Trigger, TriggerInfo, TriggerKey,
+    Acker, BuildContext, Caller, Connectors, Envelope, Failure, GaveUp, Health, Inlet, InputFormat,
+    Outcome, Outgoing, Reply, Sink, SinkInfo, Trigger, TriggerInfo, TriggerKey,
 };
 pub use error::{ErrorEnvelope, ErrorKind, FlowError, Violation};
 pub use expr::{Expr, ExprError, Template};

@@ -4,9 +4,9 @@ use crate::cli::{Cli, Command, Folders};
 use anyhow::{Context, bail};
 use sluice_connectors::StandardConnectors;
 use sluice_engine::testing::{dry_run, run_test};
-use sluice_engine::{CompiledFlow, Meta};
+use sluice_engine::{CompiledFlow, InputFormat, Meta};
 use sluice_engine::{Registry, RegistryOptions, build_flow, duplicate_name, flow_files};
-use sluice_flow::{FileFormat, TriggerConfig};
+use sluice_flow::FileFormat;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -426,11 +426,9 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
             .unwrap_or_default();
         (bytes, name)
     };
-    // Inputs are decoded like the trigger would; other triggers take JSON.
-    let (format, csv) = match &flow.trigger_config {
-        TriggerConfig::File(trigger) => (trigger.format, trigger.csv.clone()),
-        _ => (FileFormat::Json, Default::default()),
-    };
+    // Inputs are read as the trigger reads its bodies (a file trigger's format and CSV
+    // options; one JSON document for the others).
+    let InputFormat { format, csv } = flow.trigger_info.input.clone();
     let records = match sluice_connectors::file::decode_input(&bytes, format, &csv) {
         Ok(records) => records,
         Err(reason) => {

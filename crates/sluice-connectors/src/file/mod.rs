@@ -68,6 +68,14 @@ impl crate::TriggerComponent for sluice_flow::FileTriggerConfig {
             self.path.value.as_str(),
         )))
     }
+
+    /// As its files: `format` and the CSV options.
+    fn input(&self) -> sluice_engine::InputFormat {
+        sluice_engine::InputFormat {
+            format: self.format,
+            csv: self.csv.clone(),
+        }
+    }
 }
 
 impl crate::SinkComponent for sluice_flow::FileSinkConfig {

@@ -32,6 +32,10 @@ impl crate::TriggerComponent for sluice_flow::HttpTriggerConfig {
     fn claim(&self) -> Option<String> {
         HttpTrigger::claim(self)
     }
+
+    fn authenticates(&self) -> bool {
+        self.auth.is_some()
+    }
 }
 
 impl crate::SinkComponent for sluice_flow::HttpSinkConfig {
