@@ -181,6 +181,11 @@ pub fn compile(
         dependencies: cx.dependencies,
         breakers,
         calls: cx.calls,
+        forks: file
+            .steps
+            .iter()
+            .map(|s| s.value.kind())
+            .find(|k| matches!(*k, "split" | "aggregate")),
         stateful: cx.stateful,
         warnings: cx.warnings,
     })

@@ -140,6 +140,9 @@ pub struct CompiledFlow {
     pub breakers: Option<Breakers>,
     /// Flows this one runs with `call`, with where (for cycle diagnostics).
     pub calls: Vec<(String, Option<sluice_flow::Span>)>,
+    /// The kind of its first top-level step that forks a message (`split`, `aggregate`),
+    /// if any: such a flow cannot be called, since a call returns one result.
+    pub forks: Option<&'static str>,
     /// Steps with state across messages, told when the flow stops or is replaced.
     pub stateful: Vec<Arc<dyn crate::steps::Stateful>>,
     /// Problems that do not stop the flow, such as a script whose last call's result is

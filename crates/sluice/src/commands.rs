@@ -321,15 +321,7 @@ fn check_calls(flows: &[CompiledFlow]) -> usize {
             let forks = flows
                 .iter()
                 .find(|f| &f.name == callee)
-                .and_then(|f| sluice_flow::load_flow_file(&f.path).ok())
-                .and_then(|loaded| {
-                    loaded
-                        .file
-                        .steps
-                        .iter()
-                        .map(|s| s.value.kind())
-                        .find(|k| matches!(*k, "split" | "aggregate"))
-                });
+                .and_then(|f| f.forks);
             if let Some(kind) = forks {
                 problems.push((
                     *span,
@@ -364,13 +356,14 @@ fn check_calls(flows: &[CompiledFlow]) -> usize {
             continue;
         }
         invalid += 1;
-        let Ok(loaded) = sluice_flow::load_flow_file(&flow.path) else {
-            continue;
-        };
+        // Quoted from the text the flow was built from, not from the file as it is now.
         for (span, message, help) in problems {
             eprint!(
                 "{}",
-                loaded.diagnostic(span, message).with_help(help).render()
+                flow.source
+                    .diagnostic(span, message)
+                    .with_help(help)
+                    .render()
             );
             eprintln!();
         }
