@@ -54,7 +54,10 @@ pub use message::{
     BodyError, BodyErrorKind, CORRELATION_ID, Ids, MAX_DEPTH, MESSAGE_ID, Message, Meta, Payload,
     check_numbers, parse_json,
 };
-pub use registry::{FlowStatus, Registry, RegistryOptions, build_flow, duplicate_name, flow_files};
+pub use registry::{
+    FlowStatus, Registry, RegistryOptions, build_flow, duplicate_name, flow_files,
+    without_credentials,
+};
 pub use script::Sandbox;
 pub use stats::describe_metrics;
 pub use value::jmes_to_json;
