@@ -213,6 +213,7 @@ fn body_decode(body: &[u8], format: MessageFormat) {
     let mut payload = match sluice_connectors::codec::decode(format, body) {
         Ok(payload) => payload,
         Err(why) => {
+            let why = why.to_string();
             assert!(!why.trim().is_empty(), "a decode error without a reason");
             assert!(
                 format == MessageFormat::Json

@@ -37,6 +37,27 @@ use sluice_flow as model;
 use sluice_flow::{Diagnostic, Settings, SinkConfig, Spanned, TriggerConfig};
 use std::sync::Arc;
 
+/// A broker URL as an error shows it: without user info or query, where credentials live.
+/// Errors are printed in log lines, unhealthy reasons and dead letters, so none carries the
+/// URL as configured. A PostgreSQL `key=value` connection string is no URL and may hold a
+/// `password=`: it is not shown at all.
+#[cfg_attr(
+    not(any(
+        feature = "nats",
+        feature = "amqp",
+        feature = "redis",
+        feature = "postgres"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn shown_url(url: &str) -> String {
+    if url.contains("://") {
+        sluice_engine::registry::without_credentials(url)
+    } else {
+        "(a connection string, not shown)".to_owned()
+    }
+}
+
 /// Every connector that ships with sluice, with the resources they share (the HTTP
 /// listener, the NATS connections, the channel backend).
 #[derive(Clone)]

@@ -137,7 +137,7 @@ impl AmqpTrigger {
         let flow = inlet.flow().to_owned();
         let message = match codec::decode(self.format, &delivery.data) {
             Ok(payload) => Message::new(&flow, payload, meta),
-            Err(why) => Message::undecodable(&flow, &delivery.data, why, meta),
+            Err(why) => Message::undecodable(&flow, &delivery.data, why.to_string(), meta),
         };
         let envelope = Envelope::new(
             message,

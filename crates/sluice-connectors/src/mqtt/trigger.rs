@@ -376,7 +376,7 @@ async fn forward(
         meta.insert("mqtt.topic".to_owned(), std::mem::take(&mut publish.topic));
         let message = match decoded {
             Ok(payload) => Message::new(&flow, payload, meta),
-            Err(why) => Message::undecodable(&flow, &publish.payload, why, meta),
+            Err(why) => Message::undecodable(&flow, &publish.payload, why.to_string(), meta),
         };
         // The body is in the message now; the acknowledgement needs the packet id only.
         publish.payload = Default::default();
@@ -457,7 +457,7 @@ impl Trigger for MqttTrigger {
                         break;
                     }
                 }
-                Ok(())
+                Ok::<(), String>(())
             },
         )
         .await;

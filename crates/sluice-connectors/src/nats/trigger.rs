@@ -191,7 +191,7 @@ impl NatsTrigger {
         let flow = inlet.flow().to_owned();
         let message = match codec::decode(self.format, &message.payload) {
             Ok(payload) => Message::new(&flow, payload, meta),
-            Err(why) => Message::undecodable(&flow, &message.payload, why, meta),
+            Err(why) => Message::undecodable(&flow, &message.payload, why.to_string(), meta),
         };
         let envelope = Envelope::new(
             message,

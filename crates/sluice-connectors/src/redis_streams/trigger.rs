@@ -226,7 +226,7 @@ impl RedisTrigger {
             }
             Some(body) => match codec::decode(self.format, &body) {
                 Ok(payload) => Message::new(&flow, payload, meta),
-                Err(why) => Message::undecodable(&flow, &body, why, meta),
+                Err(why) => Message::undecodable(&flow, &body, why.to_string(), meta),
             },
         };
         let envelope = Envelope::new(message, Box::new(acker));
