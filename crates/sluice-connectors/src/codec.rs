@@ -132,7 +132,7 @@ pub async fn consume_reconnecting<F, Fut, E>(
 
 /// Checks a name used as a stream, queue, consumer or channel name: non-empty, made of
 /// letters, digits, `-` and `_` (the set every broker accepts).
-pub fn check_name(name: &str) -> Result<(), CodecError> {
+pub(crate) fn check_name(name: &str) -> Result<(), CodecError> {
     if name.is_empty() {
         return Err(CodecError::EmptyName);
     }

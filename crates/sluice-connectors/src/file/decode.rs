@@ -66,7 +66,7 @@ pub enum DecodeError {
         /// The 1-based field that is not UTF-8.
         field: usize,
     },
-    /// One malformed ndjson line or csv row ([`Malformed::reason`]): the trigger fails that
+    /// One malformed ndjson line or csv row (its `Malformed::reason`): the trigger fails that
     /// record alone, `sluice exec` refuses the input.
     #[error("{0}")]
     Record(String),

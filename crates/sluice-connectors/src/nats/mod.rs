@@ -9,7 +9,8 @@ mod sink;
 mod trigger;
 
 pub use sink::NatsSink;
-pub use trigger::{JetStreamSource, NatsTrigger};
+pub(crate) use trigger::JetStreamSource;
+pub use trigger::NatsTrigger;
 
 use async_nats::jetstream::{consumer, context, stream};
 
@@ -108,7 +109,7 @@ impl std::fmt::Debug for NatsClients {
 impl NatsClients {
     /// The connection to `url`, opened on first use. The error shows the URL without its
     /// credentials.
-    pub async fn get(&self, url: &str) -> Result<async_nats::Client, NatsError> {
+    pub(crate) async fn get(&self, url: &str) -> Result<async_nats::Client, NatsError> {
         let mut clients = self.clients.lock().await;
         if let Some(client) = clients.get(url) {
             return Ok(client.clone());

@@ -67,7 +67,7 @@ impl NatsSink {
     }
 
     /// A JetStream sink for a channel: publishes to `subject`, creating `stream` if needed.
-    pub fn for_channel(
+    pub(crate) fn for_channel(
         clients: NatsClients,
         url: &str,
         subject: &str,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A JetStream stream and durable consumer to read from.
 #[derive(Debug, Clone)]
-pub struct JetStreamSource {
+pub(crate) struct JetStreamSource {
     /// The stream (created with `subject` when missing).
     pub stream: String,
     /// The durable consumer.
@@ -89,7 +89,7 @@ impl NatsTrigger {
     }
 
     /// A JetStream trigger for a channel (no flow file position to report).
-    pub fn for_channel(
+    pub(crate) fn for_channel(
         clients: NatsClients,
         url: &str,
         channel: &str,

@@ -77,7 +77,7 @@ fn pool(url: &str, size: usize) -> Result<Pool, PostgresError> {
 
 /// A plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`), quoted; anything else is refused so
 /// that no name from a flow file can change the meaning of a statement.
-pub fn quote_ident(name: &str) -> Result<String, PostgresError> {
+pub(crate) fn quote_ident(name: &str) -> Result<String, PostgresError> {
     let mut chars = name.chars();
     let first_ok = chars
         .next()
@@ -89,7 +89,7 @@ pub fn quote_ident(name: &str) -> Result<String, PostgresError> {
 }
 
 /// A table name, `name` or `schema.name`, quoted part by part.
-pub fn quote_table(name: &str) -> Result<String, PostgresError> {
+pub(crate) fn quote_table(name: &str) -> Result<String, PostgresError> {
     let parts: Vec<&str> = name.split('.').collect();
     if parts.len() > 2 {
         return Err(PostgresError::Table(name.to_owned()));

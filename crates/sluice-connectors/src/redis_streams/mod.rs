@@ -14,9 +14,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 
 /// The entry field carrying the sluice message id.
-pub const MESSAGE_ID_FIELD: &str = "message_id";
+pub(crate) const MESSAGE_ID_FIELD: &str = "message_id";
 /// The entry field carrying the correlation id.
-pub const CORRELATION_ID_FIELD: &str = "correlation_id";
+pub(crate) const CORRELATION_ID_FIELD: &str = "correlation_id";
 
 /// What went wrong talking to Redis. The trigger shows it as the flow's unhealthy reason and
 /// connects again; the sink fails the write with a `sink` error (permanent for a URL that
