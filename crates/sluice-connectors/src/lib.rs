@@ -357,6 +357,21 @@ mod tests {
     }
 
     #[test]
+    fn an_error_shows_a_url_without_its_credentials() {
+        assert_eq!(
+            shown_url("amqp://guest:secret@127.0.0.1:5672/%2f?heartbeat=5"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            shown_url("postgres://app@db/orders?password=secret"),
+            "postgres://db/orders"
+        );
+        // A key=value connection string is no URL; its password would show.
+        let text = shown_url("host=db user=app password=secret");
+        assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
     fn a_file_sink_reports_its_folder() {
         let loaded =
             flow("trigger:\n  channel: { name: c }\nsinks:\n  out: { file: { path: outbox } }\n");

@@ -133,3 +133,32 @@ impl crate::SinkComponent for sluice_flow::AmqpSinkConfig {
         Ok(std::sync::Arc::new(sink::AmqpSink::new(self, cx)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port nothing listens on: bound once by the OS, then released.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        listener.local_addr().expect("a bound address").port()
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_names_the_broker_but_not_the_password() {
+        let port = closed_port();
+        let url = format!("amqp://guest:hunter2@127.0.0.1:{port}/%2f?heartbeat=5");
+        let error = connect(&url).await.expect_err("nothing listens there");
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot connect to the AMQP broker at amqp://127.0.0.1:{port}/%2f: "
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hunter2") && !text.contains("heartbeat"),
+            "{text}"
+        );
+    }
+}

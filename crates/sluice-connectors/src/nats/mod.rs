@@ -190,3 +190,34 @@ impl crate::SinkComponent for sluice_flow::NatsSinkConfig {
         )?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port nothing listens on: bound once by the OS, then released.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        listener.local_addr().expect("a bound address").port()
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_names_the_server_but_not_the_password() {
+        let port = closed_port();
+        let url = format!("nats://sluice:hunter2@127.0.0.1:{port}");
+        let error = NatsClients::default().get(&url).await.unwrap_err();
+        assert!(matches!(error, NatsError::Connect { .. }), "{error:?}");
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot connect to NATS at nats://127.0.0.1:{port}: "
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hunter2") && !text.contains("sluice:"),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&error).is_some());
+    }
+}
