@@ -136,6 +136,7 @@ fn file_decode(content: &[u8], format: FileFormat, csv: &CsvOptions) {
     let records = match sluice_connectors::file::decode_input(content, format, csv) {
         Ok(records) => records,
         Err(why) => {
+            let why = why.to_string();
             assert!(!why.trim().is_empty(), "a decode error without a reason");
             assert!(
                 format != FileFormat::Bytes,
@@ -213,6 +214,7 @@ fn body_decode(body: &[u8], format: MessageFormat) {
     let mut payload = match sluice_connectors::codec::decode(format, body) {
         Ok(payload) => payload,
         Err(why) => {
+            let why = why.to_string();
             assert!(!why.trim().is_empty(), "a decode error without a reason");
             assert!(
                 format == MessageFormat::Json

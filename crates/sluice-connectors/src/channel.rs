@@ -169,7 +169,7 @@ impl Channels {
                         &stream,
                         config.timeout.0,
                     )
-                    .map_err(|e| cx.diagnostic(&config.name, e))?,
+                    .map_err(|e| cx.diagnostic(&config.name, e.to_string()))?,
                 )
             }
         })

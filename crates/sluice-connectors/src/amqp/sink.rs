@@ -64,7 +64,8 @@ impl AmqpSink {
         }
         let connection = super::connect(&self.url)
             .await
-            .map_err(|e| FlowError::new(ErrorKind::Sink, e))?;
+            // Retryable: the broker may be back by the next attempt.
+            .map_err(|e| FlowError::new(ErrorKind::Sink, e.to_string()))?;
         let channel = connection
             .create_channel()
             .await

@@ -12,6 +12,7 @@ mod stability;
 mod temp;
 mod trigger;
 
+pub use decode::DecodeError;
 pub use sink::{FileSink, serialize};
 pub use trigger::FileTrigger;
 
@@ -22,12 +23,12 @@ pub fn decode_input(
     bytes: &[u8],
     format: sluice_flow::FileFormat,
     csv: &sluice_flow::CsvOptions,
-) -> Result<Vec<(serde_json::Value, Option<usize>)>, String> {
-    decode::decode(bytes, format, csv)?
+) -> Result<Vec<(serde_json::Value, Option<usize>)>, DecodeError> {
+    decode::decode_file(bytes, format, csv)?
         .into_iter()
         .map(|r| match r.content {
             Ok(payload) => Ok((payload, r.line)),
-            Err(malformed) => Err(malformed.reason),
+            Err(malformed) => Err(DecodeError::Record(malformed.reason)),
         })
         .collect()
 }

@@ -120,7 +120,13 @@ async fn serve(
     if let Some(auth) = &route.auth
         && let Err(reason) = auth.check(headers, None, unix_now())
     {
-        return error_response(StatusCode::UNAUTHORIZED, "auth", &reason, None, None);
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            &reason.to_string(),
+            None,
+            None,
+        );
     }
     let too_large = || {
         let why = format!(
@@ -173,7 +179,13 @@ async fn serve(
     if let Some(auth) = route.auth.as_ref().filter(|a| a.needs_body())
         && let Err(reason) = auth.check(headers, Some(&bytes), unix_now())
     {
-        return error_response(StatusCode::UNAUTHORIZED, "auth", &reason, None, None);
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            &reason.to_string(),
+            None,
+            None,
+        );
     }
     let payload: Payload = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null.into()

@@ -1,7 +1,7 @@
 //! The `nats` sink: publishes each message to a (templated) subject. With JetStream (the
 //! default) a write is confirmed only when the stream's publish ack arrived.
 
-use super::NatsClients;
+use super::{NatsClients, NatsError};
 use crate::codec;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -67,17 +67,21 @@ impl NatsSink {
     }
 
     /// A JetStream sink for a channel: publishes to `subject`, creating `stream` if needed.
-    pub fn for_channel(
+    pub(crate) fn for_channel(
         clients: NatsClients,
         url: &str,
         subject: &str,
         stream: &str,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, NatsError> {
+        let compiled = Template::compile(subject).map_err(|e| NatsError::Subject {
+            subject: subject.to_owned(),
+            message: e.message,
+        })?;
         Ok(NatsSink {
             clients,
             url: url.to_owned(),
-            subject: Template::compile(subject).map_err(|e| e.message)?,
+            subject: compiled,
             jetstream: true,
             timeout,
             format: MessageFormat::Json,
@@ -117,10 +121,11 @@ impl Sink for NatsSink {
                 let client = self.clients.get(&self.url).await?;
                 let mut js = jetstream::new(client.clone());
                 js.set_timeout(self.timeout);
-                Ok::<_, String>((client, js))
+                Ok::<_, NatsError>((client, js))
             })
             .await
-            .map_err(|e| FlowError::new(ErrorKind::Sink, e))?;
+            // Retryable: the server may be back by the next attempt.
+            .map_err(|e| FlowError::new(ErrorKind::Sink, e.to_string()))?;
         if !self.jetstream {
             return client
                 .publish_with_headers(subject, headers, body.into())

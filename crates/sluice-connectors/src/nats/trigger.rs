@@ -3,7 +3,7 @@
 //! `nak`ed with a delay, and `max_deliver` bounds the redeliveries. Without a `stream`, a core
 //! NATS subscription (at-most-once: NATS does not keep what it could not deliver).
 
-use super::NatsClients;
+use super::{NatsClients, NatsError};
 use crate::codec::{self, consume_reconnecting};
 use async_nats::jetstream::{self, AckKind, consumer};
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A JetStream stream and durable consumer to read from.
 #[derive(Debug, Clone)]
-pub struct JetStreamSource {
+pub(crate) struct JetStreamSource {
     /// The stream (created with `subject` when missing).
     pub stream: String,
     /// The durable consumer.
@@ -89,7 +89,7 @@ impl NatsTrigger {
     }
 
     /// A JetStream trigger for a channel (no flow file position to report).
-    pub fn for_channel(
+    pub(crate) fn for_channel(
         clients: NatsClients,
         url: &str,
         channel: &str,
@@ -115,7 +115,7 @@ impl NatsTrigger {
         source: &JetStreamSource,
         inlet: &Inlet,
         stop: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), NatsError> {
         let client = self.clients.get(&self.url).await?;
         let js = jetstream::new(client);
         let stream = js
@@ -125,7 +125,10 @@ impl NatsTrigger {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("stream `{}`: {e}", source.stream))?;
+            .map_err(|e| NatsError::Stream {
+                stream: source.stream.clone(),
+                source: e,
+            })?;
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 &source.durable,
@@ -139,7 +142,10 @@ impl NatsTrigger {
                 },
             )
             .await
-            .map_err(|e| format!("consumer `{}`: {e}", source.durable))?;
+            .map_err(|e| NatsError::Consumer {
+                durable: source.durable.clone(),
+                source: e,
+            })?;
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(self.batch)
@@ -147,7 +153,10 @@ impl NatsTrigger {
             .expires(Duration::from_secs(30))
             .messages()
             .await
-            .map_err(|e| format!("consumer `{}`: {e}", source.durable))?;
+            .map_err(|e| NatsError::Pull {
+                durable: source.durable.clone(),
+                source: e,
+            })?;
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), stream = %source.stream, durable = %source.durable, "nats consumer ready");
         loop {
@@ -156,8 +165,13 @@ impl NatsTrigger {
                 next = messages.next() => next,
             };
             let message = match next {
-                None => return Err("the message stream ended".to_owned()),
-                Some(Err(e)) => return Err(format!("consumer `{}`: {e}", source.durable)),
+                None => return Err(NatsError::StreamEnded),
+                Some(Err(e)) => {
+                    return Err(NatsError::Messages {
+                        durable: source.durable.clone(),
+                        source: e,
+                    });
+                }
                 Some(Ok(message)) => message,
             };
             if !self.forward(message, inlet).await {
@@ -191,7 +205,7 @@ impl NatsTrigger {
         let flow = inlet.flow().to_owned();
         let message = match codec::decode(self.format, &message.payload) {
             Ok(payload) => Message::new(&flow, payload, meta),
-            Err(why) => Message::undecodable(&flow, &message.payload, why, meta),
+            Err(why) => Message::undecodable(&flow, &message.payload, why.to_string(), meta),
         };
         let envelope = Envelope::new(
             message,
@@ -206,12 +220,15 @@ impl NatsTrigger {
         inlet.send(envelope).await.is_ok()
     }
 
-    async fn consume_core(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), String> {
+    async fn consume_core(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), NatsError> {
         let client = self.clients.get(&self.url).await?;
         let mut subscriber = client
             .subscribe(self.subject.clone())
             .await
-            .map_err(|e| format!("subscribe `{}`: {e}", self.subject))?;
+            .map_err(|source| NatsError::Subscribe {
+                subject: self.subject.clone(),
+                source,
+            })?;
         inlet.set_healthy();
         loop {
             let next = tokio::select! {
@@ -219,7 +236,7 @@ impl NatsTrigger {
                 next = subscriber.next() => next,
             };
             let Some(message) = next else {
-                return Err("the subscription ended".to_owned());
+                return Err(NatsError::SubscriptionEnded);
             };
             let mut meta = Meta::new();
             meta.insert("nats.subject".to_owned(), message.subject.to_string());

@@ -70,11 +70,12 @@ impl Sink for RedisSink {
         let conn = self
             .conn
             .get_or_try_init(|| async {
+                // A URL the client cannot read stays unreadable: no retry.
                 let client = super::client(&self.url)
-                    .map_err(|e| FlowError::permanent(ErrorKind::Sink, e))?;
-                super::manager(client)
+                    .map_err(|e| FlowError::permanent(ErrorKind::Sink, e.to_string()))?;
+                super::manager(client, &self.url)
                     .await
-                    .map_err(|e| FlowError::new(ErrorKind::Sink, e))
+                    .map_err(|e| FlowError::new(ErrorKind::Sink, e.to_string()))
             })
             .await?;
         let mut conn = conn.clone();
