@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub enum CodecError {
     /// A `json` body the parser refused: malformed, nested too deep, a number out of range.
     #[error(transparent)]
-    Json(#[from] sluice_engine::message::BodyError),
+    Json(#[from] sluice_engine::BodyError),
     /// A `text` body that is not UTF-8.
     #[error("the body is not UTF-8: {0}")]
     NotUtf8(#[source] std::str::Utf8Error),

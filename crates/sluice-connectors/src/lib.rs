@@ -54,7 +54,7 @@ use std::sync::Arc;
 )]
 pub(crate) fn shown_url(url: &str) -> String {
     if url.contains("://") {
-        sluice_engine::registry::without_credentials(url)
+        sluice_engine::without_credentials(url)
     } else {
         "(a connection string, not shown)".to_owned()
     }
