@@ -61,4 +61,4 @@ pub use registry::{
 pub use script::Sandbox;
 pub use stats::describe_metrics;
 pub use value::jmes_to_json;
-pub use watch::{Snapshot, watch};
+pub use watch::{Snapshot, settle_at_start, watch};

@@ -12,6 +12,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `sluice run` waits at start-up for flow, schema and script files that are still
+/// being written (docs/http-and-operations.md, "Hot reload").
+const START_SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs a command and returns its exit code (0 ok, 1 invalid flow or input).
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -127,6 +132,17 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             folders.schemas.clone(),
             folders.scripts.clone(),
         ];
+        // A flow file still being copied in must not load half-written (the watcher's gate,
+        // applied to what changed just before the start).
+        let changing = sluice_engine::settle_at_start(&watched, START_SETTLE_LIMIT).await;
+        if !changing.is_empty() {
+            let names: Vec<String> = changing.iter().map(|p| p.display().to_string()).collect();
+            tracing::warn!(
+                "still being written {} after the start, loaded as they are now (reloaded once they settle): {}",
+                humantime::format_duration(START_SETTLE_LIMIT),
+                names.join(", ")
+            );
+        }
         // Taken before the flows load, so that a save made while they load is not missed.
         let snapshot = sluice_engine::Snapshot::take(&watched);
         registry.start_all().await.with_context(|| {
