@@ -276,7 +276,10 @@ impl Registry {
         let current = Arc::new(ArcSwap::from_pointee(compiled));
         let inlet = Inlet::new(&name, tx, health.clone()).for_flow(current.clone());
         crate::directory::register(&name, current.clone());
-        let workers = tokio::spawn(run_workers(rx, current.clone(), concurrency, stats));
+        let workers = tokio::spawn(tracing::Instrument::instrument(
+            run_workers(rx, current.clone(), concurrency, stats),
+            tracing::info_span!("flow", flow = %name),
+        ));
         let stop = CancellationToken::new();
         let trigger = match trigger {
             // Library lines logged by the trigger's task (a broker client's reconnects, …)
