@@ -32,7 +32,10 @@ pub(crate) struct Recorder(Mutex<Recorded>);
 #[derive(Default)]
 struct Recorded {
     deliveries: Vec<Delivery>,
-    ends: Vec<End>,
+    /// How the message ended, without a split.
+    end: Option<End>,
+    /// How each child ended, after a split.
+    children: Vec<End>,
     /// The parent's metadata and reply, once a split handed over to its children.
     parent: Option<(Arc<Meta>, ReplySpec)>,
 }
@@ -54,17 +57,29 @@ impl Recorder {
     /// moved here, since nothing reads it afterwards.
     pub(crate) fn end(&self, control: Control, exec: &mut Exec) {
         let payload = std::mem::replace(&mut exec.payload, Payload::from_json(Value::Null));
-        self.lock().ends.push(End {
+        let end = End {
             control,
             payload,
             meta: exec.meta.clone(),
             reply: std::mem::take(&mut exec.reply),
-        });
+        };
+        let mut recorded = self.lock();
+        if recorded.parent.is_some() {
+            recorded.children.push(end);
+        } else {
+            recorded.end = Some(end);
+        }
     }
 
     /// The deliveries a message would have written.
     pub(crate) fn deliveries(&self, deliveries: Vec<Delivery>) {
-        self.lock().deliveries.extend(deliveries);
+        let mut recorded = self.lock();
+        if recorded.deliveries.is_empty() {
+            // The common case, one message: its list is taken as it is.
+            recorded.deliveries = deliveries;
+        } else {
+            recorded.deliveries.extend(deliveries);
+        }
     }
 
     /// A split hands over to its children: the parent's own deliveries come first.
@@ -80,12 +95,13 @@ impl Recorder {
         let recorded = self.0.into_inner().unwrap_or_else(|p| p.into_inner());
         let Recorded {
             deliveries,
-            ends,
+            end,
+            children,
             parent,
         } = recorded;
         if let Some((meta, reply)) = parent {
             let mut payloads = Vec::new();
-            for end in ends {
+            for end in children {
                 if end.control == Control::Continue {
                     let payload = end
                         .payload
@@ -102,7 +118,7 @@ impl Recorder {
                 reply,
             });
         }
-        let Some(end) = ends.into_iter().next() else {
+        let Some(end) = end else {
             return Err(FlowError::permanent(
                 ErrorKind::Transform,
                 "internal: a dry run ended without a result",
