@@ -53,32 +53,33 @@ impl Recorder {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A message ran its last step (`Continue`) or was filtered (`Drop`); its payload is
-    /// moved here, since nothing reads it afterwards.
-    pub(crate) fn end(&self, control: Control, exec: &mut Exec) {
-        let payload = std::mem::replace(&mut exec.payload, Payload::from_json(Value::Null));
+    /// A message (or split child) ran its last step (`Continue`) or was filtered (`Drop`):
+    /// its payload, metadata, reply and the deliveries it would have written are kept.
+    pub(crate) fn end(&self, control: Control, exec: Exec) {
+        let Exec {
+            payload,
+            meta,
+            deliveries,
+            reply,
+            ..
+        } = exec;
         let end = End {
             control,
             payload,
-            meta: exec.meta.clone(),
-            reply: std::mem::take(&mut exec.reply),
+            meta,
+            reply,
         };
-        let mut recorded = self.lock();
-        if recorded.parent.is_some() {
-            recorded.children.push(end);
-        } else {
-            recorded.end = Some(end);
-        }
-    }
-
-    /// The deliveries a message would have written.
-    pub(crate) fn deliveries(&self, deliveries: Vec<Delivery>) {
         let mut recorded = self.lock();
         if recorded.deliveries.is_empty() {
             // The common case, one message: its list is taken as it is.
             recorded.deliveries = deliveries;
         } else {
             recorded.deliveries.extend(deliveries);
+        }
+        if recorded.parent.is_some() {
+            recorded.children.push(end);
+        } else {
+            recorded.end = Some(end);
         }
     }
 

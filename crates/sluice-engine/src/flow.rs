@@ -265,10 +265,10 @@ impl CompiledFlow {
         let (error, attempts) = match self.steps_from(&mut exec, start).await {
             Ok((Control::Drop, _)) => {
                 tracing::debug!(flow = %self.name, message_id = %exec.meta.message_id(), "filtered");
-                if let Some(recorder) = mode.dry {
-                    recorder.end(Control::Drop, &mut exec);
-                }
                 exec.finish(true);
+                if let Some(recorder) = mode.dry {
+                    recorder.end(Control::Drop, exec);
+                }
                 return Some(Outcome::Filtered);
             }
             Ok((Control::Fork, at)) => {
@@ -277,19 +277,24 @@ impl CompiledFlow {
                 // per message; glibc's malloc then consolidates its free lists).
                 return Box::pin(self.forked(exec, at, mode)).await;
             }
+            Ok((Control::Continue, _)) if mode.dry.is_some() => {
+                // A dry run writes nothing: the recorder keeps what the sinks would get.
+                exec.finish(true);
+                if let Some(recorder) = mode.dry {
+                    recorder.end(Control::Continue, exec);
+                }
+                return Some(Outcome::Delivered(None));
+            }
             Ok((Control::Continue, _)) => match reply(&mut exec, mode.want_reply) {
                 Err(error) => (error, 1),
                 Ok(reply) => {
-                    if let Some(recorder) = mode.dry {
-                        recorder.end(Control::Continue, &mut exec);
-                    }
                     if exec.deliveries.is_empty() {
                         exec.finish(true);
                         return Some(Outcome::Completed(reply));
                     }
                     let deliveries = std::mem::take(&mut exec.deliveries);
                     match self
-                        .deliver_for(exec.caller.as_ref(), &exec.meta, deliveries, mode)
+                        .deliver_for(exec.caller.as_ref(), &exec.meta, deliveries)
                         .await
                     {
                         Ok(()) => {

@@ -13,19 +13,14 @@ use std::sync::Arc;
 
 impl CompiledFlow {
     /// Writes the deliveries of a message, unless its caller was already told that nothing
-    /// was delivered (then the message is cancelled before any sink). A dry run records
-    /// them instead.
+    /// was delivered (then the message is cancelled before any sink). Live runs only: a dry
+    /// run records its deliveries where the message ends.
     pub(super) async fn deliver_for(
         &self,
         caller: Option<&Caller>,
         meta: &Arc<Meta>,
         deliveries: Vec<Delivery>,
-        mode: Mode<'_>,
     ) -> Result<(), (FlowError, u32)> {
-        if let Some(recorder) = mode.dry {
-            recorder.deliveries(deliveries);
-            return Ok(());
-        }
         if caller.is_some_and(|c| !c.commit()) {
             let error = FlowError::permanent(
                 ErrorKind::Timeout,

@@ -100,7 +100,7 @@ impl CompiledFlow {
             }
             None => {
                 let deliveries = std::mem::take(&mut exec.deliveries);
-                self.deliver_for(exec.caller.as_ref(), &exec.meta, deliveries, mode)
+                self.deliver_for(exec.caller.as_ref(), &exec.meta, deliveries)
                     .await
                     .err()
             }

@@ -222,7 +222,12 @@ impl Steps {
     ) -> Result<(Control, usize), FlowError> {
         for (i, (label, step, histogram)) in self.steps.iter().enumerate().skip(start) {
             let started = std::time::Instant::now();
-            let result = step.run(exec).result().await;
+            // Matched here rather than through `Run::result`, so that a pure step's answer
+            // is not moved into one more future.
+            let result = match step.run(exec) {
+                Run::Done(result) => result,
+                Run::Wait(future) => future.await,
+            };
             histogram.record(started.elapsed().as_secs_f64());
             match result {
                 Ok(Control::Continue) => {}
