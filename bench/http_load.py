@@ -300,7 +300,8 @@ def one_run(args, which, root, run_no):
     port = free_port()
     log = os.path.join(root, f"{which}-{run_no}.log")
     if which == "sluice":
-        cmd = [args.bin, "run", "--listen", f"127.0.0.1:{port}", "--admin", "off"]
+        admin = f"127.0.0.1:{free_port()}" if args.admin else "off"
+        cmd = [args.bin, "run", "--listen", f"127.0.0.1:{port}", "--admin", admin]
     else:
         cmd = [args.floor_bin, "--listen", f"127.0.0.1:{port}", "--root", root]
     with open(log, "w") as logf:
@@ -374,6 +375,8 @@ def main():
                    help="diagnostic: `none` drops sluice's route step and sinks (default: file)")
     p.add_argument("--json", action="store_true", help="numbers as JSON on stdout")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
+    p.add_argument("--admin", action="store_true",
+                   help="run sluice with its admin server and metrics on, as deployed (default: off)")
     p.add_argument("--verbose", action="store_true", help="print wrk's output")
     args = p.parse_args()
     for path in (args.bin, args.floor_bin):

@@ -29,7 +29,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use jmespath::ToJmespath;
+#[path = "../../../bench/plain_convert.rs"]
+mod plain_convert;
+use plain_convert::{from_jmes, from_rhai, search, to_jmes, to_rhai};
 use rhai::{Dynamic, Engine, Scope};
 use serde_json::{Value, json};
 use std::cell::Cell;
@@ -140,12 +142,9 @@ impl Floor {
         let internal = |e: String| fail(StatusCode::INTERNAL_SERVER_ERROR, "step", e);
 
         // transform
-        let data = order.to_jmespath().map_err(|e| internal(e.to_string()))?;
-        let shaped = self
-            .transform
-            .search(data)
-            .map_err(|e| internal(e.to_string()))?;
-        let mut payload = serde_json::to_value(&*shaped).map_err(|e| internal(e.to_string()))?;
+        let data = to_jmes(&order);
+        let shaped = search(&self.transform, &data).map_err(|e| internal(e.to_string()))?;
+        let mut payload = from_jmes(&shaped);
 
         // set received_at
         let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -155,8 +154,7 @@ impl Floor {
 
         // script, with `payload` mutable and `meta` read-only, as in sluice
         let mut scope = Scope::new();
-        let dynamic = rhai::serde::to_dynamic(&payload).map_err(|e| internal(e.to_string()))?;
-        scope.push_dynamic("payload", dynamic);
+        scope.push_dynamic("payload", to_rhai(&payload));
         let mut meta = rhai::Map::new();
         meta.insert("flow".into(), Dynamic::from("order-intake-http".to_owned()));
         meta.insert("received_at".into(), Dynamic::from(received_at));
@@ -172,24 +170,17 @@ impl Floor {
         } else {
             returned
         };
-        let priced: Value =
-            rhai::serde::from_dynamic(&result).map_err(|e| internal(e.to_string()))?;
+        let priced = from_rhai(&result);
 
         // filter and route
-        let data = (&priced)
-            .to_jmespath()
-            .map_err(|e| internal(e.to_string()))?;
-        let keep = self
-            .filter
-            .search(data.clone())
+        let data = to_jmes(&priced);
+        let keep = search(&self.filter, &data)
             .map_err(|e| internal(e.to_string()))?
             .is_truthy();
         if !keep {
             return Ok(None);
         }
-        let express = self
-            .when
-            .search(data)
+        let express = search(&self.when, &data)
             .map_err(|e| internal(e.to_string()))?
             .is_truthy();
         std::hint::black_box(express);
