@@ -401,10 +401,10 @@ fn main() {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(name) = names.get(i) else { break };
                     n += 1;
-                    if let Err(e) = one(floor, dirs, name, &format!("{thread}-{n}")) {
-                        if failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                            eprintln!("drain_floor: {name}: {e}");
-                        }
+                    if let Err(e) = one(floor, dirs, name, &format!("{thread}-{n}"))
+                        && failed.fetch_add(1, Ordering::Relaxed) < 5
+                    {
+                        eprintln!("drain_floor: {name}: {e}");
                     }
                 }
             });
