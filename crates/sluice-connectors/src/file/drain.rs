@@ -188,13 +188,16 @@ impl Shared {
                 return;
             }
         };
+        // Gone once the trigger stops: nothing more is claimed then.
+        let Some(inlet) = lock(&self.inlet).clone() else {
+            return;
+        };
         let Some((busy, size_hint)) = self.claim(next, slot) else {
             return;
         };
         let path = self.inflight.join(&busy.name);
         let read = read(&path, size_hint, self);
-        self.runtime
-            .block_on(emit(busy, read, &self.inlet, &self.stop));
+        self.runtime.block_on(emit(busy, read, &inlet, &self.stop));
     }
 
     /// Claims a ready file by renaming it into `.inflight/` (a recovered one already is).

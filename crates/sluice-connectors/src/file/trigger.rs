@@ -77,7 +77,9 @@ pub(super) struct Shared {
     pub(super) moves_waiting: Notify,
     /// One per file claimed and not yet moved (`max_in_flight`).
     pub(super) slots: Arc<Semaphore>,
-    pub(super) inlet: Inlet,
+    /// The flow's queue; let go of when the trigger stops, since the flow's stateful steps
+    /// end their held messages only once the queue is closed.
+    pub(super) inlet: Mutex<Option<Inlet>>,
     pub(super) stop: CancellationToken,
     pub(super) mover: Arc<Mover>,
     pub(super) runtime: tokio::runtime::Handle,
@@ -106,7 +108,7 @@ impl Trigger for FileTrigger {
             queue: Mutex::new(Queue::default()),
             moves_waiting: Notify::new(),
             slots: Arc::new(Semaphore::new(self.config.max_in_flight)),
-            inlet,
+            inlet: Mutex::new(Some(inlet)),
             stop: stop.clone(),
             mover: Arc::new(Mover::default()),
             runtime: tokio::runtime::Handle::current(),
@@ -168,7 +170,9 @@ impl Trigger for FileTrigger {
         }
         // Nothing new is claimed. The files in flight end (their moves are queued as their
         // messages settle, or they are abandoned and stay in `.inflight/`) before the trigger
-        // does, so that a draining shutdown leaves each file in exactly one place.
+        // does, so that a draining shutdown leaves each file in exactly one place. The queue
+        // is let go of first: messages held by an aggregate settle only once it is closed.
+        lock(&shared.inlet).take();
         let all = u32::try_from(self.config.max_in_flight).unwrap_or(u32::MAX);
         let _ = shared.slots.acquire_many(all).await;
     }
