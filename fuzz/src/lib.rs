@@ -11,7 +11,7 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use serde_json::Value;
 use sluice_connectors::StandardConnectors;
 use sluice_connectors::http::HttpHub;
-use sluice_engine::connector::{BuildContext, Connectors, Envelope, Inlet, Outcome, Reply};
+use sluice_engine::{BuildContext, Connectors, Envelope, Inlet, Outcome, Reply};
 use sluice_engine::{Folders, Meta, Payload};
 use sluice_flow::{CsvOptions, Diagnostic, FileFormat, MessageFormat, OutputFormat, Text};
 use std::path::{Path, PathBuf};
@@ -136,6 +136,7 @@ fn file_decode(content: &[u8], format: FileFormat, csv: &CsvOptions) {
     let records = match sluice_connectors::file::decode_input(content, format, csv) {
         Ok(records) => records,
         Err(why) => {
+            let why = why.to_string();
             assert!(!why.trim().is_empty(), "a decode error without a reason");
             assert!(
                 format != FileFormat::Bytes,
@@ -213,6 +214,7 @@ fn body_decode(body: &[u8], format: MessageFormat) {
     let mut payload = match sluice_connectors::codec::decode(format, body) {
         Ok(payload) => payload,
         Err(why) => {
+            let why = why.to_string();
             assert!(!why.trim().is_empty(), "a decode error without a reason");
             assert!(
                 format == MessageFormat::Json
@@ -273,7 +275,7 @@ pub fn template(data: &[u8]) {
         return;
     };
     let (source, payload) = text.split_once('\n').unwrap_or((text, ""));
-    let template = match sluice_engine::expr::Template::compile(source) {
+    let template = match sluice_engine::Template::compile(source) {
         Ok(template) => template,
         Err(e) => {
             assert!(!e.message.trim().is_empty(), "an error without a reason");
@@ -288,7 +290,7 @@ pub fn template(data: &[u8]) {
     };
     // The payload is what a trigger would accept: the body parse refuses what no step could
     // represent (a number past f64's range, too deep a nesting), so such text is no payload.
-    let value = sluice_engine::message::parse_json(payload.as_bytes()).unwrap_or_else(
+    let value = sluice_engine::parse_json(payload.as_bytes()).unwrap_or_else(
         |_| serde_json::json!({"id": "o-1", "n": 3, "ok": true, "customer": {"id": "c-7"}}),
     );
     let mut meta = Meta::new();
@@ -469,7 +471,7 @@ pub fn http_request(data: &[u8]) {
                 payload,
                 status: None,
                 headers: Vec::new(),
-                message_id: message.id().to_owned(),
+                message_id: sluice_engine::Ids::message_id(&*message.meta).to_owned(),
             };
             ack.ack(Outcome::Delivered(Some(reply))).await;
         };

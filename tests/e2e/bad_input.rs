@@ -76,8 +76,19 @@ fn sidecar(sb: &Sandbox, rel: &str, file_name: &str) -> Value {
         "attempts",
         "time",
         "file",
+        "message_id",
     ] {
         assert!(obj.contains_key(key), "{rel} lacks `{key}`: {side:#}");
+    }
+    // Every sidecar, a file's that was never read included, names the message and the
+    // version that handled it, as a dead-letter entry does.
+    for key in ["message_id", "flow_version"] {
+        assert!(
+            side[key]
+                .as_str()
+                .is_some_and(|v| !v.is_empty() && v != "-"),
+            "{rel}: `{key}` is set: {side:#}"
+        );
     }
     assert_eq!(side["flow"], "orders", "{rel}: flow");
     assert!(

@@ -111,6 +111,54 @@ fn a_flow_saved_in_two_writes_never_runs_half_written() {
 }
 
 #[test]
+fn a_flow_being_written_when_the_process_starts_loads_only_once_complete() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("inbox/early")).unwrap();
+    const N: usize = 5;
+    for i in 0..N {
+        sb.drop_json(
+            "inbox/early",
+            &format!("e-{i}.json"),
+            &json!({ "id": format!("e-{i}") }),
+        );
+    }
+    // The first write alone is a valid flow that would acknowledge every input unwritten.
+    let full = file_flow("early", "full");
+    let split = full.find("steps:").unwrap();
+    std::fs::create_dir_all(sb.path("flows")).unwrap();
+    let mut file = std::fs::File::create(sb.path("flows/early.yaml")).unwrap();
+    file.write_all(&full.as_bytes()[..split]).unwrap();
+    file.flush().unwrap();
+    let mut sluice = Sluice::run(&sb);
+    // The copy goes on while the process starts (the pause is the writer's, not a wait for
+    // a result).
+    thread::sleep(millis(300));
+    file.write_all(&full.as_bytes()[split..]).unwrap();
+    drop(file);
+
+    sluice.wait_ready("early");
+    sluice.expect_within(secs(15), &format!("{N} outputs"), || {
+        sb.count("outbox/early") == N
+    });
+    for i in 0..N {
+        assert_eq!(
+            output_version(&mut sluice, &sb, "early", &format!("e-{i}")),
+            "full"
+        );
+    }
+    let log = sluice.log();
+    assert_eq!(
+        lines_with(&log, "flow ready", "early"),
+        1,
+        "the flow loaded once, complete:\n{log}"
+    );
+    assert_eq!(lines_with(&log, "flow reloaded", "early"), 0, "{log}");
+    sluice.expect_within(secs(15), "every input done", || {
+        sb.count("inbox/early/.done") == N
+    });
+}
+
+#[test]
 fn a_script_saved_in_two_writes_never_runs_half_written() {
     let sb = Sandbox::new();
     sb.write("scripts/stage.rhai", "payload.stage = \"old\";\n");

@@ -19,6 +19,7 @@ use sluice_engine::{
     Acker, BuildContext, Envelope, ErrorKind, FlowError, Inlet, Message, Meta, Outcome, Outgoing,
     Sink, Trigger,
 };
+use sluice_engine::{CORRELATION_ID, Ids, MESSAGE_ID};
 use sluice_flow::{ChannelBackend, ChannelConfig, Diagnostic, Settings};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -168,7 +169,7 @@ impl Channels {
                         &stream,
                         config.timeout.0,
                     )
-                    .map_err(|e| cx.diagnostic(&config.name, e))?,
+                    .map_err(|e| cx.diagnostic(&config.name, e.to_string()))?,
                 )
             }
         })
@@ -271,23 +272,17 @@ impl Trigger for ChannelTrigger {
             // The message keeps its id and correlation id across the hop; the rest of the
             // upstream metadata belongs to the upstream flow.
             let mut meta = Meta::new();
-            if let Some(id) = upstream.get("message_id") {
-                meta.insert("message_id".to_owned(), id.clone());
-            }
-            meta.insert(
-                "correlation_id".to_owned(),
-                codec::correlation_id(&upstream).to_owned(),
-            );
+            meta.insert(MESSAGE_ID.to_owned(), upstream.message_id().to_owned());
+            meta.insert(CORRELATION_ID.to_owned(), upstream.correlation().to_owned());
             meta.insert("channel.name".to_owned(), self.name.clone());
             meta.insert(
                 "channel.from".to_owned(),
                 upstream.get("flow").cloned().unwrap_or_default(),
             );
-            let envelope = Envelope {
-                message: Message::new(inlet.flow(), payload, meta),
-                ack: Box::new(ChannelAcker { done }),
-                reply: false,
-            };
+            let envelope = Envelope::new(
+                Message::new(inlet.flow(), payload, meta),
+                Box::new(ChannelAcker { done }),
+            );
             if inlet.send(envelope).await.is_err() {
                 // Dropping the envelope drops `done`: the writer sees a retryable error.
                 return;

@@ -59,7 +59,11 @@ async fn a_failure_not_settled_fails_the_write_and_a_delivery_confirms_the_retry
         .next()
         .await
         .expect("the channel hands the message over");
-    assert_eq!(envelope.message.id(), "o-1", "the message keeps its id");
+    assert_eq!(
+        envelope.message.meta.message_id(),
+        "o-1",
+        "the message keeps its id"
+    );
     let meta = &envelope.message.meta;
     assert_eq!(meta.get("channel.name").map(String::as_str), Some("orders"));
     assert_eq!(
@@ -92,7 +96,7 @@ async fn a_failure_not_settled_fails_the_write_and_a_delivery_confirms_the_retry
     // The upstream retry delivers the same message again; this time it is delivered.
     let writing = write(sink, out);
     let envelope = flow.next().await.expect("the message comes again");
-    assert_eq!(envelope.message.id(), "o-1");
+    assert_eq!(envelope.message.meta.message_id(), "o-1");
     envelope.ack.ack(TestInlet::delivered()).await;
     let (_, _, result) = writing.await.expect("the write task");
     assert!(
@@ -133,7 +137,7 @@ async fn a_dead_lettered_failure_confirms_the_write_and_a_dropped_ack_fails_it()
         .next()
         .await
         .expect("the channel hands the message over");
-    assert_eq!(envelope.message.id(), "a-2");
+    assert_eq!(envelope.message.meta.message_id(), "a-2");
     drop(envelope);
     let (_, _, result) = writing.await.expect("the write task");
     let error = result.expect_err("an unanswered message is not confirmed");

@@ -3,24 +3,50 @@
 
 use base64::Engine as _;
 use serde_json::Value;
-use sluice_engine::{ErrorKind, FlowError, Inlet, Meta, Payload};
+use sluice_engine::{ErrorKind, FlowError, Inlet, Payload};
 use sluice_flow::MessageFormat;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Why a received body could not become a payload, or why a broker name was refused.
+///
+/// A body error travels into the message as its `sluice.undecodable` reason (and from there
+/// into the dead letter), so its text is what an operator reads; a name error becomes a load
+/// diagnostic at the name.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A `json` body the parser refused: malformed, nested too deep, a number out of range.
+    #[error(transparent)]
+    Json(#[from] sluice_engine::BodyError),
+    /// A `text` body that is not UTF-8.
+    #[error("the body is not UTF-8: {0}")]
+    NotUtf8(#[source] std::str::Utf8Error),
+    /// A stream, queue, consumer or channel name that is empty.
+    #[error("the name is empty")]
+    EmptyName,
+    /// A name with a character some broker refuses.
+    #[error("`{name}` contains `{bad}`; use letters, digits, `-` and `_`")]
+    BadName {
+        /// The name as written.
+        name: String,
+        /// Its first character outside the portable set.
+        bad: char,
+    },
+}
+
 /// Turns a received body into a payload; an error names what is wrong with the body. A JSON
-/// body is parsed here, completely and once ([`sluice_engine::message::parse_json`]): a body
+/// body is parsed here, completely and once ([`sluice_engine::parse_json`]): a body
 /// it refuses (malformed, nested too deep, a number out of range) is the caller's to hand to
 /// [`Message::undecodable`](sluice_engine::Message::undecodable), which keeps it as it
 /// arrived for the dead letter.
-pub fn decode(format: MessageFormat, body: &[u8]) -> Result<Payload, String> {
+pub fn decode(format: MessageFormat, body: &[u8]) -> Result<Payload, CodecError> {
     match format {
-        MessageFormat::Json => {
-            Payload::from_json_bytes(bytes::Bytes::copy_from_slice(body)).map_err(|e| e.to_string())
-        }
+        MessageFormat::Json => Ok(Payload::from_json_bytes(bytes::Bytes::copy_from_slice(
+            body,
+        ))?),
         MessageFormat::Text => std::str::from_utf8(body)
             .map(|s| Value::String(s.to_owned()).into())
-            .map_err(|e| format!("the body is not UTF-8: {e}")),
+            .map_err(CodecError::NotUtf8),
         MessageFormat::Bytes => {
             Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(body)).into())
         }
@@ -46,14 +72,6 @@ pub fn encode(format: MessageFormat, payload: &mut Payload) -> Result<Vec<u8>, F
             )),
         },
     }
-}
-
-/// The correlation id a message carries on: the one it arrived with, else its own id.
-pub fn correlation_id(meta: &Meta) -> &str {
-    meta.get("correlation_id")
-        .or_else(|| meta.get("message_id"))
-        .map(String::as_str)
-        .unwrap_or("-")
 }
 
 /// Capped exponential backoff for reconnecting: 100 ms, 200 ms, … up to 10 s.
@@ -86,15 +104,17 @@ impl Backoff {
 /// Runs a broker trigger's consuming loop until `stop`, connecting again with capped
 /// backoff whenever it fails; the flow reports unready meanwhile. `consume` connects, marks
 /// the inlet healthy once it is consuming, and returns `Ok` only when `stop` was cancelled. An
-/// attempt that got as far as healthy starts the backoff afresh.
-pub async fn consume_reconnecting<F, Fut>(
+/// attempt that got as far as healthy starts the backoff afresh. The error's text is the
+/// flow's unhealthy reason (the registry shows it without the URL's credentials).
+pub async fn consume_reconnecting<F, Fut, E>(
     inlet: &Inlet,
     stop: &CancellationToken,
     source: &str,
     mut consume: F,
 ) where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut backoff = Backoff::default();
     loop {
@@ -102,7 +122,7 @@ pub async fn consume_reconnecting<F, Fut>(
         if inlet.is_healthy() {
             backoff = Backoff::default();
         }
-        inlet.set_unhealthy(e.clone());
+        inlet.set_unhealthy(e.to_string());
         tracing::warn!(flow = %inlet.flow(), "{source}: {e}; reconnecting in {}", humantime::format_duration(backoff.next));
         if !backoff.wait(stop).await {
             return;
@@ -112,17 +132,18 @@ pub async fn consume_reconnecting<F, Fut>(
 
 /// Checks a name used as a stream, queue, consumer or channel name: non-empty, made of
 /// letters, digits, `-` and `_` (the set every broker accepts).
-pub fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), CodecError> {
     if name.is_empty() {
-        return Err("the name is empty".to_owned());
+        return Err(CodecError::EmptyName);
     }
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
     {
-        return Err(format!(
-            "`{name}` contains `{bad}`; use letters, digits, `-` and `_`"
-        ));
+        return Err(CodecError::BadName {
+            name: name.to_owned(),
+            bad,
+        });
     }
     Ok(())
 }
@@ -151,11 +172,17 @@ mod tests {
     #[test]
     fn a_json_body_the_parse_refuses_is_undecodable() {
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        let e = decode(MessageFormat::Json, deep.as_bytes()).unwrap_err();
+        let e = decode(MessageFormat::Json, deep.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("deeper than"), "{e}");
-        let e = decode(MessageFormat::Json, br#"{"n":1e400}"#).unwrap_err();
+        let e = decode(MessageFormat::Json, br#"{"n":1e400}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1e+400 at /n"), "{e}");
-        let e = decode(MessageFormat::Json, b"{\"s\":\"\xff\"}").unwrap_err();
+        let e = decode(MessageFormat::Json, b"{\"s\":\"\xff\"}")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("the body is not JSON"), "{e}");
         let big = br#"{"id":12345678901234567890123}"#;
         let mut p = decode(MessageFormat::Json, big).unwrap();
@@ -165,7 +192,10 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(check_name("orders-v1_2").is_ok());
-        assert!(check_name("a.b").is_err());
-        assert!(check_name("").is_err());
+        assert_eq!(
+            check_name("a.b").unwrap_err().to_string(),
+            "`a.b` contains `.`; use letters, digits, `-` and `_`"
+        );
+        assert_eq!(check_name("").unwrap_err().to_string(), "the name is empty");
     }
 }

@@ -4,7 +4,7 @@
 //! the one registration list in `lib.rs` (Vector's component registration is the model).
 
 use crate::StandardConnectors;
-use sluice_engine::{BuildContext, Sink, Trigger};
+use sluice_engine::{BuildContext, InputFormat, Sink, Trigger};
 use sluice_flow::{Diagnostic, Spanned, Text};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +48,18 @@ pub trait TriggerComponent {
     /// The folder it scans, if it does: no sink of the flow may write into it.
     fn watched_folder(&self) -> Option<PathBuf> {
         None
+    }
+
+    /// Whether it authenticates its own callers (the admin server then asks for the same
+    /// authentication before injecting a message into its flow).
+    fn authenticates(&self) -> bool {
+        false
+    }
+
+    /// How it reads a body into messages (`sluice exec` reads its input the same way): one
+    /// JSON document by default.
+    fn input(&self) -> InputFormat {
+        InputFormat::default()
     }
 
     /// The part of its configuration whose change restarts it on a reload, given the whole

@@ -11,6 +11,8 @@
 // A `Diagnostic` carries its snippet and hints; it is built once per mistake, on a cold
 // path, so returning it unboxed is simpler and costs nothing that matters.
 #![allow(clippy::result_large_err)]
+// Both crates are read by connector and step authors; every public item says what it is for.
+#![warn(missing_docs)]
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -36,6 +38,27 @@ use sluice_engine::{BuildContext, Connectors, Sink, SinkInfo, Trigger, TriggerIn
 use sluice_flow as model;
 use sluice_flow::{Diagnostic, Settings, SinkConfig, Spanned, TriggerConfig};
 use std::sync::Arc;
+
+/// A broker URL as an error shows it: without user info or query, where credentials live.
+/// Errors are printed in log lines, unhealthy reasons and dead letters, so none carries the
+/// URL as configured. A PostgreSQL `key=value` connection string is no URL and may hold a
+/// `password=`: it is not shown at all.
+#[cfg_attr(
+    not(any(
+        feature = "nats",
+        feature = "amqp",
+        feature = "redis",
+        feature = "postgres"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn shown_url(url: &str) -> String {
+    if url.contains("://") {
+        sluice_engine::without_credentials(url)
+    } else {
+        "(a connection string, not shown)".to_owned()
+    }
+}
 
 /// Every connector that ships with sluice, with the resources they share (the HTTP
 /// listener, the NATS connections, the channel backend).
@@ -111,6 +134,8 @@ fn trigger_info<C: TriggerComponent>(config: &C, cx: &BuildContext<'_>) -> Trigg
         connects: config.connects(),
         watched_folder: config.watched_folder(),
         restart_key,
+        authenticates: config.authenticates(),
+        input: config.input(),
     }
 }
 
@@ -287,7 +312,7 @@ mod tests {
     #[test]
     fn a_file_trigger_claims_and_watches_its_folder() {
         let info = info(&format!("trigger:\n  file: {{ path: inbox/a }}\n{SINKS}"));
-        let folder = sluice_engine::compile::normalize(std::path::Path::new("inbox/a"));
+        let folder = sluice_flow::paths::normalize(std::path::Path::new("inbox/a"));
         assert_eq!(info.kind, "file");
         assert_eq!(info.description, "file inbox/a");
         assert_eq!(info.claim, Some(format!("file {}", folder.display())));
@@ -331,6 +356,21 @@ mod tests {
         let changed = info(&format!("trigger:\n  file: {{ path: inbox/b }}\n{SINKS}"));
         assert!(a.restart_key.same_as(&moved.restart_key));
         assert!(!a.restart_key.same_as(&changed.restart_key));
+    }
+
+    #[test]
+    fn an_error_shows_a_url_without_its_credentials() {
+        assert_eq!(
+            shown_url("amqp://guest:secret@127.0.0.1:5672/%2f?heartbeat=5"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            shown_url("postgres://app@db/orders?password=secret"),
+            "postgres://db/orders"
+        );
+        // A key=value connection string is no URL; its password would show.
+        let text = shown_url("host=db user=app password=secret");
+        assert!(!text.contains("secret"), "{text}");
     }
 
     #[test]

@@ -112,11 +112,10 @@ impl Trigger for ScheduleTrigger {
                 "schedule.tick".to_owned(),
                 humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             );
-            let envelope = Envelope {
-                message: Message::new(inlet.flow(), self.payload.clone(), meta),
-                ack: Box::new(TickAck(busy.clone())),
-                reply: false,
-            };
+            let envelope = Envelope::new(
+                Message::new(inlet.flow(), self.payload.clone(), meta),
+                Box::new(TickAck(busy.clone())),
+            );
             if inlet.send(envelope).await.is_err() {
                 return;
             }

@@ -10,7 +10,7 @@ use crate::script::Sandbox;
 use crate::steps::Steps;
 use sluice_flow::{Diagnostic, LoadedFlow, Span};
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 mod breakers;
@@ -20,8 +20,6 @@ mod position;
 mod size;
 
 pub(crate) use compiler::Compiler;
-pub use position::position_in_scalar;
-pub use size::{MAX_DEPTH, MAX_STEPS};
 
 /// Where a flow's references resolve.
 #[derive(Clone, Debug)]
@@ -164,7 +162,6 @@ pub fn compile(
         version,
         path: flow.path.clone(),
         description: file.description.as_ref().map(|d| d.0.clone()),
-        trigger_config: file.trigger.value.clone(),
         trigger_info,
         source: FlowSource::of(flow),
         trigger: Mutex::new(trigger),
@@ -184,25 +181,14 @@ pub fn compile(
         dependencies: cx.dependencies,
         breakers,
         calls: cx.calls,
+        forks: file
+            .steps
+            .iter()
+            .map(|s| s.value.kind())
+            .find(|k| matches!(*k, "split" | "aggregate")),
         stateful: cx.stateful,
         warnings: cx.warnings,
     })
-}
-
-/// Makes a path absolute and removes `.` and `..` without touching the filesystem.
-pub fn normalize(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    let mut out = PathBuf::new();
-    for part in absolute.components() {
-        match part {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 fn version_hash(source: &str, dependencies: &[PathBuf]) -> String {
@@ -228,7 +214,7 @@ impl Compiler<'_> {
         let (Some(folder), Some(watched)) = (&sink.folder, watched) else {
             return;
         };
-        let target = normalize(Path::new(folder.value.as_str()));
+        let target = sluice_flow::paths::normalize(Path::new(folder.value.as_str()));
         if target.starts_with(watched) {
             self.error(
                 Span::of(folder),

@@ -4,7 +4,9 @@
 //! engine's, written once here and in [`crate::flow`].
 
 use crate::error::{ErrorEnvelope, FlowError};
+use crate::flow::CompiledFlow;
 use crate::message::{Message, Meta, Payload};
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use sluice_flow::{Diagnostic, LoadedFlow, SinkConfig, Span, Spanned, TriggerConfig};
 
@@ -15,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 mod info;
 
-pub use info::{SinkInfo, TriggerInfo, TriggerKey};
+pub use info::{InputFormat, SinkInfo, TriggerInfo, TriggerKey};
 
 /// A message on its way to one sink.
 #[derive(Clone, Debug)]
@@ -185,6 +187,32 @@ pub struct Envelope {
     /// Whether the trigger wants the final payload back in the outcome (request-reply);
     /// converting it costs, so one-way triggers say no.
     pub reply: bool,
+    /// The batch the message belongs to (the file trigger: one per file), if any.
+    pub batch: Option<crate::hold::Batch>,
+}
+
+impl Envelope {
+    /// A one-way message (no reply wanted, no batch) and the acknowledgement it owes.
+    pub fn new(message: Message, ack: Box<dyn Acker>) -> Self {
+        Envelope {
+            message,
+            ack,
+            reply: false,
+            batch: None,
+        }
+    }
+
+    /// The same envelope, whose trigger waits for the final payload (request-reply).
+    pub fn wanting_reply(mut self) -> Self {
+        self.reply = true;
+        self
+    }
+
+    /// The same envelope, as a member of `batch`.
+    pub fn in_batch(mut self, batch: crate::hold::Batch) -> Self {
+        self.batch = Some(batch);
+        self
+    }
 }
 
 /// A trigger's health: `None` when healthy, else why not. Shared with `/readyz`.
@@ -196,6 +224,8 @@ pub struct Inlet {
     flow: Arc<str>,
     tx: mpsc::Sender<Envelope>,
     health: Health,
+    /// The flow's running version, for the failures a trigger finds itself.
+    current: Option<Arc<ArcSwap<CompiledFlow>>>,
 }
 
 impl Inlet {
@@ -205,7 +235,27 @@ impl Inlet {
             flow: flow.into(),
             tx,
             health,
+            current: None,
         }
+    }
+
+    /// The same inlet, feeding the flow whose running version `current` holds.
+    pub(crate) fn for_flow(mut self, current: Arc<ArcSwap<CompiledFlow>>) -> Self {
+        self.current = Some(current);
+        self
+    }
+
+    /// The error envelope of a failure that the trigger finds before there is a message (a
+    /// file too large to read): it names the flow version running now and a fresh message
+    /// id, so it reads, and is found in the logs, like every other failure.
+    pub fn envelope(&self, error: &FlowError) -> ErrorEnvelope {
+        let version = self
+            .current
+            .as_ref()
+            .map(|current| current.load().version.clone())
+            .unwrap_or_default();
+        let message_id = uuid::Uuid::now_v7().to_string();
+        ErrorEnvelope::new(&self.flow, &version, &message_id, error, 1)
     }
 
     /// Marks the trigger unhealthy (the flow then reports unready), with the reason.

@@ -1,27 +1,137 @@
-//! Dry runs of a compiled flow (`tests:`, `sluice exec`, the benchmarks): the contracts and
-//! steps of one message, with its deliveries collected instead of written.
+//! Dry runs of a compiled flow (`tests:`, `sluice exec`, the benchmarks): one message takes
+//! the same path as under `sluice run` ([`CompiledFlow::run`] in a dry mode), and a
+//! [`Recorder`] collects what would have been written instead of the sinks.
 
+use crate::connector::Outcome;
 use crate::error::{ErrorKind, FlowError};
-use crate::flow::CompiledFlow;
+use crate::flow::{CompiledFlow, Mode};
 use crate::message::{Message, Meta, Payload};
-use crate::steps::{Control, Exec, Fork};
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use crate::steps::{Control, Delivery, Exec, ReplySpec};
 use serde_json::Value;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The result of running the steps of one message, before any I/O.
 pub struct Executed {
     /// `Drop` when a filter removed the message.
     pub control: Control,
-    /// The payload after the last step.
+    /// The payload after the last step (for a split: the children's payloads, in order).
     pub payload: Payload,
     /// The metadata.
     pub meta: Arc<Meta>,
     /// Deliveries to perform.
-    pub deliveries: Vec<crate::steps::Delivery>,
+    pub deliveries: Vec<Delivery>,
     /// Status and headers set by `reply` steps.
-    pub reply: crate::steps::ReplySpec,
+    pub reply: ReplySpec,
+}
+
+/// What a dry run would have written: the deliveries in order, how each message (or split
+/// child) ended, and the split parent's own state.
+#[derive(Default)]
+pub(crate) struct Recorder(Mutex<Recorded>);
+
+#[derive(Default)]
+struct Recorded {
+    deliveries: Vec<Delivery>,
+    /// How the message ended, without a split.
+    end: Option<End>,
+    /// How each child ended, after a split.
+    children: Vec<End>,
+    /// The parent's metadata and reply, once a split handed over to its children.
+    parent: Option<(Arc<Meta>, ReplySpec)>,
+}
+
+/// How a message or split child ended.
+struct End {
+    control: Control,
+    payload: Payload,
+    meta: Arc<Meta>,
+    reply: ReplySpec,
+}
+
+impl Recorder {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A message ran its last step (`Continue`) or was filtered (`Drop`); its payload is
+    /// moved here, since nothing reads it afterwards.
+    pub(crate) fn end(&self, control: Control, exec: &mut Exec) {
+        let payload = std::mem::replace(&mut exec.payload, Payload::from_json(Value::Null));
+        let end = End {
+            control,
+            payload,
+            meta: exec.meta.clone(),
+            reply: std::mem::take(&mut exec.reply),
+        };
+        let mut recorded = self.lock();
+        if recorded.parent.is_some() {
+            recorded.children.push(end);
+        } else {
+            recorded.end = Some(end);
+        }
+    }
+
+    /// The deliveries a message would have written.
+    pub(crate) fn deliveries(&self, deliveries: Vec<Delivery>) {
+        let mut recorded = self.lock();
+        if recorded.deliveries.is_empty() {
+            // The common case, one message: its list is taken as it is.
+            recorded.deliveries = deliveries;
+        } else {
+            recorded.deliveries.extend(deliveries);
+        }
+    }
+
+    /// A split hands over to its children: the parent's own deliveries come first.
+    pub(crate) fn split(&self, parent: &mut Exec) {
+        let mut recorded = self.lock();
+        recorded
+            .deliveries
+            .extend(std::mem::take(&mut parent.deliveries));
+        recorded.parent = Some((parent.meta.clone(), std::mem::take(&mut parent.reply)));
+    }
+
+    fn into_executed(self) -> Result<Executed, FlowError> {
+        let recorded = self.0.into_inner().unwrap_or_else(|p| p.into_inner());
+        let Recorded {
+            deliveries,
+            end,
+            children,
+            parent,
+        } = recorded;
+        if let Some((meta, reply)) = parent {
+            let mut payloads = Vec::new();
+            for end in children {
+                if end.control == Control::Continue {
+                    let payload = end
+                        .payload
+                        .into_json()
+                        .map_err(|e| FlowError::permanent(ErrorKind::Transform, e))?;
+                    payloads.push(payload);
+                }
+            }
+            return Ok(Executed {
+                control: Control::Continue,
+                payload: Payload::from_json(Value::Array(payloads)),
+                meta,
+                deliveries,
+                reply,
+            });
+        }
+        let Some(end) = end else {
+            return Err(FlowError::permanent(
+                ErrorKind::Transform,
+                "internal: a dry run ended without a result",
+            ));
+        };
+        Ok(Executed {
+            control: end.control,
+            payload: end.payload,
+            meta: end.meta,
+            deliveries,
+            reply: end.reply,
+        })
+    }
 }
 
 impl CompiledFlow {
@@ -32,51 +142,15 @@ impl CompiledFlow {
         let Message { payload, meta } = message;
         let mut exec = Exec::new(payload, meta);
         exec.dry = true;
-        self.dry_from(exec, 0).await
-    }
-
-    fn dry_from(&self, mut exec: Exec, start: usize) -> BoxFuture<'_, Result<Executed, FlowError>> {
-        async move {
-            let (control, at) = self.steps_from(&mut exec, start).await?;
-            if control != Control::Fork {
-                return Ok(Executed {
-                    control,
-                    payload: exec.payload,
-                    meta: exec.meta,
-                    deliveries: exec.deliveries,
-                    reply: exec.reply,
-                });
-            }
-            let Some(Fork::Split(children)) = exec.fork.take() else {
-                // `aggregate` completes at once in a dry run and never forks.
-                return Err(FlowError::permanent(
-                    ErrorKind::Transform,
-                    "unexpected fork in a dry run",
-                ));
-            };
-            let mut payloads = Vec::new();
-            let mut deliveries = exec.deliveries;
-            for child in children.into_execs(&exec.meta, None) {
-                let mut child = child;
-                child.dry = true;
-                let done = self.dry_from(child, at + 1).await?;
-                if done.control == Control::Continue {
-                    let payload = done
-                        .payload
-                        .into_json()
-                        .map_err(|e| FlowError::permanent(ErrorKind::Transform, e))?;
-                    payloads.push(payload);
-                }
-                deliveries.extend(done.deliveries);
-            }
-            Ok(Executed {
-                control: Control::Continue,
-                payload: Payload::from_json(Value::Array(payloads)),
-                meta: exec.meta,
-                deliveries,
-                reply: exec.reply,
-            })
+        let recorder = Recorder::default();
+        match self.run(exec, 0, Mode::dry(&recorder)).await {
+            Some(Outcome::Failed(failure)) => Err(failure.error),
+            Some(_) => recorder.into_executed(),
+            // Only a message parked in an aggregate group is abandoned; a dry run never parks.
+            None => Err(FlowError::permanent(
+                ErrorKind::Transform,
+                "internal: a dry run was abandoned",
+            )),
         }
-        .boxed()
     }
 }

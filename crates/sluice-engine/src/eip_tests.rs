@@ -6,7 +6,7 @@ use crate::connector::{
 };
 use crate::error::{ErrorKind, FlowError};
 use crate::flow::CompiledFlow;
-use crate::hold::{BATCH_ID, BATCH_SIZE, BatchTracker, HoldInner};
+use crate::hold::{Batch, BatchTracker, HoldInner};
 use crate::message::{Message, Meta};
 use crate::steps::Control;
 use async_trait::async_trait;
@@ -78,13 +78,8 @@ fn flow(name: &str, steps: &str) -> (CompiledFlow, Written) {
     (compiled, written)
 }
 
-fn message(flow: &str, payload: Value, batch: Option<(&str, usize)>) -> Message {
-    let mut meta = Meta::new();
-    if let Some((id, size)) = batch {
-        meta.insert(BATCH_ID.to_owned(), id.to_owned());
-        meta.insert(BATCH_SIZE.to_owned(), size.to_string());
-    }
-    Message::new(flow, payload, meta)
+fn message(flow: &str, payload: Value) -> Message {
+    Message::new(flow, payload, Meta::new())
 }
 
 #[tokio::test]
@@ -93,10 +88,7 @@ async fn try_catch_restores_the_payload_and_exposes_the_error() {
         "tc",
         "  - try:\n      - set: { touched: \"`true`\" }\n      - transform: \"`5`\"\n      - set: { b: a }\n  - catch:\n      - set: { kind: \"meta('error.kind')\", step: \"meta('error.step')\" }\n  - to: out",
     );
-    let mut done = f
-        .execute(message("tc", json!({"a": 1}), None))
-        .await
-        .unwrap();
+    let mut done = f.execute(message("tc", json!({"a": 1}))).await.unwrap();
     let payload = done.payload.json().unwrap().clone();
     assert_eq!(
         payload.get("touched"),
@@ -117,7 +109,7 @@ async fn a_dry_split_runs_every_child_and_a_dry_aggregate_completes_a_group_of_o
         "  - split: items\n  - aggregate: { size: 5, output: \"{n: length(@), first: [0]}\" }\n  - to: out",
     );
     let done = f
-        .execute(message("dry", json!({"items": [1, 2, 3]}), None))
+        .execute(message("dry", json!({"items": [1, 2, 3]})))
         .await
         .unwrap();
     assert_eq!(done.control, Control::Continue);
@@ -139,9 +131,10 @@ async fn split_children_aggregate_back_when_their_batch_ends() {
         json!({"lines": [{"k": "a", "v": 3}]}),
     ];
     let mut tasks = Vec::new();
+    let batch = Batch::new(2);
     for input in inputs {
-        let m = message("agg", input, Some(("file-1", 2)));
-        let hold = HoldInner::new(None, &tracker, &m.meta);
+        let m = message("agg", input);
+        let hold = HoldInner::new(None, &tracker, Some(batch));
         let f = f.clone();
         tasks.push(tokio::spawn(async move {
             f.process(m, false, Some(hold)).await
@@ -175,7 +168,7 @@ async fn dedupe_drops_a_duplicate_and_forgets_the_key_of_a_failed_message() {
     let (f, written) = flow("dd", "  - dedupe: { key: id }\n  - to: out");
     let run = |v: Value| {
         let f = &f;
-        async move { f.process(message("dd", v, None), false, None).await }
+        async move { f.process(message("dd", v), false, None).await }
     };
     assert!(matches!(
         run(json!({"id": 1})).await,
@@ -202,9 +195,9 @@ async fn a_throttle_rejects_over_its_rate() {
         "th",
         "  - throttle: { rate: 1/h, on_rate: reject }\n  - to: out",
     );
-    let first = f.process(message("th", json!({}), None), false, None).await;
+    let first = f.process(message("th", json!({})), false, None).await;
     assert!(matches!(first, Some(Outcome::Delivered(_))));
-    match f.process(message("th", json!({}), None), false, None).await {
+    match f.process(message("th", json!({})), false, None).await {
         Some(Outcome::Failed(failure)) => assert_eq!(failure.error.kind, ErrorKind::Throttle),
         other => panic!("{other:?}"),
     }
@@ -216,7 +209,7 @@ async fn run_all(f: &Arc<CompiledFlow>, payloads: Vec<Value>) -> Vec<Option<Outc
         .map(|p| {
             let f = f.clone();
             let name = f.name.clone();
-            tokio::spawn(async move { f.process(message(&name, p, None), false, None).await })
+            tokio::spawn(async move { f.process(message(&name, p), false, None).await })
         })
         .collect();
     let mut out = Vec::new();
@@ -302,9 +295,7 @@ async fn a_throttle_rejects_over_its_concurrency() {
     );
     // The called flow is not running: the first message fails there, after passing the
     // throttle; the throttle's permit is back once it failed.
-    let first = f
-        .process(message("tc2", json!({}), None), false, None)
-        .await;
+    let first = f.process(message("tc2", json!({})), false, None).await;
     match first {
         Some(Outcome::Failed(failure)) => assert!(failure.error.message.contains("not running")),
         other => panic!("{other:?}"),
@@ -318,17 +309,20 @@ async fn a_throttle_rejects_over_its_concurrency() {
         Some((1, sluice_flow::OnLimit::Reject)),
     ));
     let step = crate::steps::throttle::Throttle::new("t", None, limits);
-    use crate::steps::AsyncStep;
-    assert_eq!(step.run(&mut exec).await.unwrap(), Control::Continue);
+    use crate::steps::Step;
+    assert_eq!(
+        step.run(&mut exec).result().await.unwrap(),
+        Control::Continue
+    );
     let mut second = crate::steps::Exec::new(
         crate::message::Payload::from_json(json!({})),
         Arc::new(Meta::new()),
     );
-    let err = step.run(&mut second).await.unwrap_err();
+    let err = step.run(&mut second).result().await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Throttle);
     drop(exec);
     assert_eq!(
-        step.run(&mut second).await.unwrap(),
+        step.run(&mut second).result().await.unwrap(),
         Control::Continue,
         "the permit came back"
     );
@@ -339,7 +333,7 @@ async fn dedupe_without_a_key_uses_a_hash_of_the_payload() {
     let (f, written) = flow("dh", "  - dedupe: { ttl: 1m }\n  - to: out");
     let run = |v: Value| {
         let f = &f;
-        async move { f.process(message("dh", v, None), false, None).await }
+        async move { f.process(message("dh", v), false, None).await }
     };
     assert!(matches!(
         run(json!({"a": 1})).await,
@@ -367,8 +361,7 @@ async fn aggregate_completes_by_interval_while_members_keep_coming() {
     for _ in 0..6 {
         let f2 = f.clone();
         tasks.push(tokio::spawn(async move {
-            f2.process(message("iv", json!({}), None), false, None)
-                .await
+            f2.process(message("iv", json!({})), false, None).await
         }));
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

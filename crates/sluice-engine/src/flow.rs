@@ -6,17 +6,16 @@ use crate::connector::{Caller, Outcome, Sink, Trigger};
 use crate::contract::Contract;
 use crate::error::{ErrorKind, FlowError};
 use crate::hold::Hold;
-use crate::message::{Message, Meta, Payload};
+use crate::message::{Ids, Message, Meta, Payload};
 use crate::steps::{Control, Exec, Steps};
 use crate::testing::CompiledTest;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
-use sluice_flow::{RetryConfig, TriggerConfig};
+use sluice_flow::RetryConfig;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use crate::dry_run::Executed;
+use crate::dry_run::Recorder;
 pub use crate::workers::run_workers;
 
 mod delivery;
@@ -61,6 +60,40 @@ impl FlowSource {
     }
 }
 
+/// How [`CompiledFlow::run`] treats a message: live (sinks written, failures logged and
+/// dead-lettered) or dry (`tests:`, `sluice exec`: deliveries and final payloads recorded,
+/// nothing written, nothing logged as a failure).
+#[derive(Clone, Copy)]
+pub(crate) struct Mode<'a> {
+    /// The caller wants the final payload back (request-reply).
+    pub(crate) want_reply: bool,
+    /// A failure goes to the dead letter (the top-level message, or a split child that
+    /// dead-letters itself).
+    pub(crate) dead_letter: bool,
+    /// A dry run, recorded here.
+    pub(crate) dry: Option<&'a Recorder>,
+}
+
+impl<'a> Mode<'a> {
+    /// A live run.
+    pub(crate) fn live(want_reply: bool) -> Self {
+        Mode {
+            want_reply,
+            dead_letter: true,
+            dry: None,
+        }
+    }
+
+    /// A dry run recorded by `recorder`.
+    pub(crate) fn dry(recorder: &'a Recorder) -> Self {
+        Mode {
+            want_reply: false,
+            dead_letter: false,
+            dry: Some(recorder),
+        }
+    }
+}
+
 /// One version of a flow, ready to run messages. Immutable; a reload builds a new one.
 pub struct CompiledFlow {
     /// The flow's name.
@@ -71,8 +104,6 @@ pub struct CompiledFlow {
     pub path: PathBuf,
     /// `description:`.
     pub description: Option<String>,
-    /// Trigger configuration (a reload with the same one keeps the trigger running).
-    pub trigger_config: TriggerConfig,
     /// What the registry knows of the trigger: description, claim, broker, restart key.
     pub trigger_info: crate::connector::TriggerInfo,
     /// The flow file's text this version was built from (for later diagnostics).
@@ -107,6 +138,9 @@ pub struct CompiledFlow {
     pub breakers: Option<Breakers>,
     /// Flows this one runs with `call`, with where (for cycle diagnostics).
     pub calls: Vec<(String, Option<sluice_flow::Span>)>,
+    /// The kind of its first top-level step that forks a message (`split`, `aggregate`),
+    /// if any: such a flow cannot be called, since a call returns one result.
+    pub forks: Option<&'static str>,
     /// Steps with state across messages, told when the flow stops or is replaced.
     pub stateful: Vec<Arc<dyn crate::steps::Stateful>>,
     /// Problems that do not stop the flow, such as a script whose last call's result is
@@ -181,11 +215,13 @@ impl CompiledFlow {
     ) -> Option<Outcome> {
         if let Some(why) = message.undecodable_reason() {
             let error = FlowError::permanent(ErrorKind::Trigger, why.to_owned());
-            let message_id = message.id().to_owned();
+            let message_id = message.meta.message_id().to_owned();
             let meta = message.meta.clone();
             let original = Some((message.payload, message.meta));
             let keep = self.keeps_failure(caller.as_ref());
-            let outcome = self.fail(error, 1, &meta, original, keep).await;
+            let outcome = self
+                .fail(error, 1, &meta, original, keep, Mode::live(false))
+                .await;
             if !outcome.dead_lettered() {
                 tracing::error!(flow = %self.name, message_id = %message_id,
                     "the body cannot be read and the flow has no working dead letter: the message is acknowledged at its source and dropped; add `errors: dead_letter:` to keep such messages");
@@ -196,7 +232,7 @@ impl CompiledFlow {
         let mut exec = Exec::new(payload, meta);
         exec.hold = hold;
         exec.caller = caller;
-        self.run(exec, 0, want_reply, true).await
+        self.run(exec, 0, Mode::live(want_reply)).await
     }
 
     /// Whether a failure goes to the dead letter: always for one-way sources; for a caller
@@ -208,64 +244,70 @@ impl CompiledFlow {
         self.dead_letter_answered || !caller.is_some_and(Caller::answers_failure)
     }
 
-    /// Runs a message from step `start` on: steps, deliveries, and (when `dead_letter`) the
-    /// dead letter on failure. Boxed because split children and aggregates recurse.
-    fn run(
+    /// Runs a message from step `start` on: steps, deliveries, and (when `mode.dead_letter`)
+    /// the dead letter on failure. Live runs and dry runs both take this path; a dry run's
+    /// deliveries and final payloads go to its recorder instead of the sinks. Not boxed: a
+    /// message's future lives in its task, or on the caller's stack for a dry run; only the
+    /// rare paths are (a fork, which recurses into this, and a failure). Boxed, it was a
+    /// second allocation per message of over 1 KiB, for which glibc's malloc consolidates
+    /// its free lists: 5% of a dry run's instructions in `cargo bench --bench pipeline`.
+    pub(crate) async fn run(
         &self,
         mut exec: Exec,
         start: usize,
-        want_reply: bool,
-        dead_letter: bool,
-    ) -> BoxFuture<'_, Option<Outcome>> {
-        async move {
-            let message_id = exec
-                .meta
-                .get("message_id")
-                .cloned()
-                .unwrap_or_else(|| "-".to_owned());
-            let original = self
-                .dead_letter
-                .as_ref()
-                .filter(|_| dead_letter)
-                .map(|_| (exec.payload.snapshot(), exec.meta.clone()));
-            let (error, attempts) = match self.steps_from(&mut exec, start).await {
-                Ok((Control::Drop, _)) => {
-                    tracing::debug!(flow = %self.name, message_id = %message_id, "filtered");
-                    exec.finish(true);
-                    return Some(Outcome::Filtered);
+        mode: Mode<'_>,
+    ) -> Option<Outcome> {
+        let original = self
+            .dead_letter
+            .as_ref()
+            .filter(|_| mode.dead_letter)
+            .map(|_| (exec.payload.snapshot(), exec.meta.clone()));
+        let (error, attempts) = match self.steps_from(&mut exec, start).await {
+            Ok((Control::Drop, _)) => {
+                tracing::debug!(flow = %self.name, message_id = %exec.meta.message_id(), "filtered");
+                if let Some(recorder) = mode.dry {
+                    recorder.end(Control::Drop, &mut exec);
                 }
-                Ok((Control::Fork, at)) => {
-                    return self.forked(exec, at, want_reply, dead_letter).await;
-                }
-                Ok((Control::Continue, _)) => match reply(&mut exec, want_reply) {
-                    Err(error) => (error, 1),
-                    Ok(reply) => {
-                        if exec.deliveries.is_empty() {
-                            exec.finish(true);
-                            return Some(Outcome::Completed(reply));
-                        }
-                        match self
-                            .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
-                            .await
-                        {
-                            Ok(()) => {
-                                exec.finish(true);
-                                return Some(Outcome::Delivered(reply));
-                            }
-                            Err(failed) => failed,
-                        }
+                exec.finish(true);
+                return Some(Outcome::Filtered);
+            }
+            Ok((Control::Fork, at)) => {
+                // Boxed, like the failure below: the rare paths' futures would otherwise
+                // make every message's future as large as theirs (a large allocation
+                // per message; glibc's malloc then consolidates its free lists).
+                return Box::pin(self.forked(exec, at, mode)).await;
+            }
+            Ok((Control::Continue, _)) => match reply(&mut exec, mode.want_reply) {
+                Err(error) => (error, 1),
+                Ok(reply) => {
+                    if let Some(recorder) = mode.dry {
+                        recorder.end(Control::Continue, &mut exec);
                     }
-                },
-                Err(error) => {
-                    let attempts = error.attempts.max(1);
-                    (error, attempts)
+                    if exec.deliveries.is_empty() {
+                        exec.finish(true);
+                        return Some(Outcome::Completed(reply));
+                    }
+                    let deliveries = std::mem::take(&mut exec.deliveries);
+                    match self
+                        .deliver_for(exec.caller.as_ref(), &exec.meta, deliveries, mode)
+                        .await
+                    {
+                        Ok(()) => {
+                            exec.finish(true);
+                            return Some(Outcome::Delivered(reply));
+                        }
+                        Err(failed) => failed,
+                    }
                 }
-            };
-            exec.finish(false);
-            let keep = dead_letter && self.keeps_failure(exec.caller.as_ref());
-            Some(self.fail(error, attempts, &exec.meta, original, keep).await)
-        }
-        .boxed()
+            },
+            Err(error) => {
+                let attempts = error.attempts.max(1);
+                (error, attempts)
+            }
+        };
+        exec.finish(false);
+        let keep = mode.dead_letter && self.keeps_failure(exec.caller.as_ref());
+        Some(Box::pin(self.fail(error, attempts, &exec.meta, original, keep, mode)).await)
     }
 
     /// Runs a message for a `call` from another flow: contracts, steps and (unless `dry`)

@@ -8,14 +8,37 @@
 //! their parent's hold, so the parent settles when its last child does.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::OwnedSemaphorePermit;
 
-/// Metadata naming the batch a message belongs to (set by the file trigger: one per file).
+/// Metadata showing flows the batch a message belongs to (set by the file trigger: one per
+/// file). For expressions only: the engine reads the typed [`Batch`] of the envelope.
 pub const BATCH_ID: &str = "batch.id";
-/// Metadata giving the number of messages in the batch.
+/// Metadata showing flows the number of messages in the batch.
 pub const BATCH_SIZE: &str = "batch.size";
+
+/// The batch a message belongs to (one per claimed file): the engine notices when all of
+/// its messages have settled (`aggregate … end_of_batch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Batch {
+    /// Unique within the process: a redelivered file is a new batch.
+    pub id: u64,
+    /// The number of messages in it.
+    pub size: usize,
+}
+
+impl Batch {
+    /// A new batch of `size` messages, with the next id of the process (a counter: the id
+    /// only has to tell running batches apart).
+    pub fn new(size: usize) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Batch {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            size,
+        }
+    }
+}
 
 /// Shared by a message and its split children; dropping the last clone settles it.
 pub type Hold = Arc<HoldInner>;
@@ -39,20 +62,17 @@ impl Slot {
 /// What a [`Hold`] keeps: the worker slot and the batch membership.
 pub struct HoldInner {
     slot: Option<Arc<Slot>>,
-    batch: Option<(Arc<BatchTracker>, String)>,
+    batch: Option<(Arc<BatchTracker>, u64)>,
     parked: AtomicBool,
 }
 
 impl HoldInner {
-    /// A hold on a worker slot and, when the message names its batch, on that batch.
-    pub fn new(slot: Option<Arc<Slot>>, tracker: &Arc<BatchTracker>, meta: &crate::Meta) -> Hold {
-        let batch = match (meta.get(BATCH_ID), meta.get(BATCH_SIZE)) {
-            (Some(id), Some(size)) => size.parse::<usize>().ok().map(|size| {
-                tracker.expect(id, size);
-                (tracker.clone(), id.clone())
-            }),
-            _ => None,
-        };
+    /// A hold on a worker slot and, when the message belongs to a batch, on that batch.
+    pub fn new(slot: Option<Arc<Slot>>, tracker: &Arc<BatchTracker>, batch: Option<Batch>) -> Hold {
+        let batch = batch.map(|batch| {
+            tracker.expect(batch);
+            (tracker.clone(), batch.id)
+        });
         Arc::new(HoldInner {
             slot,
             batch,
@@ -66,9 +86,10 @@ impl HoldInner {
         self.parked.store(true, Ordering::SeqCst);
     }
 
-    /// The batch tracker of the message's flow, when the message belongs to a batch.
-    pub fn tracker(&self) -> Option<&Arc<BatchTracker>> {
-        self.batch.as_ref().map(|(t, _)| t)
+    /// The batch tracker of the message's flow and the batch's id, when the message
+    /// belongs to a batch.
+    pub fn batch(&self) -> Option<(&Arc<BatchTracker>, u64)> {
+        self.batch.as_ref().map(|(t, id)| (t, *id))
     }
 }
 
@@ -80,7 +101,7 @@ impl Drop for HoldInner {
             slot.release();
         }
         if let Some((tracker, id)) = &self.batch {
-            tracker.settle(id);
+            tracker.settle(*id);
         }
     }
 }
@@ -88,7 +109,7 @@ impl Drop for HoldInner {
 /// Told when every message of a batch has settled.
 pub trait BatchListener: Send + Sync {
     /// The batch `id` ended.
-    fn batch_ended(&self, id: &str);
+    fn batch_ended(&self, id: u64);
 }
 
 /// Counts settled messages per batch for one running flow.
@@ -100,7 +121,7 @@ pub struct BatchTracker {
 #[derive(Default)]
 struct TrackerState {
     /// Batch id → (messages settled, batch size).
-    batches: HashMap<String, (usize, usize)>,
+    batches: HashMap<u64, (usize, usize)>,
     listeners: Vec<Weak<dyn BatchListener>>,
 }
 
@@ -114,11 +135,11 @@ impl BatchTracker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn expect(&self, id: &str, size: usize) {
+    fn expect(&self, batch: Batch) {
         self.state()
             .batches
-            .entry(id.to_owned())
-            .or_insert((0, size));
+            .entry(batch.id)
+            .or_insert((0, batch.size));
     }
 
     /// Registers a listener (once; held weakly).
@@ -130,17 +151,17 @@ impl BatchTracker {
         }
     }
 
-    fn settle(&self, id: &str) {
+    fn settle(&self, id: u64) {
         let listeners = {
             let mut state = self.state();
-            let Some(entry) = state.batches.get_mut(id) else {
+            let Some(entry) = state.batches.get_mut(&id) else {
                 return;
             };
             entry.0 += 1;
             if entry.0 < entry.1 {
                 return;
             }
-            state.batches.remove(id);
+            state.batches.remove(&id);
             state.listeners.clone()
         };
         // Called without the lock: a listener may settle further holds.
@@ -157,7 +178,7 @@ mod tests {
 
     struct Count(AtomicUsize);
     impl BatchListener for Count {
-        fn batch_ended(&self, _id: &str) {
+        fn batch_ended(&self, _id: u64) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -169,11 +190,9 @@ mod tests {
         let weak: Weak<dyn BatchListener> =
             Arc::downgrade(&(count.clone() as Arc<dyn BatchListener>));
         tracker.listen(weak);
-        let mut meta = crate::Meta::new();
-        meta.insert(BATCH_ID.into(), "b".into());
-        meta.insert(BATCH_SIZE.into(), "2".into());
-        let a = HoldInner::new(None, &tracker, &meta);
-        let b = HoldInner::new(None, &tracker, &meta);
+        let batch = Some(Batch::new(2));
+        let a = HoldInner::new(None, &tracker, batch);
+        let b = HoldInner::new(None, &tracker, batch);
         let child = a.clone();
         drop(a);
         drop(b);

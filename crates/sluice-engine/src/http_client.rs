@@ -7,6 +7,7 @@
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::{ExprError, Template};
 use crate::http_url::{UrlTemplate, same_origin};
+use crate::message::Ids;
 use crate::message::{Meta, Payload};
 use sluice_flow::{HttpMethod, secrets};
 use std::sync::{Arc, LazyLock};
@@ -148,12 +149,7 @@ impl HttpCall {
             })?;
             request = request.header(name.as_str(), value);
         }
-        let correlation = meta
-            .get("correlation_id")
-            .or_else(|| meta.get("message_id"));
-        if let Some(id) = correlation {
-            request = request.header("x-correlation-id", id.as_str());
-        }
+        request = request.header("x-correlation-id", meta.correlation());
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")

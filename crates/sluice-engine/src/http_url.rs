@@ -28,8 +28,6 @@ pub struct UrlTemplate {
     template: Template,
     /// Per hole, the part of the URL it fills.
     places: Vec<Place>,
-    /// `scheme://authority`, fixed, used to check every redirect.
-    origin: reqwest::Url,
     /// Byte length of the literal `scheme://authority` that every rendering starts with.
     path_start: usize,
 }
@@ -99,7 +97,9 @@ impl UrlTemplate {
             }
             None => prefix.len(),
         };
-        let origin = reqwest::Url::parse(&prefix[..path_start])
+        // Checked, not kept: every rendering starts with this fixed origin, so a redirect is
+        // compared with the first request's URL (`same_origin`).
+        reqwest::Url::parse(&prefix[..path_start])
             .ok()
             .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()))
             .ok_or_else(|| {
@@ -125,14 +125,8 @@ impl UrlTemplate {
         Ok(UrlTemplate {
             template,
             places,
-            origin,
             path_start,
         })
-    }
-
-    /// The fixed `scheme://host:port` every request of this template goes to.
-    pub fn origin(&self) -> &reqwest::Url {
-        &self.origin
     }
 
     /// Renders the URL with every value percent-encoded for its place.
@@ -250,7 +244,9 @@ mod tests {
         assert!(UrlTemplate::compile("ftp://h/x").is_err());
         assert!(UrlTemplate::compile("http://h:99999/x").is_err());
         let ok = UrlTemplate::compile("HTTPS://h:8443?id={{id}}").unwrap();
-        assert_eq!(ok.origin().as_str(), "https://h:8443/");
+        let mut payload = Payload::from_json(serde_json::json!({"id": "a b"}));
+        let url = ok.render(&mut payload, &Arc::new(Meta::new())).unwrap();
+        assert!(url.starts_with("HTTPS://h:8443?id=a%20b"), "{url}");
     }
 
     #[test]

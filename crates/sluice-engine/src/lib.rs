@@ -7,40 +7,58 @@
 // A `Diagnostic` carries its snippet and hints; it is built once per mistake, on a cold
 // path, so returning it unboxed is simpler and costs nothing that matters.
 #![allow(clippy::result_large_err)]
+#![warn(missing_docs)]
 
-pub mod breaker;
-pub mod compile;
-pub mod connector;
-pub mod contract;
+// The modules are the engine's own; what connectors and the binary use is re-exported
+// below, so the seams inside can move without breaking them. `testing` (for tests of
+// triggers and flows) and `directory` (the process's flows by name, for `call`) are
+// namespaces on purpose.
+mod breaker;
+mod compile;
+mod connector;
+mod contract;
 pub mod directory;
-pub mod dry_run;
-pub mod error;
-pub mod expr;
-pub mod flow;
-pub mod hold;
-pub mod http_client;
-pub mod http_url;
-pub mod message;
-pub mod registry;
-pub mod retry;
-pub mod script;
-pub mod state;
-pub mod stats;
-pub mod steps;
+mod dry_run;
+mod error;
+mod expr;
+mod flow;
+mod hold;
+mod http_client;
+mod http_url;
+mod message;
+mod registry;
+mod retry;
+mod script;
+mod state;
+mod stats;
+mod steps;
 pub mod testing;
-pub mod value;
-pub mod watch;
-pub mod workers;
+mod value;
+mod watch;
+mod workers;
 
 #[cfg(test)]
 mod eip_tests;
 
 pub use compile::{Folders, compile};
 pub use connector::{
-    Acker, BuildContext, Caller, Connectors, Envelope, Failure, GaveUp, Inlet, Outcome, Outgoing,
-    Reply, Sink, SinkInfo, Trigger, TriggerInfo, TriggerKey,
+    Acker, BuildContext, Caller, Connectors, Envelope, Failure, GaveUp, Health, Inlet, InputFormat,
+    Outcome, Outgoing, Reply, Sink, SinkInfo, Trigger, TriggerInfo, TriggerKey,
 };
 pub use error::{ErrorEnvelope, ErrorKind, FlowError, Violation};
-pub use flow::CompiledFlow;
-pub use message::{Message, Meta, Payload};
-pub use registry::{Registry, RegistryOptions, build_flow, flow_files};
+pub use expr::{Expr, ExprError, Template};
+pub use flow::{CompiledFlow, Executed, FlowSource};
+pub use hold::{BATCH_ID, BATCH_SIZE, Batch};
+pub use http_client::{CallError, HttpAnswer, HttpCall};
+pub use message::{
+    BodyError, BodyErrorKind, CORRELATION_ID, Ids, MAX_DEPTH, MESSAGE_ID, Message, Meta, Payload,
+    check_numbers, parse_json,
+};
+pub use registry::{
+    FlowStatus, Registry, RegistryOptions, build_flow, duplicate_name, flow_files,
+    without_credentials,
+};
+pub use script::Sandbox;
+pub use stats::describe_metrics;
+pub use value::jmes_to_json;
+pub use watch::{Snapshot, settle_at_start, watch};

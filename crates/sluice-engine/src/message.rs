@@ -10,6 +10,35 @@ use std::sync::Arc;
 /// Message metadata: `message_id`, `flow`, `received_at`, `file.name`, …
 pub type Meta = BTreeMap<String, String>;
 
+/// Metadata key of the message id (set on every message when it is made).
+pub const MESSAGE_ID: &str = "message_id";
+/// Metadata key of the correlation id a message arrived with (HTTP `traceparent` or
+/// `x-correlation-id`, a broker's correlation property).
+pub const CORRELATION_ID: &str = "correlation_id";
+
+/// The ids of a message, read from its metadata in this one place.
+pub trait Ids {
+    /// The message id; `-` for metadata that has none (a hand-made test message).
+    fn message_id(&self) -> &str;
+    /// The correlation id the message arrived with, if it came with one.
+    fn correlation_id(&self) -> Option<&str>;
+    /// The id to pass on to the next system: the correlation id it arrived with, else its
+    /// message id.
+    fn correlation(&self) -> &str {
+        self.correlation_id().unwrap_or_else(|| self.message_id())
+    }
+}
+
+impl Ids for Meta {
+    fn message_id(&self) -> &str {
+        self.get(MESSAGE_ID).map_or("-", String::as_str)
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        self.get(CORRELATION_ID).map(String::as_str)
+    }
+}
+
 /// Metadata key marking a message whose body could not be decoded; holds the reason.
 pub const UNDECODABLE: &str = "sluice.undecodable";
 /// Metadata key saying how the body of an undecodable message is kept (`base64`).
@@ -452,7 +481,7 @@ pub struct Message {
 impl Message {
     /// A new message with a fresh id, the flow name and the time of arrival in its metadata.
     pub fn new(flow: &str, payload: impl Into<Payload>, mut meta: Meta) -> Self {
-        meta.entry("message_id".to_owned())
+        meta.entry(MESSAGE_ID.to_owned())
             .or_insert_with(|| uuid::Uuid::now_v7().to_string());
         meta.insert("flow".to_owned(), flow.to_owned());
         meta.entry("received_at".to_owned()).or_insert_with(|| {
@@ -486,14 +515,6 @@ impl Message {
     /// Why the body could not be decoded, for a message made by [`Message::undecodable`].
     pub fn undecodable_reason(&self) -> Option<&str> {
         self.meta.get(UNDECODABLE).map(String::as_str)
-    }
-
-    /// The message id.
-    pub fn id(&self) -> &str {
-        self.meta
-            .get("message_id")
-            .map(String::as_str)
-            .unwrap_or("-")
     }
 }
 

@@ -17,16 +17,17 @@ mod status;
 pub use build::{build_flow, flow_files, is_flow_file};
 
 pub use crate::connector::TriggerKey;
-pub use checks::{call_cycle, duplicate_name};
-pub use status::{FlowStatus, broker_url, without_credentials};
+pub use checks::duplicate_name;
+pub use status::{FlowStatus, without_credentials};
 
-use crate::compile::{Folders, normalize};
+use crate::compile::Folders;
 use crate::connector::{Connectors, Health, Outcome};
 use crate::flow::CompiledFlow;
 use crate::stats::FlowStats;
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use sluice_flow::Diagnostic;
+use sluice_flow::paths::normalize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -189,7 +190,7 @@ impl Registry {
         let mut meta = crate::message::Meta::new();
         meta.insert("admin.inject".to_owned(), "true".to_owned());
         let message = crate::message::Message::new(name, payload, meta);
-        let id = message.id().to_owned();
+        let id = crate::message::Ids::message_id(&*message.meta).to_owned();
         let started = std::time::Instant::now();
         if let Some(stats) = &stats {
             stats.started();

@@ -4,6 +4,7 @@
 //! flow at once.
 
 use crate::error::{ErrorKind, FlowError};
+use crate::message::Ids;
 use crate::message::{Meta, Payload};
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Scope};
 use sluice_flow::ScriptLimits;
@@ -233,7 +234,7 @@ impl Sandbox {
         CURRENT_MESSAGE.with(|m| {
             let mut m = m.borrow_mut();
             m.clear();
-            m.push_str(meta.get("message_id").map(String::as_str).unwrap_or("-"));
+            m.push_str(meta.message_id());
         });
         let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
         DEADLINE.set(None);

@@ -5,7 +5,7 @@
 use crate::connector::{Envelope, Failure, Health, Inlet, Outcome, Outgoing};
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
 use crate::flow::CompiledFlow;
-use crate::message::{Message, Meta};
+use crate::message::{Ids, MESSAGE_ID, Message, Meta};
 use crate::steps::Control;
 use serde::Serialize;
 use serde_json::Value;
@@ -161,7 +161,7 @@ pub async fn dry_run(flow: &CompiledFlow, payload: Value, meta: Meta) -> DryRun 
 pub async fn run_test(flow: &CompiledFlow, test: &CompiledTest) -> Result<(), String> {
     let mut meta = test.meta.clone();
     meta.insert(TEST_MARKER.to_owned(), "true".to_owned());
-    meta.entry("message_id".to_owned())
+    meta.entry(MESSAGE_ID.to_owned())
         .or_insert_with(|| format!("test-{}", test.name.replace(' ', "-")));
     let run = dry_run(flow, test.input.clone(), meta).await;
     if let Some(kind) = test.error {
@@ -334,7 +334,13 @@ impl TestInlet {
         attempts: u32,
         dead_lettered: bool,
     ) -> Outcome {
-        let envelope = ErrorEnvelope::new(&self.flow, "test", message.id(), &error, attempts);
+        let envelope = ErrorEnvelope::new(
+            &self.flow,
+            "test",
+            message.meta.message_id(),
+            &error,
+            attempts,
+        );
         Outcome::Failed(Box::new(Failure {
             error,
             envelope,
@@ -379,18 +385,17 @@ mod tests {
         }
         let (noted, mut settled) = mpsc::unbounded_channel();
         for id in ["m-1", "m-2"] {
-            let meta = Meta::from([("message_id".to_owned(), id.to_owned())]);
-            let envelope = Envelope {
-                message: Message::new("t", json!({"id": id}), meta),
-                ack: Box::new(Noted(noted.clone())),
-                reply: false,
-            };
+            let meta = Meta::from([(MESSAGE_ID.to_owned(), id.to_owned())]);
+            let envelope = Envelope::new(
+                Message::new("t", json!({"id": id}), meta),
+                Box::new(Noted(noted.clone())),
+            );
             assert!(inlet.send(envelope).await.is_ok());
         }
         drop(inlet);
 
         let first = test.next().await.expect("the first envelope");
-        assert_eq!(first.message.id(), "m-1");
+        assert_eq!(first.message.meta.message_id(), "m-1");
         let error = FlowError::new(ErrorKind::Sink, "sink away");
         let outcome = test.failed(&first.message, error, 3, false);
         let Outcome::Failed(failure) = &outcome else {
@@ -407,7 +412,7 @@ mod tests {
         );
 
         let second = test.try_next().expect("the second envelope is there");
-        assert_eq!(second.message.id(), "m-2");
+        assert_eq!(second.message.meta.message_id(), "m-2");
         second.ack.ack(TestInlet::delivered()).await;
         assert_eq!(settled.recv().await, Some(true), "a delivery is settled");
         assert!(

@@ -10,7 +10,7 @@
 
 mod settle;
 
-pub use settle::{INTERVAL as SETTLE_INTERVAL, LOOKS as SETTLE_LOOKS, MIN_AGE as SETTLE_MIN_AGE};
+pub(crate) use settle::INTERVAL as SETTLE_INTERVAL;
 
 use crate::registry::Registry;
 use notify::{RecursiveMode, Watcher};
@@ -54,6 +54,41 @@ impl Snapshot {
         }
         Snapshot { files }
     }
+}
+
+/// Waits at start-up until no file of `folders` is being written, so that a flow, schema or
+/// script still being copied in when the process starts never becomes the running version.
+/// A file changed less than the settle gate's minimum age ago goes through the same gate the
+/// watcher uses; the others load at once (a start does not wait when nothing is being
+/// written). Returns the files still changing after `limit`: they load as they are then,
+/// and the watcher reloads them once they settle.
+pub async fn settle_at_start(folders: &[PathBuf], limit: Duration) -> Vec<PathBuf> {
+    let deadline = Instant::now() + limit;
+    let mut gate = Settle::default();
+    let mut pending = BTreeSet::new();
+    loop {
+        // Files that appear while it waits are looked at too.
+        pending.extend(scan(folders).into_iter().filter(|p| recently_changed(p)));
+        let now = Instant::now();
+        pending.retain(|path: &PathBuf| !gate.observe(path, Look::at(path), now));
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        if now >= deadline {
+            return pending.into_iter().collect();
+        }
+        tokio::time::sleep(SETTLE_INTERVAL).await;
+    }
+}
+
+/// Whether a file was modified less than the settle gate's minimum age ago (a modification
+/// time in the future, a skewed clock, counts as old: the gate's looks still have to agree
+/// for a file that is changing).
+fn recently_changed(path: &Path) -> bool {
+    Look::at(path)
+        .and_then(|look| look.mtime)
+        .and_then(|mtime| std::time::SystemTime::now().duration_since(mtime).ok())
+        .is_some_and(|age| age < settle::MIN_AGE)
 }
 
 /// The look and content hash of a file, or `None` when it cannot be read.

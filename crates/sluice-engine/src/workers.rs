@@ -22,10 +22,14 @@ pub async fn run_workers(
     let limit = Arc::new(Semaphore::new(concurrency));
     let batches = BatchTracker::new();
     let tasks = tokio_util::task::TaskTracker::new();
+    // The span run_workers runs in (the flow's): library lines logged while a message runs
+    // (a broker client's, an HTTP client's) name the flow they belong to. One span, cloned.
+    let span = tracing::Span::current();
     while let Some(Envelope {
         message,
         ack,
         reply,
+        batch,
     }) = rx.recv().await
     {
         let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -34,9 +38,9 @@ pub async fn run_workers(
         let caller = ack.caller();
         let flow = current.load_full();
         let slot = Slot::new(permit);
-        let hold = HoldInner::new(Some(slot.clone()), &batches, &message.meta);
+        let hold = HoldInner::new(Some(slot.clone()), &batches, batch);
         let stats = stats.clone();
-        tasks.spawn(async move {
+        let task = async move {
             // The slot goes back after the acknowledgement (or earlier, if the message parks).
             let _slot = slot;
             let started = std::time::Instant::now();
@@ -52,7 +56,8 @@ pub async fn run_workers(
                     drop(ack)
                 }
             }
-        });
+        };
+        tasks.spawn(tracing::Instrument::instrument(task, span.clone()));
     }
     // Every permit back means every message taken was acknowledged or parked.
     let _ = limit.acquire_many(concurrency as u32).await;

@@ -7,10 +7,13 @@
 // A `Diagnostic` carries its snippet and hints; it is built once per mistake, on a cold
 // path, so returning it unboxed is simpler and costs nothing that matters.
 #![allow(clippy::result_large_err)]
+// Both crates are read by connector and step authors; every public item says what it is for.
+#![warn(missing_docs)]
 
 pub mod diagnostic;
 pub mod load;
 pub mod model;
+pub mod paths;
 pub mod schema;
 pub mod secrets;
 pub mod settings;

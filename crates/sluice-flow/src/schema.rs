@@ -49,24 +49,39 @@ pub fn flow_schema_text() -> String {
     text
 }
 
+/// Why flow text could not be checked against the schema: the text is not YAML, the
+/// definition asked for does not exist, or the schema does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The text is not YAML (the parser's message has the line and column).
+    #[error(transparent)]
+    Yaml(#[from] serde_saphyr::Error),
+    /// No `$defs` entry of that name.
+    #[error("the flow schema has no definition `{0}`")]
+    NoDefinition(String),
+    /// The generated schema does not compile: a bug in a model type's `JsonSchema`.
+    #[error(transparent)]
+    Compile(Box<jsonschema::ValidationError<'static>>),
+}
+
 /// YAML text as the JSON value a schema validator sees (for checking flow text, or a part of
 /// it, against [`flow_schema`]).
-pub fn yaml_to_json(text: &str) -> Result<serde_json::Value, String> {
-    serde_saphyr::from_str(text).map_err(|e| e.to_string())
+pub fn yaml_to_json(text: &str) -> Result<serde_json::Value, SchemaError> {
+    Ok(serde_saphyr::from_str(text)?)
 }
 
 /// A validator for the whole flow file, or for one of its `$defs` (a fragment of a flow, such
 /// as a `PostgresSinkConfig`).
-pub fn validator(definition: Option<&str>) -> Result<jsonschema::Validator, String> {
+pub fn validator(definition: Option<&str>) -> Result<jsonschema::Validator, SchemaError> {
     let mut schema = serde_json::Value::from(flow_schema());
     if let Some(name) = definition {
         let defs = schema.get("$defs").cloned().unwrap_or_default();
         if defs.get(name).is_none() {
-            return Err(format!("the flow schema has no definition `{name}`"));
+            return Err(SchemaError::NoDefinition(name.to_owned()));
         }
         schema = serde_json::json!({ "$ref": format!("#/$defs/{name}"), "$defs": defs });
     }
-    jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+    jsonschema::validator_for(&schema).map_err(|e| SchemaError::Compile(Box::new(e)))
 }
 
 impl JsonSchema for Text {

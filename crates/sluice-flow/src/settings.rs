@@ -3,7 +3,7 @@
 
 use crate::{ByteSize, Dur, Text};
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The whole of `sluice.yaml`; every key is optional.
@@ -86,45 +86,90 @@ pub enum ChannelBackend {
     Nats,
 }
 
+/// Why `sluice.yaml` was refused; `sluice run` stops with it before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file exists but cannot be read.
+    #[error("cannot read `{}`: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML, or has a key or value the settings do not take (the
+    /// parser's message has the line and column).
+    #[error("`{}`: {source}", .path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's reason.
+        #[source]
+        source: serde_saphyr::Error,
+    },
+    /// A listener limit of 0, which would switch a protection off.
+    #[error(
+        "`http.{key}` must be greater than 0 (0 would refuse everything); the default is {default}"
+    )]
+    ZeroLimit {
+        /// The key under `http:`.
+        key: &'static str,
+        /// Its default, as it would be written.
+        default: &'static str,
+    },
+    /// A refused value, with the file it is in.
+    #[error("`{}`: {source}", .path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: Box<SettingsError>,
+    },
+}
+
 impl Settings {
     /// Reads `sluice.yaml` in `dir`; a missing file means the defaults.
-    pub fn load(dir: &Path) -> Result<Settings, String> {
+    pub fn load(dir: &Path) -> Result<Settings, SettingsError> {
         let path = dir.join("sluice.yaml");
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Settings::default()),
-            Err(e) => return Err(format!("cannot read `{}`: {e}", path.display())),
+            Err(source) => return Err(SettingsError::Read { path, source }),
         };
         if text.trim().is_empty() {
             return Ok(Settings::default());
         }
-        let settings: Settings =
-            serde_saphyr::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))?;
-        settings
-            .http
-            .check()
-            .map_err(|e| format!("`{}`: {e}", path.display()))?;
+        let settings: Settings = match serde_saphyr::from_str(&text) {
+            Ok(settings) => settings,
+            Err(source) => return Err(SettingsError::Parse { path, source }),
+        };
+        if let Err(e) = settings.http.check() {
+            return Err(SettingsError::Invalid {
+                path,
+                source: Box::new(e),
+            });
+        }
         Ok(settings)
     }
 }
 
 impl HttpListenerSettings {
     /// Refuses limits that would switch a protection off.
-    pub fn check(&self) -> Result<(), String> {
-        let zero = |key: &str, hint: &str| {
-            format!("`http.{key}` must be greater than 0 (0 would refuse everything); {hint}")
-        };
+    pub fn check(&self) -> Result<(), SettingsError> {
+        let zero = |key, default| Err(SettingsError::ZeroLimit { key, default });
         if self.max_connections == 0 {
-            return Err(zero("max_connections", "the default is 1024"));
+            return zero("max_connections", "1024");
         }
         if self.header_timeout.0.is_zero() {
-            return Err(zero("header_timeout", "the default is 10s"));
+            return zero("header_timeout", "10s");
         }
         if self.body_timeout.0.is_zero() {
-            return Err(zero("body_timeout", "the default is 30s"));
+            return zero("body_timeout", "30s");
         }
         if self.max_body_in_flight.0 == 0 {
-            return Err(zero("max_body_in_flight", "the default is 64MiB"));
+            return zero("max_body_in_flight", "64MiB");
         }
         Ok(())
     }
@@ -153,7 +198,28 @@ mod tests {
         assert_eq!(s.http.body_timeout.0, Duration::from_secs(30));
         assert_eq!(s.http.max_body_in_flight.0, 8 << 20);
         let zero: Settings = serde_saphyr::from_str("http: { max_connections: 0 }\n").unwrap();
-        assert!(zero.http.check().unwrap_err().contains("max_connections"));
+        assert_eq!(
+            zero.http.check().unwrap_err().to_string(),
+            "`http.max_connections` must be greater than 0 (0 would refuse everything); the default is 1024"
+        );
+        let dir = tempfile_dir();
+        std::fs::write(dir.join("sluice.yaml"), "http: { body_timeout: 0s }\n").unwrap();
+        let error = Settings::load(&dir).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            error,
+            format!(
+                "`{}`: `http.body_timeout` must be greater than 0 (0 would refuse everything); the default is 30s",
+                dir.join("sluice.yaml").display()
+            )
+        );
+    }
+
+    /// A fresh directory for one test (sluice-flow has no tempfile dev-dependency).
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-flow-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

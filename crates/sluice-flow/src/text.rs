@@ -4,6 +4,35 @@ use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::ops::Deref;
 
+/// Why `${…}` in a value could not be substituted. Loading reports it at the value's line and
+/// column; none of them prints a variable's value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// A `${` without its `}`.
+    #[error(
+        "unterminated `${{` in `{0}`; expected `${{env:NAME}}` (write `$${{` for a literal `${{`)"
+    )]
+    Unterminated(String),
+    /// A reference of another kind than `env:`.
+    #[error(
+        "unknown reference `${{{0}}}`; expected `${{env:NAME}}` or `${{env:NAME:-default}}` (write `$${{` for a literal `${{`)"
+    )]
+    UnknownReference(String),
+    /// A variable name with other characters than letters, digits and `_`.
+    #[error("`{name}` is not a valid environment variable name in `${{{reference}}}`")]
+    InvalidName {
+        /// The name as written.
+        name: String,
+        /// The whole reference, without `${` and `}`.
+        reference: String,
+    },
+    /// A variable that is not set and has no default.
+    #[error(
+        "environment variable `{0}` is not set; set it, or give a default with `${{env:{0}:-value}}`"
+    )]
+    NotSet(String),
+}
+
 /// A string from a flow file, with environment references already substituted.
 ///
 /// Substitution happens while deserializing so that a missing variable is reported at the
@@ -65,7 +94,7 @@ impl<'de> Deserialize<'de> for Text {
 pub fn substitute_env(
     raw: &str,
     lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, String> {
+) -> Result<String, EnvError> {
     if !raw.contains("${") {
         return Ok(raw.to_owned());
     }
@@ -103,7 +132,7 @@ fn substitute_pieces(
     raw: &str,
     lookup: impl Fn(&str) -> Option<String>,
     mut emit: impl FnMut(usize, &str, bool),
-) -> Result<(), String> {
+) -> Result<(), EnvError> {
     let mut base = 0;
     let mut rest = raw;
     while let Some(pos) = rest.find("${") {
@@ -117,32 +146,27 @@ fn substitute_pieces(
         emit(base, &rest[..pos], true);
         let body_start = pos + 2;
         let Some(end) = rest[body_start..].find('}') else {
-            return Err(format!(
-                "unterminated `${{` in `{raw}`; expected `${{env:NAME}}` (write `$${{` for a literal `${{`)"
-            ));
+            return Err(EnvError::Unterminated(raw.to_owned()));
         };
         let body = &rest[body_start..body_start + end];
         let Some(reference) = body.strip_prefix("env:") else {
-            return Err(format!(
-                "unknown reference `${{{body}}}`; expected `${{env:NAME}}` or `${{env:NAME:-default}}` (write `$${{` for a literal `${{`)"
-            ));
+            return Err(EnvError::UnknownReference(body.to_owned()));
         };
         let (name, default) = match reference.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
             None => (reference, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
-                "`{name}` is not a valid environment variable name in `${{{body}}}`"
-            ));
+            return Err(EnvError::InvalidName {
+                name: name.to_owned(),
+                reference: body.to_owned(),
+            });
         }
         match (lookup(name), default) {
             (Some(value), _) => emit(base + pos, &value, false),
             (None, Some(default)) => emit(base + pos, default, false),
             (None, None) => {
-                return Err(format!(
-                    "environment variable `{name}` is not set; set it, or give a default with `${{env:{name}:-value}}`"
-                ));
+                return Err(EnvError::NotSet(name.to_owned()));
             }
         }
         rest = &rest[body_start + end + 1..];
@@ -177,11 +201,26 @@ mod tests {
 
     #[test]
     fn missing_variable_names_it_and_says_what_to_do() {
-        let err = substitute_env("${env:NOPE}", env).unwrap_err();
-        assert!(err.contains("`NOPE` is not set"), "{err}");
-        assert!(err.contains(":-value"), "{err}");
-        assert!(substitute_env("${oops}", env).is_err());
-        assert!(substitute_env("${env:A", env).is_err());
+        let err = substitute_env("${env:NOPE}", env).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "environment variable `NOPE` is not set; set it, or give a default with `${env:NOPE:-value}`"
+        );
+        assert_eq!(
+            substitute_env("${oops}", env).unwrap_err().to_string(),
+            "unknown reference `${oops}`; expected `${env:NAME}` or `${env:NAME:-default}` (write `$${` for a literal `${`)"
+        );
+        assert_eq!(
+            substitute_env("${env:A", env).unwrap_err().to_string(),
+            "unterminated `${` in `${env:A`; expected `${env:NAME}` (write `$${` for a literal `${`)"
+        );
+        assert_eq!(
+            substitute_env("${env:A-B}", env),
+            Err(EnvError::InvalidName {
+                name: "A-B".to_owned(),
+                reference: "env:A-B".to_owned()
+            })
+        );
     }
 
     #[test]

@@ -56,6 +56,70 @@ pub const DURATION_UNITS: &[(&str, u128)] = &[
     ("y", 31_557_600 * SECOND),
 ];
 
+/// What every duration error ends with: how to write one.
+const EXPECTED_DURATION: &str =
+    "expected a number with a unit, like `250ms`, `5s`, `2m` or `1m 30s`";
+
+/// Why a duration or a size was refused. Loading reports it at the value's line and column
+/// (through serde), so each says what was written and what is expected instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    /// Nothing (or only blanks) where a duration was expected.
+    #[error("an empty duration; {EXPECTED_DURATION}")]
+    EmptyDuration,
+    /// Something that does not start with a number.
+    #[error("`{0}` is not a duration; {EXPECTED_DURATION}")]
+    NotADuration(String),
+    /// A `.` with no digit after it.
+    #[error("`{0}` is not a duration: a digit must follow the `.`; {EXPECTED_DURATION}")]
+    NoDigitAfterPoint(String),
+    /// A number without a unit, or with one that is not in [`DURATION_UNITS`].
+    #[error("`{text}` is not a duration ({}); {EXPECTED_DURATION}", unit_hint(.unit))]
+    DurationUnit {
+        /// The duration as written.
+        text: String,
+        /// The unit as written; empty when it is missing.
+        unit: String,
+    },
+    /// Below a second, or with a fraction, where whole seconds are needed.
+    #[error(
+        "`{0}` is not a whole number of seconds; write it with the units s, m or h and no fraction, like `30s`"
+    )]
+    NotWholeSeconds(String),
+    /// A duration beyond what can be represented.
+    #[error("`{0}` is too large a duration")]
+    DurationTooLarge(String),
+    /// A keep-alive beyond MQTT's 16 bits of seconds.
+    #[error("`{0}` is longer than MQTT allows; use at most 65535s (18h 12m 15s)")]
+    BeyondMqtt(String),
+    /// Something that does not start with a whole number where a size was expected.
+    #[error("`{0}` is not a size; expected a whole number with an optional unit, like `64MiB`")]
+    NotASize(String),
+    /// A size unit that is not in [`SIZE_UNITS`].
+    #[error(
+        "unknown size unit `{unit}` in `{text}`; expected one of {}",
+        alternation(SIZE_UNITS.iter().map(|(u, _)| *u)).replace('|', ", ")
+    )]
+    SizeUnit {
+        /// The size as written.
+        text: String,
+        /// The unit as written.
+        unit: String,
+    },
+    /// A size beyond 64 bits of bytes.
+    #[error("`{0}` is too large")]
+    SizeTooLarge(String),
+}
+
+/// What is wrong with the unit of a duration, for [`UnitError::DurationUnit`].
+fn unit_hint(unit: &str) -> String {
+    if unit.is_empty() {
+        "a unit is missing".to_owned()
+    } else {
+        format!("unknown unit `{unit}`")
+    }
+}
+
 const SECOND: u128 = 1_000_000_000;
 const DAY: u128 = 86_400 * SECOND;
 
@@ -86,7 +150,7 @@ pub struct Dur(pub Duration);
 
 impl Dur {
     /// Parses a duration; the error says what was expected.
-    pub fn parse(text: &str) -> Result<Dur, String> {
+    pub fn parse(text: &str) -> Result<Dur, UnitError> {
         parse_duration(text, false).map(Dur)
     }
 
@@ -108,13 +172,12 @@ fn duration_pattern<'a>(units: impl Iterator<Item = &'a str>, fractions: bool) -
 /// The one duration grammar: parts of digits, an optional `.` and digits, optional blanks and
 /// a unit. `whole_seconds` allows only units of a second or longer and no fraction (MQTT
 /// keep-alive).
-fn parse_duration(text: &str, whole_seconds: bool) -> Result<Duration, String> {
-    let expected = "expected a number with a unit, like `250ms`, `5s`, `2m` or `1m 30s`";
+fn parse_duration(text: &str, whole_seconds: bool) -> Result<Duration, UnitError> {
     let original = text;
-    let too_large = || format!("`{original}` is too large a duration");
+    let too_large = || UnitError::DurationTooLarge(original.to_owned());
     let mut rest = text.trim();
     if rest.is_empty() {
-        return Err(format!("an empty duration; {expected}"));
+        return Err(UnitError::EmptyDuration);
     }
     let mut total: u128 = 0;
     while !rest.is_empty() {
@@ -122,7 +185,7 @@ fn parse_duration(text: &str, whole_seconds: bool) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{original}` is not a duration; {expected}"));
+            return Err(UnitError::NotADuration(original.to_owned()));
         }
         let whole: u128 = rest[..digits].parse().map_err(|_| too_large())?;
         rest = &rest[digits..];
@@ -133,9 +196,7 @@ fn parse_duration(text: &str, whole_seconds: bool) -> Result<Duration, String> {
                 .find(|c: char| !c.is_ascii_digit())
                 .unwrap_or(after.len());
             if len == 0 {
-                return Err(format!(
-                    "`{original}` is not a duration: a digit must follow the `.`; {expected}"
-                ));
+                return Err(UnitError::NoDigitAfterPoint(original.to_owned()));
             }
             let kept = &after[..len.min(9)];
             fraction = Some((kept.parse().unwrap_or(0), 10u128.pow(kept.len() as u32)));
@@ -148,19 +209,13 @@ fn parse_duration(text: &str, whole_seconds: bool) -> Result<Duration, String> {
         let unit = &rest[..len];
         rest = rest[len..].trim_start();
         let Some((_, nanos)) = DURATION_UNITS.iter().find(|(u, _)| *u == unit) else {
-            let hint = if unit.is_empty() {
-                "a unit is missing".to_owned()
-            } else {
-                format!("unknown unit `{unit}`")
-            };
-            return Err(format!(
-                "`{original}` is not a duration ({hint}); {expected}"
-            ));
+            return Err(UnitError::DurationUnit {
+                text: original.to_owned(),
+                unit: unit.to_owned(),
+            });
         };
         if whole_seconds && (*nanos < SECOND || fraction.is_some()) {
-            return Err(format!(
-                "`{original}` is not a whole number of seconds; write it with the units s, m or h and no fraction, like `30s`"
-            ));
+            return Err(UnitError::NotWholeSeconds(original.to_owned()));
         }
         let (numerator, denominator) = fraction.unwrap_or((0, 1));
         total = whole
@@ -208,12 +263,10 @@ impl WholeSeconds {
     /// The largest value MQTT can carry.
     pub const MAX: Duration = Duration::from_secs(u16::MAX as u64);
 
-    fn parse(text: &str) -> Result<WholeSeconds, String> {
+    fn parse(text: &str) -> Result<WholeSeconds, UnitError> {
         let d = parse_duration(text, true)?;
         if d > Self::MAX {
-            return Err(format!(
-                "`{text}` is longer than MQTT allows; use at most 65535s (18h 12m 15s)"
-            ));
+            return Err(UnitError::BeyondMqtt(text.to_owned()));
         }
         Ok(WholeSeconds(Dur(d)))
     }
@@ -249,15 +302,15 @@ pub struct ByteSize(pub u64);
 
 impl ByteSize {
     /// Parses a size with an optional unit (see [`SIZE_UNITS`]).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, UnitError> {
         let text = text.trim();
         let split = text
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
-        let number: u64 = number.parse().map_err(|_| {
-            format!("`{text}` is not a size; expected a whole number with an optional unit, like `64MiB`")
-        })?;
+        let number: u64 = number
+            .parse()
+            .map_err(|_| UnitError::NotASize(text.to_owned()))?;
         let unit = unit.trim();
         let factor = if unit.is_empty() {
             1
@@ -265,17 +318,17 @@ impl ByteSize {
             match SIZE_UNITS.iter().find(|(u, _)| *u == unit) {
                 Some((_, factor)) => *factor,
                 None => {
-                    return Err(format!(
-                        "unknown size unit `{unit}` in `{text}`; expected one of {}",
-                        alternation(SIZE_UNITS.iter().map(|(u, _)| *u)).replace('|', ", ")
-                    ));
+                    return Err(UnitError::SizeUnit {
+                        text: text.to_owned(),
+                        unit: unit.to_owned(),
+                    });
                 }
             }
         };
         number
             .checked_mul(factor)
             .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is too large"))
+            .ok_or_else(|| UnitError::SizeTooLarge(text.to_owned()))
     }
 
     /// The pattern of the schema's string form, from [`SIZE_UNITS`].
@@ -434,8 +487,16 @@ mod tests {
         assert_eq!(ByteSize::parse("1KB").unwrap().0, 1000);
         assert_eq!(ByteSize::parse("512kB").unwrap().0, 512_000);
         assert_eq!(ByteSize::parse("12").unwrap().0, 12);
-        assert!(ByteSize::parse("12 parsecs").is_err());
-        assert!(ByteSize::parse("MiB").is_err());
+        let unit = ByteSize::parse("12 parsecs").unwrap_err();
+        assert!(
+            unit.to_string()
+                .starts_with("unknown size unit `parsecs` in `12 parsecs`; expected one of "),
+            "{unit}"
+        );
+        assert_eq!(
+            ByteSize::parse("MiB").unwrap_err().to_string(),
+            "`MiB` is not a size; expected a whole number with an optional unit, like `64MiB`"
+        );
     }
 
     #[test]
@@ -450,6 +511,16 @@ mod tests {
         for bad in ["", "5", "s", "5 parsecs", "-1s", "1.s", "1s 2", "1 m s"] {
             assert!(d(bad).is_err(), "`{bad}` is refused");
         }
+        assert_eq!(
+            d("5 parsecs").unwrap_err().to_string(),
+            "`5 parsecs` is not a duration (unknown unit `parsecs`); expected a number with a \
+             unit, like `250ms`, `5s`, `2m` or `1m 30s`"
+        );
+        assert_eq!(
+            d("5").unwrap_err().to_string(),
+            "`5` is not a duration (a unit is missing); expected a number with a unit, like \
+             `250ms`, `5s`, `2m` or `1m 30s`"
+        );
     }
 
     #[test]
@@ -460,7 +531,10 @@ mod tests {
         assert!(WholeSeconds::parse("1500ms").is_err());
         assert!(WholeSeconds::parse("1.5s").is_err());
         assert!(WholeSeconds::parse("1.0s").is_err());
-        assert!(WholeSeconds::parse("65536s").is_err());
+        assert_eq!(
+            WholeSeconds::parse("65536s"),
+            Err(UnitError::BeyondMqtt("65536s".to_owned()))
+        );
     }
 
     #[test]

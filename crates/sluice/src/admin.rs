@@ -9,7 +9,6 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use sluice_engine::{Outcome, Registry};
-use sluice_flow::TriggerConfig;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -184,7 +183,7 @@ async fn inject(
             ),
         );
     }
-    let payload: Value = match sluice_engine::message::parse_json(&body) {
+    let payload: Value = match sluice_engine::parse_json(&body) {
         Ok(value) => value,
         Err(e) => {
             let status = if e.unrepresentable() {
@@ -227,9 +226,7 @@ async fn inject(
 
 /// Whether the running version of flow `name` authenticates its own callers.
 fn has_own_auth(name: &str) -> bool {
-    sluice_engine::directory::lookup(name).is_some_and(
-        |flow| matches!(&flow.trigger_config, TriggerConfig::Http(http) if http.auth.is_some()),
-    )
+    sluice_engine::directory::lookup(name).is_some_and(|flow| flow.trigger_info.authenticates)
 }
 
 async fn dead_letters(State(admin): State<Admin>) -> Json<Value> {

@@ -3,15 +3,20 @@
 use crate::cli::{Cli, Command, Folders};
 use anyhow::{Context, bail};
 use sluice_connectors::StandardConnectors;
-use sluice_engine::registry::{Registry, RegistryOptions, build_flow, duplicate_name, flow_files};
 use sluice_engine::testing::{dry_run, run_test};
-use sluice_engine::{CompiledFlow, Meta};
-use sluice_flow::{FileFormat, TriggerConfig};
+use sluice_engine::{CompiledFlow, InputFormat, Meta};
+use sluice_engine::{Registry, RegistryOptions, build_flow, duplicate_name, flow_files};
+use sluice_flow::FileFormat;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `sluice run` waits at start-up for flow, schema and script files that are still
+/// being written (docs/http-and-operations.md, "Hot reload").
+const START_SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs a command and returns its exit code (0 ok, 1 invalid flow or input).
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -127,8 +132,19 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             folders.schemas.clone(),
             folders.scripts.clone(),
         ];
+        // A flow file still being copied in must not load half-written (the watcher's gate,
+        // applied to what changed just before the start).
+        let changing = sluice_engine::settle_at_start(&watched, START_SETTLE_LIMIT).await;
+        if !changing.is_empty() {
+            let names: Vec<String> = changing.iter().map(|p| p.display().to_string()).collect();
+            tracing::warn!(
+                "still being written {} after the start, loaded as they are now (reloaded once they settle): {}",
+                humantime::format_duration(START_SETTLE_LIMIT),
+                names.join(", ")
+            );
+        }
         // Taken before the flows load, so that a save made while they load is not missed.
-        let snapshot = sluice_engine::watch::Snapshot::take(&watched);
+        let snapshot = sluice_engine::Snapshot::take(&watched);
         registry.start_all().await.with_context(|| {
             format!("cannot read the flows folder `{}`", folders.flows.display())
         })?;
@@ -140,7 +156,7 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             folders.schemas.display(),
             folders.scripts.display()
         );
-        let watcher = tokio::spawn(sluice_engine::watch::watch(
+        let watcher = tokio::spawn(sluice_engine::watch(
             registry.clone(),
             watched,
             snapshot,
@@ -321,15 +337,7 @@ fn check_calls(flows: &[CompiledFlow]) -> usize {
             let forks = flows
                 .iter()
                 .find(|f| &f.name == callee)
-                .and_then(|f| sluice_flow::load_flow_file(&f.path).ok())
-                .and_then(|loaded| {
-                    loaded
-                        .file
-                        .steps
-                        .iter()
-                        .map(|s| s.value.kind())
-                        .find(|k| matches!(*k, "split" | "aggregate"))
-                });
+                .and_then(|f| f.forks);
             if let Some(kind) = forks {
                 problems.push((
                     *span,
@@ -364,13 +372,14 @@ fn check_calls(flows: &[CompiledFlow]) -> usize {
             continue;
         }
         invalid += 1;
-        let Ok(loaded) = sluice_flow::load_flow_file(&flow.path) else {
-            continue;
-        };
+        // Quoted from the text the flow was built from, not from the file as it is now.
         for (span, message, help) in problems {
             eprint!(
                 "{}",
-                loaded.diagnostic(span, message).with_help(help).render()
+                flow.source
+                    .diagnostic(span, message)
+                    .with_help(help)
+                    .render()
             );
             eprintln!();
         }
@@ -426,11 +435,9 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
             .unwrap_or_default();
         (bytes, name)
     };
-    // Inputs are decoded like the trigger would; other triggers take JSON.
-    let (format, csv) = match &flow.trigger_config {
-        TriggerConfig::File(trigger) => (trigger.format, trigger.csv.clone()),
-        _ => (FileFormat::Json, Default::default()),
-    };
+    // Inputs are read as the trigger reads its bodies (a file trigger's format and CSV
+    // options; one JSON document for the others).
+    let InputFormat { format, csv } = flow.trigger_info.input.clone();
     let records = match sluice_connectors::file::decode_input(&bytes, format, &csv) {
         Ok(records) => records,
         Err(reason) => {

@@ -37,7 +37,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let recorder = build()?;
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).context("cannot install the metrics recorder")?;
-    sluice_engine::stats::describe_metrics();
+    sluice_engine::describe_metrics();
     Ok(handle)
 }
 

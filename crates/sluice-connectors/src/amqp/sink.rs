@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
-use sluice_engine::expr::Template;
+use sluice_engine::Ids;
+use sluice_engine::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{AmqpSinkConfig, Diagnostic, MessageFormat, Span};
 use std::time::Duration;
@@ -33,7 +34,7 @@ impl AmqpSink {
     /// Builds the sink, compiling its routing-key template; nothing is opened yet.
     pub fn new(config: &AmqpSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
         let routing_key = Template::compile(config.routing_key.value.as_str()).map_err(|e| {
-            let span = sluice_engine::compile::position_in_scalar(
+            let span = sluice_flow::diagnostic::position_in_scalar(
                 &cx.flow.source,
                 Span::of(&config.routing_key),
                 0,
@@ -63,7 +64,8 @@ impl AmqpSink {
         }
         let connection = super::connect(&self.url)
             .await
-            .map_err(|e| FlowError::new(ErrorKind::Sink, e))?;
+            // Retryable: the broker may be back by the next attempt.
+            .map_err(|e| FlowError::new(ErrorKind::Sink, e.to_string()))?;
         let channel = connection
             .create_channel()
             .await
@@ -99,7 +101,7 @@ impl Sink for AmqpSink {
     async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
         let key = self.render_key(out)?;
         let body = codec::encode(self.format, &mut out.payload)?;
-        let message_id = out.meta.get("message_id").cloned().unwrap_or_default();
+        let message_id = out.meta.message_id().to_owned();
         let mut headers = FieldTable::default();
         headers.insert(
             "sluice-flow".into(),
@@ -108,7 +110,7 @@ impl Sink for AmqpSink {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(message_id.as_str().into())
-            .with_correlation_id(codec::correlation_id(&out.meta).into())
+            .with_correlation_id(out.meta.correlation().into())
             .with_headers(headers);
         if self.format == MessageFormat::Json {
             properties = properties.with_content_type("application/json".into());

@@ -2,6 +2,7 @@
 //! delivery after the flow's sinks or its dead letter confirmed, and rejects with requeue
 //! after a failure that was not dead-lettered.
 
+use super::AmqpError;
 use crate::codec::{self, consume_reconnecting};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -10,6 +11,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
+use sluice_engine::{CORRELATION_ID, MESSAGE_ID};
 use sluice_flow::{AmqpTriggerConfig, Diagnostic, MessageFormat};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -49,12 +51,12 @@ impl AmqpTrigger {
         })
     }
 
-    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), String> {
+    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), AmqpError> {
         let connection = super::connect(&self.url).await?;
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| format!("channel: {e}"))?;
+            .map_err(AmqpError::Channel)?;
         channel
             .queue_declare(
                 self.queue.as_str().into(),
@@ -65,11 +67,14 @@ impl AmqpTrigger {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("queue `{}`: {e}", self.queue))?;
+            .map_err(|source| AmqpError::Declare {
+                queue: self.queue.clone(),
+                source,
+            })?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
-            .map_err(|e| format!("basic.qos: {e}"))?;
+            .map_err(AmqpError::Qos)?;
         let mut consumer = channel
             .basic_consume(
                 self.queue.as_str().into(),
@@ -78,7 +83,10 @@ impl AmqpTrigger {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("consume `{}`: {e}", self.queue))?;
+            .map_err(|source| AmqpError::Consume {
+                queue: self.queue.clone(),
+                source,
+            })?;
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), queue = %self.queue, prefetch = self.prefetch, "amqp consumer ready");
         loop {
@@ -91,8 +99,8 @@ impl AmqpTrigger {
                 next = consumer.next() => next,
             };
             let delivery = match next {
-                None => return Err("the consumer was cancelled".to_owned()),
-                Some(Err(e)) => return Err(format!("consumer: {e}")),
+                None => return Err(AmqpError::Cancelled),
+                Some(Err(e)) => return Err(AmqpError::Delivery(e)),
                 Some(Ok(delivery)) => delivery,
             };
             if !self.forward(delivery, inlet).await {
@@ -122,29 +130,30 @@ impl AmqpTrigger {
             }
         }
         if let Some(id) = properties.message_id() {
-            meta.insert("message_id".to_owned(), id.to_string());
+            meta.insert(MESSAGE_ID.to_owned(), id.to_string());
         }
-        match properties.correlation_id() {
-            Some(id) => meta.insert("correlation_id".to_owned(), id.to_string()),
-            None => meta
-                .get("message_id")
-                .cloned()
-                .and_then(|id| meta.insert("correlation_id".to_owned(), id)),
-        };
+        // Without a correlation property, the message id the producer gave (if any)
+        // correlates; `Message::new` gives the others a fresh id.
+        if let Some(id) = properties
+            .correlation_id()
+            .as_ref()
+            .or(properties.message_id().as_ref())
+        {
+            meta.insert(CORRELATION_ID.to_owned(), id.to_string());
+        }
         let flow = inlet.flow().to_owned();
         let message = match codec::decode(self.format, &delivery.data) {
             Ok(payload) => Message::new(&flow, payload, meta),
-            Err(why) => Message::undecodable(&flow, &delivery.data, why, meta),
+            Err(why) => Message::undecodable(&flow, &delivery.data, why.to_string(), meta),
         };
-        let envelope = Envelope {
+        let envelope = Envelope::new(
             message,
-            ack: Box::new(AmqpAcker {
+            Box::new(AmqpAcker {
                 acker: delivery.acker,
                 requeue_delay: self.requeue_delay,
                 flow,
             }),
-            reply: false,
-        };
+        );
         inlet.send(envelope).await.is_ok()
     }
 }

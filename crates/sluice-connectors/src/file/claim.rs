@@ -7,31 +7,19 @@ use super::drain::Finish;
 use super::emit::Busy;
 use super::finish::Disposition;
 use super::mover::Move;
+use super::sidecar::{FailedRecord, Sidecar};
 use super::trigger::lock;
-use serde_json::{Value, json};
-use sluice_engine::ErrorKind;
+use serde_json::Value;
+use sluice_engine::{ErrorEnvelope, ErrorKind};
 use sluice_flow::OnSuccess;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// At most this many failed records are listed in a sidecar's `failed_records` (the first
-/// ones by line); `records.failed` always has the full count.
-const MAX_LISTED: usize = 10_000;
 
 /// The longest wait between two tries to move a finished file.
 const MAX_SETTLE_BACKOFF: Duration = Duration::from_secs(5);
-
-/// How one failed record ended.
-pub(super) struct FailedRecord {
-    pub(super) line: Option<usize>,
-    pub(super) source_line: Option<usize>,
-    pub(super) envelope: Value,
-    pub(super) kind: ErrorKind,
-    pub(super) dead_lettered: bool,
-}
 
 #[derive(Default)]
 pub(super) struct Tally {
@@ -64,20 +52,12 @@ impl Claim {
     }
 
     /// The file could not be read at all: `.error/`, with the reason.
-    pub(super) fn fail_unread(self: Arc<Self>, reason: String) {
-        let sidecar = json!({
-            "flow": self.flow(),
-            "flow_version": null,
-            "step": "trigger",
-            "kind": ErrorKind::Trigger,
-            "message": reason,
-            "violations": [],
-            "attempts": 1,
-            "time": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            "file": self.busy.name,
-            "dead_lettered": false,
-        });
-        let summary = Summary::Failed(format!("file not processed: {reason}; see its .error.json"));
+    pub(super) fn fail_unread(self: Arc<Self>, error: ErrorEnvelope) {
+        let sidecar = Sidecar::unread(&self.busy.name, &error).to_value();
+        let summary = Summary::Failed(format!(
+            "file not processed: {}; see its .error.json (message id {})",
+            error.message, error.message_id
+        ));
         self.settle(Disposition::Error, Some(sidecar), summary);
     }
 
@@ -136,48 +116,9 @@ impl Claim {
                 format!("file not processed: {what}; see its .error.json"),
             )
         };
-        let sidecar = self.sidecar(&tally.failed, dead_lettered);
-        self.settle(disposition, Some(sidecar), Summary::Failed(summary));
-    }
-
-    /// The first failure's envelope and the file's name; for `ndjson` and `csv` also the
-    /// counts and every failed record with its line.
-    fn sidecar(&self, failed: &[FailedRecord], dead_lettered: usize) -> Value {
-        let mut sidecar = failed[0].envelope.clone();
-        let Value::Object(map) = &mut sidecar else {
-            return sidecar;
-        };
-        map.insert("file".to_owned(), json!(self.busy.name));
-        if !self.multi {
-            map.insert("dead_lettered".to_owned(), json!(failed[0].dead_lettered));
-            return sidecar;
-        }
-        map.insert(
-            "records".to_owned(),
-            json!({
-                "total": self.total,
-                "succeeded": self.total.saturating_sub(failed.len()),
-                "failed": failed.len(),
-                "dead_lettered": dead_lettered,
-            }),
-        );
-        let listed: Vec<Value> = failed
-            .iter()
-            .take(MAX_LISTED)
-            .map(|f| {
-                let mut record = f.envelope.clone();
-                if let Value::Object(r) = &mut record {
-                    r.insert("line".to_owned(), json!(f.line));
-                    if let Some(line) = f.source_line {
-                        r.insert("source_line".to_owned(), json!(line));
-                    }
-                    r.insert("dead_lettered".to_owned(), json!(f.dead_lettered));
-                }
-                record
-            })
-            .collect();
-        map.insert("failed_records".to_owned(), Value::Array(listed));
-        sidecar
+        let sidecar = Sidecar::failed(&self.busy.name, &tally.failed, total, self.multi)
+            .map(|sidecar| sidecar.to_value());
+        self.settle(disposition, sidecar, Summary::Failed(summary));
     }
 
     /// Queues the move of the file to its place for the drain task (`drain.rs`), which tries

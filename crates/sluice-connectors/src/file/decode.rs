@@ -33,9 +33,57 @@ pub struct Malformed {
     pub reason: String,
 }
 
+/// Why a file's content cannot be read at all (or, for `sluice exec`, why one of its records
+/// cannot). The text goes into the `.error.json` sidecar of a rejected file and into
+/// `sluice exec`'s refusal, so it says what is wrong and where.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A `text` or `json` file that is not UTF-8.
+    #[error("the file is not UTF-8 text (binary content?): invalid byte at offset {offset}")]
+    NotUtf8 {
+        /// The byte offset of the first invalid byte.
+        offset: usize,
+    },
+    /// A `json` file that is not JSON.
+    #[error("{} at line {} column {}: {}", json_what(.0), .0.line(), .0.column(), json_detail(.0))]
+    Json(#[source] serde_json::Error),
+    /// A `json` file holding a number beyond a 64-bit float (`1e400`).
+    #[error("{0} is beyond a 64-bit float's range")]
+    NumberOutOfRange(String),
+    /// A `csv.delimiter` of more than one byte.
+    #[error("the csv delimiter must be one ASCII character")]
+    CsvDelimiter,
+    /// The csv reader failed (reading from memory, it has nothing left to fail on).
+    #[error("cannot read the csv content: {0}")]
+    Csv(#[source] csv::Error),
+    /// A csv header that is not UTF-8: without it, no row has field names.
+    #[error(
+        "the csv header (line {line}) is not UTF-8 text (field {field}); no row can be read without it"
+    )]
+    CsvHeader {
+        /// The 1-based line of the header.
+        line: usize,
+        /// The 1-based field that is not UTF-8.
+        field: usize,
+    },
+    /// One malformed ndjson line or csv row (its `Malformed::reason`): the trigger fails that
+    /// record alone, `sluice exec` refuses the input.
+    #[error("{0}")]
+    Record(String),
+}
+
+/// [`decode_file`] with its error as text, which is what the trigger's read path keeps.
+pub fn decode(bytes: &[u8], format: FileFormat, csv: &CsvOptions) -> Result<Vec<Record>, String> {
+    decode_file(bytes, format, csv).map_err(|e| e.to_string())
+}
+
 /// Decodes a whole file. An error means no record can be read at all (a `json` file that is
 /// not JSON, a csv header that is not UTF-8); it says why, with a position where there is one.
-pub fn decode(bytes: &[u8], format: FileFormat, csv: &CsvOptions) -> Result<Vec<Record>, String> {
+pub fn decode_file(
+    bytes: &[u8],
+    format: FileFormat,
+    csv: &CsvOptions,
+) -> Result<Vec<Record>, DecodeError> {
     let single = |payload| {
         Ok(vec![Record {
             content: Ok(payload),
@@ -51,11 +99,11 @@ pub fn decode(bytes: &[u8], format: FileFormat, csv: &CsvOptions) -> Result<Vec<
         FileFormat::Json => {
             let text = utf8(strip_bom(bytes))?;
             match serde_json::from_str(text) {
-                Ok(value) => match sluice_engine::message::check_numbers(&value) {
+                Ok(value) => match sluice_engine::check_numbers(&value) {
                     Ok(()) => single(value),
-                    Err(number) => Err(format!("{number} is beyond a 64-bit float's range")),
+                    Err(number) => Err(DecodeError::NumberOutOfRange(number)),
                 },
-                Err(e) => Err(json_error(&e)),
+                Err(e) => Err(DecodeError::Json(e)),
             }
         }
         FileFormat::Ndjson => Ok(decode_ndjson(strip_bom(bytes))),
@@ -68,23 +116,10 @@ fn strip_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(BOM).unwrap_or(bytes)
 }
 
-fn utf8(bytes: &[u8]) -> Result<&str, String> {
-    std::str::from_utf8(bytes).map_err(|e| {
-        format!(
-            "the file is not UTF-8 text (binary content?): invalid byte at offset {}",
-            e.valid_up_to()
-        )
+fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8 {
+        offset: e.valid_up_to(),
     })
-}
-
-fn json_error(e: &serde_json::Error) -> String {
-    format!(
-        "{} at line {} column {}: {}",
-        json_what(e),
-        e.line(),
-        e.column(),
-        json_detail(e)
-    )
 }
 
 fn json_what(e: &serde_json::Error) -> &'static str {
@@ -130,7 +165,7 @@ fn decode_ndjson(bytes: &[u8]) -> Vec<Record> {
                     )
                 })
                 .and_then(|value| {
-                    sluice_engine::message::check_numbers(&value)
+                    sluice_engine::check_numbers(&value)
                         .map(|()| value)
                         .map_err(|n| format!("line {number}: {n} is beyond a 64-bit float's range"))
                 }),
@@ -149,10 +184,10 @@ fn decode_ndjson(bytes: &[u8]) -> Vec<Record> {
 
 /// One record per row. The field count is checked here (not by the csv reader), so that a row
 /// with too many or too few fields is a malformed record, not the end of the file.
-fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, String> {
+fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, DecodeError> {
     let delimiter = options.delimiter.value.as_bytes();
     let &[delimiter] = delimiter else {
-        return Err("the csv delimiter must be one ASCII character".to_owned());
+        return Err(DecodeError::CsvDelimiter);
     };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -169,7 +204,7 @@ fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, String>
             Ok(more) => more,
             // Reading from memory with lengths and UTF-8 checked here, the reader has no
             // error left to report; should one come anyway, the file cannot be read at all.
-            Err(e) => return Err(format!("cannot read the csv content: {e}")),
+            Err(e) => return Err(DecodeError::Csv(e)),
         };
         if !more {
             break;
@@ -181,10 +216,10 @@ fn decode_csv(bytes: &[u8], options: &CsvOptions) -> Result<Vec<Record>, String>
         let source_line = row.position().map_or(1, |p| p.line() as usize) + skipped;
         if options.header && headers.is_none() {
             let header = csv::StringRecord::from_byte_record(row.clone()).map_err(|e| {
-                format!(
-                    "the csv header (line {source_line}) is not UTF-8 text (field {}); no row can be read without it",
-                    e.utf8_error().field() + 1
-                )
+                DecodeError::CsvHeader {
+                    line: source_line,
+                    field: e.utf8_error().field() + 1,
+                }
             })?;
             expected = Some(header.len());
             headers = Some(header.iter().map(str::to_owned).collect());
@@ -277,13 +312,32 @@ mod tests {
     #[test]
     fn bad_content_says_why_and_where() {
         let csv = CsvOptions::default();
-        let e = decode(b"{\"a\":\n  nope}", FileFormat::Json, &csv).unwrap_err();
-        assert!(e.contains("malformed JSON at line 2"), "{e}");
-        let e = decode(&[0x7b, 0xff, 0x00], FileFormat::Json, &csv).unwrap_err();
-        assert!(e.contains("not UTF-8"), "{e}");
+        let e = |bytes: &[u8], format| decode_file(bytes, format, &csv).unwrap_err().to_string();
+        let json = e(b"{\"a\":\n  nope}", FileFormat::Json);
+        assert!(json.contains("malformed JSON at line 2"), "{json}");
+        let binary = e(&[0x7b, 0xff, 0x00], FileFormat::Json);
+        assert_eq!(
+            binary,
+            "the file is not UTF-8 text (binary content?): invalid byte at offset 1"
+        );
         // The same numbers the body parse refuses: a file is no way around it.
-        let e = decode(br#"{"a":[1e400]}"#, FileFormat::Json, &csv).unwrap_err();
-        assert!(e.contains("the number") && e.contains("at /a/0"), "{e}");
+        let number = e(br#"{"a":[1e400]}"#, FileFormat::Json);
+        assert!(
+            number.contains("the number") && number.contains("at /a/0"),
+            "{number}"
+        );
+        let mut semicolons = CsvOptions::default();
+        semicolons.delimiter.value = sluice_flow::Text::from(";;");
+        let delimiter = decode_file(b"a", FileFormat::Csv, &semicolons).unwrap_err();
+        assert!(
+            matches!(delimiter, DecodeError::CsvDelimiter),
+            "{delimiter}"
+        );
+        // The text the trigger keeps is the typed error's.
+        assert_eq!(
+            decode(&[0x7b, 0xff, 0x00], FileFormat::Json, &csv).unwrap_err(),
+            binary
+        );
         let r = decode(b"{\"n\":1}\n{\"n\":-1e400}\n", FileFormat::Ndjson, &csv).unwrap();
         let bad = r[1].content.clone().unwrap_err();
         assert!(

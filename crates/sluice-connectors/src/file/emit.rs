@@ -1,13 +1,14 @@
 //! Emitting the records of a claimed file (read by `drain.rs`) as messages, each with an
 //! acker that counts its outcome towards the file's claim (`claim.rs`).
 
-use super::claim::{Claim, FailedRecord, Tally};
+use super::claim::{Claim, Tally};
 use super::decode::{Malformed, Record};
 use super::ids::next_v7;
+use super::sidecar::FailedRecord;
 use super::trigger::{Shared, lock};
 use async_trait::async_trait;
-use serde_json::Value;
-use sluice_engine::{Acker, Envelope, Inlet, Message, Meta, Outcome};
+use sluice_engine::{Acker, Envelope, ErrorKind, FlowError, Inlet, Message, Meta, Outcome};
+use sluice_engine::{BATCH_ID, BATCH_SIZE, Batch};
 use sluice_flow::FileFormat;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,7 +72,10 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
     };
     let (size, records) = match read {
         Ok(Ok(decoded)) => decoded,
-        Ok(Err(reason)) => return claim(0).fail_unread(reason),
+        Ok(Err(reason)) => {
+            let error = FlowError::permanent(ErrorKind::Trigger, reason).at_step("trigger");
+            return claim(0).fail_unread(inlet.envelope(&error));
+        }
         Err(e) => {
             // Vanished or unreadable: leave it for the next start rather than guess.
             tracing::warn!(flow = %shared.flow, file = %path.display(), "cannot read the claimed file: {e}");
@@ -84,9 +88,9 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
     }
     let original = shared.folder.join(&name).display().to_string();
     // The file is one batch: the engine notices when every message of it has settled
-    // (`aggregate … end_of_batch`). A fresh id per claim: a redelivered file is a new batch.
-    let batch_id = next_v7().to_string();
-    let batch_size = records.len().to_string();
+    // (`aggregate … end_of_batch`). A new batch per claim: a redelivered file is a new batch.
+    let batch = Batch::new(records.len());
+    let (batch_id, batch_size) = (batch.id.to_string(), batch.size.to_string());
     for record in records {
         if stop.is_cancelled() {
             return;
@@ -103,11 +107,9 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
         if let Some(line) = record.source_line {
             meta.insert("file.source_line".to_owned(), line.to_string());
         }
-        meta.insert(sluice_engine::hold::BATCH_ID.to_owned(), batch_id.clone());
-        meta.insert(
-            sluice_engine::hold::BATCH_SIZE.to_owned(),
-            batch_size.clone(),
-        );
+        // Shown to expressions; the engine reads the envelope's typed batch.
+        meta.insert(BATCH_ID.to_owned(), batch_id.clone());
+        meta.insert(BATCH_SIZE.to_owned(), batch_size.clone());
         let message = match record.content {
             Ok(payload) => Message::new(&shared.flow, payload, meta),
             // A malformed line or row fails alone, as a `trigger` error whose dead letter
@@ -121,11 +123,7 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
             line: record.line,
             source_line: record.source_line,
         });
-        let envelope = Envelope {
-            message,
-            ack,
-            reply: false,
-        };
+        let envelope = Envelope::new(message, ack).in_batch(batch);
         if inlet.send(envelope).await.is_err() {
             return;
         }
@@ -149,7 +147,7 @@ impl Acker for FileAck {
                 Outcome::Failed(failure) => tally.failed.push(FailedRecord {
                     line: self.line,
                     source_line: self.source_line,
-                    envelope: serde_json::to_value(&failure.envelope).unwrap_or(Value::Null),
+                    envelope: failure.envelope,
                     kind: failure.error.kind,
                     dead_lettered: failure.dead_lettered,
                 }),

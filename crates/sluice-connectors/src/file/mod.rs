@@ -9,11 +9,13 @@ mod finish;
 mod ids;
 mod mover;
 mod scan;
+mod sidecar;
 mod sink;
 mod stability;
 mod temp;
 mod trigger;
 
+pub use decode::DecodeError;
 pub use sink::{FileSink, serialize};
 pub use trigger::FileTrigger;
 
@@ -24,12 +26,12 @@ pub fn decode_input(
     bytes: &[u8],
     format: sluice_flow::FileFormat,
     csv: &sluice_flow::CsvOptions,
-) -> Result<Vec<(serde_json::Value, Option<usize>)>, String> {
-    decode::decode(bytes, format, csv)?
+) -> Result<Vec<(serde_json::Value, Option<usize>)>, DecodeError> {
+    decode::decode_file(bytes, format, csv)?
         .into_iter()
         .map(|r| match r.content {
             Ok(payload) => Ok((payload, r.line)),
-            Err(malformed) => Err(malformed.reason),
+            Err(malformed) => Err(DecodeError::Record(malformed.reason)),
         })
         .collect()
 }
@@ -66,9 +68,17 @@ impl crate::TriggerComponent for sluice_flow::FileTriggerConfig {
     }
 
     fn watched_folder(&self) -> Option<std::path::PathBuf> {
-        Some(sluice_engine::compile::normalize(std::path::Path::new(
+        Some(sluice_flow::paths::normalize(std::path::Path::new(
             self.path.value.as_str(),
         )))
+    }
+
+    /// As its files: `format` and the CSV options.
+    fn input(&self) -> sluice_engine::InputFormat {
+        sluice_engine::InputFormat {
+            format: self.format,
+            csv: self.csv.clone(),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use super::finish::suffixed;
 use super::temp::{NAME_MAX, clean_once, temp_path};
 use async_trait::async_trait;
-use sluice_engine::expr::Template;
+use sluice_engine::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Payload, Sink};
 use sluice_flow::{Diagnostic, FileSinkConfig, OnConflict, OutputFormat, Span};
 use std::io::{self, Write};
@@ -35,7 +35,7 @@ impl FileSink {
                 .with_help("give the folder to write into, e.g. `outbox/orders`"));
         }
         let name = Template::compile(config.name.value.as_str()).map_err(|e| {
-            let span = sluice_engine::compile::position_in_scalar(
+            let span = sluice_flow::diagnostic::position_in_scalar(
                 &cx.flow.source,
                 Span::of(&config.name),
                 0,

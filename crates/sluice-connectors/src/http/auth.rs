@@ -2,6 +2,7 @@
 //! an optional signed timestamp against replays). Every comparison is constant-time, and
 //! everything that can be decided from the headers is decided before the body is read.
 
+use super::HttpError;
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -37,7 +38,7 @@ const HEX_DIGEST_LEN: usize = 64;
 
 impl Auth {
     /// Builds the rule; exactly one method must be given.
-    pub fn from_config(config: &HttpAuth) -> Result<Auth, String> {
+    pub fn from_config(config: &HttpAuth) -> Result<Auth, HttpError> {
         let given = [
             config.bearer.is_some(),
             config.api_key.is_some(),
@@ -47,15 +48,11 @@ impl Auth {
         .filter(|x| **x)
         .count();
         if given != 1 {
-            return Err(format!(
-                "`auth` needs exactly one of `bearer`, `api_key`, `hmac` ({given} given)"
-            ));
+            return Err(HttpError::AuthMethods(given));
         }
-        let nonempty = |what: &str, s: &str| {
+        let nonempty = |what: &'static str, s: &str| {
             if s.is_empty() {
-                Err(format!(
-                    "the {what} is empty; set it (usually from `${{env:…}}`)"
-                ))
+                Err(HttpError::EmptyAuthSetting(what))
             } else {
                 Ok(())
             }
@@ -72,15 +69,13 @@ impl Auth {
             });
         }
         let Some(hmac) = &config.hmac else {
-            return Err("`auth` needs one of `bearer`, `api_key`, `hmac`".to_owned());
+            return Err(HttpError::AuthMethods(0));
         };
         nonempty("HMAC secret", &hmac.secret.0)?;
         let timestamp = match &hmac.timestamp {
             Some(t) => {
                 if t.value.tolerance.value.0.is_zero() {
-                    return Err("`timestamp.tolerance` must be more than 0s (e.g. 5m): \
-                                with 0 no request could ever arrive in time"
-                        .to_owned());
+                    return Err(HttpError::ZeroTolerance);
                 }
                 nonempty("timestamp header name", &t.value.header.0)?;
                 Some(Timestamp {
@@ -115,7 +110,12 @@ impl Auth {
     /// Checks a request; `body` is `None` before the body is read, when everything the
     /// headers alone decide is checked (a missing, malformed or stale signature is refused
     /// before any of the body is read). `now` is the Unix time in seconds.
-    pub fn check(&self, headers: &HeaderMap, body: Option<&[u8]>, now: u64) -> Result<(), String> {
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        now: u64,
+    ) -> Result<(), HttpError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         match self {
             Auth::Bearer(token) => {
@@ -124,19 +124,19 @@ impl Auth {
                         v.strip_prefix("Bearer ")
                             .or_else(|| v.strip_prefix("bearer "))
                     })
-                    .ok_or("missing bearer token")?;
+                    .ok_or(HttpError::MissingBearer)?;
                 constant_time_eq(given.trim().as_bytes(), token.as_bytes())
                     .then_some(())
-                    .ok_or_else(|| "wrong bearer token".to_owned())
+                    .ok_or(HttpError::WrongBearer)
             }
             Auth::ApiKey {
                 header: name,
                 value,
             } => {
-                let given = header(name).ok_or("missing API key")?;
+                let given = header(name).ok_or(HttpError::MissingApiKey)?;
                 constant_time_eq(given.as_bytes(), value.as_bytes())
                     .then_some(())
-                    .ok_or_else(|| "wrong API key".to_owned())
+                    .ok_or(HttpError::WrongApiKey)
             }
             Auth::Hmac {
                 secret,
@@ -145,17 +145,16 @@ impl Auth {
                 timestamp,
             } => {
                 let given =
-                    header(name).ok_or_else(|| format!("missing signature (header `{name}`)"))?;
+                    header(name).ok_or_else(|| HttpError::MissingSignature(name.clone()))?;
                 let hex_digest = given
                     .strip_prefix(prefix.as_str())
                     .map(str::trim)
                     .filter(|d| {
                         d.len() == HEX_DIGEST_LEN && d.bytes().all(|b| b.is_ascii_hexdigit())
                     })
-                    .ok_or_else(|| {
-                        format!(
-                            "malformed signature: `{name}` must hold `{prefix}` and 64 hex digits"
-                        )
+                    .ok_or_else(|| HttpError::MalformedSignature {
+                        header: name.clone(),
+                        prefix: prefix.clone(),
                     })?;
                 let signed_at = match timestamp {
                     Some(t) => Some(fresh_timestamp(headers, t, now)?),
@@ -163,7 +162,7 @@ impl Auth {
                 };
                 let Some(body) = body else { return Ok(()) };
                 let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-                    .map_err(|_| "unusable HMAC secret".to_owned())?;
+                    .map_err(|_| HttpError::UnusableSecret)?;
                 if let Some(signed_at) = signed_at {
                     // The timestamp is part of what is signed, so it cannot be refreshed
                     // to replay an old request.
@@ -177,36 +176,36 @@ impl Auth {
                     expected.as_bytes(),
                 )
                 .then_some(())
-                .ok_or_else(|| "wrong signature".to_owned())
+                .ok_or(HttpError::WrongSignature)
             }
         }
     }
 }
 
 /// The timestamp header's text, when it is a Unix time within the tolerance of `now`.
-fn fresh_timestamp<'h>(headers: &'h HeaderMap, t: &Timestamp, now: u64) -> Result<&'h str, String> {
+fn fresh_timestamp<'h>(
+    headers: &'h HeaderMap,
+    t: &Timestamp,
+    now: u64,
+) -> Result<&'h str, HttpError> {
     let text = headers
         .get(t.header.as_str())
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .ok_or_else(|| format!("missing signature timestamp (header `{}`)", t.header))?;
+        .ok_or_else(|| HttpError::MissingTimestamp(t.header.clone()))?;
     let at: u64 = text
         .parse()
         .ok()
         .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| {
-            format!(
-                "malformed signature timestamp: `{}` must be a Unix time in seconds",
-                t.header
-            )
-        })?;
+        .ok_or_else(|| HttpError::MalformedTimestamp(t.header.clone()))?;
     let skew = now.abs_diff(at);
     let tolerance = t.tolerance.as_secs();
     if skew > tolerance {
-        let direction = if at < now { "old" } else { "in the future" };
-        return Err(format!(
-            "stale signature: its timestamp is {skew}s {direction}, this route accepts {tolerance}s; sign with the current time (a replayed request is refused this way)"
-        ));
+        return Err(HttpError::StaleTimestamp {
+            skew,
+            in_future: at >= now,
+            tolerance,
+        });
     }
     Ok(text)
 }
@@ -259,16 +258,16 @@ mod tests {
         let bearer = Auth::Bearer("t".into());
         assert!(bearer.check(&HeaderMap::new(), None, 0).is_err());
         // Decided before the body: no signature, or one that cannot be a digest.
-        assert!(
+        assert_eq!(
             auth.check(&HeaderMap::new(), None, 0)
                 .unwrap_err()
-                .contains("missing")
+                .to_string(),
+            "missing signature (header `x-signature`)"
         );
         headers.insert("x-signature", HeaderValue::from_static("sha256=zz"));
-        assert!(
-            auth.check(&headers, None, 0)
-                .unwrap_err()
-                .contains("malformed")
+        assert_eq!(
+            auth.check(&headers, None, 0).unwrap_err().to_string(),
+            "malformed signature: `x-signature` must hold `sha256=` and 64 hex digits"
         );
     }
 
@@ -298,14 +297,22 @@ mod tests {
         let body = b"{\"a\":1}";
         let sig = sign(b"1000.{\"a\":1}");
         assert!(auth.check(&headers("1000", &sig), Some(body), 1100).is_ok());
-        let stale = auth.check(&headers("1000", &sig), None, 1400).unwrap_err();
+        let stale = auth
+            .check(&headers("1000", &sig), None, 1400)
+            .unwrap_err()
+            .to_string();
         assert!(
             stale.contains("stale") && stale.contains("400s old"),
             "{stale}"
         );
+        let ahead = auth
+            .check(&headers("2000", &sig), None, 1400)
+            .unwrap_err()
+            .to_string();
+        assert!(ahead.contains("600s in the future"), "{ahead}");
         // The same signature with a fresh timestamp: the timestamp is signed.
         let refreshed = auth.check(&headers("1390", &sig), Some(body), 1400);
-        assert_eq!(refreshed.unwrap_err(), "wrong signature");
+        assert_eq!(refreshed.unwrap_err().to_string(), "wrong signature");
         assert!(auth.check(&headers("x1", &sig), None, 1400).is_err());
     }
 }

@@ -120,7 +120,13 @@ async fn serve(
     if let Some(auth) = &route.auth
         && let Err(reason) = auth.check(headers, None, unix_now())
     {
-        return error_response(StatusCode::UNAUTHORIZED, "auth", &reason, None, None);
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            &reason.to_string(),
+            None,
+            None,
+        );
     }
     let too_large = || {
         let why = format!(
@@ -173,7 +179,13 @@ async fn serve(
     if let Some(auth) = route.auth.as_ref().filter(|a| a.needs_body())
         && let Err(reason) = auth.check(headers, Some(&bytes), unix_now())
     {
-        return error_response(StatusCode::UNAUTHORIZED, "auth", &reason, None, None);
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            &reason.to_string(),
+            None,
+            None,
+        );
     }
     let payload: Payload = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null.into()
@@ -216,21 +228,23 @@ async fn serve(
         }
     }
     let message = Message::new(route.inlet.flow(), payload, meta);
-    let message_id = message.id().to_owned();
+    let message_id = sluice_engine::Ids::message_id(&*message.meta).to_owned();
     let correlation = correlation_id(headers).unwrap_or_else(|| message_id.clone());
     let mut message = message;
-    std::sync::Arc::make_mut(&mut message.meta)
-        .insert("correlation_id".to_owned(), correlation.clone());
+    std::sync::Arc::make_mut(&mut message.meta).insert(
+        sluice_engine::CORRELATION_ID.to_owned(),
+        correlation.clone(),
+    );
     let (tx, rx) = oneshot::channel();
     let caller = Caller::new();
-    let envelope = Envelope {
+    let envelope = Envelope::new(
         message,
-        ack: Box::new(ReplyAck {
+        Box::new(ReplyAck {
             tx,
             caller: caller.clone(),
         }),
-        reply: true,
-    };
+    )
+    .wanting_reply();
     let mut response = answer(route, envelope, &message_id, rx, &caller).await;
     if let Ok(value) = HeaderValue::try_from(correlation.as_str()) {
         response.headers_mut().insert("x-correlation-id", value);

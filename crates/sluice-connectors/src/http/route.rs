@@ -1,5 +1,7 @@
 //! Route patterns: `/orders/{id}` matched segment by segment.
 
+use super::HttpError;
+
 /// One segment of a route pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -15,9 +17,9 @@ pub struct Pattern {
 
 impl Pattern {
     /// Parses a pattern; the error says what is wrong.
-    pub fn parse(text: &str) -> Result<Pattern, String> {
+    pub fn parse(text: &str) -> Result<Pattern, HttpError> {
         let Some(rest) = text.strip_prefix('/') else {
-            return Err(format!("the path `{text}` must start with `/`"));
+            return Err(HttpError::RelativePath(text.to_owned()));
         };
         let mut segments = Vec::new();
         let mut names = Vec::new();
@@ -28,19 +30,15 @@ impl Pattern {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                 if !valid {
-                    return Err(format!(
-                        "`{{{name}}}` is not a valid path parameter; use letters, digits, `_` and `-`"
-                    ));
+                    return Err(HttpError::BadParameter(name.to_owned()));
                 }
                 if names.contains(&name) {
-                    return Err(format!("the path parameter `{{{name}}}` appears twice"));
+                    return Err(HttpError::DuplicateParameter(name.to_owned()));
                 }
                 names.push(name);
                 segments.push(Segment::Param(name.to_owned()));
             } else if part.contains('{') || part.contains('}') {
-                return Err(format!(
-                    "`{part}`: a path parameter must be a whole segment, like `{{id}}`"
-                ));
+                return Err(HttpError::PartialParameter(part.to_owned()));
             } else {
                 segments.push(Segment::Literal(part.to_owned()));
             }
@@ -134,9 +132,20 @@ mod tests {
         );
         assert_eq!(p.matches("/orders/1"), None);
         assert_eq!(p.shape(), "/orders/{}/lines/{}");
-        assert!(Pattern::parse("orders").is_err());
-        assert!(Pattern::parse("/a/{x}/{x}").is_err());
-        assert!(Pattern::parse("/a/b{x}").is_err());
+        let error = |text| Pattern::parse(text).unwrap_err().to_string();
+        assert_eq!(error("orders"), "the path `orders` must start with `/`");
+        assert_eq!(
+            error("/a/{x}/{x}"),
+            "the path parameter `{x}` appears twice"
+        );
+        assert_eq!(
+            error("/a/b{x}"),
+            "`b{x}`: a path parameter must be a whole segment, like `{id}`"
+        );
+        assert_eq!(
+            error("/a/{x y}"),
+            "`{x y}` is not a valid path parameter; use letters, digits, `_` and `-`"
+        );
         assert_eq!(Pattern::parse("/").unwrap().matches("/"), Some(vec![]));
     }
 

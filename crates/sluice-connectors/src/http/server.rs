@@ -2,6 +2,7 @@
 //! reload changes in place: no restart of the listener, no dropped requests. A request
 //! becomes a message in `request.rs`; its outcome becomes the answer in `answer.rs`.
 
+use super::HttpError;
 use super::auth::Auth;
 use super::listener::{self, BodyBudget, Limits};
 use super::request::handle;
@@ -79,7 +80,7 @@ impl HttpHub {
 
     /// Adds (or replaces, for the same method and path shape) a route; binds the listener
     /// first if needed. Returns the route id, or why the listener is unavailable.
-    pub(crate) async fn add(self: &Arc<Self>, mut entry: RouteEntry) -> Result<u64, String> {
+    pub(crate) async fn add(self: &Arc<Self>, mut entry: RouteEntry) -> Result<u64, HttpError> {
         self.ensure_listening().await?;
         entry.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = entry.id;
@@ -96,7 +97,7 @@ impl HttpHub {
         routes.retain(|r| r.id != id);
     }
 
-    async fn ensure_listening(self: &Arc<Self>) -> Result<(), String> {
+    async fn ensure_listening(self: &Arc<Self>) -> Result<(), HttpError> {
         {
             let state = self.listener.lock().unwrap_or_else(|p| p.into_inner());
             if matches!(*state, Listener::Running) {
@@ -110,8 +111,11 @@ impl HttpHub {
         }
         let listener = match bound {
             Ok(listener) => listener,
-            Err(e) => {
-                let reason = format!("cannot listen on {}: {e}", self.listen);
+            Err(source) => {
+                let reason = HttpError::Listen {
+                    listen: self.listen.clone(),
+                    source,
+                };
                 tracing::error!("{reason}; pass --listen ADDR or set SLUICE_LISTEN");
                 // Retrying is left to the next flow that needs the listener.
                 return Err(reason);

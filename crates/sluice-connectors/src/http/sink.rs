@@ -1,7 +1,7 @@
 //! The `http` sink: one JSON request per message; retries are the engine's.
 
 use async_trait::async_trait;
-use sluice_engine::http_client::HttpCall;
+use sluice_engine::HttpCall;
 use sluice_engine::{BuildContext, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, HttpSinkConfig, OutputFormat, Span};
 
@@ -31,7 +31,7 @@ impl HttpSink {
             } else {
                 &config.headers[&e.which]
             };
-            let span = sluice_engine::compile::position_in_scalar(
+            let span = sluice_flow::diagnostic::position_in_scalar(
                 &cx.flow.source,
                 Span::of(at),
                 0,

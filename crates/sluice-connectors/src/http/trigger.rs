@@ -29,12 +29,12 @@ impl HttpTrigger {
         cx: &BuildContext<'_>,
     ) -> Result<Self, Diagnostic> {
         let pattern = Pattern::parse(config.path.value.as_str()).map_err(|e| {
-            cx.diagnostic(&config.path, e)
+            cx.diagnostic(&config.path, e.to_string())
                 .with_help("a path like `/orders` or `/orders/{id}`")
         })?;
         let auth = match &config.auth {
             Some(auth) => Some(Auth::from_config(&auth.value).map_err(|e| {
-                cx.diagnostic(auth, e)
+                cx.diagnostic(auth, e.to_string())
                     .with_help("e.g. `auth: { bearer: \"${env:ORDERS_TOKEN}\" }`")
             })?),
             None => None,
@@ -72,7 +72,7 @@ impl Trigger for HttpTrigger {
         let id = match self.hub.add(entry).await {
             Ok(id) => id,
             Err(reason) => {
-                inlet.set_unhealthy(reason);
+                inlet.set_unhealthy(reason.to_string());
                 return;
             }
         };

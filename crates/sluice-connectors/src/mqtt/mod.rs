@@ -16,6 +16,66 @@ use sluice_flow::{Diagnostic, Dur, MqttQos, MqttTls, Spanned, Text};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why a URL could not be read: the URL parser's error (named through `reqwest`, which is
+/// where the parser comes from here).
+type UrlParseError = <reqwest::Url as std::str::FromStr>::Err;
+
+/// What went wrong with an MQTT broker: a `url` that cannot be used (a load diagnostic at
+/// the `url`), or a failure of the connection, the subscription or a publish (the trigger's
+/// unhealthy reason, or a retryable `sink` error). None repeats the URL: it may hold a
+/// password. Cloneable, because one broken connection fails every publish waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MqttError {
+    /// The `url` is not a URL at all.
+    #[error("the URL cannot be read ({0}); write e.g. mqtt://127.0.0.1:1883")]
+    UnreadableUrl(#[source] UrlParseError),
+    /// A URL of another protocol.
+    #[error("the URL scheme `{0}` is not MQTT; use mqtt:// (plain) or mqtts:// (TLS)")]
+    Scheme(String),
+    /// A URL without a host.
+    #[error("the URL has no host; write e.g. mqtt://127.0.0.1:1883")]
+    NoHost,
+    /// A URL with a path or query, which would be silently ignored.
+    #[error(
+        "the URL has a path or query, which MQTT does not use; write scheme://[user:password@]host:port"
+    )]
+    PathOrQuery,
+    /// The trigger's connection ended with the client's error (refused, reset, keep-alive
+    /// timeout).
+    #[error("{0}")]
+    Lost(#[source] Arc<rumqttc::ConnectionError>),
+    /// The connection ended without an error (the broker closed it).
+    #[error("the connection closed")]
+    Closed,
+    /// The broker did not answer CONNACK or SUBACK in time.
+    #[error("no answer from the broker within {}s", .0.as_secs())]
+    NoAnswer(Duration),
+    /// The broker sent something else where CONNACK was due.
+    #[error("the broker answered before CONNACK")]
+    NoConnAck,
+    /// The subscription could not be sent.
+    #[error("subscribe: {0}")]
+    Subscribe(#[source] Arc<rumqttc::ClientError>),
+    /// The broker sent something else where SUBACK was due.
+    #[error("the broker did not answer the subscription")]
+    NoSubAck,
+    /// The broker refused one topic filter of the subscription.
+    #[error("the broker refused the subscription to `{0}` (check its access control list)")]
+    SubscriptionRefused(String),
+    /// The sink's connection failed; every publish waiting on it fails with this.
+    #[error("mqtt connection: {0}")]
+    Connection(#[source] Arc<rumqttc::ConnectionError>),
+    /// The sink's connection ended before the broker's CONNACK.
+    #[error("mqtt connection: closed while connecting")]
+    ClosedWhileConnecting,
+    /// The broker sent no CONNACK to the sink in time.
+    #[error("mqtt connection: no CONNACK within {}s", .0.as_secs())]
+    NoConnAckWithin(Duration),
+    /// A publish could not be handed to the sink's connection.
+    #[error("mqtt publish: {0}")]
+    Publish(#[source] Arc<rumqttc::ClientError>),
+}
+
 /// The largest packet MQTT can carry (its remaining-length field tops out at 256 MiB).
 /// rumqttc's own default is 10 KiB; a message above the client's limit would break the
 /// connection and come back at every reconnect, so the limit is the protocol's.
@@ -35,31 +95,22 @@ struct Endpoint {
 impl Endpoint {
     /// Parses the URL; an error says what is wrong without repeating the URL (it may hold a
     /// password).
-    fn parse(url: &str) -> Result<Endpoint, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| {
-            format!("the URL cannot be read ({e}); write e.g. mqtt://127.0.0.1:1883")
-        })?;
+    fn parse(url: &str) -> Result<Endpoint, MqttError> {
+        let parsed = reqwest::Url::parse(url).map_err(MqttError::UnreadableUrl)?;
         let tls = match parsed.scheme() {
             "mqtt" | "tcp" => false,
             "mqtts" | "ssl" => true,
-            other => {
-                return Err(format!(
-                    "the URL scheme `{other}` is not MQTT; use mqtt:// (plain) or mqtts:// (TLS)"
-                ));
-            }
+            other => return Err(MqttError::Scheme(other.to_owned())),
         };
         let host = parsed
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or("the URL has no host; write e.g. mqtt://127.0.0.1:1883")?
+            .ok_or(MqttError::NoHost)?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
         if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
-            return Err(
-                "the URL has a path or query, which MQTT does not use; write scheme://[user:password@]host:port"
-                    .to_owned(),
-            );
+            return Err(MqttError::PathOrQuery);
         }
         let login = (!parsed.username().is_empty()).then(|| {
             (
@@ -84,7 +135,7 @@ impl Endpoint {
         cx: &BuildContext<'_>,
     ) -> Result<Endpoint, Diagnostic> {
         let mut endpoint = Endpoint::parse(&url.value).map_err(|e| {
-            cx.diagnostic(url, e).with_help(
+            cx.diagnostic(url, e.to_string()).with_help(
                 "e.g. url: mqtt://127.0.0.1:1883, or mqtts://user:${env:MQTT_PASSWORD}@broker:8883",
             )
         })?;
@@ -358,10 +409,13 @@ mod tests {
         assert!(
             Endpoint::parse("http://broker.local")
                 .unwrap_err()
+                .to_string()
                 .contains("mqtt://")
         );
         assert!(Endpoint::parse("mqtt://broker.local/x").is_err());
-        let secret = Endpoint::parse("amqp://u:hunter2@h").unwrap_err();
+        let secret = Endpoint::parse("amqp://u:hunter2@h")
+            .unwrap_err()
+            .to_string();
         assert!(!secret.contains("hunter2"));
     }
 

@@ -7,11 +7,11 @@
 //! waiter (a retryable error) and the next write opens a new one, so that order never spans
 //! two connections.
 
-use super::Endpoint;
+use super::{Endpoint, MqttError};
 use crate::codec;
 use async_trait::async_trait;
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing as Sent, QoS};
-use sluice_engine::expr::Template;
+use sluice_engine::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, MessageFormat, MqttSinkConfig, Span};
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+type Waiter = oneshot::Sender<Result<(), MqttError>>;
+
+/// How long the broker has to answer a new connection with CONNACK.
+const CONNACK_WITHIN: Duration = Duration::from_secs(10);
 
 /// Publishes to an MQTT broker.
 pub struct MqttSink {
@@ -85,14 +88,14 @@ impl Waiters {
     }
 
     /// The connection failed: every publish still waiting fails with `why`.
-    fn fail_all(&self, why: &str) {
+    fn fail_all(&self, why: &MqttError) {
         self.open.store(false, Ordering::Release);
         let mut state = self.lock();
         for (_, waiter) in state.queued.drain(..) {
-            let _ = waiter.send(Err(why.to_owned()));
+            let _ = waiter.send(Err(why.clone()));
         }
         for (_, waiter) in state.sent.drain() {
-            let _ = waiter.send(Err(why.to_owned()));
+            let _ = waiter.send(Err(why.clone()));
         }
     }
 }
@@ -102,7 +105,7 @@ impl MqttSink {
     pub fn new(config: &MqttSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
         let endpoint = Endpoint::load(&config.url, config.tls.as_deref(), cx)?;
         let at = |offset: usize| {
-            sluice_engine::compile::position_in_scalar(
+            sluice_flow::diagnostic::position_in_scalar(
                 &cx.flow.source,
                 Span::of(&config.topic),
                 0,
@@ -164,7 +167,7 @@ impl MqttSink {
 
     /// Opens a connection (a clean session: a publisher keeps nothing between connections)
     /// and waits for the broker's CONNACK.
-    async fn open(&self) -> Result<Live, String> {
+    async fn open(&self) -> Result<Live, MqttError> {
         let options = self
             .endpoint
             .options(&self.client_id, Duration::from_secs(30), true);
@@ -189,7 +192,7 @@ impl MqttSink {
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            let why = format!("mqtt connection: {e}");
+                            let why = MqttError::Connection(Arc::new(e));
                             waiters.fail_all(&why);
                             if let Some(tx) = connected_tx.take() {
                                 let _ = tx.send(Err(why));
@@ -205,11 +208,11 @@ impl MqttSink {
             waiters,
             poller,
         };
-        match tokio::time::timeout(Duration::from_secs(10), connected).await {
+        match tokio::time::timeout(CONNACK_WITHIN, connected).await {
             Ok(Ok(Ok(()))) => Ok(live),
             Ok(Ok(Err(why))) => Err(why),
-            Ok(Err(_)) => Err("mqtt connection: closed while connecting".to_owned()),
-            Err(_) => Err("mqtt connection: no CONNACK within 10s".to_owned()),
+            Ok(Err(_)) => Err(MqttError::ClosedWhileConnecting),
+            Err(_) => Err(MqttError::NoConnAckWithin(CONNACK_WITHIN)),
         }
     }
 
@@ -219,7 +222,7 @@ impl MqttSink {
         &self,
         topic: String,
         body: Vec<u8>,
-    ) -> Result<oneshot::Receiver<Result<(), String>>, FlowError> {
+    ) -> Result<oneshot::Receiver<Result<(), MqttError>>, FlowError> {
         let mut live = self.live.lock().await;
         let reuse = live
             .as_ref()
@@ -231,7 +234,8 @@ impl MqttSink {
                 let opened = self
                     .open()
                     .await
-                    .map_err(|why| FlowError::new(ErrorKind::Sink, why))?;
+                    // Retryable: the broker may be back by the next attempt.
+                    .map_err(|why| FlowError::new(ErrorKind::Sink, why.to_string()))?;
                 slot.insert(opened)
             }
         };
@@ -243,7 +247,7 @@ impl MqttSink {
             .await
         {
             // The event loop is gone; its waiters (this one included) fail with it.
-            current.waiters.fail_all(&format!("mqtt publish: {e}"));
+            current.waiters.fail_all(&MqttError::Publish(Arc::new(e)));
             *live = None;
         }
         Ok(rx)
@@ -282,7 +286,7 @@ impl Sink for MqttSink {
         let confirmed = self.queue(topic, body).await?;
         match tokio::time::timeout(self.timeout, confirmed).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(why))) => Err(FlowError::new(ErrorKind::Sink, why)),
+            Ok(Ok(Err(why))) => Err(FlowError::new(ErrorKind::Sink, why.to_string())),
             Ok(Err(_)) => Err(FlowError::new(
                 ErrorKind::Sink,
                 "mqtt: the connection closed before the broker confirmed",

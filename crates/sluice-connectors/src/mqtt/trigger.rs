@@ -8,7 +8,7 @@
 //! an older one is skipped (the broker has sent that message again already), because packet
 //! ids are only meaningful within the connection that received them.
 
-use super::Endpoint;
+use super::{Endpoint, MqttError};
 use crate::codec::{self, consume_reconnecting};
 use async_trait::async_trait;
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing as Sent, Publish, QoS, SubscribeReasonCode};
@@ -62,7 +62,7 @@ impl MqttTrigger {
         for topic in &config.topics.value {
             if let Err((offset, why)) = super::check_filter(&topic.value) {
                 let column = topic.value[..offset].chars().count();
-                let span = sluice_engine::compile::position_in_scalar(
+                let span = sluice_flow::diagnostic::position_in_scalar(
                     &cx.flow.source,
                     Span::of(topic),
                     0,
@@ -112,7 +112,7 @@ impl MqttTrigger {
         inlet: &Inlet,
         stop: &CancellationToken,
         first: &AtomicBool,
-    ) -> Result<Ended, String> {
+    ) -> Result<Ended, MqttError> {
         let options = self
             .endpoint
             .options(&self.client_id, self.keep_alive, self.clean_session);
@@ -160,7 +160,7 @@ impl MqttTrigger {
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            let _ = control_tx.send(Control::Ended(Some(e.to_string())));
+                            let _ = control_tx.send(Control::Ended(Some(e)));
                             break;
                         }
                     }
@@ -197,12 +197,12 @@ impl MqttTrigger {
         connection: &Arc<Connection>,
         control: &mut mpsc::UnboundedReceiver<Control>,
         publishes: mpsc::UnboundedReceiver<Publish>,
-    ) -> Result<Ended, String> {
+    ) -> Result<Ended, MqttError> {
         let session_present = tokio::select! {
             _ = stop.cancelled() => return Ok(Ended::Stopped),
             event = answer(control) => match event? {
                 Control::Connected(present) => present,
-                _ => return Err("the broker answered before CONNACK".to_owned()),
+                _ => return Err(MqttError::NoConnAck),
             },
         };
         if first.load(Ordering::Relaxed) || !session_present {
@@ -214,19 +214,17 @@ impl MqttTrigger {
                 .client
                 .subscribe_many(filters)
                 .await
-                .map_err(|e| format!("subscribe: {e}"))?;
+                .map_err(|e| MqttError::Subscribe(Arc::new(e)))?;
             let codes = tokio::select! {
                 _ = stop.cancelled() => return Ok(Ended::Stopped),
                 event = answer(control) => match event? {
                     Control::Subscribed(codes) => codes,
-                    _ => return Err("the broker did not answer the subscription".to_owned()),
+                    _ => return Err(MqttError::NoSubAck),
                 },
             };
             for (topic, code) in self.topics.iter().zip(codes) {
                 if code == SubscribeReasonCode::Failure {
-                    return Err(format!(
-                        "the broker refused the subscription to `{topic}` (check its access control list)"
-                    ));
+                    return Err(MqttError::SubscriptionRefused(topic.clone()));
                 }
             }
             // Only now: a subscription that failed is made again at the next connection.
@@ -259,32 +257,38 @@ impl MqttTrigger {
     }
 }
 
+/// How long the broker has to answer CONNACK and SUBACK.
+const ANSWER_WITHIN: Duration = Duration::from_secs(15);
+
 /// Waits for the broker's answer while connecting (CONNACK, SUBACK).
-async fn answer(control: &mut mpsc::UnboundedReceiver<Control>) -> Result<Control, String> {
-    match tokio::time::timeout(Duration::from_secs(15), control.recv()).await {
-        Ok(Some(Control::Ended(why))) => {
-            Err(why.unwrap_or_else(|| "the connection closed".to_owned()))
-        }
+async fn answer(control: &mut mpsc::UnboundedReceiver<Control>) -> Result<Control, MqttError> {
+    match tokio::time::timeout(ANSWER_WITHIN, control.recv()).await {
+        Ok(Some(Control::Ended(why))) => Err(ended(why)),
         Ok(Some(event)) => Ok(event),
-        Ok(None) => Err("the connection closed".to_owned()),
-        Err(_) => Err("no answer from the broker within 15s".to_owned()),
+        Ok(None) => Err(MqttError::Closed),
+        Err(_) => Err(MqttError::NoAnswer(ANSWER_WITHIN)),
     }
 }
 
 /// Waits for the next event of the connection that matters once it is serving: only its end.
-async fn next_event(control: &mut mpsc::UnboundedReceiver<Control>) -> Result<(), String> {
+async fn next_event(control: &mut mpsc::UnboundedReceiver<Control>) -> Result<(), MqttError> {
     match control.recv().await {
-        Some(Control::Ended(why)) => Err(why.unwrap_or_else(|| "the connection closed".to_owned())),
+        Some(Control::Ended(why)) => Err(ended(why)),
         Some(_) => Ok(()),
-        None => Err("the connection closed".to_owned()),
+        None => Err(MqttError::Closed),
     }
+}
+
+/// The error of a connection that ended, with the client's reason if it gave one.
+fn ended(why: Option<rumqttc::ConnectionError>) -> MqttError {
+    why.map_or(MqttError::Closed, |e| MqttError::Lost(Arc::new(e)))
 }
 
 /// What the event loop tells the trigger.
 enum Control {
     Connected(bool),
     Subscribed(Vec<SubscribeReasonCode>),
-    Ended(Option<String>),
+    Ended(Option<rumqttc::ConnectionError>),
 }
 
 /// One connection to the broker, shared by the event loop and the acknowledgements of the
@@ -376,22 +380,21 @@ async fn forward(
         meta.insert("mqtt.topic".to_owned(), std::mem::take(&mut publish.topic));
         let message = match decoded {
             Ok(payload) => Message::new(&flow, payload, meta),
-            Err(why) => Message::undecodable(&flow, &publish.payload, why, meta),
+            Err(why) => Message::undecodable(&flow, &publish.payload, why.to_string(), meta),
         };
         // The body is in the message now; the acknowledgement needs the packet id only.
         publish.payload = Default::default();
         connection.in_flight.fetch_add(1, Ordering::AcqRel);
-        let envelope = Envelope {
+        let envelope = Envelope::new(
             message,
-            ack: Box::new(MqttAcker {
+            Box::new(MqttAcker {
                 connection: connection.clone(),
                 publish,
                 redeliver_delay,
                 clean_session,
                 flow: flow.clone(),
             }),
-            reply: false,
-        };
+        );
         if inlet.send(envelope).await.is_err() {
             return;
         }
@@ -458,7 +461,7 @@ impl Trigger for MqttTrigger {
                         break;
                     }
                 }
-                Ok(())
+                Ok::<(), MqttError>(())
             },
         )
         .await;

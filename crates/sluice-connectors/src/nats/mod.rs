@@ -9,11 +9,89 @@ mod sink;
 mod trigger;
 
 pub use sink::NatsSink;
-pub use trigger::{JetStreamSource, NatsTrigger};
+pub(crate) use trigger::JetStreamSource;
+pub use trigger::NatsTrigger;
+
+use async_nats::jetstream::{consumer, context, stream};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What went wrong talking to a NATS server. A trigger shows it as the flow's unhealthy
+/// reason and connects again; a sink fails the write with a retryable `sink` error. A URL
+/// in it is the shown form, without user info or query (where credentials live).
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// The connection could not be opened (server down, refused login, TLS).
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The server, without credentials.
+        url: String,
+        /// The client's reason.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The JetStream stream could not be looked up or created.
+    #[error("stream `{stream}`: {source}")]
+    Stream {
+        /// The stream's name.
+        stream: String,
+        /// The server's or the client's reason.
+        #[source]
+        source: context::CreateStreamError,
+    },
+    /// The durable consumer could not be looked up or created.
+    #[error("consumer `{durable}`: {source}")]
+    Consumer {
+        /// The durable consumer's name.
+        durable: String,
+        /// The server's or the client's reason.
+        #[source]
+        source: stream::ConsumerError,
+    },
+    /// The pull subscription of the durable consumer could not be started.
+    #[error("consumer `{durable}`: {source}")]
+    Pull {
+        /// The durable consumer's name.
+        durable: String,
+        /// The client's reason.
+        #[source]
+        source: consumer::StreamError,
+    },
+    /// A pull request of the durable consumer failed while consuming.
+    #[error("consumer `{durable}`: {source}")]
+    Messages {
+        /// The durable consumer's name.
+        durable: String,
+        /// The client's reason.
+        #[source]
+        source: consumer::pull::MessagesError,
+    },
+    /// The JetStream message stream ended without being asked to (the client gave up).
+    #[error("the message stream ended")]
+    StreamEnded,
+    /// A core NATS subscription could not be made.
+    #[error("subscribe `{subject}`: {source}")]
+    Subscribe {
+        /// The subject (or wildcard) subscribed to.
+        subject: String,
+        /// The client's reason.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// A core NATS subscription ended without being asked to.
+    #[error("the subscription ended")]
+    SubscriptionEnded,
+    /// A subject that is not a valid template (only channels build one outside a flow file).
+    #[error("{message}")]
+    Subject {
+        /// The subject as given.
+        subject: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
 
 /// Open NATS connections, one per URL, shared by the triggers and sinks of every flow.
 #[derive(Clone, Default)]
@@ -29,9 +107,9 @@ impl std::fmt::Debug for NatsClients {
 }
 
 impl NatsClients {
-    /// The connection to `url`, opened on first use. The error never contains the URL (it
-    /// may hold credentials).
-    pub async fn get(&self, url: &str) -> Result<async_nats::Client, String> {
+    /// The connection to `url`, opened on first use. The error shows the URL without its
+    /// credentials.
+    pub(crate) async fn get(&self, url: &str) -> Result<async_nats::Client, NatsError> {
         let mut clients = self.clients.lock().await;
         if let Some(client) = clients.get(url) {
             return Ok(client.clone());
@@ -57,7 +135,10 @@ impl NatsClients {
         let client = options
             .connect(url)
             .await
-            .map_err(|e| format!("cannot connect to NATS: {e}"))?;
+            .map_err(|source| NatsError::Connect {
+                url: crate::shown_url(url),
+                source,
+            })?;
         clients.insert(url.to_owned(), client.clone());
         Ok(client)
     }
@@ -107,5 +188,36 @@ impl crate::SinkComponent for sluice_flow::NatsSinkConfig {
             shared.nats.clone(),
             cx,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port nothing listens on: bound once by the OS, then released.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        listener.local_addr().expect("a bound address").port()
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_names_the_server_but_not_the_password() {
+        let port = closed_port();
+        let url = format!("nats://sluice:hunter2@127.0.0.1:{port}");
+        let error = NatsClients::default().get(&url).await.unwrap_err();
+        assert!(matches!(error, NatsError::Connect { .. }), "{error:?}");
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot connect to NATS at nats://127.0.0.1:{port}: "
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hunter2") && !text.contains("sluice:"),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&error).is_some());
     }
 }

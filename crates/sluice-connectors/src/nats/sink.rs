@@ -1,12 +1,13 @@
 //! The `nats` sink: publishes each message to a (templated) subject. With JetStream (the
 //! default) a write is confirmed only when the stream's publish ack arrived.
 
-use super::NatsClients;
+use super::{NatsClients, NatsError};
 use crate::codec;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_trait::async_trait;
-use sluice_engine::expr::Template;
+use sluice_engine::Ids;
+use sluice_engine::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, MessageFormat, NatsSinkConfig, Span};
 use std::time::Duration;
@@ -39,7 +40,7 @@ impl NatsSink {
         cx: &BuildContext<'_>,
     ) -> Result<Self, Diagnostic> {
         let subject = Template::compile(config.subject.value.as_str()).map_err(|e| {
-            let span = sluice_engine::compile::position_in_scalar(
+            let span = sluice_flow::diagnostic::position_in_scalar(
                 &cx.flow.source,
                 Span::of(&config.subject),
                 0,
@@ -66,17 +67,21 @@ impl NatsSink {
     }
 
     /// A JetStream sink for a channel: publishes to `subject`, creating `stream` if needed.
-    pub fn for_channel(
+    pub(crate) fn for_channel(
         clients: NatsClients,
         url: &str,
         subject: &str,
         stream: &str,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, NatsError> {
+        let compiled = Template::compile(subject).map_err(|e| NatsError::Subject {
+            subject: subject.to_owned(),
+            message: e.message,
+        })?;
         Ok(NatsSink {
             clients,
             url: url.to_owned(),
-            subject: Template::compile(subject).map_err(|e| e.message)?,
+            subject: compiled,
             jetstream: true,
             timeout,
             format: MessageFormat::Json,
@@ -106,20 +111,21 @@ impl Sink for NatsSink {
     async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
         let subject = self.render_subject(out)?;
         let body = codec::encode(self.format, &mut out.payload)?;
-        let message_id = out.meta.get("message_id").cloned().unwrap_or_default();
+        let message_id = out.meta.message_id().to_owned();
         let mut headers = HeaderMap::new();
         headers.insert(MESSAGE_ID_HEADER, message_id.as_str());
-        headers.insert(CORRELATION_ID_HEADER, codec::correlation_id(&out.meta));
+        headers.insert(CORRELATION_ID_HEADER, out.meta.correlation());
         let (client, js) = self
             .client
             .get_or_try_init(|| async {
                 let client = self.clients.get(&self.url).await?;
                 let mut js = jetstream::new(client.clone());
                 js.set_timeout(self.timeout);
-                Ok::<_, String>((client, js))
+                Ok::<_, NatsError>((client, js))
             })
             .await
-            .map_err(|e| FlowError::new(ErrorKind::Sink, e))?;
+            // Retryable: the server may be back by the next attempt.
+            .map_err(|e| FlowError::new(ErrorKind::Sink, e.to_string()))?;
         if !self.jetstream {
             return client
                 .publish_with_headers(subject, headers, body.into())

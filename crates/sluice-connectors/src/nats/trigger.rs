@@ -3,19 +3,20 @@
 //! `nak`ed with a delay, and `max_deliver` bounds the redeliveries. Without a `stream`, a core
 //! NATS subscription (at-most-once: NATS does not keep what it could not deliver).
 
-use super::NatsClients;
+use super::{NatsClients, NatsError};
 use crate::codec::{self, consume_reconnecting};
 use async_nats::jetstream::{self, AckKind, consumer};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
+use sluice_engine::{CORRELATION_ID, Ids, MESSAGE_ID};
 use sluice_flow::{Diagnostic, MessageFormat, NatsTriggerConfig};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A JetStream stream and durable consumer to read from.
 #[derive(Debug, Clone)]
-pub struct JetStreamSource {
+pub(crate) struct JetStreamSource {
     /// The stream (created with `subject` when missing).
     pub stream: String,
     /// The durable consumer.
@@ -88,7 +89,7 @@ impl NatsTrigger {
     }
 
     /// A JetStream trigger for a channel (no flow file position to report).
-    pub fn for_channel(
+    pub(crate) fn for_channel(
         clients: NatsClients,
         url: &str,
         channel: &str,
@@ -114,7 +115,7 @@ impl NatsTrigger {
         source: &JetStreamSource,
         inlet: &Inlet,
         stop: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), NatsError> {
         let client = self.clients.get(&self.url).await?;
         let js = jetstream::new(client);
         let stream = js
@@ -124,7 +125,10 @@ impl NatsTrigger {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("stream `{}`: {e}", source.stream))?;
+            .map_err(|e| NatsError::Stream {
+                stream: source.stream.clone(),
+                source: e,
+            })?;
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 &source.durable,
@@ -138,7 +142,10 @@ impl NatsTrigger {
                 },
             )
             .await
-            .map_err(|e| format!("consumer `{}`: {e}", source.durable))?;
+            .map_err(|e| NatsError::Consumer {
+                durable: source.durable.clone(),
+                source: e,
+            })?;
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(self.batch)
@@ -146,7 +153,10 @@ impl NatsTrigger {
             .expires(Duration::from_secs(30))
             .messages()
             .await
-            .map_err(|e| format!("consumer `{}`: {e}", source.durable))?;
+            .map_err(|e| NatsError::Pull {
+                durable: source.durable.clone(),
+                source: e,
+            })?;
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), stream = %source.stream, durable = %source.durable, "nats consumer ready");
         loop {
@@ -155,8 +165,13 @@ impl NatsTrigger {
                 next = messages.next() => next,
             };
             let message = match next {
-                None => return Err("the message stream ended".to_owned()),
-                Some(Err(e)) => return Err(format!("consumer `{}`: {e}", source.durable)),
+                None => return Err(NatsError::StreamEnded),
+                Some(Err(e)) => {
+                    return Err(NatsError::Messages {
+                        durable: source.durable.clone(),
+                        source: e,
+                    });
+                }
                 Some(Ok(message)) => message,
             };
             if !self.forward(message, inlet).await {
@@ -179,40 +194,41 @@ impl NatsTrigger {
         meta.insert("nats.delivered".to_owned(), delivered.to_string());
         meta.insert("nats.max_deliver".to_owned(), self.max_deliver.to_string());
         header_meta(&message, &mut meta);
-        if !meta.contains_key("message_id") {
-            // Stable across redeliveries, so sinks can recognise a message they already took.
-            meta.insert("message_id".to_owned(), format!("{stream}-{sequence}"));
-        }
-        if !meta.contains_key("correlation_id") {
-            let id = meta.get("message_id").cloned().unwrap_or_default();
-            meta.insert("correlation_id".to_owned(), id);
+        // Stable across redeliveries, so sinks can recognise a message they already took.
+        meta.entry(MESSAGE_ID.to_owned())
+            .or_insert_with(|| format!("{stream}-{sequence}"));
+        if meta.correlation_id().is_none() {
+            let id = meta.message_id().to_owned();
+            meta.insert(CORRELATION_ID.to_owned(), id);
         }
         meta.extend(self.extra_meta.iter().cloned());
         let flow = inlet.flow().to_owned();
         let message = match codec::decode(self.format, &message.payload) {
             Ok(payload) => Message::new(&flow, payload, meta),
-            Err(why) => Message::undecodable(&flow, &message.payload, why, meta),
+            Err(why) => Message::undecodable(&flow, &message.payload, why.to_string(), meta),
         };
-        let envelope = Envelope {
+        let envelope = Envelope::new(
             message,
-            ack: Box::new(JetStreamAcker {
+            Box::new(JetStreamAcker {
                 acker,
                 delivered,
                 max_deliver: self.max_deliver,
                 nak_delay: self.nak_delay,
                 flow,
             }),
-            reply: false,
-        };
+        );
         inlet.send(envelope).await.is_ok()
     }
 
-    async fn consume_core(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), String> {
+    async fn consume_core(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), NatsError> {
         let client = self.clients.get(&self.url).await?;
         let mut subscriber = client
             .subscribe(self.subject.clone())
             .await
-            .map_err(|e| format!("subscribe `{}`: {e}", self.subject))?;
+            .map_err(|source| NatsError::Subscribe {
+                subject: self.subject.clone(),
+                source,
+            })?;
         inlet.set_healthy();
         loop {
             let next = tokio::select! {
@@ -220,7 +236,7 @@ impl NatsTrigger {
                 next = subscriber.next() => next,
             };
             let Some(message) = next else {
-                return Err("the subscription ended".to_owned());
+                return Err(NatsError::SubscriptionEnded);
             };
             let mut meta = Meta::new();
             meta.insert("nats.subject".to_owned(), message.subject.to_string());
@@ -233,11 +249,7 @@ impl NatsTrigger {
                     continue;
                 }
             };
-            let envelope = Envelope {
-                message: Message::new(&flow, payload, meta),
-                ack: Box::new(NoAck),
-                reply: false,
-            };
+            let envelope = Envelope::new(Message::new(&flow, payload, meta), Box::new(NoAck));
             if inlet.send(envelope).await.is_err() {
                 return Ok(());
             }
@@ -266,10 +278,10 @@ fn header_meta(message: &async_nats::Message, meta: &mut Meta) {
         .get(super::sink::MESSAGE_ID_HEADER)
         .or_else(|| headers.get("Nats-Msg-Id"));
     if let Some(id) = id {
-        meta.insert("message_id".to_owned(), id.as_str().to_owned());
+        meta.insert(MESSAGE_ID.to_owned(), id.as_str().to_owned());
     }
     if let Some(correlation) = headers.get(super::sink::CORRELATION_ID_HEADER) {
-        meta.insert("correlation_id".to_owned(), correlation.as_str().to_owned());
+        meta.insert(CORRELATION_ID.to_owned(), correlation.as_str().to_owned());
     }
 }
 

@@ -5,7 +5,7 @@
 //! the rows are still there and are taken again. A failed row stays and is retried after
 //! `poll`.
 
-use super::{quote_ident, quote_table};
+use super::{PostgresError, quote_ident, quote_table};
 use crate::codec::consume_reconnecting;
 use async_trait::async_trait;
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
@@ -27,8 +27,8 @@ pub struct OutboxTrigger {
 impl OutboxTrigger {
     /// Builds the trigger, checking and quoting the table and column names.
     pub fn new(config: &PostgresTriggerConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
-        let table =
-            quote_table(&config.table.value).map_err(|e| cx.diagnostic(&config.table, e))?;
+        let table = quote_table(&config.table.value)
+            .map_err(|e| cx.diagnostic(&config.table, e.to_string()))?;
         let id = quote_ident(&config.id)
             .map_err(|e| cx.diagnostic(&config.table, format!("`id`: {e}")))?;
         let payload = quote_ident(&config.payload)
@@ -46,28 +46,26 @@ impl OutboxTrigger {
         })
     }
 
-    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), String> {
+    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), PostgresError> {
         let pool = super::pool(&self.url, 1)?;
-        let mut client = pool
-            .get()
-            .await
-            .map_err(|e| format!("postgres connection: {e}"))?;
+        let mut client = pool.get().await.map_err(|source| PostgresError::Connect {
+            url: crate::shown_url(&self.url),
+            source,
+        })?;
+        let statement = |what| move |source| PostgresError::Statement { what, source };
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), table = %self.table_name, "postgres outbox ready");
         loop {
             if stop.is_cancelled() {
                 return Ok(());
             }
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|e| format!("postgres: {e}"))?;
+            let tx = client.transaction().await.map_err(statement("postgres"))?;
             let rows = tx
                 .query(&self.select, &[&self.batch])
                 .await
-                .map_err(|e| format!("outbox select: {e}"))?;
+                .map_err(statement("outbox select"))?;
             if rows.is_empty() {
-                tx.commit().await.map_err(|e| format!("postgres: {e}"))?;
+                tx.commit().await.map_err(statement("postgres"))?;
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(self.poll) => continue,
@@ -83,7 +81,10 @@ impl OutboxTrigger {
                 let mut meta = Meta::new();
                 meta.insert("postgres.table".to_owned(), self.table_name.clone());
                 meta.insert("postgres.id".to_owned(), id.clone());
-                meta.insert("message_id".to_owned(), format!("{}-{id}", self.table_name));
+                meta.insert(
+                    sluice_engine::MESSAGE_ID.to_owned(),
+                    format!("{}-{id}", self.table_name),
+                );
                 // A payload that is not JSON goes to the dead letter (the row is then deleted);
                 // without one, the row stays for someone to look at.
                 let message = match body
@@ -104,14 +105,13 @@ impl OutboxTrigger {
                         meta,
                     ),
                 };
-                let envelope = Envelope {
+                let envelope = Envelope::new(
                     message,
-                    ack: Box::new(RowAcker {
+                    Box::new(RowAcker {
                         ctid,
                         done: done_tx.clone(),
                     }),
-                    reply: false,
-                };
+                );
                 if inlet.send(envelope).await.is_err() {
                     // Stopping: the transaction rolls back, the rows stay.
                     return Ok(());
@@ -136,11 +136,9 @@ impl OutboxTrigger {
             if !finished.is_empty() {
                 tx.execute(&self.delete, &[&finished])
                     .await
-                    .map_err(|e| format!("outbox delete: {e}"))?;
+                    .map_err(statement("outbox delete"))?;
             }
-            tx.commit()
-                .await
-                .map_err(|e| format!("outbox commit: {e}"))?;
+            tx.commit().await.map_err(statement("outbox commit"))?;
             if failed > 0 {
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),

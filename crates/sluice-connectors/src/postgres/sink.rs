@@ -8,8 +8,8 @@ use super::{quote_ident, quote_table};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use serde_json::{Map, Value};
-use sluice_engine::expr::Expr;
-use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink, value};
+use sluice_engine::Expr;
+use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, PostgresSinkConfig, Spanned, Text};
 use tokio_postgres::types::ToSql;
 
@@ -50,11 +50,13 @@ impl PostgresSink {
                     return Err(cx.diagnostic(table, "`args` belong to `sql`, not to `table`"));
                 }
                 let quoted_table =
-                    quote_table(&table.value).map_err(|e| cx.diagnostic(table, e))?;
+                    quote_table(&table.value).map_err(|e| cx.diagnostic(table, e.to_string()))?;
                 let mut names = Vec::new();
                 let mut exprs = Vec::new();
                 for (column, value) in &config.columns {
-                    names.push(quote_ident(column).map_err(|e| cx.diagnostic(value, e))?);
+                    names.push(
+                        quote_ident(column).map_err(|e| cx.diagnostic(value, e.to_string()))?,
+                    );
                     exprs.push((column.clone(), expr(value, cx)?));
                 }
                 let list = names.join(", ");
@@ -67,7 +69,9 @@ impl PostgresSink {
                     let quote_all = |names: &[Spanned<Text>]| -> Result<Vec<String>, Diagnostic> {
                         names
                             .iter()
-                            .map(|n| quote_ident(&n.value).map_err(|e| cx.diagnostic(n, e)))
+                            .map(|n| {
+                                quote_ident(&n.value).map_err(|e| cx.diagnostic(n, e.to_string()))
+                            })
                             .collect()
                     };
                     let key = quote_all(&conflict.value.key)?;
@@ -128,8 +132,9 @@ impl PostgresSink {
         if let Some(pool) = self.pool.get() {
             return Ok(pool);
         }
+        // A URL that cannot be read stays unreadable: no retry.
         let pool = super::pool(&self.url, self.pool_size)
-            .map_err(|e| FlowError::permanent(ErrorKind::Sink, e))?;
+            .map_err(|e| FlowError::permanent(ErrorKind::Sink, e.to_string()))?;
         // Two writers may race to build it; either pool is fine, the loser's is dropped.
         Ok(self.pool.get_or_init(|| pool))
     }
@@ -141,7 +146,7 @@ impl PostgresSink {
             .map_err(|e| FlowError::permanent(ErrorKind::Transform, e))?;
         let eval = |e: &Expr| -> Result<Value, FlowError> {
             e.search(data.clone(), &out.meta)
-                .map(|v| value::jmes_to_json(&v))
+                .map(|v| sluice_engine::jmes_to_json(&v))
                 .map_err(|m| FlowError::permanent(ErrorKind::Transform, m).at_step("postgres sink"))
         };
         Ok(match &self.shape {

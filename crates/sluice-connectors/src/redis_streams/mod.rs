@@ -14,17 +14,62 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 
 /// The entry field carrying the sluice message id.
-pub const MESSAGE_ID_FIELD: &str = "message_id";
+pub(crate) const MESSAGE_ID_FIELD: &str = "message_id";
 /// The entry field carrying the correlation id.
-pub const CORRELATION_ID_FIELD: &str = "correlation_id";
+pub(crate) const CORRELATION_ID_FIELD: &str = "correlation_id";
 
-/// Opens a client. The error never contains the URL (it may hold credentials).
-fn client(url: &str) -> Result<redis::Client, String> {
-    redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))
+/// What went wrong talking to Redis. The trigger shows it as the flow's unhealthy reason and
+/// connects again; the sink fails the write with a `sink` error (permanent for a URL that
+/// cannot be read, retryable otherwise). The URL in it is the shown form, without user info
+/// or query (where credentials live).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// The URL is not one the client can use.
+    #[error("invalid Redis URL {url}: {source}")]
+    Url {
+        /// The URL, without credentials.
+        url: String,
+        /// The client's reason.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The connection could not be opened (server down, refused login).
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Connect {
+        /// The server, without credentials.
+        url: String,
+        /// The client's reason.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The server did not answer the connection in time.
+    #[error("cannot connect to Redis at {url}: timed out")]
+    ConnectTimeout {
+        /// The server, without credentials.
+        url: String,
+    },
+    /// A command of the consumer failed (the connection broke, or the server refused it).
+    #[error("{command}: {source}")]
+    Command {
+        /// The command, e.g. `XREADGROUP`.
+        command: &'static str,
+        /// The server's or the client's reason.
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
-/// A self-reconnecting connection (capped exponential backoff) for commands that do not block.
-async fn manager(client: redis::Client) -> Result<ConnectionManager, String> {
+/// Opens a client. The error shows the URL without its credentials.
+fn client(url: &str) -> Result<redis::Client, RedisError> {
+    redis::Client::open(url).map_err(|source| RedisError::Url {
+        url: crate::shown_url(url),
+        source,
+    })
+}
+
+/// A self-reconnecting connection (capped exponential backoff) for commands that do not
+/// block; `url` names the server in an error.
+async fn manager(client: redis::Client, url: &str) -> Result<ConnectionManager, RedisError> {
     let config = ConnectionManagerConfig::new()
         .set_max_delay(Duration::from_secs(5))
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -36,8 +81,13 @@ async fn manager(client: redis::Client) -> Result<ConnectionManager, String> {
     .await
     {
         Ok(Ok(manager)) => Ok(manager),
-        Ok(Err(e)) => Err(format!("cannot connect to Redis: {e}")),
-        Err(_) => Err("cannot connect to Redis: timed out".to_owned()),
+        Ok(Err(source)) => Err(RedisError::Connect {
+            url: crate::shown_url(url),
+            source,
+        }),
+        Err(_) => Err(RedisError::ConnectTimeout {
+            url: crate::shown_url(url),
+        }),
     }
 }
 

@@ -5,7 +5,8 @@ use super::{CORRELATION_ID_FIELD, MESSAGE_ID_FIELD};
 use crate::codec;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
-use sluice_engine::expr::Template;
+use sluice_engine::Ids;
+use sluice_engine::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
 use sluice_flow::{Diagnostic, MessageFormat, RedisSinkConfig, Span};
 
@@ -23,7 +24,7 @@ impl RedisSink {
     /// Builds the sink, compiling its stream-key template; nothing is opened yet.
     pub fn new(config: &RedisSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
         let stream = Template::compile(config.stream.value.as_str()).map_err(|e| {
-            let span = sluice_engine::compile::position_in_scalar(
+            let span = sluice_flow::diagnostic::position_in_scalar(
                 &cx.flow.source,
                 Span::of(&config.stream),
                 0,
@@ -69,11 +70,12 @@ impl Sink for RedisSink {
         let conn = self
             .conn
             .get_or_try_init(|| async {
+                // A URL the client cannot read stays unreadable: no retry.
                 let client = super::client(&self.url)
-                    .map_err(|e| FlowError::permanent(ErrorKind::Sink, e))?;
-                super::manager(client)
+                    .map_err(|e| FlowError::permanent(ErrorKind::Sink, e.to_string()))?;
+                super::manager(client, &self.url)
                     .await
-                    .map_err(|e| FlowError::new(ErrorKind::Sink, e))
+                    .map_err(|e| FlowError::new(ErrorKind::Sink, e.to_string()))
             })
             .await?;
         let mut conn = conn.clone();
@@ -86,9 +88,9 @@ impl Sink for RedisSink {
             .arg(&self.field)
             .arg(body)
             .arg(MESSAGE_ID_FIELD)
-            .arg(out.meta.get("message_id").map(String::as_str).unwrap_or(""))
+            .arg(out.meta.message_id())
             .arg(CORRELATION_ID_FIELD)
-            .arg(codec::correlation_id(&out.meta));
+            .arg(out.meta.correlation());
         add.query_async::<String>(&mut conn)
             .await
             .map(|_| ())

@@ -5,13 +5,14 @@
 //! pending longer than `claim_idle` with any consumer (`XAUTOCLAIM`): a consumer that died
 //! leaves nothing behind, and an entry whose processing failed is retried that way too.
 
-use super::{CORRELATION_ID_FIELD, MESSAGE_ID_FIELD};
+use super::{CORRELATION_ID_FIELD, MESSAGE_ID_FIELD, RedisError};
 use crate::codec::{self, consume_reconnecting};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Value};
 use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
+use sluice_engine::{CORRELATION_ID, Ids, MESSAGE_ID};
 use sluice_flow::{Diagnostic, MessageFormat, RedisTriggerConfig};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -63,7 +64,7 @@ impl RedisTrigger {
         })
     }
 
-    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), String> {
+    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), RedisError> {
         let client = super::client(&self.url)?;
         // Blocking reads get their own connection, so acks never wait behind them.
         let config = AsyncConnectionConfig::new()
@@ -72,8 +73,11 @@ impl RedisTrigger {
         let mut reader: MultiplexedConnection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| format!("cannot connect to Redis: {e}"))?;
-        let acks = super::manager(client).await?;
+            .map_err(|source| RedisError::Connect {
+                url: crate::shown_url(&self.url),
+                source,
+            })?;
+        let acks = super::manager(client, &self.url).await?;
         let created: Result<Value, _> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.stream)
@@ -85,7 +89,10 @@ impl RedisTrigger {
         if let Err(e) = created
             && e.code() != Some("BUSYGROUP")
         {
-            return Err(format!("XGROUP CREATE: {e}"));
+            return Err(RedisError::Command {
+                command: "XGROUP CREATE",
+                source: e,
+            });
         }
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), stream = %self.stream, group = %self.group, consumer = %self.consumer, "redis consumer ready");
@@ -115,7 +122,7 @@ impl RedisTrigger {
             read.arg("STREAMS").arg(&self.stream).arg(id);
             let reply: Option<StreamReadReply> = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                reply = read.query_async(&mut reader) => reply.map_err(|e| format!("XREADGROUP: {e}"))?,
+                reply = read.query_async(&mut reader) => reply.map_err(|source| RedisError::Command { command: "XREADGROUP", source })?,
             };
             let entries: Vec<StreamId> = reply
                 .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
@@ -148,7 +155,7 @@ impl RedisTrigger {
         conn: &mut MultiplexedConnection,
         acks: &ConnectionManager,
         inlet: &Inlet,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, RedisError> {
         let mut start = "0-0".to_owned();
         // Bounded: at most a few rounds per call, the next call continues.
         for _ in 0..16 {
@@ -162,7 +169,10 @@ impl RedisTrigger {
                 .arg(self.batch)
                 .query_async(conn)
                 .await
-                .map_err(|e| format!("XAUTOCLAIM: {e}"))?;
+                .map_err(|source| RedisError::Command {
+                    command: "XAUTOCLAIM",
+                    source,
+                })?;
             if !reply.claimed.is_empty() {
                 tracing::info!(flow = %inlet.flow(), stream = %self.stream, entries = reply.claimed.len(), "redis: claimed entries idle for over {}", humantime::format_duration(self.claim_idle));
             }
@@ -210,11 +220,11 @@ impl RedisTrigger {
                 );
             }
         }
-        meta.entry("message_id".to_owned())
+        meta.entry(MESSAGE_ID.to_owned())
             .or_insert_with(|| format!("{}-{}", self.stream, entry.id));
-        if !meta.contains_key("correlation_id") {
-            let id = meta.get("message_id").cloned().unwrap_or_default();
-            meta.insert("correlation_id".to_owned(), id);
+        if meta.correlation_id().is_none() {
+            let id = meta.message_id().to_owned();
+            meta.insert(CORRELATION_ID.to_owned(), id);
         }
         // An entry that cannot be read goes to the dead letter and is acknowledged (retrying
         // cannot fix it; the entry itself stays in the stream).
@@ -225,14 +235,10 @@ impl RedisTrigger {
             }
             Some(body) => match codec::decode(self.format, &body) {
                 Ok(payload) => Message::new(&flow, payload, meta),
-                Err(why) => Message::undecodable(&flow, &body, why, meta),
+                Err(why) => Message::undecodable(&flow, &body, why.to_string(), meta),
             },
         };
-        let envelope = Envelope {
-            message,
-            ack: Box::new(acker),
-            reply: false,
-        };
+        let envelope = Envelope::new(message, Box::new(acker));
         inlet.send(envelope).await.is_ok()
     }
 }

@@ -2,7 +2,7 @@
 //! (`steps/<kind>.rs`): positioned errors, expressions, contracts, sink names, nested steps.
 
 use super::Folders;
-use super::position::{line_col, position_in_scalar};
+use super::position::line_col;
 use crate::connector::Sink;
 use crate::contract::{Contract, contract_path, load_contract};
 use crate::error::ErrorKind;
@@ -11,6 +11,7 @@ use crate::script::Sandbox;
 use crate::steps::{self, Steps};
 use crate::testing::CompiledTest;
 use sluice_flow::diagnostic::did_you_mean;
+use sluice_flow::diagnostic::position_in_scalar;
 use sluice_flow::{Diagnostic, LoadedFlow, Span, Spanned, StepConfig, Targets, Text};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -146,8 +147,8 @@ impl Compiler<'_> {
                 }
                 _ => steps::kinds::compile(self, step, &path, sinks),
             };
-            if let Some(node) = built {
-                steps.push_node(&self.flow.name, label, node);
+            if let Some(step) = built {
+                steps.push(&self.flow.name, label, step);
             }
             i += taken;
         }

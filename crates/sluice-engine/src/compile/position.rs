@@ -1,8 +1,6 @@
 //! Positions inside YAML scalars: an error at a character of an expression or an inline
 //! script points at that character in the flow file.
 
-use sluice_flow::Span;
-
 /// 0-based line and column of a character offset in `text`.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut line = 0;
@@ -18,20 +16,10 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Maps a (0-based) line and column inside a YAML scalar's value to a file position; see
-/// [`sluice_flow::diagnostic::position_in_scalar`], which rebuilds the value from the text.
-pub fn position_in_scalar(
-    source: &str,
-    at: Option<Span>,
-    line: usize,
-    column: usize,
-) -> Option<Span> {
-    sluice_flow::diagnostic::position_in_scalar(source, at, line, column)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use sluice_flow::Span;
+    use sluice_flow::diagnostic::position_in_scalar;
 
     #[test]
     fn positions_inside_scalars() {

@@ -3,7 +3,7 @@
 //! Each connector states these once, beside its config type (sluice-connectors'
 //! `TriggerComponent` and `SinkComponent`); the engine only reads them here.
 
-use sluice_flow::{LoadedFlow, Spanned, Text};
+use sluice_flow::{CsvOptions, FileFormat, LoadedFlow, Spanned, Text};
 use std::path::PathBuf;
 
 /// A trigger as the registry sees it. Built once per compiled version.
@@ -29,6 +29,20 @@ pub struct TriggerInfo {
     pub watched_folder: Option<PathBuf>,
     /// What decides whether a reload restarts it.
     pub restart_key: TriggerKey,
+    /// Whether it authenticates its own callers (an `http` trigger with `auth:`): the admin
+    /// server then asks for that same authentication before injecting a message.
+    pub authenticates: bool,
+    /// How an input given to `sluice exec` is read into messages, as this trigger would.
+    pub input: InputFormat,
+}
+
+/// How a trigger reads a body into messages; `sluice exec` reads its input the same way.
+#[derive(Clone, Debug, Default)]
+pub struct InputFormat {
+    /// One document, or a message per line or row.
+    pub format: FileFormat,
+    /// The CSV options, for `format: csv`.
+    pub csv: CsvOptions,
 }
 
 /// A sink as the compiler sees it.

@@ -1,10 +1,10 @@
 //! Deliveries: sink writes (in parallel, through circuit breakers, with retries), the
 //! dead letter, and the reply for a request-reply trigger.
 
-use super::CompiledFlow;
+use super::{CompiledFlow, Mode};
 use crate::connector::{Caller, Failure, Outcome, Outgoing, Reply, Sink};
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
-use crate::message::{Meta, Payload};
+use crate::message::{Ids, Meta, Payload};
 use crate::retry::with_retry;
 use crate::steps::{Delivery, Exec};
 use futures_util::future::join_all;
@@ -12,14 +12,20 @@ use serde_json::json;
 use std::sync::Arc;
 
 impl CompiledFlow {
-    /// Writes the deliveries of `exec`, unless its caller was already told that nothing
-    /// was delivered (then the message is cancelled before any sink).
+    /// Writes the deliveries of a message, unless its caller was already told that nothing
+    /// was delivered (then the message is cancelled before any sink). A dry run records
+    /// them instead.
     pub(super) async fn deliver_for(
         &self,
         caller: Option<&Caller>,
         meta: &Arc<Meta>,
-        deliveries: &[Delivery],
+        deliveries: Vec<Delivery>,
+        mode: Mode<'_>,
     ) -> Result<(), (FlowError, u32)> {
+        if let Some(recorder) = mode.dry {
+            recorder.deliveries(deliveries);
+            return Ok(());
+        }
         if caller.is_some_and(|c| !c.commit()) {
             let error = FlowError::permanent(
                 ErrorKind::Timeout,
@@ -28,11 +34,11 @@ impl CompiledFlow {
             );
             return Err((error, 1));
         }
-        self.deliver(meta, deliveries).await
+        self.deliver(meta, &deliveries).await
     }
 
-    /// Logs a failed message (its ids are read from `meta`) and dead-letters it (when asked
-    /// to and configured).
+    /// The failure of a message: its envelope (ids read from `meta`). A live run logs it
+    /// and dead-letters it (when asked to and configured); a dry run only reports it.
     pub(super) async fn fail(
         &self,
         error: FlowError,
@@ -40,12 +46,15 @@ impl CompiledFlow {
         meta: &Meta,
         original: Option<(Payload, Arc<Meta>)>,
         dead_letter: bool,
+        mode: Mode<'_>,
     ) -> Outcome {
-        let message_id = meta.get("message_id").map_or("-", String::as_str);
+        let message_id = meta.message_id();
         let mut envelope =
             ErrorEnvelope::new(&self.name, &self.version, message_id, &error, attempts);
-        envelope.correlation_id = meta.get("correlation_id").cloned();
-        tracing::warn!(flow = %self.name, message_id = %message_id, kind = %error.kind, "message failed: {error}");
+        envelope.correlation_id = meta.correlation_id().map(str::to_owned);
+        if mode.dry.is_none() {
+            tracing::warn!(flow = %self.name, message_id = %message_id, kind = %error.kind, "message failed: {error}");
+        }
         let dead_lettered = match (&self.dead_letter, original) {
             (Some(sink), Some((payload, meta))) if dead_letter => {
                 self.dead_letter_write(sink.as_ref(), payload, meta, &envelope)
@@ -192,7 +201,7 @@ pub(super) fn reply(exec: &mut Exec, wanted: bool) -> Result<Option<Reply>, Flow
         payload,
         status: exec.reply.status,
         headers: std::mem::take(&mut exec.reply.headers),
-        message_id: exec.meta.get("message_id").cloned().unwrap_or_default(),
+        message_id: exec.meta.message_id().to_owned(),
     }))
 }
 

@@ -1,7 +1,7 @@
 //! After `split` and `aggregate`: the children of a split, and the members of a group that
 //! wait for its leader.
 
-use super::CompiledFlow;
+use super::{CompiledFlow, Mode};
 use crate::connector::{Failure, Outcome};
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
 use crate::steps::{Exec, Fork};
@@ -13,12 +13,11 @@ impl CompiledFlow {
         &self,
         mut exec: Exec,
         at: usize,
-        want_reply: bool,
-        dead_letter: bool,
+        mode: Mode<'_>,
     ) -> Option<Outcome> {
         match exec.fork.take() {
-            Some(Fork::Split(children)) => self.run_children(exec, children, at, dead_letter).await,
-            Some(Fork::Park(parked)) => self.run_parked(exec, parked, at, want_reply).await,
+            Some(Fork::Split(children)) => self.run_children(exec, children, at, mode).await,
+            Some(Fork::Park(parked)) => self.run_parked(exec, parked, at, mode).await,
             None => {
                 exec.finish(true);
                 Some(Outcome::Completed(None))
@@ -33,12 +32,12 @@ impl CompiledFlow {
         mut exec: Exec,
         children: crate::steps::split::Children,
         at: usize,
-        dead_letter: bool,
+        mode: Mode<'_>,
     ) -> Option<Outcome> {
         let original = self
             .dead_letter
             .as_ref()
-            .filter(|_| dead_letter)
+            .filter(|_| mode.dead_letter)
             .map(|_| (exec.payload.snapshot(), exec.meta.clone()));
         let fail_parent = children.fail_parent;
         // The children share the parent's hold; the parent settles when the last child does.
@@ -48,11 +47,32 @@ impl CompiledFlow {
         // The children's sinks pass the same commit point as the parent's.
         for child in &mut execs {
             child.caller = exec.caller.clone();
+            child.dry = exec.dry;
         }
-        let runs = execs
-            .into_iter()
-            .map(|child| self.run(child, at + 1, false, dead_letter && !fail_parent));
-        let outcomes = join_all(runs).await;
+        let child_mode = Mode {
+            want_reply: false,
+            dead_letter: mode.dead_letter && !fail_parent,
+            dry: mode.dry,
+        };
+        let outcomes = match mode.dry {
+            None => {
+                let runs = execs
+                    .into_iter()
+                    .map(|child| self.run(child, at + 1, child_mode));
+                join_all(runs).await
+            }
+            Some(recorder) => {
+                // No child waits for a sibling in a dry run (an aggregate completes at
+                // once), so they run in order and their results are recorded in order,
+                // after the parent's own deliveries.
+                recorder.split(&mut exec);
+                let mut outcomes = Vec::with_capacity(execs.len());
+                for child in execs {
+                    outcomes.push(self.run(child, at + 1, child_mode).await);
+                }
+                outcomes
+            }
+        };
         let mut failure: Option<Box<Failure>> = None;
         for outcome in outcomes {
             match outcome {
@@ -78,10 +98,12 @@ impl CompiledFlow {
                 exec.finish(true);
                 return Some(Outcome::Delivered(None));
             }
-            None => self
-                .deliver_for(exec.caller.as_ref(), &exec.meta, &exec.deliveries)
-                .await
-                .err(),
+            None => {
+                let deliveries = std::mem::take(&mut exec.deliveries);
+                self.deliver_for(exec.caller.as_ref(), &exec.meta, deliveries, mode)
+                    .await
+                    .err()
+            }
         };
         match failed {
             None => {
@@ -90,8 +112,11 @@ impl CompiledFlow {
             }
             Some((error, attempts)) => {
                 exec.finish(false);
-                let keep = dead_letter && self.keeps_failure(exec.caller.as_ref());
-                Some(self.fail(error, attempts, &exec.meta, original, keep).await)
+                let keep = mode.dead_letter && self.keeps_failure(exec.caller.as_ref());
+                Some(
+                    self.fail(error, attempts, &exec.meta, original, keep, mode)
+                        .await,
+                )
             }
         }
     }
@@ -104,7 +129,7 @@ impl CompiledFlow {
         mut exec: Exec,
         parked: crate::steps::aggregate::Parked,
         at: usize,
-        want_reply: bool,
+        mode: Mode<'_>,
     ) -> Option<Outcome> {
         use crate::steps::aggregate::Parked;
         if let Some(hold) = exec.hold.take() {
@@ -118,8 +143,18 @@ impl CompiledFlow {
                 Ok(closed) => {
                     let (aggregated, followers) = closed.into_parts();
                     let outcome = match aggregated {
-                        Ok(next) => self.run(next, at + 1, want_reply, true).await,
-                        Err((error, meta)) => Some(self.fail(error, 1, &meta, None, true).await),
+                        Ok(next) => {
+                            // The aggregated message is a message of its own: its failure
+                            // is dead-lettered (a dry run never parks).
+                            let next_mode = Mode {
+                                dead_letter: mode.dry.is_none(),
+                                ..mode
+                            };
+                            self.run(next, at + 1, next_mode).await
+                        }
+                        Err((error, meta)) => {
+                            Some(self.fail(error, 1, &meta, None, true, mode).await)
+                        }
                     };
                     for follower in followers {
                         let _ = follower.send(outcome.as_ref().map(replicate));

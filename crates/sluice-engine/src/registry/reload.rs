@@ -272,11 +272,14 @@ impl Registry {
                 .as_deref()
                 .map(|url| format!("connecting to {}", super::without_credentials(url))),
         ));
-        let inlet = Inlet::new(&compiled.name, tx, health.clone());
         let name = compiled.name.clone();
         let current = Arc::new(ArcSwap::from_pointee(compiled));
+        let inlet = Inlet::new(&name, tx, health.clone()).for_flow(current.clone());
         crate::directory::register(&name, current.clone());
-        let workers = tokio::spawn(run_workers(rx, current.clone(), concurrency, stats));
+        let workers = tokio::spawn(tracing::Instrument::instrument(
+            run_workers(rx, current.clone(), concurrency, stats),
+            tracing::info_span!("flow", flow = %name),
+        ));
         let stop = CancellationToken::new();
         let trigger = match trigger {
             // Library lines logged by the trigger's task (a broker client's reconnects, …)

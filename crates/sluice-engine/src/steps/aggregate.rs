@@ -8,14 +8,13 @@
 //! the outcome to the other members. The groups live in [`crate::state`], so they survive a
 //! hot reload that leaves the step's definition unchanged.
 
-use super::Node;
-use super::{Control, Exec, Fork, Stateful, Step};
+use super::{Control, Exec, Fork, Run, Stateful, Step};
 use crate::compile::Compiler;
 use crate::connector::Outcome;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::hold::{BATCH_ID, BATCH_SIZE, BatchListener};
-use crate::message::{Meta, Payload};
+use crate::message::{MESSAGE_ID, Meta, Payload};
 use jmespath::{Rcvar, Variable};
 use sluice_flow::OnShutdown;
 use sluice_flow::{AggregateConfig, Span, Spanned};
@@ -90,7 +89,7 @@ struct Group {
     meta: Arc<Meta>,
     leader: Option<oneshot::Sender<Closed>>,
     followers: Vec<Follower>,
-    open_batches: HashSet<String>,
+    open_batches: HashSet<u64>,
     batch_tracked: bool,
 }
 
@@ -153,7 +152,7 @@ impl AggregateState {
         meta.insert(AGGREGATE_KEY.to_owned(), group.key.clone());
         meta.insert(AGGREGATE_SIZE.to_owned(), size.to_string());
         meta.insert(AGGREGATE_REASON.to_owned(), reason.to_owned());
-        meta.insert("message_id".to_owned(), uuid::Uuid::now_v7().to_string());
+        meta.insert(MESSAGE_ID.to_owned(), uuid::Uuid::now_v7().to_string());
         let meta = Arc::new(meta);
         let payload = match &self.settings.output {
             None => Ok(array),
@@ -252,12 +251,12 @@ impl AggregateState {
 }
 
 impl BatchListener for AggregateState {
-    fn batch_ended(&self, id: &str) {
+    fn batch_ended(&self, id: u64) {
         let done: Vec<Group> = {
             let mut groups = self.lock();
             let mut keys = Vec::new();
             for (key, group) in groups.iter_mut() {
-                if group.open_batches.remove(id)
+                if group.open_batches.remove(&id)
                     && group.open_batches.is_empty()
                     && group.batch_tracked
                 {
@@ -303,7 +302,13 @@ fn key_text(value: &Variable) -> String {
 }
 
 impl Step for Aggregate {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Done(self.apply(exec))
+    }
+}
+
+impl Aggregate {
+    fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let s = &self.state.settings;
         let data = exec.jmes()?;
         if exec.dry {
@@ -328,13 +333,14 @@ impl Step for Aggregate {
                 key_text(&value)
             }
         };
-        let batch = exec.meta.get(BATCH_ID).cloned().filter(|_| s.end_of_batch);
-        if batch.is_some()
-            && let Some(tracker) = exec.hold.as_ref().and_then(|h| h.tracker())
-        {
-            let me: Weak<dyn BatchListener> = self.state.me.clone();
-            tracker.listen(me);
-        }
+        let batch = match exec.hold.as_ref().and_then(|h| h.batch()) {
+            Some((tracker, id)) if s.end_of_batch => {
+                let me: Weak<dyn BatchListener> = self.state.me.clone();
+                tracker.listen(me);
+                Some(id)
+            }
+            _ => None,
+        };
         let now = Instant::now();
         let mut closing: Vec<(Group, &'static str)> = Vec::new();
         let parked = {
@@ -405,7 +411,7 @@ pub(crate) fn compile(
     cx: &mut Compiler<'_>,
     config: &Spanned<AggregateConfig>,
     path: &str,
-) -> Option<Node> {
+) -> Option<Box<dyn Step>> {
     let c = &config.value;
     let at = Span::of(config);
     let before = cx.diagnostics.len();
@@ -488,5 +494,5 @@ pub(crate) fn compile(
         },
     );
     cx.stateful.push(step.stateful());
-    Some(Node::Sync(Box::new(step)))
+    Some(Box::new(step))
 }

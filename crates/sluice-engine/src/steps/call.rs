@@ -5,10 +5,9 @@
 //! flow may be reloaded independently. A cycle of calls is a load error; a depth limit in the
 //! metadata guards against anything that slips through.
 
-use super::{AsyncStep, Control, Exec};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
-use async_trait::async_trait;
 use sluice_flow::{Span, Spanned, Text};
 
 /// Metadata: how deep in nested calls a message is.
@@ -30,9 +29,14 @@ impl Call {
     }
 }
 
-#[async_trait]
-impl AsyncStep for Call {
-    async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+impl Step for Call {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Wait(Box::pin(self.wait(exec)))
+    }
+}
+
+impl Call {
+    async fn wait(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let depth: usize = exec
             .meta
             .get(CALL_DEPTH)
@@ -76,7 +80,7 @@ impl AsyncStep for Call {
 
 /// Compiles `call: <flow>`; the callee is looked up when a message runs, and a cycle of
 /// calls among the running flows is refused by the registry.
-pub(crate) fn compile(cx: &mut Compiler<'_>, flow: &Spanned<Text>) -> Option<super::Node> {
+pub(crate) fn compile(cx: &mut Compiler<'_>, flow: &Spanned<Text>) -> Option<Box<dyn Step>> {
     let name = flow.value.as_str().trim();
     if name.is_empty() {
         cx.error(
@@ -94,6 +98,6 @@ pub(crate) fn compile(cx: &mut Compiler<'_>, flow: &Spanned<Text>) -> Option<sup
         None
     } else {
         cx.calls.push((name.to_owned(), Span::of(flow)));
-        Some(super::Node::Async(Box::new(Call::new(name))))
+        Some(Box::new(Call::new(name)))
     }
 }

@@ -8,13 +8,12 @@
 //! opened belong to messages a crash interrupted, which their sources redeliver, so they
 //! are forgotten rather than treated as seen.
 
-use super::Node;
-use super::{AsyncStep, Control, Exec};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
-use async_trait::async_trait;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use crate::message::Ids;
+use redb::{ReadableTable, TableDefinition};
 use sluice_flow::{DedupeConfig, Span, Spanned};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -133,8 +132,10 @@ impl RedbStore {
         Ok(result)
     }
 
-    /// Whether `key` is remembered (for tests and tools).
+    /// Whether `key` is remembered.
+    #[cfg(test)]
     pub fn contains(&self, key: &str) -> bool {
+        use redb::ReadableDatabase;
         let Ok(txn) = self.db.begin_read() else {
             return false;
         };
@@ -262,9 +263,14 @@ pub fn payload_hash(bytes: &[u8]) -> String {
     format!("{a:016x}{b:016x}")
 }
 
-#[async_trait]
-impl AsyncStep for Dedupe {
-    async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+impl Step for Dedupe {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Wait(Box::pin(self.wait(exec)))
+    }
+}
+
+impl Dedupe {
+    async fn wait(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let key = self.key(exec)?;
         if exec.dry {
             return Ok(Control::Continue);
@@ -281,7 +287,7 @@ impl AsyncStep for Dedupe {
         .map_err(|e| FlowError::new(ErrorKind::Sink, format!("dedupe store task: {e}")))??;
         if !added {
             let n = self.cell.duplicates.fetch_add(1, Ordering::Relaxed) + 1;
-            let message_id = exec.meta.get("message_id").cloned().unwrap_or_default();
+            let message_id = exec.meta.message_id().to_owned();
             tracing::info!(flow = %self.flow, message_id = %message_id, key = %key, duplicates = n, "duplicate dropped");
             return Ok(Control::Drop);
         }
@@ -308,7 +314,7 @@ pub(crate) fn compile(
     cx: &mut Compiler<'_>,
     config: &Spanned<DedupeConfig>,
     path: &str,
-) -> Option<Node> {
+) -> Option<Box<dyn Step>> {
     let c = &config.value;
     let before = cx.diagnostics.len();
     let key = cx.optional_expr(&c.key).ok().flatten();
@@ -338,7 +344,7 @@ pub(crate) fn compile(
             None
         }
         Some(p) => {
-            let file = crate::compile::normalize(Path::new(p.value.as_str()));
+            let file = sluice_flow::paths::normalize(Path::new(p.value.as_str()));
             if file.is_dir() {
                 cx.error(
                     Span::of(p),
@@ -363,12 +369,12 @@ pub(crate) fn compile(
     let cell = crate::state::shared(&state_key, || {
         Arc::new(StoreCell::new(file.clone(), max_keys))
     });
-    Some(Node::Async(Box::new(Dedupe::new(
+    Some(Box::new(Dedupe::new(
         &cx.flow.name,
         key,
         c.ttl.map_or(DEFAULT_TTL, |t| t.0),
         cell,
-    ))))
+    )))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-use super::{Control, Exec, Step, StepFuture};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
@@ -104,24 +104,13 @@ impl Enrich {
 }
 
 impl Step for Enrich {
-    fn run(&self, _exec: &mut Exec) -> Result<Control, FlowError> {
-        Err(FlowError::new(
-            ErrorKind::Sink,
-            "internal: `enrich` must run asynchronously",
-        ))
-    }
-
-    fn is_async(&self) -> bool {
-        true
-    }
-
-    fn run_async<'a>(&'a self, exec: &'a mut Exec) -> StepFuture<'a> {
-        Box::pin(self.call(exec))
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Wait(Box::pin(self.call(exec)))
     }
 }
 
 /// Compiles `enrich:`: the request (method, URL template, headers) is checked now.
-pub(crate) fn compile(cx: &mut Compiler<'_>, config: &EnrichConfig) -> Option<super::Node> {
+pub(crate) fn compile(cx: &mut Compiler<'_>, config: &EnrichConfig) -> Option<Box<dyn Step>> {
     let headers: Vec<(String, String)> = config
         .headers
         .iter()
@@ -160,12 +149,12 @@ pub(crate) fn compile(cx: &mut Compiler<'_>, config: &EnrichConfig) -> Option<su
         );
         return None;
     }
-    Some(super::Node::Sync(Box::new(Enrich::new(
+    Some(Box::new(Enrich::new(
         &cx.flow.name,
         call,
         body,
         query,
         config.into.value.0.clone(),
         cx.flow.file.errors.retry.clone(),
-    ))))
+    )))
 }

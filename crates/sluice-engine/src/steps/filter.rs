@@ -1,4 +1,4 @@
-use super::{Control, Exec, Step};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
@@ -17,7 +17,13 @@ impl Filter {
 }
 
 impl Step for Filter {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Done(self.apply(exec))
+    }
+}
+
+impl Filter {
+    fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let data = exec.jmes()?;
         let keep = self
             .predicate
@@ -33,6 +39,6 @@ impl Step for Filter {
 }
 
 /// Compiles `filter: <jmespath>`.
-pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<super::Node> {
-    Some(super::Node::Sync(Box::new(Filter::new(cx.expr(text)?))))
+pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<Box<dyn Step>> {
+    Some(Box::new(Filter::new(cx.expr(text)?)))
 }

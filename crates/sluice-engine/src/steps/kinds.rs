@@ -1,7 +1,7 @@
 //! The one list of step kinds: each `StepConfig` variant and the function, beside the step's
 //! runtime in `steps/<kind>.rs`, that compiles it. Adding a step kind adds one line here.
 
-use super::Node;
+use super::Step;
 use crate::compile::Compiler;
 use sluice_flow::{Spanned, StepConfig};
 
@@ -13,7 +13,7 @@ pub(crate) fn compile(
     step: &Spanned<StepConfig>,
     path: &str,
     sinks: &[&str],
-) -> Option<Node> {
+) -> Option<Box<dyn Step>> {
     match &step.value {
         StepConfig::Validate(name) => super::validate::compile(cx, name),
         StepConfig::Transform(text) => super::transform::compile(cx, text),

@@ -1,7 +1,8 @@
-use super::{Control, Exec, Step};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::error::FlowError;
 use crate::expr::Template;
+use crate::message::Ids;
 use sluice_flow::{Spanned, Text};
 
 /// `log: <template>` — writes one line to the log with the message id and flow.
@@ -17,9 +18,15 @@ impl Log {
 }
 
 impl Step for Log {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Done(self.apply(exec))
+    }
+}
+
+impl Log {
+    fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let flow = exec.meta.get("flow").cloned().unwrap_or_default();
-        let message_id = exec.meta.get("message_id").cloned().unwrap_or_default();
+        let message_id = exec.meta.message_id().to_owned();
         let meta = exec.meta.clone();
         // A log line that cannot be rendered is itself logged; it never fails the message.
         match self.template.render(&mut exec.payload, &meta) {
@@ -35,9 +42,9 @@ impl Step for Log {
 }
 
 /// Compiles `log: <template>`.
-pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<super::Node> {
+pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<Box<dyn Step>> {
     match Template::compile(text.value.as_str()) {
-        Ok(t) => Some(super::Node::Sync(Box::new(Log::new(t)))),
+        Ok(t) => Some(Box::new(Log::new(t))),
         Err(e) => {
             cx.expr_error(text, &e, "a template is text with `{{ jmespath }}` holes");
             None

@@ -1,8 +1,8 @@
 //! Compiled steps: one module per step kind, all behind the [`Step`] trait.
 //!
-//! Most steps are pure and synchronous ([`Step`]): they transform the payload and record
-//! deliveries. Steps that wait (throttle, call, a persistent dedupe store) or that hold state
-//! across messages implement [`AsyncStep`] instead. Sink I/O happens after the last step, in
+//! Most steps are pure: they transform the payload and record deliveries, and answer at once
+//! ([`Run::Done`]). Steps that wait (script, enrich, throttle, call, a persistent dedupe
+//! store) hand back a future ([`Run::Wait`]). Sink I/O happens after the last step, in
 //! the runtime, where retries and acks live. `split` and `aggregate` end a top-level run with
 //! [`Control::Fork`]; the runtime then carries on with the children or the group.
 
@@ -25,22 +25,9 @@ pub mod try_catch;
 mod validate;
 pub mod wiretap;
 
-pub use enrich::Enrich;
-pub use filter::Filter;
-pub use log::Log;
-pub use reply::Reply;
-pub use route::{Route, RouteAction, RouteArm};
-pub use script::Script;
-pub use set::Set;
-pub use to::To;
-pub use transform::Transform;
-pub use try_catch::TryCatch;
-pub use validate::Validate;
-
 use crate::error::{ErrorKind, FlowError};
 use crate::hold::Hold;
 use crate::message::{Meta, Payload};
-use async_trait::async_trait;
 use std::sync::Arc;
 
 /// Work to do when a message is finished: called with `true` when it was delivered,
@@ -147,35 +134,36 @@ pub enum Control {
     Fork,
 }
 
-/// A step's pending work, for the steps that wait on I/O (`enrich`).
+/// The work a step left to wait for (a script on the blocking pool, an HTTP call, a
+/// throttle's permit).
 pub type StepFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Control, FlowError>> + Send + 'a>>;
 
-/// One compiled step.
-///
-/// Most steps are pure and synchronous and implement only [`Step::run`]; a step that waits
-/// on I/O says so with [`Step::is_async`] and implements [`Step::run_async`]. Keeping the
-/// synchronous path separate means the common steps cost no allocation per message.
-pub trait Step: Send + Sync {
-    /// Runs a synchronous step on one message.
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError>;
+/// What running a step gives back: its result at once, or work to wait for. A step decides
+/// per message, so a pure step costs no allocation and a `route` waits only when the arm
+/// it picked has steps of its own.
+pub enum Run<'a> {
+    /// The step finished without waiting.
+    Done(Result<Control, FlowError>),
+    /// The step waits; the runner awaits this.
+    Wait(StepFuture<'a>),
+}
 
-    /// True when the step must be run with [`Step::run_async`].
-    fn is_async(&self) -> bool {
-        false
-    }
-
-    /// Runs an asynchronous step on one message.
-    fn run_async<'a>(&'a self, exec: &'a mut Exec) -> StepFuture<'a> {
-        Box::pin(std::future::ready(self.run(exec)))
+impl Run<'_> {
+    /// The step's result, waiting for it when it has to.
+    pub async fn result(self) -> Result<Control, FlowError> {
+        match self {
+            Run::Done(result) => result,
+            Run::Wait(future) => future.await,
+        }
     }
 }
 
-/// A step that may wait, or that keeps state across messages.
-#[async_trait]
-pub trait AsyncStep: Send + Sync {
+/// One compiled step: pure (answers with [`Run::Done`]) or waiting (answers with
+/// [`Run::Wait`]). There is one way to run a step, so no step can be run the wrong way.
+pub trait Step: Send + Sync {
     /// Runs the step on one message.
-    async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError>;
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a>;
 }
 
 /// A step whose state outlives one message (aggregate groups), told about the flow's life.
@@ -192,40 +180,22 @@ pub trait Stateful: Send + Sync {
     }
 }
 
-/// A compiled step of either kind; pure steps are called without boxing a future.
-pub enum Node {
-    /// A pure, synchronous step.
-    Sync(Box<dyn Step>),
-    /// A step that may wait or keeps state.
-    Async(Box<dyn AsyncStep>),
-}
-
 /// A sequence of steps, each labelled for error messages (`steps[2] (script)`) and timed
 /// into the `sluice_step_duration_seconds` histogram.
 #[derive(Default)]
 pub struct Steps {
-    steps: Vec<(String, Node, metrics::Histogram)>,
+    steps: Vec<(String, Box<dyn Step>, metrics::Histogram)>,
 }
 
 impl Steps {
     /// Appends a step; `flow` labels its latency histogram.
     pub fn push(&mut self, flow: &str, label: String, step: Box<dyn Step>) {
-        self.push_node(flow, label, Node::Sync(step));
-    }
-
-    /// Appends a step that may wait or keeps state.
-    pub fn push_async(&mut self, flow: &str, label: String, step: Box<dyn AsyncStep>) {
-        self.push_node(flow, label, Node::Async(step));
-    }
-
-    /// Appends a compiled step of either kind.
-    pub fn push_node(&mut self, flow: &str, label: String, node: Node) {
         let histogram = metrics::histogram!(
             "sluice_step_duration_seconds",
             "flow" => flow.to_owned(),
             "step" => label.clone()
         );
-        self.steps.push((label, node, histogram));
+        self.steps.push((label, step, histogram));
     }
 
     /// Number of steps.
@@ -236,14 +206,6 @@ impl Steps {
     /// True when there are no steps.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
-    }
-
-    /// True when some step (or nested step) may wait.
-    pub fn is_async(&self) -> bool {
-        self.steps.iter().any(|(_, node, _)| match node {
-            Node::Sync(step) => step.is_async(),
-            Node::Async(_) => true,
-        })
     }
 
     /// Runs every step in order until one drops the message, forks it or fails.
@@ -258,13 +220,9 @@ impl Steps {
         start: usize,
         exec: &mut Exec,
     ) -> Result<(Control, usize), FlowError> {
-        for (i, (label, node, histogram)) in self.steps.iter().enumerate().skip(start) {
+        for (i, (label, step, histogram)) in self.steps.iter().enumerate().skip(start) {
             let started = std::time::Instant::now();
-            let result = match node {
-                Node::Sync(step) if step.is_async() => step.run_async(exec).await,
-                Node::Sync(step) => step.run(exec),
-                Node::Async(step) => step.run(exec).await,
-            };
+            let result = step.run(exec).result().await;
             histogram.record(started.elapsed().as_secs_f64());
             match result {
                 Ok(Control::Continue) => {}

@@ -1,4 +1,4 @@
-use super::{Control, Exec, Step};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Template;
@@ -19,7 +19,13 @@ impl Reply {
 }
 
 impl Step for Reply {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Done(self.apply(exec))
+    }
+}
+
+impl Reply {
+    fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         if let Some(status) = self.status {
             exec.reply.status = Some(status);
         }
@@ -38,7 +44,7 @@ impl Step for Reply {
 }
 
 /// Compiles `reply: {status, headers}`.
-pub(crate) fn compile(cx: &mut Compiler<'_>, reply: &ReplyConfig) -> Option<super::Node> {
+pub(crate) fn compile(cx: &mut Compiler<'_>, reply: &ReplyConfig) -> Option<Box<dyn Step>> {
     let status = match &reply.status {
         Some(status) if !(100..=599).contains(&status.value) => {
             cx.error(
@@ -65,5 +71,5 @@ pub(crate) fn compile(cx: &mut Compiler<'_>, reply: &ReplyConfig) -> Option<supe
             }
         }
     }
-    Some(super::Node::Sync(Box::new(Reply::new(status, headers))))
+    Some(Box::new(Reply::new(status, headers)))
 }

@@ -1,4 +1,5 @@
-use super::{Control, Exec, Step, StepFuture, Steps, To};
+use super::to::To;
+use super::{Control, Exec, Run, Step, Steps};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
@@ -55,36 +56,17 @@ impl Route {
 }
 
 impl Step for Route {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
-        match self.pick(exec)? {
-            Some(RouteAction::Deliver(sinks)) => To::record(sinks, exec),
-            Some(RouteAction::Steps(_)) => {
-                return Err(FlowError::new(
-                    ErrorKind::Transform,
-                    "internal: a route with nested steps must run asynchronously",
-                ));
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        match self.pick(exec) {
+            Err(e) => Run::Done(Err(e)),
+            Ok(Some(RouteAction::Deliver(sinks))) => {
+                To::record(sinks, exec);
+                Run::Done(Ok(Control::Continue))
             }
-            None => {}
+            // Only an arm with steps of its own waits (they may).
+            Ok(Some(RouteAction::Steps(steps))) => Run::Wait(Box::pin(steps.run(exec))),
+            Ok(None) => Run::Done(Ok(Control::Continue)),
         }
-        Ok(Control::Continue)
-    }
-
-    fn is_async(&self) -> bool {
-        // Nested steps run through `Steps::run`, which is async.
-        self.arms
-            .iter()
-            .any(|(_, arm)| matches!(arm.action, RouteAction::Steps(_)))
-    }
-
-    fn run_async<'a>(&'a self, exec: &'a mut Exec) -> StepFuture<'a> {
-        Box::pin(async move {
-            match self.pick(exec)? {
-                Some(RouteAction::Deliver(sinks)) => To::record(sinks, exec),
-                Some(RouteAction::Steps(steps)) => return steps.run(exec).await,
-                None => {}
-            }
-            Ok(Control::Continue)
-        })
     }
 }
 
@@ -95,7 +77,7 @@ pub(crate) fn compile(
     arms: &[Spanned<RouteArmConfig>],
     path: &str,
     sinks: &[&str],
-) -> Option<super::Node> {
+) -> Option<Box<dyn Step>> {
     let mut compiled = Vec::new();
     let mut failed = false;
     for (i, arm) in arms.iter().enumerate() {
@@ -151,5 +133,5 @@ pub(crate) fn compile(
     if failed {
         return None;
     }
-    Some(super::Node::Sync(Box::new(Route::new(compiled))))
+    Some(Box::new(Route::new(compiled)))
 }

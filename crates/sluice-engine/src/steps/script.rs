@@ -1,9 +1,8 @@
-use super::{Control, Exec, Step, StepFuture};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
-use crate::compile::position_in_scalar;
-use crate::error::{ErrorKind, FlowError};
 use crate::script::Sandbox;
 use crate::script::tail::TailWarning;
+use sluice_flow::diagnostic::position_in_scalar;
 use sluice_flow::{Diagnostic, Span, Spanned, Text};
 use std::path::Path;
 use std::sync::Arc;
@@ -31,31 +30,20 @@ impl Script {
 }
 
 impl Step for Script {
-    fn run(&self, _exec: &mut Exec) -> Result<Control, FlowError> {
-        Err(FlowError::new(
-            ErrorKind::Script,
-            "internal: a script step must run asynchronously",
-        ))
-    }
-
-    fn is_async(&self) -> bool {
-        true
-    }
-
-    fn run_async<'a>(&'a self, exec: &'a mut Exec) -> StepFuture<'a> {
-        Box::pin(async move {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Wait(Box::pin(async move {
             self.sandbox
                 .run_isolated(&self.ast, self.uses_meta, &mut exec.payload, &exec.meta)
                 .await?;
             Ok(Control::Continue)
-        })
+        }))
     }
 }
 
 /// Compiles `script:`, inline or a `.rhai` file (found beside the flow's working directory
 /// or in the scripts folder, and watched); a script whose last call's result is ignored
 /// gets a warning.
-pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<super::Node> {
+pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<Box<dyn Step>> {
     let value = text.value.as_str();
     let is_file = !value.contains('\n') && value.trim().ends_with(".rhai");
     if is_file {
@@ -68,11 +56,7 @@ pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<sup
                 let d = cx.flow.diagnostic(span, w.message()).with_help(w.help());
                 cx.warnings.push(d);
             }
-            Some(super::Node::Sync(Box::new(Script::new(
-                cx.sandbox.clone(),
-                script.ast,
-                value,
-            ))))
+            Some(Box::new(Script::new(cx.sandbox.clone(), script.ast, value)))
         }
         Err((line, column, message)) => {
             let span = inline_position(cx, text, line, column);
@@ -103,7 +87,7 @@ fn inline_position(
     )
 }
 
-fn compile_file(cx: &mut Compiler<'_>, text: &Spanned<Text>, value: &str) -> Option<super::Node> {
+fn compile_file(cx: &mut Compiler<'_>, text: &Spanned<Text>, value: &str) -> Option<Box<dyn Step>> {
     let reference = Path::new(value.trim());
     let candidates = [reference.to_owned(), cx.folders.scripts.join(reference)];
     let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
@@ -144,11 +128,11 @@ fn compile_file(cx: &mut Compiler<'_>, text: &Spanned<Text>, value: &str) -> Opt
                     .with_help(format!("in the script used by flow `{}`", cx.flow.name));
                 cx.warnings.push(d);
             }
-            Some(super::Node::Sync(Box::new(Script::new(
+            Some(Box::new(Script::new(
                 cx.sandbox.clone(),
                 script.ast,
                 &source,
-            ))))
+            )))
         }
         Err((line, column, message)) => {
             let d = Diagnostic::at(

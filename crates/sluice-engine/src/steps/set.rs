@@ -1,4 +1,4 @@
-use super::{Control, Exec, Step};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
@@ -21,7 +21,13 @@ impl Set {
 }
 
 impl Step for Set {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Done(self.apply(exec))
+    }
+}
+
+impl Set {
+    fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let data = exec.jmes()?;
         let Some(object) = data.as_object() else {
             return Err(FlowError::new(
@@ -49,7 +55,7 @@ pub(crate) fn compile(
     cx: &mut Compiler<'_>,
     step: &Spanned<StepConfig>,
     fields: &BTreeMap<String, Spanned<Text>>,
-) -> Option<super::Node> {
+) -> Option<Box<dyn Step>> {
     if fields.is_empty() {
         cx.error(
             Span::of(step),
@@ -62,5 +68,5 @@ pub(crate) fn compile(
     for (field, text) in fields {
         compiled.push((field.clone(), cx.expr(text)?));
     }
-    Some(super::Node::Sync(Box::new(Set::new(compiled))))
+    Some(Box::new(Set::new(compiled)))
 }

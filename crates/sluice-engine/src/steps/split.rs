@@ -3,12 +3,12 @@
 //! The children run the steps after the split (at the top level of a flow), each with its own
 //! deliveries, retries and dead letter; the parent is acknowledged when every child is done.
 
-use super::{Control, Exec, Fork, Step};
+use super::{Control, Exec, Fork, Run, Step};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::hold::Hold;
-use crate::message::{Meta, Payload};
+use crate::message::{Ids, MESSAGE_ID, Meta, Payload};
 use jmespath::Variable;
 use sluice_flow::{OnChildError, Span, Spanned, SplitConfig, StepConfig};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ impl Children {
     /// One execution per child, with `split.*` metadata and a share of the parent's hold.
     pub fn into_execs(self, parent: &Arc<Meta>, hold: Option<&Hold>) -> Vec<Exec> {
         let count = self.payloads.len();
-        let parent_id = parent.get("message_id").cloned().unwrap_or_default();
+        let parent_id = parent.message_id();
         self.payloads
             .into_iter()
             .enumerate()
@@ -52,8 +52,8 @@ impl Children {
                 let mut meta = (**parent).clone();
                 meta.insert(SPLIT_INDEX.to_owned(), index.to_string());
                 meta.insert(SPLIT_COUNT.to_owned(), count.to_string());
-                meta.insert(SPLIT_PARENT.to_owned(), parent_id.clone());
-                meta.insert("message_id".to_owned(), format!("{parent_id}.{index}"));
+                meta.insert(SPLIT_PARENT.to_owned(), parent_id.to_owned());
+                meta.insert(MESSAGE_ID.to_owned(), format!("{parent_id}.{index}"));
                 let mut exec = Exec::new(payload, Arc::new(meta));
                 exec.hold = hold.cloned();
                 exec
@@ -63,7 +63,13 @@ impl Children {
 }
 
 impl Step for Split {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Done(self.apply(exec))
+    }
+}
+
+impl Split {
+    fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let data = exec.jmes()?;
         let result = self
             .on
@@ -99,13 +105,10 @@ pub(crate) fn compile(
     cx: &mut Compiler<'_>,
     step: &Spanned<StepConfig>,
     config: &Spanned<SplitConfig>,
-) -> Option<super::Node> {
+) -> Option<Box<dyn Step>> {
     let c = &config.value;
     cx.expr_at(&c.on, Span::of(config).or(Span::of(step)))
         .map(|on| {
-            super::Node::Sync(Box::new(Split::new(
-                on,
-                c.on_child_error == OnChildError::FailParent,
-            )))
+            Box::new(Split::new(on, c.on_child_error == OnChildError::FailParent)) as Box<dyn Step>
         })
 }

@@ -5,12 +5,10 @@
 //! sink never sees more than the limit. (A message that parks in an `aggregate` group after
 //! the throttle gives its permit back: it no longer works.)
 
-use super::Node;
-use super::{AsyncStep, Control, Exec};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
-use async_trait::async_trait;
 use sluice_flow::OnLimit;
 use sluice_flow::{Span, Spanned, ThrottleConfig};
 use std::collections::HashMap;
@@ -146,9 +144,14 @@ impl Throttle {
     }
 }
 
-#[async_trait]
-impl AsyncStep for Throttle {
-    async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+impl Step for Throttle {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Wait(Box::pin(self.wait(exec)))
+    }
+}
+
+impl Throttle {
+    async fn wait(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let key = match &self.key {
             None => String::new(),
             Some(expr) => {
@@ -198,7 +201,7 @@ pub(crate) fn compile(
     cx: &mut Compiler<'_>,
     config: &Spanned<ThrottleConfig>,
     path: &str,
-) -> Option<Node> {
+) -> Option<Box<dyn Step>> {
     let c = &config.value;
     let before = cx.diagnostics.len();
     let key = cx.optional_expr(&c.key).ok().flatten();
@@ -270,11 +273,7 @@ pub(crate) fn compile(
             concurrency.map(|n| (n, c.on_concurrency)),
         ))
     });
-    Some(Node::Async(Box::new(Throttle::new(
-        &cx.flow.name,
-        key,
-        limits,
-    ))))
+    Some(Box::new(Throttle::new(&cx.flow.name, key, limits)))
 }
 
 #[cfg(test)]

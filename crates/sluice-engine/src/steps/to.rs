@@ -1,4 +1,4 @@
-use super::{Control, Delivery, Exec, Step};
+use super::{Control, Delivery, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::error::FlowError;
 use sluice_flow::{Spanned, Targets};
@@ -26,7 +26,13 @@ impl To {
 }
 
 impl Step for To {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Done(self.apply(exec))
+    }
+}
+
+impl To {
+    fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         To::record(&self.sinks, exec);
         Ok(Control::Continue)
     }
@@ -37,8 +43,6 @@ pub(crate) fn compile(
     cx: &mut Compiler<'_>,
     targets: &Spanned<Targets>,
     sinks: &[&str],
-) -> Option<super::Node> {
-    Some(super::Node::Sync(Box::new(To::new(
-        cx.targets(targets, sinks)?,
-    ))))
+) -> Option<Box<dyn Step>> {
+    Some(Box::new(To::new(cx.targets(targets, sinks)?)))
 }

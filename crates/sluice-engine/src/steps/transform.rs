@@ -1,4 +1,4 @@
-use super::{Control, Exec, Step};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
@@ -18,7 +18,13 @@ impl Transform {
 }
 
 impl Step for Transform {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Done(self.apply(exec))
+    }
+}
+
+impl Transform {
+    fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let data = exec.jmes()?;
         let result = self
             .expr
@@ -30,6 +36,6 @@ impl Step for Transform {
 }
 
 /// Compiles `transform: <jmespath>`.
-pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<super::Node> {
-    Some(super::Node::Sync(Box::new(Transform::new(cx.expr(text)?))))
+pub(crate) fn compile(cx: &mut Compiler<'_>, text: &Spanned<Text>) -> Option<Box<dyn Step>> {
+    Some(Box::new(Transform::new(cx.expr(text)?)))
 }

@@ -5,10 +5,9 @@
 //! `error.step`), and the `catch` steps run; the message then continues after `catch`. Sink
 //! errors happen after the steps and are not caught (they have retries and the dead letter).
 
-use super::{AsyncStep, Control, Exec, Steps};
+use super::{Control, Exec, Run, Step, Steps};
 use crate::compile::Compiler;
 use crate::error::FlowError;
-use async_trait::async_trait;
 use sluice_flow::{Span, Spanned, StepConfig};
 
 /// The compiled pair of `try` and `catch`.
@@ -24,9 +23,14 @@ impl TryCatch {
     }
 }
 
-#[async_trait]
-impl AsyncStep for TryCatch {
-    async fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+impl Step for TryCatch {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Wait(Box::pin(self.wait(exec)))
+    }
+}
+
+impl TryCatch {
+    async fn wait(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let payload = exec.payload.snapshot();
         let deliveries = exec.deliveries.len();
         match self.body.run(exec).await {
@@ -51,7 +55,7 @@ pub(crate) fn compile(
     handler: Option<&Vec<Spanned<StepConfig>>>,
     path: &str,
     sinks: &[&str],
-) -> Option<super::Node> {
+) -> Option<Box<dyn Step>> {
     let Some(handler) = handler else {
         cx.error(
             Span::of(step),
@@ -72,5 +76,5 @@ pub(crate) fn compile(
     let body = cx.steps(body, &format!("{path}.try"), sinks);
     let handler = cx.steps(handler, &format!("{path}.catch"), sinks);
     (cx.diagnostics.len() == before)
-        .then(|| super::Node::Async(Box::new(TryCatch::new(body, handler))))
+        .then(|| Box::new(TryCatch::new(body, handler)) as Box<dyn Step>)
 }

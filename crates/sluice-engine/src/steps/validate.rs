@@ -1,4 +1,4 @@
-use super::{Control, Exec, Step};
+use super::{Control, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::contract::Contract;
 use crate::error::{ErrorKind, FlowError};
@@ -18,7 +18,13 @@ impl Validate {
 }
 
 impl Step for Validate {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Done(self.apply(exec))
+    }
+}
+
+impl Validate {
+    fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         let json = exec
             .payload
             .json()
@@ -29,8 +35,6 @@ impl Step for Validate {
 }
 
 /// Compiles `validate: <contract>`: the contract is loaded (and watched) now.
-pub(crate) fn compile(cx: &mut Compiler<'_>, name: &Spanned<Text>) -> Option<super::Node> {
-    Some(super::Node::Sync(Box::new(Validate::new(
-        cx.contract(name)?,
-    ))))
+pub(crate) fn compile(cx: &mut Compiler<'_>, name: &Spanned<Text>) -> Option<Box<dyn Step>> {
+    Some(Box::new(Validate::new(cx.contract(name)?)))
 }

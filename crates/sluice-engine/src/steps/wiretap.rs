@@ -4,10 +4,11 @@
 //! the copy and a failed write is logged; both are counted. A wiretap is for observation
 //! (audit trails, debugging feeds), not for deliveries that must arrive — use `to` for those.
 
-use super::{Control, Delivery, Exec, Step};
+use super::{Control, Delivery, Exec, Run, Step};
 use crate::compile::Compiler;
 use crate::connector::{Outgoing, Sink};
 use crate::error::FlowError;
+use crate::message::Ids;
 use sluice_flow::{Spanned, Text};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,7 +70,13 @@ impl Wiretap {
 }
 
 impl Step for Wiretap {
-    fn run(&self, exec: &mut Exec) -> Result<Control, FlowError> {
+    fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
+        Run::Done(self.apply(exec))
+    }
+}
+
+impl Wiretap {
+    fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         if exec.dry {
             // A dry run shows the copy as a delivery, so `tests:` can check it.
             exec.deliveries.push(Delivery {
@@ -85,7 +92,7 @@ impl Step for Wiretap {
         };
         if self.tx.try_send(out).is_err() {
             let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            let message_id = exec.meta.get("message_id").cloned().unwrap_or_default();
+            let message_id = exec.meta.message_id().to_owned();
             tracing::warn!(flow = %self.flow, message_id = %message_id, sink = %self.sink_name[0], dropped = n, "wiretap queue full: copy dropped");
         }
         Ok(Control::Continue)
@@ -97,14 +104,10 @@ pub(crate) fn compile(
     cx: &mut Compiler<'_>,
     sink: &Spanned<Text>,
     sinks: &[&str],
-) -> Option<super::Node> {
+) -> Option<Box<dyn Step>> {
     let name = sink.value.as_str();
     match cx.sink_map.get(name) {
-        Some(built) => Some(super::Node::Sync(Box::new(Wiretap::new(
-            &cx.flow.name,
-            name,
-            built.clone(),
-        )))),
+        Some(built) => Some(Box::new(Wiretap::new(&cx.flow.name, name, built.clone()))),
         None => {
             if !sinks.contains(&name) {
                 cx.unknown_sink(sink, name, sinks, "wiretap to");
