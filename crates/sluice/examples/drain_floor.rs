@@ -2,9 +2,10 @@
 //! the work of `flows/order-intake.yaml` for every file of a prefilled folder, with two
 //! threads and the same libraries as sluice, and then exits.
 //!
-//! Payloads move between the libraries through direct walks, as in sluice (`sluice_engine::
-//! value`), since serde_json is built with `arbitrary_precision` here, which the serde bridges
-//! of jmespath and rhai do not understand.
+//! Payloads move between the libraries through direct walks, as in sluice, since serde_json
+//! is built with `arbitrary_precision` here, which the serde bridges of jmespath and rhai do
+//! not understand. For the same reason the filter's number literal is compared in Rust: jmespath
+//! parses a literal through serde (sluice repairs such literals when it compiles a flow).
 //!
 //! Per file, in one thread, one file after the other:
 //!
@@ -14,7 +15,8 @@
 //! 4. JMESPath transform `{order_id: id, customer: customer, lines: lines, currency: currency}`
 //!    and add `received_at` (RFC 3339, ms, UTC), what the flow's `set` step does;
 //! 5. run `scripts/price.rhai` in a Rhai engine with sluice's sandbox settings;
-//! 6. JMESPath filter `length(lines) > `0`` and route predicate `priority == 'high'`;
+//! 6. the filter `length(lines) > `0`` (JMESPath `length(lines)`, then `> 0`) and the route
+//!    predicate `priority == 'high'` (JMESPath);
 //! 7. validate against `schemas/priced-order.v1.json`, serialize;
 //! 8. write `outbox/express/` or `outbox/standard/` as `.<order_id>.json.tmp-<thread>-<n>`,
 //!    then rename it to `<order_id>.json`;
@@ -39,7 +41,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 const TRANSFORM: &str = "{order_id: id, customer: customer, lines: lines, currency: currency}";
-const FILTER: &str = "length(lines) > `0`";
+/// The flow's filter is `length(lines) > `0``; the comparison with 0 is made in Rust.
+const FILTER: &str = "length(lines)";
 const WHEN: &str = "priority == 'high'";
 
 /// sluice's defaults for `script_limits`.
@@ -212,20 +215,7 @@ impl Floor {
         let script = engine
             .compile(&source)
             .map_err(|e| format!("{}: {e}", script_path.display()))?;
-        // A number literal (`0`) is parsed through serde, which `arbitrary_precision` breaks:
-        // sluice repairs it the same way when it compiles an expression.
-        let compile = |text: &'static str| {
-            let mut ast = jmespath::compile(text)
-                .map_err(|e| e.to_string())?
-                .as_ast()
-                .clone();
-            sluice_engine::value::repair_literals(&mut ast);
-            Ok::<_, String>(jmespath::Expression::new(
-                text,
-                ast,
-                &jmespath::DEFAULT_RUNTIME,
-            ))
-        };
+        let compile = |text: &'static str| jmespath::compile(text).map_err(|e| e.to_string());
         Ok(Floor {
             input: validator(&root.join("schemas/order.v1.json"))?,
             output: validator(&root.join("schemas/priced-order.v1.json"))?,
@@ -280,7 +270,10 @@ impl Floor {
         let priced = rhai_to_json(&result)?;
 
         let data = json_to_jmes(&priced);
-        if !search(&self.filter, &data)?.is_truthy() {
+        if search(&self.filter, &data)?
+            .as_number()
+            .is_none_or(|n| n <= 0.0)
+        {
             return Ok(Routed::Filtered);
         }
         let express = search(&self.when, &data)?.is_truthy();
