@@ -18,6 +18,12 @@
 # The process is stopped with SIGTERM (SIGKILL after 10 s) and the temp dir removed.
 # With --prefill the N files are written before sluice starts and the clock starts at spawn,
 # so the Python writer (about 0.5 ms per file here) does not limit the result.
+#
+# With --compare (see bench/README.md, "Side by side with the floor") it runs the sample flow
+# flows/order-intake.yaml instead, on N prefilled files, against the plain-program floor
+# crates/sluice/examples/drain_floor.rs, one after the other in each round:
+#     python3 bench/file_drain.py --compare --files 10000 --rounds 3 \
+#         --bin-as before=/tmp/sluice-before --bin-as after=target/release/sluice
 
 import argparse
 import json
@@ -305,6 +311,142 @@ def bench(args):
             shutil.rmtree(work, ignore_errors=True)
 
 
+COMPARE_FILES = [("flows/order-intake.yaml", "flows/order-intake.yaml"),
+                 ("schemas/order.v1.json", "schemas/order.v1.json"),
+                 ("schemas/priced-order.v1.json", "schemas/priced-order.v1.json"),
+                 ("scripts/price.rhai", "scripts/price.rhai")]
+DEFAULT_FLOOR = os.path.join(REPO, "target", "release", "examples", "drain_floor")
+
+
+def compare_prepare(n, args_dir=None):
+    """A fresh working folder with the sample flow and N order files in inbox/orders."""
+    work = tempfile.mkdtemp(prefix="sluice-compare-", dir=args_dir)
+    for src, dst in COMPARE_FILES:
+        os.makedirs(os.path.dirname(os.path.join(work, dst)), exist_ok=True)
+        shutil.copyfile(os.path.join(REPO, src), os.path.join(work, dst))
+    inbox = os.path.join(work, "inbox", "orders")
+    os.makedirs(inbox)
+    for i in range(1, n + 1):
+        name, data = order(i)
+        with open(os.path.join(inbox, name + ".json"), "wb") as f:
+            f.write(data)
+    return work
+
+
+def first_inbox_entry(inbox):
+    """True while any order file is left in the inbox (stops at the first one)."""
+    with os.scandir(inbox) as it:
+        return any(not e.name.startswith(".") and e.name.endswith(".json") for e in it)
+
+
+def compare_times(work):
+    """(first output's mtime, last archived file's ctime, outputs, archived), in ns.
+    A rename sets the ctime of the file it moves, so the ctime in .done/ is the archive time."""
+    first, outputs = None, 0
+    for sink in ("express", "standard"):
+        with os.scandir(os.path.join(work, "outbox", sink)) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                outputs += 1
+                m = e.stat().st_mtime_ns
+                first = m if first is None else min(first, m)
+    last, archived = None, 0
+    with os.scandir(os.path.join(work, "inbox", "orders", ".done")) as it:
+        for e in it:
+            archived += 1
+            c = e.stat().st_ctime_ns
+            last = c if last is None else max(last, c)
+    return first, last, outputs, archived
+
+
+def proc_cpu_split(pid):
+    """(user, system) seconds of pid from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def compare_one(label, cmd, work, n, args):
+    """Runs one program on a prefilled folder until every file is archived."""
+    log_path = os.path.join(work, "run.log")
+    inbox = os.path.join(work, "inbox", "orders")
+    with open(log_path, "wb") as log:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            if label == "floor":
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                wall = time.monotonic() - t0
+                if proc.returncode != 0:
+                    raise BenchError(f"the floor exited with {proc.returncode}\n{log_tail(log_path)}")
+                user, system, hwm = usage.ru_utime, usage.ru_stime, usage.ru_maxrss
+            else:
+                deadline = t0 + args.timeout
+                inflight = os.path.join(inbox, ".inflight")
+                while first_inbox_entry(inbox) or count_entries(inflight) > 0:
+                    if proc.poll() is not None:
+                        raise BenchError(f"{label} exited with {proc.returncode}\n{log_tail(log_path)}")
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{label}: drain not complete after {args.timeout} s\n{log_tail(log_path)}")
+                    time.sleep(0.2)
+                wall = time.monotonic() - t0
+                user, system = proc_cpu_split(proc.pid)
+                hwm = proc_status(proc.pid)["VmHWM"]
+                code, _, killed = stop(proc)
+                if code != 0 or killed:
+                    raise BenchError(f"{label}: exit {code} after SIGTERM (killed: {killed})\n{log_tail(log_path)}")
+        finally:
+            if proc.poll() is None:
+                stop(proc)
+    bad = sum(count_entries(os.path.join(inbox, d)) for d in (".error", ".rejected", ".partial"))
+    first, last, outputs, archived = compare_times(work)
+    if bad or outputs != n or archived != n:
+        raise BenchError(f"{label}: {outputs} outputs and {archived} archived of {n}, {bad} failed\n{log_tail(log_path)}")
+    drain = (last - first) / 1e9
+    return {"label": label, "files": n, "drain_s": round(drain, 3), "files_per_s": round(n / drain, 1),
+            "wall_s": round(wall, 3), "user_s": round(user, 3), "system_s": round(system, 3),
+            "system_us_per_file": round(system / n * 1e6, 1), "peak_rss_kib": hwm}
+
+
+def compare(args):
+    labels = dict(b.split("=", 1) if "=" in b else ("sluice", b) for b in (args.bin_list or [f"sluice={DEFAULT_BIN}"]))
+    labels = {label: os.path.abspath(path) for label, path in labels.items()}
+    args.floor = os.path.abspath(args.floor)
+    for path in [args.floor, *labels.values()]:
+        if not os.access(path, os.X_OK):
+            raise BenchError(f"{path} is not an executable (bench/README.md says how to build it)")
+    runs = []
+    for r in range(1, args.rounds + 1):
+        programs = [("floor", [args.floor, "--root", ".", "--threads", "2"])]
+        programs += [(label, [path, "run"]) for label, path in labels.items()]
+        for label, cmd in programs:
+            work = compare_prepare(args.files, args.dir)
+            try:
+                res = compare_one(label, cmd, work, args.files, args)
+            finally:
+                if args.keep:
+                    print(f"kept {work}", file=sys.stderr)
+                else:
+                    shutil.rmtree(work, ignore_errors=True)
+            res["round"] = r
+            runs.append(res)
+            print(compare_row(res, runs), file=sys.stderr)
+    return runs
+
+
+def compare_row(res, runs):
+    floor = next(x for x in reversed(runs) if x["label"] == "floor" and x["round"] == res["round"])
+    ratio = res["files_per_s"] / floor["files_per_s"]
+    sys_ratio = res["system_s"] / floor["system_s"] if floor["system_s"] else float("nan")
+    return (f"round {res['round']} {res['label']:>8}: {res['files']} files, drain {res['drain_s']:.3f} s "
+            f"({res['files_per_s']:.0f}/s, {ratio:.2f}x floor), wall {res['wall_s']:.2f} s, "
+            f"user {res['user_s']:.2f} s, sys {res['system_s']:.2f} s ({res['system_us_per_file']:.0f} us/file, "
+            f"{sys_ratio:.1f}x floor), peak RSS {mib(res['peak_rss_kib'])}")
+
+
 def mib(kib):
     return "n/a" if kib is None else f"{kib / 1024:.1f} MiB"
 
@@ -346,9 +488,30 @@ def main():
                         "(no idle sample). Default: write them while it runs, the clock starts at the first file")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON on stdout (table goes to stderr)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
+    p.add_argument("--compare", action="store_true",
+                   help="side by side: the sample flow flows/order-intake.yaml on N prefilled files, "
+                        "the floor (--floor) and each --bin, one after the other, --rounds times")
+    p.add_argument("--floor", default=DEFAULT_FLOOR, help=f"--compare: the floor program (default {DEFAULT_FLOOR})")
+    p.add_argument("--rounds", type=int, default=3, help="--compare: rounds (default 3)")
+    p.add_argument("--dir", default=None,
+                   help="--compare: where the working folders are made (default: the system temp dir); "
+                        "e.g. /dev/shm for a tmpfs")
+    p.add_argument("--bin-as", dest="bin_list", action="append", metavar="LABEL=PATH",
+                   help="--compare: a sluice binary and its label; repeat to compare builds (default sluice=--bin)")
     args = p.parse_args()
     if args.files < 1:
         p.error("--files must be at least 1")
+    if args.compare:
+        if not args.bin_list:
+            args.bin_list = [f"sluice={args.bin}"]
+        try:
+            runs = compare(args)
+        except BenchError as e:
+            print(f"file_drain: FAILED: {e}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(runs, indent=2))
+        return 0
     try:
         r = bench(args)
     except BenchError as e:

@@ -3,8 +3,10 @@
 //! retried in-process until it succeeds (a full disk gets space back), so a file whose
 //! messages were all handled is never processed a second time by a later restart.
 
+use super::drain::Finish;
 use super::emit::Busy;
-use super::finish::{Disposition, place, target};
+use super::finish::Disposition;
+use super::mover::Move;
 use super::sidecar::{FailedRecord, Sidecar};
 use super::trigger::lock;
 use serde_json::Value;
@@ -50,18 +52,17 @@ impl Claim {
     }
 
     /// The file could not be read at all: `.error/`, with the reason.
-    pub(super) async fn fail_unread(self: Arc<Self>, error: ErrorEnvelope) {
+    pub(super) fn fail_unread(self: Arc<Self>, error: ErrorEnvelope) {
         let sidecar = Sidecar::unread(&self.busy.name, &error).to_value();
         let summary = Summary::Failed(format!(
             "file not processed: {}; see its .error.json (message id {})",
             error.message, error.message_id
         ));
-        self.settle(Disposition::Error, Some(sidecar), summary)
-            .await;
+        self.settle(Disposition::Error, Some(sidecar), summary);
     }
 
     /// Every message has settled: decide where the file goes and what its sidecar says.
-    pub(super) async fn complete(self: Arc<Self>) {
+    pub(super) fn complete(self: Arc<Self>) {
         let mut tally = std::mem::take(&mut *lock(&self.tally));
         let failed = tally.failed.len();
         let total = self.total;
@@ -79,7 +80,7 @@ impl Claim {
             } else {
                 Summary::Quiet
             };
-            return self.settle(disposition, None, summary).await;
+            return self.settle(disposition, None, summary);
         }
         tally.failed.sort_by_key(|f| f.line);
         let dead_lettered = tally.failed.iter().filter(|f| f.dead_lettered).count();
@@ -117,33 +118,27 @@ impl Claim {
         };
         let sidecar = Sidecar::failed(&self.busy.name, &tally.failed, total, self.multi)
             .map(|sidecar| sidecar.to_value());
-        self.settle(disposition, sidecar, Summary::Failed(summary))
-            .await;
+        self.settle(disposition, sidecar, Summary::Failed(summary));
     }
 
-    /// Moves the file to its place; when that fails, tries again in a task of its own (see
-    /// [`Claim::retry`]). The first try is awaited by the acknowledgement, so a shutdown that
-    /// drains the flow also waits for the file to be moved.
-    async fn settle(
-        self: Arc<Self>,
-        disposition: Disposition,
-        sidecar: Option<Value>,
-        summary: Summary,
-    ) {
-        let sidecar = sidecar.map(Arc::new);
-        let (chosen, result) = self.try_place(disposition, &sidecar, None).await;
-        match result {
-            Ok(()) => self.report(chosen, 0, summary),
-            Err(e) => {
-                tokio::spawn(self.retry(disposition, sidecar, chosen, e, summary));
-            }
-        }
+    /// Queues the move of the file to its place for the drain task (`drain.rs`), which tries
+    /// it once and, when that fails, goes on trying in a task of its own (see
+    /// [`Claim::retry`]). The file's slot stays taken until it is moved, and the trigger
+    /// waits for its slots at shutdown, so a draining shutdown also waits for the move.
+    fn settle(self: Arc<Self>, disposition: Disposition, sidecar: Option<Value>, summary: Summary) {
+        let shared = self.busy.shared.clone();
+        shared.finish(Finish {
+            claim: self,
+            disposition,
+            sidecar: sidecar.map(Arc::new),
+            summary,
+        });
     }
 
     /// Tries the move again with a growing pause (up to 5 s) until it succeeds or the trigger
     /// stops; only then does the summary go to the log. The file's name and slot stay taken
     /// meanwhile, so a full disk also keeps new claims from piling up.
-    async fn retry(
+    pub(super) async fn retry(
         self: Arc<Self>,
         disposition: Disposition,
         sidecar: Option<Arc<Value>>,
@@ -183,29 +178,20 @@ impl Claim {
         sidecar: &Option<Arc<Value>>,
         known: Option<Option<PathBuf>>,
     ) -> (Option<Option<PathBuf>>, std::io::Result<()>) {
-        let (claimed, name) = (self.path.clone(), self.busy.name.clone());
-        let (inbox, sidecar) = (self.busy.shared.folder.clone(), sidecar.clone());
-        let fallback = known.clone();
-        let attempt = tokio::task::spawn_blocking(move || {
-            let to = match known {
-                Some(to) => to,
-                None => match target(&inbox, &name, disposition) {
-                    Ok(to) => to,
-                    Err(e) => return (None, Err(e)),
-                },
-            };
-            let placed = place(&claimed, to.as_deref(), sidecar.as_deref());
-            (Some(to), placed)
-        })
-        .await;
-        match attempt {
-            Ok(done) => done,
-            Err(e) => (fallback, Err(std::io::Error::other(e))),
-        }
+        let shared = &self.busy.shared;
+        let job = Move {
+            claimed: self.path.clone(),
+            inbox: shared.folder.clone(),
+            name: self.busy.name.clone(),
+            disposition,
+            sidecar: sidecar.clone(),
+            known,
+        };
+        shared.mover.place(&shared.runtime, job).await
     }
 
     /// The log line that says where the file went and why.
-    fn report(&self, chosen: Option<Option<PathBuf>>, failures: u32, summary: Summary) {
+    pub(super) fn report(&self, chosen: Option<Option<PathBuf>>, failures: u32, summary: Summary) {
         let to = chosen
             .flatten()
             .map(|t| t.display().to_string())

@@ -1,9 +1,9 @@
-//! Reading a claimed file and emitting its records as messages, each with an acker that
-//! counts its outcome towards the file's claim (`claim.rs`).
+//! Emitting the records of a claimed file (read by `drain.rs`) as messages, each with an
+//! acker that counts its outcome towards the file's claim (`claim.rs`).
 
 use super::claim::{Claim, Tally};
-use super::decode::{Malformed, Record, decode};
-use super::scan::Poke;
+use super::decode::{Malformed, Record};
+use super::ids::next_v7;
 use super::sidecar::FailedRecord;
 use super::trigger::{Shared, lock};
 use async_trait::async_trait;
@@ -15,22 +15,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-/// Marks a claimed file in flight and processes it in a task of its own.
-pub(super) fn start(
-    shared: &Arc<Shared>,
-    inlet: &Inlet,
-    name: String,
-    slot: OwnedSemaphorePermit,
-    stop: &CancellationToken,
-) {
-    lock(&shared.in_flight).insert(name.clone());
-    let busy = Busy {
-        shared: shared.clone(),
-        name,
-        _slot: slot,
-    };
-    tokio::spawn(process(busy, inlet.clone(), stop.clone()));
-}
+/// What reading a claimed file gave: its size and records, or why it is refused unread;
+/// an I/O error leaves the file where it is.
+pub(super) type Read = Result<Result<(u64, Vec<Record>), String>, std::io::Error>;
 
 /// A file name in flight and the trigger slot it holds, until the file is finished or
 /// abandoned (shutdown, unreadable): either way the name is free again. An abandoned file
@@ -41,33 +28,37 @@ pub(super) struct Busy {
     _slot: OwnedSemaphorePermit,
 }
 
-impl Drop for Busy {
-    fn drop(&mut self) {
-        lock(&self.shared.in_flight).remove(&self.name);
-        let _ = self.shared.poke.send(Poke::Slot);
+impl Busy {
+    /// Marks a claimed file in flight.
+    pub(super) fn new(shared: &Arc<Shared>, name: String, slot: OwnedSemaphorePermit) -> Self {
+        lock(&shared.in_flight).insert(name.clone());
+        Busy {
+            shared: shared.clone(),
+            name,
+            _slot: slot,
+        }
     }
 }
 
-/// Reads a claimed file, sends its messages, and leaves the rest to the acks.
-async fn process(busy: Busy, inlet: Inlet, stop: CancellationToken) {
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // Under the queue's lock, so that the drain either sees the name free or finds the
+        // file it postponed put back (`drain.rs`).
+        let mut queue = lock(&self.shared.queue);
+        lock(&self.shared.in_flight).remove(&self.name);
+        if queue.released(&self.name) {
+            drop(queue);
+            self.shared.kick();
+        }
+    }
+}
+
+/// Sends the messages of a claimed file that was read, and leaves the rest to the acks.
+pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &CancellationToken) {
     let shared = busy.shared.clone();
     let name = busy.name.clone();
     let path = shared.inflight.join(&name);
-    let max_size = shared.config.max_size.0;
     let format = shared.config.format;
-    let read_path = path.clone();
-    let csv = shared.config.csv.clone();
-    let read = tokio::task::spawn_blocking(move || -> Result<Result<(u64, Vec<Record>), String>, std::io::Error> {
-        let size = std::fs::metadata(&read_path)?.len();
-        if size > max_size {
-            return Ok(Err(format!(
-                "the file is {size} bytes, over the trigger's max_size of {max_size} bytes; it was not read (raise `max_size` to accept it)"
-            )));
-        }
-        let bytes = std::fs::read(&read_path)?;
-        Ok(decode(&bytes, format, &csv).map(|records| (size, records)))
-    })
-    .await;
     let claim = |total| {
         Arc::new(Claim {
             busy,
@@ -80,21 +71,20 @@ async fn process(busy: Busy, inlet: Inlet, stop: CancellationToken) {
         })
     };
     let (size, records) = match read {
-        Ok(Ok(Ok(decoded))) => decoded,
-        Ok(Ok(Err(reason))) => {
+        Ok(Ok(decoded)) => decoded,
+        Ok(Err(reason)) => {
             let error = FlowError::permanent(ErrorKind::Trigger, reason).at_step("trigger");
-            return claim(0).fail_unread(inlet.envelope(&error)).await;
+            return claim(0).fail_unread(inlet.envelope(&error));
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             // Vanished or unreadable: leave it for the next start rather than guess.
             tracing::warn!(flow = %shared.flow, file = %path.display(), "cannot read the claimed file: {e}");
             return;
         }
-        Err(_) => return,
     };
     let claim = claim(records.len());
     if records.is_empty() {
-        return claim.complete().await;
+        return claim.complete();
     }
     let original = shared.folder.join(&name).display().to_string();
     // The file is one batch: the engine notices when every message of it has settled
@@ -106,6 +96,8 @@ async fn process(busy: Busy, inlet: Inlet, stop: CancellationToken) {
             return;
         }
         let mut meta = Meta::new();
+        // Made here rather than by the engine, which draws a random id per message.
+        meta.insert("message_id".to_owned(), next_v7().to_string());
         meta.insert("file.name".to_owned(), name.clone());
         meta.insert("file.path".to_owned(), original.clone());
         meta.insert("file.size".to_owned(), size.to_string());
@@ -162,9 +154,10 @@ impl Acker for FileAck {
             }
         }
         if self.claim.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-            // Awaited, so that a draining shutdown waits for the move; a move that has to
-            // wait for disk space goes on in a task of its own.
-            self.claim.clone().complete().await;
+            // The move is queued for the drain task, not awaited: the worker takes its next
+            // message meanwhile. The file's slot stays taken until the move is done, and a
+            // draining shutdown waits for every slot (`trigger.rs`).
+            self.claim.clone().complete();
         }
     }
 }

@@ -24,7 +24,8 @@ pub enum Disposition {
 }
 
 impl Disposition {
-    fn folder(self) -> &'static str {
+    /// The folder in the watched folder where files of this end go.
+    pub fn folder(self) -> &'static str {
         match self {
             Disposition::Done | Disposition::Delete => ".done",
             Disposition::Rejected => ".rejected",
@@ -38,16 +39,64 @@ impl Disposition {
     pub const FOLDERS: [&'static str; 4] = [".done", ".rejected", ".error", ".partial"];
 }
 
-/// Where a finished file goes: a free name in its disposition's folder (created when
-/// missing). `None` for a file that is deleted. Chosen once per file, so that a retried move
-/// after a failure (a full disk) keeps the sidecar it already wrote beside the same name.
-pub fn target(inbox: &Path, name: &str, disposition: Disposition) -> io::Result<Option<PathBuf>> {
-    if disposition == Disposition::Delete {
-        return Ok(None);
+/// Where a finished file that gets a sidecar goes: a free name for `name` in `folder` (which
+/// exists), free of a sidecar too. Chosen once per file, so that a retried move after a
+/// failure (a full disk) keeps the sidecar it already wrote beside the same name.
+pub fn target_in(folder: &Path, name: &str) -> PathBuf {
+    unique_target(folder, name)
+}
+
+/// Moves `claimed` into `folder` (which exists) under `name`, or `stem-1.ext`, … when taken,
+/// and returns where it went: one `rename` that never replaces a file, for a file that gets
+/// no sidecar. Where the filesystem cannot rename that way, it looks for a free name first.
+pub fn rename_new(claimed: &Path, folder: &Path, name: &str) -> io::Result<PathBuf> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+    if !UNSUPPORTED.load(Ordering::Relaxed) {
+        for n in 0..10_000u32 {
+            let to = folder.join(suffixed(name, n));
+            match rename_noreplace(claimed, &to) {
+                Ok(()) => return Ok(to),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                    UNSUPPORTED.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
-    let folder = inbox.join(disposition.folder());
-    std::fs::create_dir_all(&folder)?;
-    Ok(Some(unique_target(&folder, name)))
+    let to = unique_target(folder, name);
+    std::fs::rename(claimed, &to)?;
+    Ok(to)
+}
+
+/// `rename` that fails with `AlreadyExists` instead of replacing `to`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both paths are NUL-terminated strings that live across the call.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn rename_noreplace(_: &Path, _: &Path) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 
 /// Moves `claimed` to `target` (deletes it when `None`), writing `sidecar` as
@@ -142,15 +191,33 @@ mod tests {
             let claimed = inflight.join("a.json");
             std::fs::write(&claimed, format!("{round}")).unwrap();
             let sidecar = serde_json::json!({"kind": "contract"});
-            let target = target(dir.path(), "a.json", Disposition::Rejected)
-                .unwrap()
-                .unwrap();
+            let folder = dir.path().join(Disposition::Rejected.folder());
+            std::fs::create_dir_all(&folder).unwrap();
+            let target = target_in(&folder, "a.json");
             place(&claimed, Some(&target), Some(&sidecar)).unwrap();
             assert!(sidecar_path(&target).exists());
             assert_eq!(std::fs::read_to_string(&target).unwrap(), round.to_string());
         }
         assert!(dir.path().join(".rejected/a-1.json").exists());
         assert!(dir.path().join(".rejected/a-1.json.error.json").exists());
+    }
+
+    #[test]
+    fn a_file_without_sidecar_never_replaces_one_of_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inflight, done) = (dir.path().join(".inflight"), dir.path().join(".done"));
+        std::fs::create_dir_all(&inflight).unwrap();
+        std::fs::create_dir_all(&done).unwrap();
+        for round in 0..3 {
+            let claimed = inflight.join("a.json");
+            std::fs::write(&claimed, format!("{round}")).unwrap();
+            let to = rename_new(&claimed, &done, "a.json").unwrap();
+            assert_eq!(std::fs::read_to_string(&to).unwrap(), round.to_string());
+            assert!(!claimed.exists());
+        }
+        assert_eq!(std::fs::read_to_string(done.join("a.json")).unwrap(), "0");
+        assert_eq!(std::fs::read_to_string(done.join("a-1.json")).unwrap(), "1");
+        assert_eq!(std::fs::read_to_string(done.join("a-2.json")).unwrap(), "2");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 
 mod claim;
 mod decode;
+mod drain;
 mod emit;
 mod finish;
+mod ids;
+mod mover;
 mod scan;
 mod sidecar;
 mod sink;

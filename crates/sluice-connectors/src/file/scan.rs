@@ -3,33 +3,27 @@
 
 use super::is_ignored_name;
 use super::stability::Stability;
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// Why the scanner wakes up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Poke {
-    /// Something appeared or changed in the folder.
-    Folder,
-    /// A claim finished, so a slot is free.
-    Slot,
-}
-
 /// Lists `folder`, forgets files that are gone, looks at every file still settling, and
-/// returns the names that just became ready (regular files matching the glob, not temporary).
+/// returns the names that just became ready with their sizes (regular files matching the
+/// glob, not temporary).
 pub(super) fn scan(
     folder: &Path,
     glob: &globset::GlobMatcher,
     gate: &mut Stability,
-) -> std::io::Result<Vec<String>> {
+) -> std::io::Result<Vec<(String, u64)>> {
     let now = Instant::now();
-    let mut present = HashSet::new();
     let mut newly_ready = Vec::new();
+    gate.start_listing();
     for entry in std::fs::read_dir(folder)? {
         let Ok(entry) = entry else { continue };
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let name = match entry.file_name().into_string() {
+            Ok(name) => name,
+            Err(raw) => raw.to_string_lossy().into_owned(),
+        };
         if is_ignored_name(&name) || !glob.is_match(&name) {
             continue;
         }
@@ -37,15 +31,20 @@ pub(super) fn scan(
         if !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
-        if !gate.is_ready(&name) {
-            let Ok(meta) = entry.metadata() else { continue };
-            if gate.observe(&name, meta.len(), meta.modified().ok(), now) {
-                newly_ready.push(name.clone());
-            }
+        // Ready files (waiting for a slot) and looks that would not count cost no `stat`.
+        if !gate.wants_look(&name, now) {
+            gate.listed(&name);
+            continue;
         }
-        present.insert(name);
+        let Ok(meta) = entry.metadata() else {
+            gate.listed(&name);
+            continue;
+        };
+        if gate.observe(&name, meta.len(), meta.modified().ok(), now) {
+            newly_ready.push((name, meta.len()));
+        }
     }
-    gate.retain(|name| present.contains(name));
+    gate.end_listing();
     newly_ready.sort();
     Ok(newly_ready)
 }
@@ -63,7 +62,7 @@ pub(super) fn list_names(folder: &Path) -> Vec<String> {
 
 pub(super) fn watch_folder(
     folder: &Path,
-    poke: mpsc::UnboundedSender<Poke>,
+    poke: mpsc::UnboundedSender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     use notify::event::{EventKind, ModifyKind, RenameMode};
@@ -77,7 +76,7 @@ pub(super) fn watch_folder(
             EventKind::Access(_) | EventKind::Remove(_) => false,
         });
         if relevant {
-            let _ = poke.send(Poke::Folder);
+            let _ = poke.send(());
         }
     })
     .map_err(|e| tracing::warn!("file notifications unavailable, relying on rescans: {e}"))

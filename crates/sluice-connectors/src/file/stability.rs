@@ -13,6 +13,8 @@ struct Seen {
     stable_looks: u32,
     last_look: Instant,
     ready: bool,
+    /// The last listing that showed the file (see [`Stability::listed`]).
+    listing: u32,
 }
 
 /// Tracks files that are waiting to settle.
@@ -22,6 +24,12 @@ pub struct Stability {
     check_interval: Duration,
     stable_checks: u32,
     seen: HashMap<String, Seen>,
+    /// How many entries of `seen` are not ready: asked after every scan, so it is kept
+    /// rather than counted over a backlog of 100,000 files.
+    pending: usize,
+    /// The current listing, so that files gone from the folder are forgotten without a set
+    /// of every name the listing showed.
+    listing: u32,
 }
 
 impl Stability {
@@ -32,7 +40,51 @@ impl Stability {
             check_interval,
             stable_checks: stable_checks.max(1),
             seen: HashMap::new(),
+            pending: 0,
+            listing: 0,
         }
+    }
+
+    /// Starts a listing of the folder: [`Stability::listed`] and [`Stability::observe`]
+    /// mark the files it shows, and [`Stability::end_listing`] forgets the others.
+    pub fn start_listing(&mut self) {
+        self.listing = self.listing.wrapping_add(1);
+    }
+
+    /// Marks a file the listing showed; false when the gate does not know it yet.
+    pub fn listed(&mut self, name: &str) -> bool {
+        match self.seen.get_mut(name) {
+            Some(entry) => {
+                entry.listing = self.listing;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every file the current listing did not show.
+    pub fn end_listing(&mut self) {
+        let listing = self.listing;
+        let mut gone_pending = 0;
+        self.seen.retain(|_, e| {
+            let keep = e.listing == listing;
+            gone_pending += usize::from(!keep && !e.ready);
+            keep
+        });
+        self.pending -= gone_pending;
+    }
+
+    /// Whether a look at this file now could change anything: a look closer than
+    /// `check_interval` to the last one does not count, and a change it could see is seen
+    /// by the next look that does (which compares with the last counted one), so the scanner
+    /// skips its `stat`; unless the file only waits for `min_age`, which may have passed.
+    pub fn wants_look(&self, name: &str, now: Instant) -> bool {
+        self.seen.get(name).is_none_or(|e| {
+            !e.ready
+                && (now.duration_since(e.last_look) >= self.check_interval
+                    || e.stable_looks >= self.stable_checks
+                        && now.duration_since(e.first_seen) >= self.min_age)
+        })
     }
 
     /// Records a look at a file; returns true when the file is ready to be taken.
@@ -43,14 +95,21 @@ impl Stability {
         mtime: Option<SystemTime>,
         now: Instant,
     ) -> bool {
-        let entry = self.seen.entry(name.to_owned()).or_insert(Seen {
-            first_seen: now,
-            size,
-            mtime,
-            stable_looks: 1,
-            last_look: now,
-            ready: false,
+        let listing = self.listing;
+        let entry = self.seen.entry(name.to_owned()).or_insert_with(|| {
+            self.pending += 1;
+            Seen {
+                first_seen: now,
+                size,
+                mtime,
+                stable_looks: 1,
+                last_look: now,
+                ready: false,
+                listing,
+            }
         });
+        entry.listing = listing;
+        let was_ready = entry.ready;
         if entry.size != size || entry.mtime != mtime {
             entry.size = size;
             entry.mtime = mtime;
@@ -62,28 +121,24 @@ impl Stability {
         }
         entry.ready = entry.stable_looks >= self.stable_checks
             && now.duration_since(entry.first_seen) >= self.min_age;
+        match (was_ready, entry.ready) {
+            (false, true) => self.pending -= 1,
+            (true, false) => self.pending += 1,
+            _ => {}
+        }
         entry.ready
-    }
-
-    /// True when a file already passed the gate and waits only for a free slot; such a
-    /// file is not looked at again, so a large backlog costs no repeated `stat` calls.
-    pub fn is_ready(&self, name: &str) -> bool {
-        self.seen.get(name).is_some_and(|e| e.ready)
     }
 
     /// Forgets a file (taken, or gone).
     pub fn forget(&mut self, name: &str) {
-        self.seen.remove(name);
-    }
-
-    /// Forgets every file not in `present`.
-    pub fn retain(&mut self, present: impl Fn(&str) -> bool) {
-        self.seen.retain(|name, _| present(name));
+        if let Some(entry) = self.seen.remove(name) {
+            self.pending -= usize::from(!entry.ready);
+        }
     }
 
     /// True when some file is still settling (the scanner then looks again soon).
     pub fn has_pending(&self) -> bool {
-        self.seen.values().any(|e| !e.ready)
+        self.pending > 0
     }
 }
 
@@ -105,6 +160,35 @@ mod tests {
         assert!(!gate.observe("a", 20, m, t0 + ms(300)));
         assert!(!gate.observe("a", 20, m, t0 + ms(520)));
         assert!(gate.observe("a", 20, m, t0 + ms(740)));
+    }
+
+    #[test]
+    fn the_pending_count_follows_looks_listings_and_forgets() {
+        let ms = Duration::from_millis;
+        let mut gate = Stability::new(ms(0), ms(10), 2);
+        let t0 = Instant::now();
+        gate.start_listing();
+        assert!(!gate.observe("a", 1, None, t0));
+        assert!(!gate.observe("b", 1, None, t0));
+        gate.end_listing();
+        assert!(gate.has_pending());
+        assert!(!gate.wants_look("a", t0 + ms(5)), "too soon to count");
+        assert!(gate.wants_look("a", t0 + ms(10)));
+        gate.start_listing();
+        assert!(gate.observe("a", 1, None, t0 + ms(10)));
+        assert!(
+            !gate.wants_look("a", t0 + ms(20)),
+            "ready files are not looked at"
+        );
+        gate.end_listing();
+        // `b` was not listed: gone.
+        assert!(!gate.has_pending() && !gate.listed("b"));
+        gate.start_listing();
+        assert!(gate.listed("a"));
+        assert!(!gate.observe("c", 1, None, t0 + ms(20)));
+        gate.forget("c");
+        gate.end_listing();
+        assert!(!gate.has_pending() && !gate.wants_look("a", t0 + ms(99)));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub fn temp_path(folder: &Path, name: &str) -> PathBuf {
     folder.join(format!(
         ".{}{MARK}{}",
         truncate(name, room),
-        uuid::Uuid::now_v7().simple()
+        super::ids::next_v7().simple()
     ))
 }
 

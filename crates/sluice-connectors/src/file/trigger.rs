@@ -1,20 +1,22 @@
 //! The file trigger: hybrid discovery (notifications + periodic rescan), the stability
-//! gate, claim by atomic rename into `.inflight/`, recovery at start-up, and the move to
-//! `.done/`, `.rejected/` or `.error/` once every message of the file is acknowledged.
+//! gate, claim by atomic rename into `.inflight/` (`drain.rs`), recovery at start-up, and
+//! the move to `.done/`, `.rejected/` or `.error/` once every message of the file is
+//! acknowledged (`claim.rs`, `mover.rs`).
 
-use super::emit::start;
+use super::drain::{Next, Queue};
 use super::finish::Disposition;
-use super::scan::{Poke, list_names, scan, watch_folder};
+use super::mover::Mover;
+use super::scan::{list_names, scan, watch_folder};
 use super::stability::Stability;
 use super::temp::clean_once;
 use async_trait::async_trait;
 use sluice_engine::{BuildContext, Inlet, Trigger};
 use sluice_flow::{Diagnostic, FileTriggerConfig};
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Rescans triggered by notifications are at least this far apart, so that a burst of
@@ -62,14 +64,25 @@ impl FileTrigger {
     }
 }
 
-/// State shared by the scanner and the claims it spawned.
+/// State shared by the scanner, the drain task and the files in flight.
 pub(super) struct Shared {
     pub(super) flow: String,
     pub(super) folder: PathBuf,
     pub(super) inflight: PathBuf,
     pub(super) config: FileTriggerConfig,
     pub(super) in_flight: Mutex<HashSet<String>>,
-    pub(super) poke: mpsc::UnboundedSender<Poke>,
+    /// The drain task's work (`drain.rs`).
+    pub(super) queue: Mutex<Queue>,
+    /// Told when a finished file is queued, so that a drain waiting for a slot moves it.
+    pub(super) moves_waiting: Notify,
+    /// One per file claimed and not yet moved (`max_in_flight`).
+    pub(super) slots: Arc<Semaphore>,
+    /// The flow's queue; let go of when the trigger stops, since the flow's stateful steps
+    /// end their held messages only once the queue is closed.
+    pub(super) inlet: Mutex<Option<Inlet>>,
+    pub(super) stop: CancellationToken,
+    pub(super) mover: Arc<Mover>,
+    pub(super) runtime: tokio::runtime::Handle,
 }
 
 #[async_trait]
@@ -92,9 +105,14 @@ impl Trigger for FileTrigger {
             inflight: inflight.clone(),
             config: self.config.clone(),
             in_flight: Mutex::new(HashSet::new()),
-            poke: poke_tx.clone(),
+            queue: Mutex::new(Queue::default()),
+            moves_waiting: Notify::new(),
+            slots: Arc::new(Semaphore::new(self.config.max_in_flight)),
+            inlet: Mutex::new(Some(inlet)),
+            stop: stop.clone(),
+            mover: Arc::new(Mover::default()),
+            runtime: tokio::runtime::Handle::current(),
         });
-        let slots = Arc::new(Semaphore::new(self.config.max_in_flight));
 
         // Sidecars half-written when an earlier run was killed: sluice's own temporary names.
         for outcome in Disposition::FOLDERS {
@@ -107,13 +125,7 @@ impl Trigger for FileTrigger {
         if !leftovers.is_empty() {
             tracing::info!(flow = %shared.flow, count = leftovers.len(), "recovering files left in .inflight/");
         }
-        for name in leftovers {
-            let permit = tokio::select! {
-                _ = stop.cancelled() => return,
-                permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
-            };
-            start(&shared, &inlet, name, permit, &stop);
-        }
+        shared.push(leftovers.into_iter().map(Next::Recovered));
 
         let _watcher = watch_folder(&self.folder, poke_tx.clone());
         let mut gate = Stability::new(
@@ -121,7 +133,6 @@ impl Trigger for FileTrigger {
             self.config.check_interval.0,
             self.config.stable_checks,
         );
-        let mut ready: VecDeque<String> = VecDeque::new();
         let mut last_scan = Instant::now() - MIN_SCAN_GAP;
         let mut scan_due = true;
         loop {
@@ -131,9 +142,18 @@ impl Trigger for FileTrigger {
                     tokio::time::sleep(MIN_SCAN_GAP - since).await;
                 }
                 last_scan = Instant::now();
-                gate = self.scan(&shared, gate, &mut ready).await;
+                let claimed = lock(&shared.queue).take_claimed();
+                for name in &claimed {
+                    gate.forget(name);
+                }
+                let newly_ready;
+                (gate, newly_ready) = self.scan(&shared, gate).await;
+                shared.push(
+                    newly_ready
+                        .into_iter()
+                        .map(|(name, size)| Next::Ready(name, size)),
+                );
             }
-            self.claim_ready(&shared, &inlet, &slots, &mut gate, &mut ready, &stop);
             let wait = if gate.has_pending() {
                 self.config.check_interval.0
             } else {
@@ -141,30 +161,27 @@ impl Trigger for FileTrigger {
             };
             scan_due = tokio::select! {
                 _ = stop.cancelled() => break,
-                poke = poke_rx.recv() => {
-                    // A slot came free: claim from what is known to be ready, no rescan
-                    // needed. A folder change: rescan.
-                    let mut folder_changed = matches!(poke, Some(Poke::Folder));
-                    while let Ok(more) = poke_rx.try_recv() {
-                        folder_changed |= more == Poke::Folder;
-                    }
-                    folder_changed || ready.is_empty() && gate.has_pending()
+                _ = poke_rx.recv() => {
+                    while poke_rx.try_recv().is_ok() {}
+                    true
                 }
                 _ = tokio::time::sleep(wait) => true,
             };
         }
+        // Nothing new is claimed. The files in flight end (their moves are queued as their
+        // messages settle, or they are abandoned and stay in `.inflight/`) before the trigger
+        // does, so that a draining shutdown leaves each file in exactly one place. The queue
+        // is let go of first: messages held by an aggregate settle only once it is closed.
+        lock(&shared.inlet).take();
+        let all = u32::try_from(self.config.max_in_flight).unwrap_or(u32::MAX);
+        let _ = shared.slots.acquire_many(all).await;
     }
 }
 
 impl FileTrigger {
-    /// Lists the folder and passes every settling file through the gate; files that become
-    /// ready join the queue. The gate moves into the blocking task and back.
-    async fn scan(
-        &self,
-        shared: &Arc<Shared>,
-        gate: Stability,
-        ready: &mut VecDeque<String>,
-    ) -> Stability {
+    /// Lists the folder and passes every settling file through the gate; returns the files
+    /// that became ready. The gate moves into the blocking task and back.
+    async fn scan(&self, shared: &Arc<Shared>, gate: Stability) -> (Stability, Vec<(String, u64)>) {
         let folder = self.folder.clone();
         let glob = self.glob.clone();
         let fallback = Stability::new(
@@ -179,58 +196,13 @@ impl FileTrigger {
         })
         .await;
         match scanned {
-            Ok((gate, Ok(newly_ready))) => {
-                ready.extend(newly_ready);
-                gate
-            }
+            Ok((gate, Ok(newly_ready))) => (gate, newly_ready),
             Ok((gate, Err(e))) => {
                 tracing::warn!(flow = %shared.flow, folder = %self.folder.display(), "cannot scan the watched folder: {e}");
-                gate
+                (gate, Vec::new())
             }
-            Err(_) => fallback,
+            Err(_) => (fallback, Vec::new()),
         }
-    }
-
-    /// Claims ready files while slots are free.
-    fn claim_ready(
-        &self,
-        shared: &Arc<Shared>,
-        inlet: &Inlet,
-        slots: &Arc<Semaphore>,
-        gate: &mut Stability,
-        ready: &mut VecDeque<String>,
-        stop: &CancellationToken,
-    ) {
-        let mut postponed = Vec::new();
-        while let Some(name) = ready.pop_front() {
-            if stop.is_cancelled() {
-                ready.push_front(name);
-                break;
-            }
-            if lock(&shared.in_flight).contains(&name) {
-                // A file of the same name is still being processed; take this one after it.
-                postponed.push(name);
-                continue;
-            }
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                ready.push_front(name);
-                break;
-            };
-            let from = self.folder.join(&name);
-            let to = shared.inflight.join(&name);
-            match std::fs::rename(&from, &to) {
-                Ok(()) => {
-                    gate.forget(&name);
-                    start(shared, inlet, name, permit, stop);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => gate.forget(&name),
-                Err(e) => {
-                    tracing::warn!(flow = %shared.flow, file = %from.display(), "cannot claim the file: {e}");
-                    gate.forget(&name);
-                }
-            }
-        }
-        ready.extend(postponed);
     }
 }
 
