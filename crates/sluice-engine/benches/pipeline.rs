@@ -14,7 +14,7 @@ use sluice_engine::{SinkInfo, TriggerInfo};
 use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig, parse_flow};
 #[path = "../../../bench/plain_convert.rs"]
 mod plain_convert;
-use plain_convert::{from_jmes, from_rhai, search, to_jmes, to_rhai};
+use plain_convert::{jmes_to_json, json_to_jmes, json_to_rhai, rhai_to_json, search};
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
@@ -162,13 +162,14 @@ fn pipeline(c: &mut Criterion) {
         });
     let run_plain = |rhai_engine: &rhai::Engine, order: &Value| -> Vec<u8> {
         assert!(validator.is_valid(order));
-        let data = to_jmes(order);
-        let shaped = from_jmes(&search(&transform, &data).unwrap());
+        let data = json_to_jmes(order);
+        let shaped = jmes_to_json(&search(&transform, &data).unwrap()).unwrap();
         let mut scope = rhai::Scope::new();
-        scope.push_dynamic("payload", to_rhai(&shaped));
+        scope.push_dynamic("payload", json_to_rhai(&shaped).unwrap());
         rhai_engine.run_ast_with_scope(&mut scope, &ast).unwrap();
-        let priced: Value = from_rhai(&scope.get_value::<rhai::Dynamic>("payload").unwrap());
-        let express = search(&when, &to_jmes(&priced)).unwrap().is_truthy();
+        let priced: Value =
+            rhai_to_json(&scope.get_value::<rhai::Dynamic>("payload").unwrap()).unwrap();
+        let express = search(&when, &json_to_jmes(&priced)).unwrap().is_truthy();
         let mut bytes = serde_json::to_vec(&priced).unwrap();
         bytes.push(express as u8);
         bytes

@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 #[path = "../../../bench/plain_convert.rs"]
 mod plain_convert;
-use plain_convert::{from_jmes, from_rhai, search, to_jmes, to_rhai};
+use plain_convert::{jmes_to_json, json_to_jmes, json_to_rhai, rhai_to_json, search};
 use rhai::{Dynamic, Engine, Scope};
 use serde_json::{Value, json};
 use std::cell::Cell;
@@ -142,9 +142,9 @@ impl Floor {
         let internal = |e: String| fail(StatusCode::INTERNAL_SERVER_ERROR, "step", e);
 
         // transform
-        let data = to_jmes(&order);
+        let data = json_to_jmes(&order);
         let shaped = search(&self.transform, &data).map_err(|e| internal(e.to_string()))?;
-        let mut payload = from_jmes(&shaped);
+        let mut payload = jmes_to_json(&shaped).map_err(internal)?;
 
         // set received_at
         let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -154,7 +154,7 @@ impl Floor {
 
         // script, with `payload` mutable and `meta` read-only, as in sluice
         let mut scope = Scope::new();
-        scope.push_dynamic("payload", to_rhai(&payload));
+        scope.push_dynamic("payload", json_to_rhai(&payload).map_err(internal)?);
         let mut meta = rhai::Map::new();
         meta.insert("flow".into(), Dynamic::from("order-intake-http".to_owned()));
         meta.insert("received_at".into(), Dynamic::from(received_at));
@@ -170,10 +170,10 @@ impl Floor {
         } else {
             returned
         };
-        let priced = from_rhai(&result);
+        let priced = rhai_to_json(&result).map_err(internal)?;
 
         // filter and route
-        let data = to_jmes(&priced);
+        let data = json_to_jmes(&priced);
         let keep = search(&self.filter, &data)
             .map_err(|e| internal(e.to_string()))?
             .is_truthy();
