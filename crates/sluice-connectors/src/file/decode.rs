@@ -72,11 +72,6 @@ pub enum DecodeError {
     Record(String),
 }
 
-/// [`decode_file`] with its error as text, which is what the trigger's read path keeps.
-pub fn decode(bytes: &[u8], format: FileFormat, csv: &CsvOptions) -> Result<Vec<Record>, String> {
-    decode_file(bytes, format, csv).map_err(|e| e.to_string())
-}
-
 /// Decodes a whole file. An error means no record can be read at all (a `json` file that is
 /// not JSON, a csv header that is not UTF-8); it says why, with a position where there is one.
 pub fn decode_file(
@@ -295,17 +290,17 @@ mod tests {
     #[test]
     fn formats_decode() {
         let csv = CsvOptions::default();
-        let r = decode(br#"{"a":1}"#, FileFormat::Json, &csv).unwrap();
+        let r = decode_file(br#"{"a":1}"#, FileFormat::Json, &csv).unwrap();
         assert_eq!(payloads(&r), [json!({"a": 1})]);
-        let r = decode(b"{\"a\":1}\n\n{\"a\":2}\n", FileFormat::Ndjson, &csv).unwrap();
+        let r = decode_file(b"{\"a\":1}\n\n{\"a\":2}\n", FileFormat::Ndjson, &csv).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].line, Some(3));
-        let r = decode(b"id,name\n1,x\n2,y\n", FileFormat::Csv, &csv).unwrap();
+        let r = decode_file(b"id,name\n1,x\n2,y\n", FileFormat::Csv, &csv).unwrap();
         assert_eq!(r[1].content, Ok(json!({"id": "2", "name": "y"})));
         assert_eq!((r[1].line, r[1].source_line), (Some(2), Some(3)));
-        let r = decode(b"hi", FileFormat::Text, &csv).unwrap();
+        let r = decode_file(b"hi", FileFormat::Text, &csv).unwrap();
         assert_eq!(payloads(&r), [json!("hi")]);
-        let r = decode(&[0, 255], FileFormat::Bytes, &csv).unwrap();
+        let r = decode_file(&[0, 255], FileFormat::Bytes, &csv).unwrap();
         assert_eq!(payloads(&r), [json!("AP8=")]);
     }
 
@@ -335,10 +330,12 @@ mod tests {
         );
         // The text the trigger keeps is the typed error's.
         assert_eq!(
-            decode(&[0x7b, 0xff, 0x00], FileFormat::Json, &csv).unwrap_err(),
+            decode_file(&[0x7b, 0xff, 0x00], FileFormat::Json, &csv)
+                .unwrap_err()
+                .to_string(),
             binary
         );
-        let r = decode(b"{\"n\":1}\n{\"n\":-1e400}\n", FileFormat::Ndjson, &csv).unwrap();
+        let r = decode_file(b"{\"n\":1}\n{\"n\":-1e400}\n", FileFormat::Ndjson, &csv).unwrap();
         let bad = r[1].content.clone().unwrap_err();
         assert!(
             bad.reason.starts_with("line 2: the number"),
@@ -350,7 +347,7 @@ mod tests {
     #[test]
     fn a_malformed_ndjson_line_fails_alone_and_keeps_its_bytes() {
         let csv = CsvOptions::default();
-        let r = decode(b"{}\r\n{x}\n\xff\n{\"b\":2}", FileFormat::Ndjson, &csv).unwrap();
+        let r = decode_file(b"{}\r\n{x}\n\xff\n{\"b\":2}", FileFormat::Ndjson, &csv).unwrap();
         assert_eq!(r.len(), 4);
         let bad = r[1].content.clone().unwrap_err();
         assert_eq!(bad.raw, b"{x}");
@@ -374,7 +371,7 @@ mod tests {
     fn a_malformed_csv_row_fails_alone_with_its_raw_line_and_position() {
         let csv = CsvOptions::default();
         let text = b"id,name\n1,x\n\n2,y,surplus\n\"3\",\"multi\nline\"\n4,\xffz\n5,e\n";
-        let r = decode(text, FileFormat::Csv, &csv).unwrap();
+        let r = decode_file(text, FileFormat::Csv, &csv).unwrap();
         assert_eq!(r.len(), 5, "{r:?}");
         let bad = r[1].content.clone().unwrap_err();
         assert_eq!(bad.raw, b"2,y,surplus");
@@ -403,7 +400,7 @@ mod tests {
             header: false,
             ..CsvOptions::default()
         };
-        let r = decode(b"a,b\nc\n", FileFormat::Csv, &csv).unwrap();
+        let r = decode_file(b"a,b\nc\n", FileFormat::Csv, &csv).unwrap();
         assert_eq!(r[0].content, Ok(json!(["a", "b"])));
         let bad = r[1].content.clone().unwrap_err();
         assert_eq!(
@@ -415,16 +412,16 @@ mod tests {
     #[test]
     fn a_byte_order_mark_is_not_content() {
         let csv = CsvOptions::default();
-        let r = decode(b"\xEF\xBB\xBF{\"a\":1}", FileFormat::Json, &csv).unwrap();
+        let r = decode_file(b"\xEF\xBB\xBF{\"a\":1}", FileFormat::Json, &csv).unwrap();
         assert_eq!(payloads(&r), [json!({"a": 1})]);
-        let r = decode(b"\xEF\xBB\xBF{\"a\":1}\n", FileFormat::Ndjson, &csv).unwrap();
+        let r = decode_file(b"\xEF\xBB\xBF{\"a\":1}\n", FileFormat::Ndjson, &csv).unwrap();
         assert_eq!(payloads(&r), [json!({"a": 1})]);
-        let r = decode(b"\xEF\xBB\xBFid,n\n1,2\n", FileFormat::Csv, &csv).unwrap();
+        let r = decode_file(b"\xEF\xBB\xBFid,n\n1,2\n", FileFormat::Csv, &csv).unwrap();
         assert_eq!(payloads(&r), [json!({"id": "1", "n": "2"})]);
-        let r = decode(b"\xEF\xBB\xBFhi", FileFormat::Text, &csv).unwrap();
+        let r = decode_file(b"\xEF\xBB\xBFhi", FileFormat::Text, &csv).unwrap();
         assert_eq!(payloads(&r), [json!("hi")]);
         // `bytes` is the file as it is, mark included.
-        let r = decode(b"\xEF\xBB\xBF", FileFormat::Bytes, &csv).unwrap();
+        let r = decode_file(b"\xEF\xBB\xBF", FileFormat::Bytes, &csv).unwrap();
         assert_eq!(payloads(&r), [json!("77u/")]);
     }
 }

@@ -6,7 +6,7 @@
 //! claims a file only once the queue took the last one's messages.
 
 use super::claim::{Claim, Summary};
-use super::emit::{Busy, Read, emit};
+use super::emit::{Busy, Read, Unread, emit};
 use super::finish::Disposition;
 use super::mover::Move;
 use super::trigger::{Shared, lock};
@@ -257,10 +257,9 @@ impl Shared {
 /// size. A file too large, or of unknown size, is looked at first and not read when too large.
 fn read(path: &Path, size_hint: Option<u64>, shared: &Shared) -> Read {
     let max_size = shared.config.max_size.0;
-    let too_large = |size: u64| {
-        format!(
-            "the file is {size} bytes, over the trigger's max_size of {max_size} bytes; it was not read (raise `max_size` to accept it)"
-        )
+    let too_large = |size: u64| Unread::TooLarge {
+        size,
+        max: max_size,
     };
     let file = std::fs::File::open(path)?;
     let size = match size_hint {
@@ -284,7 +283,8 @@ fn read(path: &Path, size_hint: Option<u64>, shared: &Shared) -> Read {
         return Ok(Err(too_large(file.metadata()?.len())));
     }
     Ok(
-        super::decode::decode(&bytes, shared.config.format, &shared.config.csv)
-            .map(|records| (bytes.len() as u64, records)),
+        super::decode::decode_file(&bytes, shared.config.format, &shared.config.csv)
+            .map(|records| (bytes.len() as u64, records))
+            .map_err(Unread::from),
     )
 }

@@ -2,7 +2,7 @@
 //! acker that counts its outcome towards the file's claim (`claim.rs`).
 
 use super::claim::{Claim, Tally};
-use super::decode::{Malformed, Record};
+use super::decode::{DecodeError, Malformed, Record};
 use super::ids::next_v7;
 use super::sidecar::FailedRecord;
 use super::trigger::{Shared, lock};
@@ -17,7 +17,25 @@ use tokio_util::sync::CancellationToken;
 
 /// What reading a claimed file gave: its size and records, or why it is refused unread;
 /// an I/O error leaves the file where it is.
-pub(super) type Read = Result<Result<(u64, Vec<Record>), String>, std::io::Error>;
+pub(super) type Read = Result<Result<(u64, Vec<Record>), Unread>, std::io::Error>;
+
+/// Why a claimed file is set aside unread (to `.error/`, with its sidecar).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unread {
+    /// Larger than the trigger's `max_size`: not read into memory at all.
+    #[error(
+        "the file is {size} bytes, over the trigger's max_size of {max} bytes; it was not read (raise `max_size` to accept it)"
+    )]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The trigger's `max_size`.
+        max: u64,
+    },
+    /// Its content cannot be read as the trigger's `format` at all.
+    #[error(transparent)]
+    Undecodable(#[from] DecodeError),
+}
 
 /// A file name in flight and the trigger slot it holds, until the file is finished or
 /// abandoned (shutdown, unreadable): either way the name is free again. An abandoned file
@@ -73,7 +91,8 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
     let (size, records) = match read {
         Ok(Ok(decoded)) => decoded,
         Ok(Err(reason)) => {
-            let error = FlowError::permanent(ErrorKind::Trigger, reason).at_step("trigger");
+            let error =
+                FlowError::permanent(ErrorKind::Trigger, reason.to_string()).at_step("trigger");
             return claim(0).fail_unread(inlet.envelope(&error));
         }
         Err(e) => {
