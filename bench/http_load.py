@@ -304,6 +304,9 @@ def one_run(args, which, root, run_no):
         cmd = [args.bin, "run", "--listen", f"127.0.0.1:{port}", "--admin", admin]
     else:
         cmd = [args.floor_bin, "--listen", f"127.0.0.1:{port}", "--root", root]
+        if args.sinks == "file":
+            # The floor writes what sluice's two file sinks write (one file per order).
+            cmd += ["--outbox", os.path.join(root, "floor-outbox")]
     with open(log, "w") as logf:
         proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=logf)
     try:

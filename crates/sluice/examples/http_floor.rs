@@ -12,15 +12,17 @@
 //! 6. JMESPath filter `length(lines) > `0`` (204 when false) and route predicate
 //!    `priority == 'high'`;
 //! 7. validate against `schemas/priced-order.v1.json`, 500 on a violation;
-//! 8. serialize and answer 200 with the priced order.
+//! 8. serialize; with `--outbox DIR`, write it to `DIR/express/last.json` or
+//!    `DIR/standard/last.json` (as the route picks) under a temporary name and rename it over
+//!    the last one, on a blocking thread, as sluice's file sink with `on_conflict: overwrite`
+//!    does; answer 200 with the priced order.
 //!
-//! Payloads move between the libraries the straightforward way, through serde
-//! (`ToJmespath`, `rhai::serde`), like the `plain_loop_sandboxed` case of
-//! `cargo bench -p sluice-engine --bench pipeline`. Nothing is written anywhere, nothing is
+//! Payloads move between the libraries by direct walks (`bench/plain_convert.rs`), like the
+//! `plain_loop_sandboxed` case of `cargo bench -p sluice-engine --bench pipeline`. Nothing is
 //! logged per request and there are no metrics: that is what makes it a floor.
 //!
 //! Build: `cargo build --release --example http_floor -p sluice`
-//! Run:   `target/release/examples/http_floor --listen 127.0.0.1:8090 --root .`
+//! Run:   `target/release/examples/http_floor --listen 127.0.0.1:8090 --root . [--outbox DIR]`
 //! (`--root` is the folder that holds `schemas/` and `scripts/`; default: the current folder.)
 
 use axum::Router;
@@ -55,7 +57,12 @@ thread_local! {
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
+/// A request answered with an error: its status, the error kind and the message.
+type Refusal = (StatusCode, &'static str, String);
+
 struct Floor {
+    /// Where the priced orders are written (`--outbox`); nowhere without it.
+    outbox: Option<PathBuf>,
     input: jsonschema::Validator,
     output: jsonschema::Validator,
     transform: jmespath::Expression<'static>,
@@ -102,7 +109,7 @@ fn validator(path: &Path) -> Result<jsonschema::Validator, String> {
 }
 
 impl Floor {
-    fn load(root: &Path) -> Result<Floor, String> {
+    fn load(root: &Path, outbox: Option<PathBuf>) -> Result<Floor, String> {
         let engine = sandbox();
         let script_path = root.join("scripts/price.rhai");
         let source = std::fs::read_to_string(&script_path)
@@ -111,7 +118,14 @@ impl Floor {
             .compile(&source)
             .map_err(|e| format!("{}: {e}", script_path.display()))?;
         let compile = |text| jmespath::compile(text).map_err(|e| e.to_string());
+        if let Some(outbox) = &outbox {
+            for sink in ["express", "standard"] {
+                std::fs::create_dir_all(outbox.join(sink))
+                    .map_err(|e| format!("cannot create {}: {e}", outbox.display()))?;
+            }
+        }
         Ok(Floor {
+            outbox,
             input: validator(&root.join("schemas/order.v1.json"))?,
             output: validator(&root.join("schemas/priced-order.v1.json"))?,
             transform: compile(TRANSFORM)?,
@@ -122,8 +136,9 @@ impl Floor {
         })
     }
 
-    /// The request path after the HTTP layer: Ok(Some(body)) for 200, Ok(None) for 204.
-    fn handle(&self, body: &[u8]) -> Result<Option<Vec<u8>>, (StatusCode, &'static str, String)> {
+    /// The request path after the HTTP layer: Ok(Some((body, express))) for 200, Ok(None)
+    /// for 204.
+    fn handle(&self, body: &[u8]) -> Result<Option<(Vec<u8>, bool)>, Refusal> {
         let fail = |status, kind, message: String| (status, kind, message);
         let order: Value = serde_json::from_slice(body)
             .map_err(|e| fail(StatusCode::BAD_REQUEST, "trigger", e.to_string()))?;
@@ -183,7 +198,6 @@ impl Floor {
         let express = search(&self.when, &data)
             .map_err(|e| internal(e.to_string()))?
             .is_truthy();
-        std::hint::black_box(express);
 
         // output contract, then serialize
         if !self.output.is_valid(&priced) {
@@ -199,7 +213,7 @@ impl Floor {
             ));
         }
         serde_json::to_vec(&priced)
-            .map(Some)
+            .map(|bytes| Some((bytes, express)))
             .map_err(|e| internal(e.to_string()))
     }
 }
@@ -234,7 +248,33 @@ async fn orders(State(floor): State<Arc<Floor>>, headers: HeaderMap, body: Bytes
         );
     }
     match floor.handle(&body) {
-        Ok(Some(bytes)) => json_body(StatusCode::OK, bytes),
+        Ok(Some((bytes, express))) => match &floor.outbox {
+            None => json_body(StatusCode::OK, bytes),
+            Some(outbox) => {
+                let folder = outbox.join(if express { "express" } else { "standard" });
+                let written = tokio::task::spawn_blocking(move || {
+                    write_over(&folder, &bytes).map(|()| bytes)
+                })
+                .await;
+                match written {
+                    Ok(Ok(bytes)) => json_body(StatusCode::OK, bytes),
+                    Ok(Err(e)) => {
+                        let error = json!({"error": {"kind": "sink", "message": e.to_string()}});
+                        json_body(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            error.to_string().into_bytes(),
+                        )
+                    }
+                    Err(e) => {
+                        let error = json!({"error": {"kind": "sink", "message": e.to_string()}});
+                        json_body(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            error.to_string().into_bytes(),
+                        )
+                    }
+                }
+            }
+        },
         Ok(None) => StatusCode::NO_CONTENT.into_response(),
         Err((status, kind, message)) => {
             let error = json!({"error": {"kind": kind, "message": message}});
@@ -243,8 +283,20 @@ async fn orders(State(floor): State<Arc<Floor>>, headers: HeaderMap, body: Bytes
     }
 }
 
+/// Writes `bytes` to `folder/last.json`: a temporary file (a name per write, from a counter),
+/// then one rename over the last one.
+fn write_over(folder: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = folder.join(format!(".last.json.{n}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, folder.join("last.json"))
+}
+
 fn usage() -> ! {
-    eprintln!("usage: http_floor [--listen ADDR] [--root DIR]   (default 127.0.0.1:8090 and .)");
+    eprintln!(
+        "usage: http_floor [--listen ADDR] [--root DIR] [--outbox DIR]   (default 127.0.0.1:8090, ., none)"
+    );
     std::process::exit(2)
 }
 
@@ -252,15 +304,17 @@ fn usage() -> ! {
 async fn main() {
     let mut listen = "127.0.0.1:8090".to_owned();
     let mut root = PathBuf::from(".");
+    let mut outbox = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().unwrap_or_else(|| usage()),
             "--root" => root = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            "--outbox" => outbox = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
             _ => usage(),
         }
     }
-    let floor = match Floor::load(&root) {
+    let floor = match Floor::load(&root, outbox) {
         Ok(floor) => Arc::new(floor),
         Err(e) => {
             eprintln!("http_floor: {e}");
