@@ -189,18 +189,6 @@ fn a_cycle_of_calls_across_files_is_a_load_error() {
     });
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 fn example(sb: &Sandbox, name: &str) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples")

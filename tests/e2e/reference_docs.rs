@@ -12,6 +12,7 @@
 //!
 //! Each command runs the real binary in a temporary folder and ends on its own; nothing waits.
 
+use crate::support::copy_dir;
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -149,19 +150,6 @@ fn yaml_blocks(markdown: &str) -> Vec<Block> {
         }
     }
     blocks
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// A working folder with the repository's contracts and scripts, as the README assumes.

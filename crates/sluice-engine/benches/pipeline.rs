@@ -12,9 +12,9 @@ use sluice_engine::{
 };
 use sluice_engine::{SinkInfo, TriggerInfo};
 use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig, parse_flow};
-#[path = "../../../bench/plain_convert.rs"]
-mod plain_convert;
-use plain_convert::{jmes_to_json, json_to_jmes, json_to_rhai, rhai_to_json, search};
+#[path = "../../../bench/floor.rs"]
+mod floor;
+use floor::{jmes_to_json, json_to_jmes, json_to_rhai, rhai_to_json, search};
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;

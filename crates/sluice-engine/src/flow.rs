@@ -235,6 +235,15 @@ impl CompiledFlow {
         self.run(exec, 0, Mode::live(want_reply)).await
     }
 
+    /// The message as it arrived at step `start`, kept for the dead letter: only when this
+    /// run dead-letters its failures and the flow has a dead letter (a copy costs).
+    fn original(&self, exec: &Exec, mode: Mode<'_>) -> Option<(Payload, Arc<Meta>)> {
+        self.dead_letter
+            .as_ref()
+            .filter(|_| mode.dead_letter)
+            .map(|_| (exec.payload.snapshot(), exec.meta.clone()))
+    }
+
     /// Whether a failure goes to the dead letter: always for one-way sources; for a caller
     /// that is (or was) answered the error, only with `errors.dead_letter_answered`, so a
     /// client of a public endpoint cannot fill the dead letter with its own bad requests.
@@ -257,11 +266,7 @@ impl CompiledFlow {
         start: usize,
         mode: Mode<'_>,
     ) -> Option<Outcome> {
-        let original = self
-            .dead_letter
-            .as_ref()
-            .filter(|_| mode.dead_letter)
-            .map(|_| (exec.payload.snapshot(), exec.meta.clone()));
+        let original = self.original(&exec, mode);
         let (error, attempts) = match self.steps_from(&mut exec, start).await {
             Ok((Control::Drop, _)) => {
                 tracing::debug!(flow = %self.name, message_id = %exec.meta.message_id(), "filtered");

@@ -2,10 +2,9 @@
 //! the work of `flows/order-intake.yaml` for every file of a prefilled folder, with two
 //! threads and the same libraries as sluice, and then exits.
 //!
-//! Payloads move between the libraries through direct walks, as in sluice, since serde_json
-//! is built with `arbitrary_precision` here, which the serde bridges of jmespath and rhai do
-//! not understand. For the same reason the filter's number literal is compared in Rust: jmespath
-//! parses a literal through serde (sluice repairs such literals when it compiles a flow).
+//! The flow's steps for one order are `bench/floor.rs`'s `OrderIntake`, shared with
+//! `http_floor` (direct walks between the payload forms, the filter's `> 0` compared in Rust;
+//! that file says why).
 //!
 //! Per file, in one thread, one file after the other:
 //!
@@ -32,42 +31,13 @@
 //! (`DIR` holds `schemas/`, `scripts/` and `inbox/orders/`, as the working folder of
 //! `sluice run` with the sample flow does.)
 
-#[path = "../../../bench/plain_convert.rs"]
-mod plain_convert;
-use plain_convert::{jmes_to_json, json_to_jmes, json_to_rhai, rhai_to_json, search};
-use rhai::{Dynamic, Engine, Scope};
+#[path = "../../../bench/floor.rs"]
+mod floor;
+use floor::{OrderIntake, Refused};
 use serde_json::Value;
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
-
-const TRANSFORM: &str = "{order_id: id, customer: customer, lines: lines, currency: currency}";
-/// The flow's filter is `length(lines) > `0``; the comparison with 0 is made in Rust.
-const FILTER: &str = "length(lines)";
-const WHEN: &str = "priority == 'high'";
-
-/// sluice's defaults for `script_limits`.
-const MAX_OPERATIONS: u64 = 1_000_000;
-const SCRIPT_DEADLINE: Duration = Duration::from_secs(1);
-/// sluice looks at the deadline every 256 Rhai operations.
-const DEADLINE_CHECK_EVERY: u64 = 256;
-
-thread_local! {
-    // As in sluice: the progress callback is shared, so the deadline of the run on this
-    // thread lives in a thread-local.
-    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
-}
-
-struct Floor {
-    input: jsonschema::Validator,
-    output: jsonschema::Validator,
-    transform: jmespath::Expression<'static>,
-    filter: jmespath::Expression<'static>,
-    when: jmespath::Expression<'static>,
-    engine: Engine,
-    script: rhai::AST,
-}
+use std::time::Instant;
 
 /// Where one processed order goes.
 enum Routed {
@@ -76,133 +46,23 @@ enum Routed {
     Filtered,
 }
 
-fn sandbox() -> Engine {
-    let mut engine = Engine::new();
-    engine
-        .set_max_operations(MAX_OPERATIONS)
-        .set_max_call_levels(32)
-        .set_max_expr_depths(64, 32)
-        .set_max_string_size(1 << 20)
-        .set_max_array_size(100_000)
-        .set_max_map_size(10_000)
-        .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
-    engine.disable_symbol("eval");
-    engine.on_progress(|operations| {
-        if operations % DEADLINE_CHECK_EVERY != 0 {
-            return None;
-        }
-        match DEADLINE.get() {
-            Some(deadline) if Instant::now() >= deadline => Some(Dynamic::from("deadline")),
-            _ => None,
-        }
-    });
-    engine
-}
-
-fn validator(path: &Path) -> Result<jsonschema::Validator, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let schema: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    // A file:// base URI so that priced-order.v1's `order.v1.json#/$defs/customer` resolves.
-    let absolute = std::path::absolute(path).map_err(|e| e.to_string())?;
-    jsonschema::options()
-        .with_base_uri(format!("file://{}", absolute.display()))
-        .build(&schema)
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-impl Floor {
-    fn load(root: &Path) -> Result<Floor, String> {
-        let engine = sandbox();
-        let script_path = root.join("scripts/price.rhai");
-        let source = std::fs::read_to_string(&script_path)
-            .map_err(|e| format!("cannot read {}: {e}", script_path.display()))?;
-        let script = engine
-            .compile(&source)
-            .map_err(|e| format!("{}: {e}", script_path.display()))?;
-        let compile = |text: &'static str| jmespath::compile(text).map_err(|e| e.to_string());
-        Ok(Floor {
-            input: validator(&root.join("schemas/order.v1.json"))?,
-            output: validator(&root.join("schemas/priced-order.v1.json"))?,
-            transform: compile(TRANSFORM)?,
-            filter: compile(FILTER)?,
-            when: compile(WHEN)?,
-            engine,
-            script,
-        })
-    }
-
-    /// The steps of the flow for the bytes of one file.
-    fn handle(&self, name: &str, body: &[u8]) -> Result<Routed, String> {
-        let order: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-        if !self.input.is_valid(&order) {
-            let violations: Vec<String> = self
-                .input
-                .iter_errors(&order)
-                .map(|e| e.to_string())
-                .collect();
-            return Err(violations.join("; "));
-        }
-        let text = |e: &dyn std::fmt::Display| e.to_string();
-
-        let shaped = search(&self.transform, &json_to_jmes(&order))?;
-        let mut payload = jmes_to_json(&shaped)?;
-
-        let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        if let Value::Object(map) = &mut payload {
-            map.insert("received_at".to_owned(), Value::String(received_at.clone()));
-        }
-
-        // `payload` mutable and `meta` read-only, as in sluice.
-        let mut scope = Scope::new();
-        scope.push_dynamic("payload", json_to_rhai(&payload)?);
-        let mut meta = rhai::Map::new();
-        meta.insert("flow".into(), Dynamic::from("order-intake".to_owned()));
-        meta.insert("file.name".into(), Dynamic::from(name.to_owned()));
-        meta.insert("received_at".into(), Dynamic::from(received_at));
-        scope.push_constant("meta", meta);
-        DEADLINE.set(Some(Instant::now() + SCRIPT_DEADLINE));
-        let ran = self
-            .engine
-            .eval_ast_with_scope::<Dynamic>(&mut scope, &self.script);
-        DEADLINE.set(None);
-        let returned = ran.map_err(|e| text(&e))?;
-        let result = if returned.is_unit() {
-            scope.get_value::<Dynamic>("payload").unwrap_or_default()
-        } else {
-            returned
-        };
-        let priced = rhai_to_json(&result)?;
-
-        let data = json_to_jmes(&priced);
-        if search(&self.filter, &data)?
-            .as_number()
-            .is_none_or(|n| n <= 0.0)
-        {
-            return Ok(Routed::Filtered);
-        }
-        let express = search(&self.when, &data)?.is_truthy();
-
-        if !self.output.is_valid(&priced) {
-            let violations: Vec<String> = self
-                .output
-                .iter_errors(&priced)
-                .map(|e| e.to_string())
-                .collect();
-            return Err(violations.join("; "));
-        }
-        let order_id = match priced.get("order_id") {
-            Some(Value::String(id)) => id.clone(),
-            _ => return Err("no order_id".to_owned()),
-        };
-        let bytes = serde_json::to_vec(&priced).map_err(|e| text(&e))?;
-        Ok(if express {
-            Routed::Express(order_id, bytes)
-        } else {
-            Routed::Standard(order_id, bytes)
-        })
-    }
+/// The steps of the flow for the bytes of one file.
+fn handle(flow: &OrderIntake, name: &str, body: &[u8]) -> Result<Routed, String> {
+    let order: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let priced = match flow.run(&order, &[("flow", "order-intake"), ("file.name", name)]) {
+        Ok(Some(priced)) => priced,
+        Ok(None) => return Ok(Routed::Filtered),
+        Err(Refused::Input(why) | Refused::Step(why) | Refused::Output(why)) => return Err(why),
+    };
+    let order_id = match priced.value.get("order_id") {
+        Some(Value::String(id)) => id.clone(),
+        _ => return Err("no order_id".to_owned()),
+    };
+    Ok(if priced.express {
+        Routed::Express(order_id, priced.bytes)
+    } else {
+        Routed::Standard(order_id, priced.bytes)
+    })
 }
 
 struct Folders {
@@ -221,14 +81,14 @@ fn write_file(folder: &Path, name: &str, bytes: &[u8], temp: &str) -> std::io::R
 }
 
 /// One file, from claim to archive.
-fn one(floor: &Floor, dirs: &Folders, name: &str, temp: &str) -> Result<(), String> {
+fn one(flow: &OrderIntake, dirs: &Folders, name: &str, temp: &str) -> Result<(), String> {
     let claimed = dirs.inflight.join(name);
     std::fs::rename(dirs.inbox.join(name), &claimed).map_err(|e| format!("claim: {e}"))?;
     let bytes = std::fs::read(&claimed).map_err(|e| format!("read: {e}"))?;
     let write = |folder: &Path, id: &str, bytes: &[u8]| {
         write_file(folder, &format!("{id}.json"), bytes, temp).map_err(|e| format!("write: {e}"))
     };
-    match floor.handle(name, &bytes)? {
+    match handle(flow, name, &bytes)? {
         Routed::Express(id, out) => write(&dirs.express, &id, &out)?,
         Routed::Standard(id, out) => write(&dirs.standard, &id, &out)?,
         Routed::Filtered => {}
@@ -258,7 +118,7 @@ fn main() {
             _ => usage(),
         }
     }
-    let floor = Floor::load(&root).unwrap_or_else(|e| {
+    let floor = OrderIntake::load(&root).unwrap_or_else(|e| {
         eprintln!("drain_floor: {e}");
         std::process::exit(1)
     });

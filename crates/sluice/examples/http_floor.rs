@@ -9,15 +9,16 @@
 //! 4. add `received_at` (RFC 3339, ms, UTC), what the flow's `set` step does with
 //!    `meta('received_at')`;
 //! 5. run `scripts/price.rhai` in a Rhai engine with sluice's sandbox settings;
-//! 6. JMESPath filter `length(lines) > `0`` (204 when false) and route predicate
-//!    `priority == 'high'`;
+//! 6. the filter `length(lines) > `0`` (JMESPath `length(lines)`, then `> 0`; 204 when
+//!    false) and the route predicate `priority == 'high'`;
 //! 7. validate against `schemas/priced-order.v1.json`, 500 on a violation;
 //! 8. serialize; with `--outbox DIR`, write it to `DIR/express/last.json` or
 //!    `DIR/standard/last.json` (as the route picks) under a temporary name and rename it over
 //!    the last one, on a blocking thread, as sluice's file sink with `on_conflict: overwrite`
 //!    does; answer 200 with the priced order.
 //!
-//! Payloads move between the libraries by direct walks (`bench/plain_convert.rs`), like the
+//! Steps 2–8 are `bench/floor.rs`'s `OrderIntake`, shared with `drain_floor` (direct walks
+//! between the payload forms), like the
 //! `plain_loop_sandboxed` case of `cargo bench -p sluice-engine --bench pipeline`. Nothing is
 //! logged per request and there are no metrics: that is what makes it a floor.
 //!
@@ -31,31 +32,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-#[path = "../../../bench/plain_convert.rs"]
-mod plain_convert;
-use plain_convert::{jmes_to_json, json_to_jmes, json_to_rhai, rhai_to_json, search};
-use rhai::{Dynamic, Engine, Scope};
+#[path = "../../../bench/floor.rs"]
+mod floor;
+use floor::{OrderIntake, Refused};
 use serde_json::{Value, json};
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-
-const TRANSFORM: &str = "{order_id: id, customer: customer, lines: lines, currency: currency}";
-const FILTER: &str = "length(lines) > `0`";
-const WHEN: &str = "priority == 'high'";
-
-/// sluice's defaults for `script_limits`.
-const MAX_OPERATIONS: u64 = 1_000_000;
-const SCRIPT_DEADLINE: Duration = Duration::from_secs(1);
-/// sluice looks at the deadline every 256 Rhai operations.
-const DEADLINE_CHECK_EVERY: u64 = 256;
-
-thread_local! {
-    // As in sluice: the progress callback is shared, so the deadline of the run on this
-    // thread lives in a thread-local.
-    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
-}
 
 /// A request answered with an error: its status, the error kind and the message.
 type Refusal = (StatusCode, &'static str, String);
@@ -63,61 +45,11 @@ type Refusal = (StatusCode, &'static str, String);
 struct Floor {
     /// Where the priced orders are written (`--outbox`); nowhere without it.
     outbox: Option<PathBuf>,
-    input: jsonschema::Validator,
-    output: jsonschema::Validator,
-    transform: jmespath::Expression<'static>,
-    filter: jmespath::Expression<'static>,
-    when: jmespath::Expression<'static>,
-    engine: Engine,
-    script: rhai::AST,
-}
-
-fn sandbox() -> Engine {
-    let mut engine = Engine::new();
-    engine
-        .set_max_operations(MAX_OPERATIONS)
-        .set_max_call_levels(32)
-        .set_max_expr_depths(64, 32)
-        .set_max_string_size(1 << 20)
-        .set_max_array_size(100_000)
-        .set_max_map_size(10_000)
-        .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
-    engine.disable_symbol("eval");
-    engine.on_progress(|operations| {
-        if operations % DEADLINE_CHECK_EVERY != 0 {
-            return None;
-        }
-        match DEADLINE.get() {
-            Some(deadline) if Instant::now() >= deadline => Some(Dynamic::from("deadline")),
-            _ => None,
-        }
-    });
-    engine
-}
-
-fn validator(path: &Path) -> Result<jsonschema::Validator, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let schema: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    // A file:// base URI so that priced-order.v1's `order.v1.json#/$defs/customer` resolves.
-    let absolute = std::path::absolute(path).map_err(|e| e.to_string())?;
-    jsonschema::options()
-        .with_base_uri(format!("file://{}", absolute.display()))
-        .build(&schema)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    flow: OrderIntake,
 }
 
 impl Floor {
     fn load(root: &Path, outbox: Option<PathBuf>) -> Result<Floor, String> {
-        let engine = sandbox();
-        let script_path = root.join("scripts/price.rhai");
-        let source = std::fs::read_to_string(&script_path)
-            .map_err(|e| format!("cannot read {}: {e}", script_path.display()))?;
-        let script = engine
-            .compile(&source)
-            .map_err(|e| format!("{}: {e}", script_path.display()))?;
-        let compile = |text| jmespath::compile(text).map_err(|e| e.to_string());
         if let Some(outbox) = &outbox {
             for sink in ["express", "standard"] {
                 std::fs::create_dir_all(outbox.join(sink))
@@ -126,95 +58,21 @@ impl Floor {
         }
         Ok(Floor {
             outbox,
-            input: validator(&root.join("schemas/order.v1.json"))?,
-            output: validator(&root.join("schemas/priced-order.v1.json"))?,
-            transform: compile(TRANSFORM)?,
-            filter: compile(FILTER)?,
-            when: compile(WHEN)?,
-            engine,
-            script,
+            flow: OrderIntake::load(root)?,
         })
     }
 
     /// The request path after the HTTP layer: Ok(Some((body, express))) for 200, Ok(None)
     /// for 204.
     fn handle(&self, body: &[u8]) -> Result<Option<(Vec<u8>, bool)>, Refusal> {
-        let fail = |status, kind, message: String| (status, kind, message);
         let order: Value = serde_json::from_slice(body)
-            .map_err(|e| fail(StatusCode::BAD_REQUEST, "trigger", e.to_string()))?;
-        if !self.input.is_valid(&order) {
-            let violations: Vec<String> = self
-                .input
-                .iter_errors(&order)
-                .map(|e| e.to_string())
-                .collect();
-            return Err(fail(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "contract",
-                violations.join("; "),
-            ));
+            .map_err(|e| (StatusCode::BAD_REQUEST, "trigger", e.to_string()))?;
+        match self.flow.run(&order, &[("flow", "order-intake-http")]) {
+            Ok(priced) => Ok(priced.map(|p| (p.bytes, p.express))),
+            Err(Refused::Input(why)) => Err((StatusCode::UNPROCESSABLE_ENTITY, "contract", why)),
+            Err(Refused::Step(why)) => Err((StatusCode::INTERNAL_SERVER_ERROR, "step", why)),
+            Err(Refused::Output(why)) => Err((StatusCode::INTERNAL_SERVER_ERROR, "contract", why)),
         }
-        let internal = |e: String| fail(StatusCode::INTERNAL_SERVER_ERROR, "step", e);
-
-        // transform
-        let data = json_to_jmes(&order);
-        let shaped = search(&self.transform, &data).map_err(|e| internal(e.to_string()))?;
-        let mut payload = jmes_to_json(&shaped).map_err(internal)?;
-
-        // set received_at
-        let received_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        if let Value::Object(map) = &mut payload {
-            map.insert("received_at".to_owned(), Value::String(received_at.clone()));
-        }
-
-        // script, with `payload` mutable and `meta` read-only, as in sluice
-        let mut scope = Scope::new();
-        scope.push_dynamic("payload", json_to_rhai(&payload).map_err(internal)?);
-        let mut meta = rhai::Map::new();
-        meta.insert("flow".into(), Dynamic::from("order-intake-http".to_owned()));
-        meta.insert("received_at".into(), Dynamic::from(received_at));
-        scope.push_constant("meta", meta);
-        DEADLINE.set(Some(Instant::now() + SCRIPT_DEADLINE));
-        let ran = self
-            .engine
-            .eval_ast_with_scope::<Dynamic>(&mut scope, &self.script);
-        DEADLINE.set(None);
-        let returned = ran.map_err(|e| internal(e.to_string()))?;
-        let result = if returned.is_unit() {
-            scope.get_value::<Dynamic>("payload").unwrap_or_default()
-        } else {
-            returned
-        };
-        let priced = rhai_to_json(&result).map_err(internal)?;
-
-        // filter and route
-        let data = json_to_jmes(&priced);
-        let keep = search(&self.filter, &data)
-            .map_err(|e| internal(e.to_string()))?
-            .is_truthy();
-        if !keep {
-            return Ok(None);
-        }
-        let express = search(&self.when, &data)
-            .map_err(|e| internal(e.to_string()))?
-            .is_truthy();
-
-        // output contract, then serialize
-        if !self.output.is_valid(&priced) {
-            let violations: Vec<String> = self
-                .output
-                .iter_errors(&priced)
-                .map(|e| e.to_string())
-                .collect();
-            return Err(fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "contract",
-                violations.join("; "),
-            ));
-        }
-        serde_json::to_vec(&priced)
-            .map(|bytes| Some((bytes, express)))
-            .map_err(|e| internal(e.to_string()))
     }
 }
 

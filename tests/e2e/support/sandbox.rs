@@ -142,6 +142,21 @@ pub fn file_names(dir: &Path) -> BTreeSet<String> {
 }
 
 /// Number of regular, non-dot files directly in `dir` (0 when it does not exist).
+/// Copies a folder and everything in it (an example or the repository's sample folders into
+/// a sandbox).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 pub fn count_files(dir: &Path) -> usize {
     file_names(dir).len()
 }

@@ -112,9 +112,17 @@ impl<'a> Sidecar<'a> {
         })
     }
 
-    /// The sidecar as the JSON document written next to the file.
+    /// The sidecar as the JSON document written next to the file. Its fields are strings,
+    /// numbers and lists of them, so serializing cannot fail; were it to, the sidecar still
+    /// names the file, the message and the first error instead of being `null`.
     pub(super) fn to_value(&self) -> serde_json::Value {
-        // Plain structs of strings and numbers: serializing them cannot fail.
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        serde_json::to_value(self).unwrap_or_else(|e| {
+            serde_json::json!({
+                "file": self.file,
+                "message_id": self.error.message_id,
+                "message": self.error.message,
+                "sidecar_error": format!("the rest of this sidecar could not be written: {e}"),
+            })
+        })
     }
 }

@@ -34,11 +34,7 @@ impl CompiledFlow {
         at: usize,
         mode: Mode<'_>,
     ) -> Option<Outcome> {
-        let original = self
-            .dead_letter
-            .as_ref()
-            .filter(|_| mode.dead_letter)
-            .map(|_| (exec.payload.snapshot(), exec.meta.clone()));
+        let original = self.original(&exec, mode);
         let fail_parent = children.fail_parent;
         // The children share the parent's hold; the parent settles when the last child does.
         let hold = exec.hold.take();

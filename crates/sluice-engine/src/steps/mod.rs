@@ -149,8 +149,10 @@ pub enum Run<'a> {
     Wait(StepFuture<'a>),
 }
 
+#[cfg(test)]
 impl Run<'_> {
-    /// The step's result, waiting for it when it has to.
+    /// The step's result, waiting for it when it has to (the runner matches in place, so
+    /// that a pure step's answer is not moved into one more future).
     pub async fn result(self) -> Result<Control, FlowError> {
         match self {
             Run::Done(result) => result,
