@@ -149,11 +149,14 @@ fn busy_scripts_of_one_flow_do_not_delay_another_flow() {
     for i in 0..n {
         sb.drop_json("inbox/busy", &format!("b-{i}.json"), &json!({ "id": i }));
     }
-    sluice.expect_within(secs(10), "the busy files are claimed", || {
-        sb.count("inbox/busy/.inflight") == n
+    // A file flow whose steps are local runs each file's message on the drain thread that
+    // claimed it, one drain per core (bench/README.md): the files are claimed as drains
+    // come free, so the first claim starts the measurement.
+    sluice.expect_within(secs(10), "the first busy files are claimed", || {
+        sb.count("inbox/busy/.inflight") > 0
     });
-    // The scripts spin for 2 s each, at most (cores - 1) at once: the first 1.5 s after the
-    // claim are busy throughout.
+    // The scripts spin for 2 s each, one per core at most: the first 1.5 s after the claim
+    // are busy throughout.
     let claimed = Instant::now();
     let mut slowest = Duration::ZERO;
     while claimed.elapsed() < millis(1500) {
@@ -217,8 +220,9 @@ fn script_concurrency_caps_the_runs_of_a_flow() {
     for i in 0..3 {
         sb.drop_json("inbox/capped", &format!("c-{i}.json"), &json!({ "id": i }));
     }
-    sluice.expect_within(secs(10), "the files are claimed", || {
-        sb.count("inbox/capped/.inflight") == 3
+    // Claimed as the drains (one per core) come free: the first claim starts the clock.
+    sluice.expect_within(secs(10), "the first file is claimed", || {
+        sb.count("inbox/capped/.inflight") > 0
     });
     let claimed = Instant::now();
     sluice.expect_within(secs(5), "the first run fails", || {

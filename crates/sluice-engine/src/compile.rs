@@ -157,6 +157,9 @@ pub fn compile(
         .map(|q| q.value)
         .unwrap_or(concurrency * 4);
     let version = version_hash(&flow.source, &cx.dependencies);
+    let in_place = steps.in_place()
+        && sinks.values().all(|sink| sink.in_place())
+        && dead_letter.as_ref().is_none_or(|sink| sink.in_place());
     Ok(CompiledFlow {
         name: flow.name.clone(),
         version,
@@ -188,6 +191,7 @@ pub fn compile(
             .find(|k| matches!(*k, "split" | "aggregate")),
         stateful: cx.stateful,
         warnings: cx.warnings,
+        in_place,
     })
 }
 

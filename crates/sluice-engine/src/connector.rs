@@ -4,9 +4,8 @@
 //! engine's, written once here and in [`crate::flow`].
 
 use crate::error::{ErrorEnvelope, FlowError};
-use crate::flow::CompiledFlow;
 use crate::message::{Message, Meta, Payload};
-use arc_swap::ArcSwap;
+use crate::workers::Workers;
 use async_trait::async_trait;
 use sluice_flow::{Diagnostic, LoadedFlow, SinkConfig, Span, Spanned, TriggerConfig};
 
@@ -36,6 +35,14 @@ pub trait Sink: Send + Sync {
 
     /// Where `write` would put this message (for `sluice exec`), without writing anything.
     fn target(&self, out: &mut Outgoing) -> Result<String, FlowError>;
+
+    /// Whether a write is local and bounded (a file into a folder), so that a message may be
+    /// written on the thread that read it ([`crate::in_place`]); the sink then writes there,
+    /// without a hand-off, when [`crate::in_place::may_block`] says so. Sinks that wait for
+    /// a server say no.
+    fn in_place(&self) -> bool {
+        false
+    }
 }
 
 /// How one message ended, reported back to its trigger.
@@ -224,8 +231,9 @@ pub struct Inlet {
     flow: Arc<str>,
     tx: mpsc::Sender<Envelope>,
     health: Health,
-    /// The flow's running version, for the failures a trigger finds itself.
-    current: Option<Arc<ArcSwap<CompiledFlow>>>,
+    /// The flow's workers: its running version (for the failures a trigger finds itself)
+    /// and its slots (for messages run in place).
+    workers: Option<Arc<Workers>>,
 }
 
 impl Inlet {
@@ -235,13 +243,13 @@ impl Inlet {
             flow: flow.into(),
             tx,
             health,
-            current: None,
+            workers: None,
         }
     }
 
-    /// The same inlet, feeding the flow whose running version `current` holds.
-    pub(crate) fn for_flow(mut self, current: Arc<ArcSwap<CompiledFlow>>) -> Self {
-        self.current = Some(current);
+    /// The same inlet, feeding the flow that `workers` run.
+    pub(crate) fn for_flow(mut self, workers: Arc<Workers>) -> Self {
+        self.workers = Some(workers);
         self
     }
 
@@ -250,9 +258,9 @@ impl Inlet {
     /// id, so it reads, and is found in the logs, like every other failure.
     pub fn envelope(&self, error: &FlowError) -> ErrorEnvelope {
         let version = self
-            .current
+            .workers
             .as_ref()
-            .map(|current| current.load().version.clone())
+            .map(|workers| workers.current.load().version.clone())
             .unwrap_or_default();
         let message_id = uuid::Uuid::now_v7().to_string();
         ErrorEnvelope::new(&self.flow, &version, &message_id, error, 1)
@@ -293,6 +301,21 @@ impl Inlet {
     /// the flow is stopping; the envelope comes back so the caller can release its source.
     pub async fn send(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
         self.tx.send(envelope).await.map_err(|e| Box::new(e.0))
+    }
+
+    /// Runs a message here, to its acknowledgement, when the caller is on a thread that may
+    /// block ([`crate::in_place::block_on`]) and the flow's running version does only local
+    /// work ([`crate::CompiledFlow::in_place`]); queues it like [`Inlet::send`] otherwise. The
+    /// message takes one of the flow's `concurrency` slots either way, and shutdown waits
+    /// for it the same. Fails only when the flow is stopping.
+    pub async fn process_here(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
+        match &self.workers {
+            Some(workers) if crate::in_place::may_block() && workers.current.load().in_place => {
+                workers.run_here(envelope).await;
+                Ok(())
+            }
+            _ => self.send(envelope).await,
+        }
     }
 }
 

@@ -146,6 +146,10 @@ pub struct CompiledFlow {
     /// Problems that do not stop the flow, such as a script whose last call's result is
     /// ignored (printed by `sluice check`).
     pub warnings: Vec<sluice_flow::Diagnostic>,
+    /// Whether every step and sink (the dead letter too) does local, bounded work, so that
+    /// a trigger reading on a blocking thread may run a message there, to its end
+    /// ([`crate::Inlet::process_here`]).
+    pub in_place: bool,
 }
 
 impl CompiledFlow {

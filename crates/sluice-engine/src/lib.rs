@@ -11,8 +11,8 @@
 
 // The modules are the engine's own; what connectors and the binary use is re-exported
 // below, so the seams inside can move without breaking them. `testing` (for tests of
-// triggers and flows) and `directory` (the process's flows by name, for `call`) are
-// namespaces on purpose.
+// triggers and flows), `directory` (the process's flows by name, for `call`) and
+// `in_place` (running a message on the thread that read it) are namespaces on purpose.
 mod breaker;
 mod compile;
 mod connector;
@@ -25,6 +25,7 @@ mod flow;
 mod hold;
 mod http_client;
 mod http_url;
+pub mod in_place;
 mod message;
 mod registry;
 mod retry;

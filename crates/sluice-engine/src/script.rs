@@ -1,7 +1,7 @@
 //! The Rhai sandbox: operation, depth and size limits, a wall-clock deadline, no modules,
-//! no `sleep`, `print`/`debug` to the log. Scripts run on tokio's blocking pool, never on
-//! the threads that serve I/O and the other flows, at most `script_limits.concurrency` of a
-//! flow at once.
+//! no `sleep`, `print`/`debug` to the log. Scripts run on tokio's blocking pool (or in place
+//! on the blocking thread that read their message, `in_place.rs`), never on the threads that
+//! serve I/O and the other flows, at most `script_limits.concurrency` of a flow at once.
 
 use crate::error::{ErrorKind, FlowError};
 use crate::message::Ids;
@@ -142,8 +142,8 @@ impl Sandbox {
         }
     }
 
-    /// Runs a script like [`Sandbox::run`], but on the blocking pool, under one of the
-    /// flow's permits, and never past its deadline (plus [`OVERRUN_GRACE`]): should a run
+    /// Runs a script like [`Sandbox::run`], but on the blocking pool (or in place, on a
+    /// thread that may block: [`crate::in_place::may_block`]), under one of the flow's permits, and never past its deadline (plus [`OVERRUN_GRACE`]): should a run
     /// not come back in time, the message fails and the permit stays taken until the run
     /// ends, so that a stuck script still counts against the flow's share.
     pub async fn run_isolated(
@@ -159,6 +159,14 @@ impl Sandbox {
                 "internal: the flow's script permits are closed",
             ));
         };
+        if crate::in_place::may_block() {
+            // Already on a thread that serves no I/O (a trigger's reading thread, running the
+            // message in place): the hand-off to the blocking pool would only cost. The
+            // deadline holds the same, through the progress callback; `sleep` is not there.
+            let result = self.run(ast, uses_meta, payload, meta);
+            drop(permit);
+            return result;
+        }
         let (sandbox, ast, meta) = (self.clone(), ast.clone(), meta.clone());
         let mut owned = std::mem::replace(payload, Payload::from_json(serde_json::Value::Null));
         let task = tokio::task::spawn_blocking(move || {

@@ -1,9 +1,12 @@
-//! The drain: one blocking task does the trigger's file work in a row, for as long as there
-//! is any: it moves finished files out of `.inflight/` (first, since that frees their slots),
+//! The drain: a blocking task does the trigger's file work in a row, for as long as there is
+//! any: it moves finished files out of `.inflight/` (first, since that frees their slots),
 //! and takes the ready files one after the other (waits for a free slot, claims the file by
-//! renaming it into `.inflight/`, reads it and queues its messages), instead of a task and a
-//! `spawn_blocking` for every read and every move. The flow's bounded queue paces it: it
-//! claims a file only once the queue took the last one's messages.
+//! renaming it into `.inflight/`, reads it and hands its messages on), instead of a task and
+//! a `spawn_blocking` for every read and every move. When the flow does only local work
+//! (`CompiledFlow::in_place`: no network step or sink) and a file holds one record, the
+//! drain runs its message right there, to its end, and one drain per core runs; otherwise it
+//! queues the messages and the flow's bounded queue paces it: it claims a file only once the
+//! queue took the last one's messages.
 
 use super::claim::{Claim, Summary};
 use super::emit::{Busy, Read, Unread, emit};
@@ -57,8 +60,8 @@ pub(super) struct Queue {
     /// Names claimed since the scanner last asked: the gate forgets them, so that a new file
     /// of the same name is gated afresh.
     claimed: Vec<String>,
-    /// Whether a drain task is running.
-    running: bool,
+    /// How many drain tasks are running.
+    running: usize,
 }
 
 impl Queue {
@@ -79,6 +82,13 @@ impl Queue {
     }
 }
 
+/// Drain tasks at most: one per core, since a drain runs its files' messages in place
+/// (when the flow allows it) and so does all of their work; more would only contend.
+fn drains() -> usize {
+    static DRAINS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *DRAINS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
+}
+
 /// What the drain task does next.
 enum Work {
     Move(Vec<Finish>),
@@ -86,7 +96,7 @@ enum Work {
 }
 
 impl Shared {
-    /// Adds ready files and starts the drain unless it is running.
+    /// Adds ready files and starts a drain unless enough are running.
     pub(super) fn push(self: &Arc<Self>, files: impl IntoIterator<Item = Next>) {
         let start = {
             let mut queue = lock(&self.queue);
@@ -109,7 +119,7 @@ impl Shared {
         self.start_if(start);
     }
 
-    /// Starts the drain if there is work and none is running.
+    /// Starts a drain if there is work and fewer than [`drains`] are running.
     pub(super) fn kick(self: &Arc<Self>) {
         let start = self.should_start(&mut lock(&self.queue));
         self.start_if(start);
@@ -118,10 +128,10 @@ impl Shared {
     fn should_start(&self, queue: &mut Queue) -> bool {
         let work =
             !queue.finished.is_empty() || !queue.files.is_empty() && !self.stop.is_cancelled();
-        if queue.running || !work {
+        if queue.running >= drains() || !work {
             return false;
         }
-        queue.running = true;
+        queue.running += 1;
         true
     }
 
@@ -143,7 +153,7 @@ impl Shared {
                     match queue.files.pop_front() {
                         Some(next) if !self.stop.is_cancelled() => Work::Take(next),
                         _ => {
-                            queue.running = false;
+                            queue.running -= 1;
                             return;
                         }
                     }
@@ -197,7 +207,8 @@ impl Shared {
         };
         let path = self.inflight.join(&busy.name);
         let read = read(&path, size_hint, self);
-        self.runtime.block_on(emit(busy, read, &inlet, &self.stop));
+        // The messages run here when the flow does only local work (`emit.rs`).
+        sluice_engine::in_place::block_on(&self.runtime, emit(busy, read, &inlet, &self.stop));
     }
 
     /// Claims a ready file by renaming it into `.inflight/` (a recovered one already is).

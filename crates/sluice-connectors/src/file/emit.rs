@@ -109,6 +109,7 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
     // The file is one batch: the engine notices when every message of it has settled
     // (`aggregate … end_of_batch`). A new batch per claim: a redelivered file is a new batch.
     let batch = Batch::new(records.len());
+    let single = records.len() == 1;
     let (batch_id, batch_size) = (batch.id.to_string(), batch.size.to_string());
     for record in records {
         if stop.is_cancelled() {
@@ -143,7 +144,15 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
             source_line: record.source_line,
         });
         let envelope = Envelope::new(message, ack).in_batch(batch);
-        if inlet.send(envelope).await.is_err() {
+        // A file of one record runs here, to its end, when the flow allows it
+        // (`Inlet::process_here`): no hand-off to a worker. The records of a larger file go
+        // to the workers, so that they run `concurrency` at once.
+        let handed = if single {
+            inlet.process_here(envelope).await
+        } else {
+            inlet.send(envelope).await
+        };
+        if handed.is_err() {
             return;
         }
     }

@@ -161,8 +161,13 @@ impl Sink for FileSink {
         };
         let name = self.render_name(out)?;
         let bytes = serialize(self.format, &mut out.payload)?;
-        let (folder, flow) = (self.folder.clone(), self.flow.clone());
         let (on_conflict, fsync) = (self.on_conflict, self.fsync);
+        if sluice_engine::in_place::may_block() {
+            // The message runs on the thread that read it, which may block: no hand-off.
+            clean_once(&self.folder, &self.flow);
+            return write_file(&self.folder, &name, &bytes, on_conflict, fsync).map(|_| ());
+        }
+        let (folder, flow) = (self.folder.clone(), self.flow.clone());
         let written = tokio::task::spawn_blocking(move || {
             // Before the first write of this process: what a killed run left behind goes.
             clean_once(&folder, &flow);
@@ -176,6 +181,11 @@ impl Sink for FileSink {
     fn target(&self, out: &mut Outgoing) -> Result<String, FlowError> {
         let name = self.render_name(out)?;
         Ok(self.folder.join(name).display().to_string())
+    }
+    // A write that waits for the disk (`fsync`) runs on the blocking pool, so that the
+    // flow's `concurrency` writes wait at once rather than one per drain.
+    fn in_place(&self) -> bool {
+        !self.fsync
     }
 }
 

@@ -8,6 +8,7 @@ use super::{Candidate, Registry, RunningFlow, State, Tasks, drain};
 use crate::connector::{Health, Inlet};
 use crate::flow::run_workers;
 use crate::stats::FlowStats;
+use crate::workers::Workers;
 use arc_swap::ArcSwap;
 use sluice_flow::{Diagnostic, load_flow_file};
 use std::path::Path;
@@ -274,11 +275,13 @@ impl Registry {
         ));
         let name = compiled.name.clone();
         let current = Arc::new(ArcSwap::from_pointee(compiled));
-        let inlet = Inlet::new(&name, tx, health.clone()).for_flow(current.clone());
+        let span = tracing::info_span!("flow", flow = %name);
+        let workers = Workers::new(current.clone(), concurrency, stats, span.clone());
+        let inlet = Inlet::new(&name, tx, health.clone()).for_flow(workers.clone());
         crate::directory::register(&name, current.clone());
         let workers = tokio::spawn(tracing::Instrument::instrument(
-            run_workers(rx, current.clone(), concurrency, stats),
-            tracing::info_span!("flow", flow = %name),
+            run_workers(rx, workers),
+            span,
         ));
         let stop = CancellationToken::new();
         let trigger = match trigger {

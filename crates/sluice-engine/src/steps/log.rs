@@ -21,6 +21,10 @@ impl Step for Log {
     fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
         Run::Done(self.apply(exec))
     }
+
+    fn in_place(&self) -> bool {
+        true
+    }
 }
 
 impl Log {

@@ -166,6 +166,14 @@ impl Run<'_> {
 pub trait Step: Send + Sync {
     /// Runs the step on one message.
     fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a>;
+
+    /// Whether the step only computes (or runs a script, bounded by its deadline), so that a
+    /// message may run it on the thread that read it ([`crate::in_place`]). Steps that wait
+    /// for the network, a timer or other messages say no: in place, they would hold the
+    /// reading thread and take away the flow's concurrency.
+    fn in_place(&self) -> bool {
+        false
+    }
 }
 
 /// A step whose state outlives one message (aggregate groups), told about the flow's life.
@@ -208,6 +216,11 @@ impl Steps {
     /// True when there are no steps.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
+    }
+
+    /// Whether every step may run in place ([`Step::in_place`]).
+    pub fn in_place(&self) -> bool {
+        self.steps.iter().all(|(_, step, _)| step.in_place())
     }
 
     /// Runs every step in order until one drops the message, forks it or fails.

@@ -22,6 +22,10 @@ impl Step for Reply {
     fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
         Run::Done(self.apply(exec))
     }
+
+    fn in_place(&self) -> bool {
+        true
+    }
 }
 
 impl Reply {

@@ -68,6 +68,13 @@ impl Step for Route {
             Ok(None) => Run::Done(Ok(Control::Continue)),
         }
     }
+
+    fn in_place(&self) -> bool {
+        self.arms.iter().all(|(_, arm)| match &arm.action {
+            RouteAction::Deliver(_) => true,
+            RouteAction::Steps(steps) => steps.in_place(),
+        })
+    }
 }
 
 /// Compiles `route:`; `path` labels the arms (`steps[2].route[0]`) and their nested steps.

@@ -7,9 +7,9 @@ use sluice_flow::{Diagnostic, Span, Spanned, Text};
 use std::path::Path;
 use std::sync::Arc;
 
-/// `script: <rhai>` — runs a sandboxed Rhai script over the payload, on the blocking pool
-/// (see [`Sandbox::run_isolated`]), so that a busy script never holds up the threads that
-/// serve I/O and the other flows.
+/// `script: <rhai>` — runs a sandboxed Rhai script over the payload, on the blocking pool or
+/// on the blocking thread that read the message (see [`Sandbox::run_isolated`]), so that a
+/// busy script never holds up the threads that serve I/O and the other flows.
 pub struct Script {
     sandbox: Arc<Sandbox>,
     // Shared with the thread that runs it.
@@ -37,6 +37,12 @@ impl Step for Script {
                 .await?;
             Ok(Control::Continue)
         }))
+    }
+
+    // A script is bounded by its deadline; in place it runs on the reading thread, which
+    // serves no I/O (see `Sandbox::run_isolated`).
+    fn in_place(&self) -> bool {
+        true
     }
 }
 

@@ -24,6 +24,10 @@ impl Step for Set {
     fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
         Run::Done(self.apply(exec))
     }
+
+    fn in_place(&self) -> bool {
+        true
+    }
 }
 
 impl Set {

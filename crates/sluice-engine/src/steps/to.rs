@@ -29,6 +29,10 @@ impl Step for To {
     fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
         Run::Done(self.apply(exec))
     }
+
+    fn in_place(&self) -> bool {
+        true
+    }
 }
 
 impl To {

@@ -27,6 +27,10 @@ impl Step for TryCatch {
     fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
         Run::Wait(Box::pin(self.wait(exec)))
     }
+
+    fn in_place(&self) -> bool {
+        self.body.in_place() && self.handler.in_place()
+    }
 }
 
 impl TryCatch {

@@ -73,6 +73,10 @@ impl Step for Wiretap {
     fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
         Run::Done(self.apply(exec))
     }
+
+    fn in_place(&self) -> bool {
+        true
+    }
 }
 
 impl Wiretap {
