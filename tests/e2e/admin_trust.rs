@@ -300,17 +300,6 @@ fn churn_flow() -> String {
     flow
 }
 
-/// Resident memory (VmRSS) of a process, in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
 /// Feeds `files` ndjson files one at a time (each done before the next) into the churn flow;
 /// returns the RSS after each.
 fn feed(sluice: &mut Sluice, sb: &Sandbox, first: usize, files: usize) -> Vec<u64> {

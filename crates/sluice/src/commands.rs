@@ -98,6 +98,7 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(crate::allocator::on_park)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {

@@ -1,6 +1,7 @@
 //! `sluice`: run, check, test and try integration flows written in YAML.
 
 mod admin;
+mod allocator;
 mod cli;
 mod commands;
 mod logging;
@@ -8,13 +9,6 @@ mod metrics_recorder;
 
 use clap::Parser;
 use std::process::ExitCode;
-
-/// The process allocator. With glibc's malloc a third of the CPU time on the broker path went
-/// to its arena locks and free-list consolidation (perf, bench/README.md); mimalloc's
-/// thread-local heaps avoid both.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
