@@ -71,9 +71,10 @@ pub fn rename_new(claimed: &Path, folder: &Path, name: &str) -> io::Result<PathB
     Ok(to)
 }
 
-/// `rename` that fails with `AlreadyExists` instead of replacing `to`.
+/// `rename` that fails with `AlreadyExists` instead of replacing `to` (`EINVAL` or `ENOSYS`
+/// where the filesystem or the system cannot).
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub(super) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
     let to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
@@ -95,7 +96,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn rename_noreplace(_: &Path, _: &Path) -> io::Result<()> {
+pub(super) fn rename_noreplace(_: &Path, _: &Path) -> io::Result<()> {
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 

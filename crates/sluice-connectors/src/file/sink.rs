@@ -244,8 +244,11 @@ fn write_file(
         })?;
         target
     } else {
-        let result = place(folder, name, &tmp, bytes, on_conflict);
-        let _ = std::fs::remove_file(&tmp);
+        let mut moved = false;
+        let result = place(folder, name, &tmp, bytes, on_conflict, &mut moved);
+        if !moved {
+            let _ = std::fs::remove_file(&tmp);
+        }
         result?
     };
     if fsync {
@@ -269,18 +272,42 @@ fn sync_folder(folder: &Path) -> io::Result<()> {
     std::fs::File::open(folder)?.sync_all()
 }
 
-/// Links the temporary file to its final name without ever replacing another file silently.
+/// Where the filesystem cannot rename without replacing (`RENAME_NOREPLACE`): found once.
+static NO_NOREPLACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Gives `tmp` the name `target` unless that name exists: one rename that refuses to replace,
+/// or, where the filesystem has none, a hard link (which fails if the name exists too; the
+/// temporary name then stays). Either makes "create, never replace" atomic.
+fn take_name(tmp: &Path, target: &Path, moved: &mut bool) -> io::Result<()> {
+    use std::sync::atomic::Ordering;
+    if !NO_NOREPLACE.load(Ordering::Relaxed) {
+        match super::finish::rename_noreplace(tmp, target) {
+            Ok(()) => {
+                *moved = true;
+                return Ok(());
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                NO_NOREPLACE.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::hard_link(tmp, target)
+}
+
+/// Gives the temporary file its final name without ever replacing another file silently;
+/// `moved` says whether the temporary name is gone (renamed away) or left for the caller.
 fn place(
     folder: &Path,
     name: &str,
     tmp: &Path,
     bytes: &[u8],
     on_conflict: OnConflict,
+    moved: &mut bool,
 ) -> Result<PathBuf, FlowError> {
     for n in 0..10_000u32 {
         let target = folder.join(suffixed(name, n));
-        // A hard link fails if the name exists, which makes "create, never replace" atomic.
-        match std::fs::hard_link(tmp, &target) {
+        match take_name(tmp, &target, moved) {
             Ok(()) => return Ok(target),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if std::fs::read(&target).is_ok_and(|existing| existing == bytes) {
@@ -293,6 +320,7 @@ fn place(
                         std::fs::rename(tmp, &target).map_err(|e| {
                             io_failure(format!("cannot replace {}", target.display()), &e)
                         })?;
+                        *moved = true;
                         return Ok(target);
                     }
                     OnConflict::Error => {
