@@ -45,3 +45,4 @@ mod scale_out;
 mod script_sandbox;
 mod script_trust;
 mod shutdown;
+mod steps_stop;
