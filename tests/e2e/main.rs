@@ -23,6 +23,7 @@ mod brokers_nats;
 mod brokers_postgres;
 mod brokers_redis;
 mod cli;
+mod contract_formats;
 mod crash_recovery;
 mod eip_circuit_breaker;
 mod eip_dedupe;
