@@ -42,6 +42,7 @@ mod outbound_trust;
 mod readme_samples;
 mod reference_docs;
 mod reload_trust;
+mod scaffold;
 mod scale_out;
 mod script_sandbox;
 mod script_trust;

@@ -45,6 +45,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             flow,
             input,
         } => exec(&folders, &flow, &input),
+        Command::New {
+            what:
+                crate::cli::New::Flow {
+                    folders,
+                    name,
+                    trigger,
+                },
+        } => crate::scaffold::new_flow(&folders, &name, trigger),
         Command::Schema => {
             // Generated from the model; `schemas/sluice-flow.schema.json` is this output.
             out(sluice_flow::schema::flow_schema_text().trim_end());
