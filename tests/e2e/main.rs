@@ -47,4 +47,5 @@ mod scale_out;
 mod script_sandbox;
 mod script_trust;
 mod shutdown;
+mod sink_declare;
 mod steps_stop;
