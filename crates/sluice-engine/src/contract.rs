@@ -10,6 +10,8 @@ use std::sync::Arc;
 pub struct Contract {
     name: String,
     path: PathBuf,
+    /// The schema as loaded (published by `sluice openapi`).
+    schema: Value,
     validator: jsonschema::Validator,
 }
 
@@ -28,6 +30,11 @@ impl Contract {
     /// The schema file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The JSON Schema this contract checks against, as it was loaded.
+    pub fn schema(&self) -> &Value {
+        &self.schema
     }
 
     /// Checks a payload; the error lists every violation with its JSON pointer.
@@ -140,6 +147,7 @@ pub fn load_contract(
     Ok(Arc::new(Contract {
         name: reference.to_owned(),
         path,
+        schema,
         validator,
     }))
 }

@@ -98,6 +98,17 @@ pub enum Command {
     },
     /// Print the JSON Schema of the flow format.
     Schema,
+    /// Print the OpenAPI 3.1 document of every flow with an `http` trigger.
+    Openapi {
+        #[command(flatten)]
+        folders: Folders,
+        /// Flow files to describe (default: every flow in the flows folder).
+        files: Vec<PathBuf>,
+        /// A base URL of the listener for the document's `servers` (repeatable), e.g.
+        /// `--server https://api.example.com`.
+        #[arg(long = "server", value_name = "URL")]
+        servers: Vec<String>,
+    },
     /// Write something new from a template: `sluice new flow NAME --trigger http`.
     New {
         #[command(subcommand)]

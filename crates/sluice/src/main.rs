@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod logging;
 mod metrics_recorder;
+mod openapi;
 mod scaffold;
 
 use clap::Parser;
