@@ -167,8 +167,8 @@ fn http_sink_400_is_not_retried_and_goes_to_the_dead_letter() {
 
     let entry = only_json(&sb, "dead-letter/refused");
     assert_eq!(entry["message"], order, "the original message: {entry:#}");
-    assert_eq!(entry["error"]["kind"], "enrich", "{entry:#}");
-    assert_eq!(entry["error"]["upstream_status"], 503, "{entry:#}");
+    assert_eq!(entry["error"]["kind"], "sink", "{entry:#}");
+    assert_eq!(entry["error"]["upstream_status"], 400, "{entry:#}");
     assert_eq!(entry["error"]["flow"], "refused", "{entry:#}");
     assert_eq!(entry["error"]["attempts"], 1, "{entry:#}");
     assert!(
