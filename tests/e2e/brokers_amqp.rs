@@ -11,18 +11,18 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-const AMQP_PORT: u16 = 5672;
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub(crate) const AMQP_PORT: u16 = 5672;
+pub(crate) const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// A test-side RabbitMQ client.
-struct Amqp {
+/// A test-side RabbitMQ client (also used by `sink_declare`).
+pub(crate) struct Amqp {
     rt: tokio::runtime::Runtime,
     _connection: Connection,
     channel: lapin::Channel,
 }
 
 impl Amqp {
-    fn connect() -> Amqp {
+    pub(crate) fn connect() -> Amqp {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -64,7 +64,7 @@ impl Amqp {
 
     /// The passive declare of `queue`: (ready messages, consumers). Any error — the queue is
     /// missing, the connection is gone — fails the test rather than reading as "empty".
-    fn queue_state(&self, queue: &str) -> (u32, u32) {
+    pub(crate) fn queue_state(&self, queue: &str) -> (u32, u32) {
         self.rt.block_on(async {
             self.channel
                 .queue_declare(
@@ -97,11 +97,20 @@ impl Amqp {
         assert_eq!(state.0, 0, "{what}: messages left in {queue}");
     }
 
-    fn delete(&self, queue: &str) {
+    pub(crate) fn delete(&self, queue: &str) {
         self.rt.block_on(async {
             let _ = self
                 .channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+        });
+    }
+
+    pub(crate) fn delete_exchange(&self, exchange: &str) {
+        self.rt.block_on(async {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.into(), Default::default())
                 .await;
         });
     }
@@ -133,7 +142,7 @@ impl Amqp {
     }
 
     /// Takes up to 200 ready messages out of `queue`: (message id, correlation id, body).
-    fn drain(&self, queue: &str) -> Vec<(String, String, Value)> {
+    pub(crate) fn drain(&self, queue: &str) -> Vec<(String, String, Value)> {
         self.rt.block_on(async {
             let mut out = Vec::new();
             while out.len() < 200 {

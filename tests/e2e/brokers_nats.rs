@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const NATS_PORT: u16 = 4222;
+pub(crate) const NATS_PORT: u16 = 4222;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -18,14 +18,14 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// A test-side JetStream client.
-struct Js {
-    rt: tokio::runtime::Runtime,
-    js: jetstream::Context,
+/// A test-side JetStream client (also used by `sink_declare`).
+pub(crate) struct Js {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) js: jetstream::Context,
 }
 
 impl Js {
-    fn connect(port: u16) -> Js {
+    pub(crate) fn connect(port: u16) -> Js {
         let rt = runtime();
         let js = rt.block_on(async {
             let client = async_nats::ConnectOptions::new()
@@ -51,7 +51,7 @@ impl Js {
         });
     }
 
-    fn delete_stream(&self, name: &str) {
+    pub(crate) fn delete_stream(&self, name: &str) {
         self.rt.block_on(async {
             let _ = self.js.delete_stream(name).await;
         });
@@ -115,7 +115,7 @@ impl Js {
         })
     }
 
-    fn count(&self, stream_name: &str) -> u64 {
+    pub(crate) fn count(&self, stream_name: &str) -> u64 {
         self.rt.block_on(async {
             match self.js.get_stream(stream_name).await {
                 Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),

@@ -168,6 +168,7 @@ fn http_sink_400_is_not_retried_and_goes_to_the_dead_letter() {
     let entry = only_json(&sb, "dead-letter/refused");
     assert_eq!(entry["message"], order, "the original message: {entry:#}");
     assert_eq!(entry["error"]["kind"], "sink", "{entry:#}");
+    assert_eq!(entry["error"]["upstream_status"], 400, "{entry:#}");
     assert_eq!(entry["error"]["flow"], "refused", "{entry:#}");
     assert_eq!(entry["error"]["attempts"], 1, "{entry:#}");
     assert!(
@@ -296,7 +297,7 @@ steps:
       into: score
 errors:
   retry: { attempts: 2, backoff: 50ms, max_backoff: 200ms }
-  # The 500 is answered to the caller; this flow keeps such failures as well.
+  # The 502 is answered to the caller; this flow keeps such failures as well.
   dead_letter_answered: true
   dead_letter:
     file: { path: dead-letter/enrich-orders }
@@ -372,7 +373,8 @@ fn enrich_merges_the_response_and_propagates_the_correlation_id() {
     assert_eq!(seen[1].json(), json!({ "id": "c-1" }), "body from JMESPath");
     assert_eq!(seen[1].header("x-correlation-id"), Some("corr-e-1"));
 
-    // An endpoint that keeps failing with 503: retried (2 attempts), then a `sink` error.
+    // An endpoint that keeps failing with 503: retried (2 attempts), then an `enrich` error,
+    // answered as 502 with what the upstream said.
     let order = json!({ "id": "o-2", "customer": { "id": "c-bad", "country": "FR" } });
     let r = post_json(
         addr,
@@ -380,8 +382,9 @@ fn enrich_merges_the_response_and_propagates_the_correlation_id() {
         &[("x-correlation-id", "corr-e-bad")],
         &order,
     );
-    assert_eq!(r.status, 500, "{r}");
-    assert_eq!(r.json()["error"]["kind"], "sink", "{r}");
+    assert_eq!(r.status, 502, "{r}");
+    assert_eq!(r.json()["error"]["kind"], "enrich", "{r}");
+    assert_eq!(r.json()["error"]["upstream_status"], 503, "{r}");
     let bad: Vec<Recorded> = server
         .requests()
         .into_iter()
@@ -393,7 +396,8 @@ fn enrich_merges_the_response_and_propagates_the_correlation_id() {
     });
     let entry = only_json(&sb, "dead-letter/enrich-orders");
     assert_eq!(entry["message"], order, "{entry:#}");
-    assert_eq!(entry["error"]["kind"], "sink", "{entry:#}");
+    assert_eq!(entry["error"]["kind"], "enrich", "{entry:#}");
+    assert_eq!(entry["error"]["upstream_status"], 503, "{entry:#}");
     assert!(
         entry.to_string().contains("corr-e-bad"),
         "the correlation id is written into the dead-letter envelope: {entry:#}"

@@ -505,15 +505,17 @@ fn every_connector_key_is_documented_with_its_default() {
     let defs = &schema["$defs"];
     let flow_format = fs::read_to_string(repo().join("docs/flow-format.md")).unwrap();
     let operations = fs::read_to_string(repo().join("docs/http-and-operations.md")).unwrap();
-    let sections: [(&str, &str, &str); 17] = [
+    let sections: [(&str, &str, &str); 19] = [
         ("FileTriggerConfig", "flow-format", "## Trigger `file`"),
         ("CsvOptions", "flow-format", "## Trigger `file`"),
         ("FileSinkConfig", "flow-format", "## Sinks"),
         ("NatsTriggerConfig", "flow-format", "### `nats`"),
         ("NatsSinkConfig", "flow-format", "### `nats`"),
+        ("NatsCreateStream", "flow-format", "### `nats`"),
         ("ChannelConfig", "flow-format", "### `channel`"),
         ("AmqpTriggerConfig", "flow-format", "### `amqp`"),
         ("AmqpSinkConfig", "flow-format", "### `amqp`"),
+        ("AmqpDeclare", "flow-format", "### `amqp`"),
         ("MqttTriggerConfig", "flow-format", "### `mqtt`"),
         ("MqttSinkConfig", "flow-format", "### `mqtt`"),
         ("RedisTriggerConfig", "flow-format", "### `redis`"),

@@ -56,6 +56,7 @@ pub fn compile(
         sink_map: HashMap::new(),
         calls: Vec::new(),
         stateful: Vec::new(),
+        catch_depth: 0,
     };
     let build = BuildContext { flow };
     let file = &flow.file;

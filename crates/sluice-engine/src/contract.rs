@@ -10,6 +10,8 @@ use std::sync::Arc;
 pub struct Contract {
     name: String,
     path: PathBuf,
+    /// The schema as loaded (published by `sluice openapi`).
+    schema: Value,
     validator: jsonschema::Validator,
 }
 
@@ -28,6 +30,11 @@ impl Contract {
     /// The schema file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The JSON Schema this contract checks against, as it was loaded.
+    pub fn schema(&self) -> &Value {
+        &self.schema
     }
 
     /// Checks a payload; the error lists every violation with its JSON pointer.
@@ -121,9 +128,17 @@ pub fn load_contract(
         )
         .with_help("fix the JSON syntax of the schema file")
     })?;
+    let formats = check_formats(&schema).map_err(|message| {
+        Diagnostic::file(&path, message).with_help(format!(
+            "write `\"{FORMATS_SWITCH}\": false` to accept any string for a `format`, or remove the key to check formats"
+        ))
+    })?;
     let absolute = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
     let validator = jsonschema::options()
         .with_base_uri(format!("file://{}", absolute.display()))
+        // On by default whatever the draft: a contract that says `"format": "email"` means it
+        // (2019-09 and 2020-12 make `format` an annotation only, which lets typos through).
+        .should_validate_formats(formats)
         .build(&schema)
         .map_err(|e| {
             Diagnostic::file(&path, format!("the schema is not a valid JSON Schema: {e}"))
@@ -132,8 +147,24 @@ pub fn load_contract(
     Ok(Arc::new(Contract {
         name: reference.to_owned(),
         path,
+        schema,
         validator,
     }))
+}
+
+/// The key at the root of a contract that turns the checking of `format` off (`false`).
+pub const FORMATS_SWITCH: &str = "x-sluice-formats";
+
+/// Whether the contract checks `format`: `true` unless its root says
+/// `"x-sluice-formats": false`.
+fn check_formats(schema: &Value) -> Result<bool, String> {
+    match schema.get(FORMATS_SWITCH) {
+        None => Ok(true),
+        Some(Value::Bool(on)) => Ok(*on),
+        Some(other) => Err(format!(
+            "`{FORMATS_SWITCH}` must be true or false, not {other}"
+        )),
+    }
 }
 
 fn available_contracts(dir: &Path) -> Vec<String> {
@@ -191,5 +222,44 @@ mod tests {
                 .any(|h| h.contains("did you mean `order`")),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn formats_are_checked_unless_the_contract_turns_them_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let diag = |_: Option<Span>, m: String| Diagnostic::file("f", m);
+        for draft in [
+            "https://json-schema.org/draft/2020-12/schema",
+            "https://json-schema.org/draft/2019-09/schema",
+            "http://json-schema.org/draft-07/schema#",
+        ] {
+            std::fs::write(
+                dir.path().join("person.json"),
+                json!({"$schema": draft, "properties": {"email": {"format": "email"},
+                    "born": {"format": "date"}}})
+                .to_string(),
+            )
+            .unwrap();
+            let contract = load_contract("person", dir.path(), &diag, None).unwrap();
+            assert!(
+                contract
+                    .check(&json!({"email": "a@example.com", "born": "2001-02-03"}))
+                    .is_ok()
+            );
+            let err = contract
+                .check(&json!({"email": "not-an-email", "born": "yesterday"}))
+                .unwrap_err();
+            assert_eq!(err.violations.len(), 2, "{draft}: {err}");
+        }
+        std::fs::write(
+            dir.path().join("loose.json"),
+            r#"{"x-sluice-formats": false, "properties": {"email": {"format": "email"}}}"#,
+        )
+        .unwrap();
+        let loose = load_contract("loose", dir.path(), &diag, None).unwrap();
+        assert!(loose.check(&json!({"email": "not-an-email"})).is_ok());
+        std::fs::write(dir.path().join("odd.json"), r#"{"x-sluice-formats": "no"}"#).unwrap();
+        let odd = load_contract("odd", dir.path(), &diag, None).unwrap_err();
+        assert!(odd.to_string().contains("must be true or false"), "{odd}");
     }
 }

@@ -21,11 +21,14 @@ pub enum ErrorKind {
     Trigger,
     /// A `throttle` with `reject` refused the message (over its rate or concurrency).
     Throttle,
+    /// An `enrich` call failed: the service could not be reached or answered an error
+    /// status (in [`FlowError::upstream_status`]). A timeout stays a `timeout`.
+    Enrich,
 }
 
 impl ErrorKind {
     /// Every kind, as written in flow files.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Contract,
         ErrorKind::Transform,
         ErrorKind::Script,
@@ -33,6 +36,7 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::Trigger,
         ErrorKind::Throttle,
+        ErrorKind::Enrich,
     ];
 
     /// The name used in flow files, sidecars and metrics.
@@ -45,6 +49,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Trigger => "trigger",
             ErrorKind::Throttle => "throttle",
+            ErrorKind::Enrich => "enrich",
         }
     }
 
@@ -86,10 +91,12 @@ pub struct FlowError {
     pub retry_after: Option<std::time::Duration>,
     /// Attempts made before giving up (1 unless retried).
     pub attempts: u32,
+    /// The HTTP status an upstream service answered (an `enrich` call, an `http` sink).
+    pub upstream_status: Option<u16>,
 }
 
 impl FlowError {
-    /// An error of a kind; `sink` and `timeout` errors are retryable by default.
+    /// An error of a kind; `sink`, `enrich` and `timeout` errors are retryable by default.
     ///
     /// The message is redacted here, once, because it is printed in many places (log lines,
     /// envelopes, sidecars, the admin API, `sluice exec`): values from `${env:…}` become
@@ -100,9 +107,13 @@ impl FlowError {
             message: sluice_flow::secrets::redacted(&message.into()),
             step: None,
             violations: Vec::new(),
-            retryable: matches!(kind, ErrorKind::Sink | ErrorKind::Timeout),
+            retryable: matches!(
+                kind,
+                ErrorKind::Sink | ErrorKind::Timeout | ErrorKind::Enrich
+            ),
             retry_after: None,
             attempts: 1,
+            upstream_status: None,
         }
     }
 
@@ -184,6 +195,9 @@ pub struct ErrorEnvelope {
     pub violations: Vec<Violation>,
     /// Attempts made, the first included.
     pub attempts: u32,
+    /// The HTTP status the upstream service answered (`enrich`, `http` sink), when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
     /// When the message failed (RFC 3339, UTC).
     pub time: String,
     /// The message id.
@@ -218,6 +232,7 @@ impl ErrorEnvelope {
                 })
                 .collect(),
             attempts,
+            upstream_status: error.upstream_status,
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             message_id: message_id.to_owned(),
             correlation_id: None,

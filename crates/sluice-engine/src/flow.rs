@@ -172,7 +172,8 @@ impl CompiledFlow {
                 .map_err(|e| e.at_step("contract.input"))?;
         }
         let (control, at) = self.steps.run_from(start, exec).await?;
-        if control == Control::Continue
+        // `End` (a `stop`, a `reply` in `catch`) is the same as having run every step.
+        if matches!(control, Control::Continue | Control::End)
             && let Some(contract) = &self.output_contract
         {
             for delivery in &mut exec.deliveries {
@@ -286,7 +287,7 @@ impl CompiledFlow {
                 // per message; glibc's malloc then consolidates its free lists).
                 return Box::pin(self.forked(exec, at, mode)).await;
             }
-            Ok((Control::Continue, _)) if mode.dry.is_some() => {
+            Ok((Control::Continue | Control::End, _)) if mode.dry.is_some() => {
                 // A dry run writes nothing: the recorder keeps what the sinks would get.
                 exec.finish(true);
                 if let Some(recorder) = mode.dry {
@@ -294,7 +295,7 @@ impl CompiledFlow {
                 }
                 return Some(Outcome::Delivered(None));
             }
-            Ok((Control::Continue, _)) => match reply(&mut exec, mode.want_reply) {
+            Ok((Control::Continue | Control::End, _)) => match reply(&mut exec, mode.want_reply) {
                 Err(error) => (error, 1),
                 Ok(reply) => {
                     if exec.deliveries.is_empty() {
@@ -343,10 +344,10 @@ impl CompiledFlow {
                 ErrorKind::Transform,
                 "a called flow cannot `split` or `aggregate`",
             )),
-            Ok((Control::Continue, _)) if dry || exec.deliveries.is_empty() => {
+            Ok((Control::Continue | Control::End, _)) if dry || exec.deliveries.is_empty() => {
                 Ok(Some(exec.payload.snapshot()))
             }
-            Ok((Control::Continue, _)) => self
+            Ok((Control::Continue | Control::End, _)) => self
                 .deliver(&exec.meta, &exec.deliveries)
                 .await
                 .map(|()| Some(exec.payload.snapshot()))

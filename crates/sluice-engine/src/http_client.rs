@@ -186,6 +186,7 @@ impl HttpCall {
             FlowError::permanent(ErrorKind::Sink, message)
         };
         error.retry_after = retry_after.filter(|_| transient);
+        error.upstream_status = Some(status.as_u16());
         Err(error)
     }
 }

@@ -46,6 +46,7 @@ pub use connector::{
     Acker, BuildContext, Caller, Connectors, Envelope, Failure, GaveUp, Health, Inlet, InputFormat,
     Outcome, Outgoing, Reply, Sink, SinkInfo, Trigger, TriggerInfo, TriggerKey,
 };
+pub use contract::Contract;
 pub use error::{ErrorEnvelope, ErrorKind, FlowError, Violation};
 pub use expr::{Expr, ExprError, Template};
 pub use flow::{CompiledFlow, Executed, FlowSource};

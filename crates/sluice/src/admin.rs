@@ -20,6 +20,7 @@ struct Admin {
     registry: Arc<Registry>,
     metrics: PrometheusHandle,
     token: Option<String>,
+    server: String,
 }
 
 /// What `sluice run` says about the admin server.
@@ -30,6 +31,8 @@ pub struct AdminOptions {
     pub token: Option<String>,
     /// `--admin-host NAME…`: names it answers to besides its own address.
     pub hosts: Vec<String>,
+    /// The HTTP listener's base URL, the `servers` entry of `/api/openapi.json`.
+    pub server: String,
 }
 
 /// Binds and serves the admin API until `stop`; a bind failure is logged, not fatal.
@@ -39,7 +42,12 @@ pub async fn serve(
     metrics: PrometheusHandle,
     stop: CancellationToken,
 ) {
-    let AdminOptions { addr, token, hosts } = options;
+    let AdminOptions {
+        addr,
+        token,
+        hosts,
+        server,
+    } = options;
     let listener = match bind::bind(&addr, &stop).await {
         Ok(listener) => listener,
         // Stopping while the port was still taken: nothing went wrong that needs a word.
@@ -62,6 +70,7 @@ pub async fn serve(
         registry,
         metrics,
         token,
+        server,
     };
     let app = axum::Router::new()
         .route("/healthz", get(healthz))
@@ -71,6 +80,7 @@ pub async fn serve(
         .route("/api/flows/{name}", get(flow))
         .route("/api/flows/{name}/messages", post(inject))
         .route("/api/dead-letters", get(dead_letters))
+        .route("/api/openapi.json", get(openapi))
         .route("/", get(dashboard))
         .layer(middleware::from_fn_with_state(trust, trust::guard))
         .with_state(state);
@@ -142,6 +152,21 @@ async fn metrics_text(State(admin): State<Admin>) -> Response {
 
 async fn flows(State(admin): State<Admin>) -> Json<Value> {
     Json(serde_json::to_value(admin.registry.status().await).unwrap_or(Value::Null))
+}
+
+/// The OpenAPI document of the running versions of the `http` flows.
+async fn openapi(State(admin): State<Admin>) -> Json<Value> {
+    let running: Vec<_> = admin
+        .registry
+        .status()
+        .await
+        .into_iter()
+        .filter_map(|f| sluice_engine::directory::lookup(&f.name))
+        .collect();
+    Json(crate::openapi::document(
+        running.iter().map(|f| f.as_ref()),
+        std::slice::from_ref(&admin.server),
+    ))
 }
 
 async fn flow(State(admin): State<Admin>, Path(name): Path<String>) -> Response {

@@ -98,6 +98,77 @@ pub enum Command {
     },
     /// Print the JSON Schema of the flow format.
     Schema,
+    /// Print the OpenAPI 3.1 document of every flow with an `http` trigger.
+    Openapi {
+        #[command(flatten)]
+        folders: Folders,
+        /// Flow files to describe (default: every flow in the flows folder).
+        files: Vec<PathBuf>,
+        /// A base URL of the listener for the document's `servers` (repeatable), e.g.
+        /// `--server https://api.example.com`.
+        #[arg(long = "server", value_name = "URL")]
+        servers: Vec<String>,
+    },
+    /// Write something new from a template: `sluice new flow NAME --trigger http`.
+    New {
+        #[command(subcommand)]
+        what: New,
+    },
+}
+
+/// What `sluice new` writes.
+#[derive(Debug, Subcommand)]
+pub enum New {
+    /// A flow file with a contract stub and tests that pass (`sluice test` is green on it).
+    Flow {
+        #[command(flatten)]
+        folders: Folders,
+        /// The flow's name: the file `<flows>/NAME.yaml` and the contract `NAME.v1`.
+        name: String,
+        /// The trigger the flow starts with.
+        #[arg(long, value_enum)]
+        trigger: NewTrigger,
+    },
+}
+
+/// The triggers `sluice new flow` can write (every trigger kind; a test keeps them in step).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum NewTrigger {
+    /// An HTTP route on the shared listener.
+    Http,
+    /// Files dropped into a folder.
+    File,
+    /// A NATS JetStream durable consumer.
+    Nats,
+    /// A RabbitMQ queue.
+    Amqp,
+    /// MQTT topics.
+    Mqtt,
+    /// A Redis stream consumer group.
+    Redis,
+    /// A PostgreSQL outbox table.
+    Postgres,
+    /// A clock.
+    Schedule,
+    /// A flow-to-flow channel.
+    Channel,
+}
+
+impl NewTrigger {
+    /// The trigger's key in a flow file.
+    pub fn key(self) -> &'static str {
+        match self {
+            NewTrigger::Http => "http",
+            NewTrigger::File => "file",
+            NewTrigger::Nats => "nats",
+            NewTrigger::Amqp => "amqp",
+            NewTrigger::Mqtt => "mqtt",
+            NewTrigger::Redis => "redis",
+            NewTrigger::Postgres => "postgres",
+            NewTrigger::Schedule => "schedule",
+            NewTrigger::Channel => "channel",
+        }
+    }
 }
 
 impl Command {

@@ -45,6 +45,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             flow,
             input,
         } => exec(&folders, &flow, &input),
+        Command::New {
+            what:
+                crate::cli::New::Flow {
+                    folders,
+                    name,
+                    trigger,
+                },
+        } => crate::scaffold::new_flow(&folders, &name, trigger),
+        Command::Openapi {
+            folders,
+            files,
+            servers,
+        } => openapi(&folders, files, &servers),
         Command::Schema => {
             // Generated from the model; `schemas/sluice-flow.schema.json` is this output.
             out(sluice_flow::schema::flow_schema_text().trim_end());
@@ -85,6 +98,7 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     if let Some(max) = http_max_connections {
         settings.http.max_connections = max;
     }
+    let listen_url = format!("http://{listen}");
     if !folders.flows.is_dir() {
         bail!(
             "the flows folder `{}` does not exist; create it or pass --flows DIR",
@@ -122,6 +136,7 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
                     addr: admin,
                     token: admin_token,
                     hosts: admin_hosts,
+                    server: listen_url,
                 },
                 registry.clone(),
                 metrics,
@@ -267,6 +282,23 @@ fn check(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         eprintln!("ok {} ({})", flow.name, flow.path.display());
     }
     eprintln!("{} flow files checked, all valid", files.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice openapi`: the document of every `http` flow; no document while a flow is invalid
+/// (it would describe a set of flows that cannot run).
+fn openapi(folders: &Folders, files: Vec<PathBuf>, servers: &[String]) -> anyhow::Result<ExitCode> {
+    let files = selected_files(folders, files)?;
+    let (flows, invalid) = build_all(folders, &files);
+    if invalid > 0 {
+        eprintln!(
+            "error: {invalid} of {} flow files invalid; fix them (`sluice check`) to get the document",
+            files.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let document = crate::openapi::document(&flows, servers);
+    out(&serde_json::to_string_pretty(&document)?);
     Ok(ExitCode::SUCCESS)
 }
 

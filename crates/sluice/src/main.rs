@@ -6,6 +6,8 @@ mod cli;
 mod commands;
 mod logging;
 mod metrics_recorder;
+mod openapi;
+mod scaffold;
 
 use clap::Parser;
 use std::process::ExitCode;

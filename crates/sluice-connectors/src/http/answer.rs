@@ -79,6 +79,7 @@ pub(super) async fn answer(
             let status = match error.kind {
                 ErrorKind::Contract => StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                ErrorKind::Enrich => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let violations = (error.kind == ErrorKind::Contract).then(|| {
@@ -89,19 +90,25 @@ pub(super) async fn answer(
             let message = match error.kind {
                 ErrorKind::Contract => error.message.clone(),
                 ErrorKind::Timeout => "a downstream service did not answer in time".to_owned(),
+                ErrorKind::Enrich => match error.upstream_status {
+                    Some(status) => format!("an upstream service answered {status}"),
+                    None => "an upstream service could not be reached".to_owned(),
+                },
                 ErrorKind::Transform | ErrorKind::Script => format!(
                     "the flow failed in {}",
                     error.step.as_deref().unwrap_or("a step")
                 ),
                 _ => "the flow could not deliver the message".to_owned(),
             };
-            error_response(
-                status,
-                error.kind.as_str(),
-                &message,
-                Some(message_id),
-                violations,
-            )
+            let mut body = error_body(error.kind.as_str(), &message, Some(message_id), violations);
+            // The caller may act on what the upstream said (a 404 from a lookup, a 429).
+            if let Some(upstream) = error
+                .upstream_status
+                .filter(|_| error.kind == ErrorKind::Enrich)
+            {
+                body["upstream_status"] = upstream.into();
+            }
+            json_response(status, &json!({ "error": body }), &[])
         }
     }
 }
@@ -147,11 +154,22 @@ pub(super) fn error_response(
     message_id: Option<&str>,
     violations: Option<Value>,
 ) -> Response {
+    let error = error_body(kind, message, message_id, violations);
+    json_response(status, &json!({ "error": error }), &[])
+}
+
+/// The object under `"error"` in every error answer.
+fn error_body(
+    kind: &str,
+    message: &str,
+    message_id: Option<&str>,
+    violations: Option<Value>,
+) -> Value {
     let mut error = json!({ "kind": kind, "message": message, "message_id": message_id });
     if let Some(violations) = violations {
         error["violations"] = violations;
     }
-    json_response(status, &json!({ "error": error }), &[])
+    error
 }
 
 pub(super) fn json_response(

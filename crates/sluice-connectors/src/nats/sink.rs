@@ -1,15 +1,19 @@
 //! The `nats` sink: publishes each message to a (templated) subject. With JetStream (the
-//! default) a write is confirmed only when the stream's publish ack arrived.
+//! default) a write is confirmed only when the stream's publish ack arrived. With
+//! `create_stream:` (and for channels) the stream is made, when missing, before the first
+//! publish.
 
 use super::{NatsClients, NatsError};
 use crate::codec;
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream;
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_trait::async_trait;
 use sluice_engine::Ids;
 use sluice_engine::Template;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
-use sluice_flow::{Diagnostic, MessageFormat, NatsSinkConfig, Span};
+use sluice_flow::{Diagnostic, MessageFormat, NatsRetention, NatsSinkConfig, NatsStorage, Span};
 use std::time::Duration;
 
 /// The header carrying the sluice message id (the consuming side keeps it as `message_id`).
@@ -25,8 +29,8 @@ pub struct NatsSink {
     jetstream: bool,
     timeout: Duration,
     format: MessageFormat,
-    /// For channels: the stream to make sure of before the first publish.
-    ensure_stream: Option<String>,
+    /// The stream to make sure of before the first publish (`create_stream:`, channels).
+    ensure_stream: Option<stream::Config>,
     stream_ready: tokio::sync::OnceCell<()>,
     /// The connection, looked up once: the shared client reconnects by itself.
     client: tokio::sync::OnceCell<(async_nats::Client, jetstream::Context)>,
@@ -53,6 +57,10 @@ impl NatsSink {
         if subject.is_literal() && config.subject.value.trim().is_empty() {
             return Err(cx.diagnostic(&config.subject, "the `subject` is empty"));
         }
+        let ensure_stream = match &config.create_stream {
+            Some(create) => Some(stream_config(config, create, subject.is_literal(), cx)?),
+            None => None,
+        };
         Ok(NatsSink {
             clients,
             url: config.url.value.to_string(),
@@ -60,7 +68,7 @@ impl NatsSink {
             jetstream: config.jetstream,
             timeout: config.timeout.0,
             format: config.format,
-            ensure_stream: None,
+            ensure_stream,
             stream_ready: tokio::sync::OnceCell::new(),
             client: tokio::sync::OnceCell::new(),
         })
@@ -85,10 +93,40 @@ impl NatsSink {
             jetstream: true,
             timeout,
             format: MessageFormat::Json,
-            ensure_stream: Some(stream.to_owned()),
+            ensure_stream: Some(stream::Config {
+                name: stream.to_owned(),
+                subjects: vec![subject.to_owned()],
+                ..Default::default()
+            }),
             stream_ready: tokio::sync::OnceCell::new(),
             client: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// A failed publish; when no stream captures the subject, says how to create one.
+    /// Retryable either way: a stream may be created in the meantime.
+    fn publish_error(
+        &self,
+        subject: &str,
+        what: &str,
+        e: &async_nats::jetstream::context::PublishError,
+    ) -> FlowError {
+        if e.kind() != PublishErrorKind::StreamNotFound {
+            return FlowError::new(ErrorKind::Sink, format!("{what}: {e}"));
+        }
+        let hint = match &self.ensure_stream {
+            Some(config) => format!(
+                "stream `{}` exists but does not capture it: add the subject to its `subjects`",
+                config.name
+            ),
+            None => format!(
+                "to create one, add to the sink: `create_stream: {{ name: STREAM, subjects: [\"{subject}\"] }}` (or `jetstream: false` for core NATS)"
+            ),
+        };
+        FlowError::new(
+            ErrorKind::Sink,
+            format!("{what}: no JetStream stream captures subject `{subject}`; {hint}"),
+        )
     }
 
     fn render_subject(&self, out: &mut Outgoing) -> Result<String, FlowError> {
@@ -132,17 +170,19 @@ impl Sink for NatsSink {
                 .await
                 .map_err(|e| FlowError::new(ErrorKind::Sink, format!("nats publish: {e}")));
         }
-        if let Some(stream) = &self.ensure_stream {
+        if let Some(config) = &self.ensure_stream {
+            // Idempotent: an existing stream is used as it is, whatever its settings.
             self.stream_ready
                 .get_or_try_init(|| async {
-                    js.get_or_create_stream(jetstream::stream::Config {
-                        name: stream.clone(),
-                        subjects: vec![subject.clone()],
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| FlowError::new(ErrorKind::Sink, format!("stream `{stream}`: {e}")))
+                    js.get_or_create_stream(config.clone())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| {
+                            FlowError::new(
+                                ErrorKind::Sink,
+                                format!("stream `{}`: {e}", config.name),
+                            )
+                        })
                 })
                 .await?;
         }
@@ -155,15 +195,12 @@ impl Sink for NatsSink {
             .headers(headers)
             .message_id(format!("{message_id}@{subject}"));
         let ack = js
-            .send_publish(subject, publish)
+            .send_publish(subject.clone(), publish)
             .await
-            .map_err(|e| FlowError::new(ErrorKind::Sink, format!("nats publish: {e}")))?;
+            .map_err(|e| self.publish_error(&subject, "nats publish", &e))?;
         match tokio::time::timeout(self.timeout, ack).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(FlowError::new(
-                ErrorKind::Sink,
-                format!("nats publish not acknowledged: {e}"),
-            )),
+            Ok(Err(e)) => Err(self.publish_error(&subject, "nats publish not acknowledged", &e)),
             Err(_) => Err(FlowError::new(
                 ErrorKind::Timeout,
                 format!(
@@ -177,4 +214,65 @@ impl Sink for NatsSink {
     fn target(&self, out: &mut Outgoing) -> Result<String, FlowError> {
         Ok(format!("nats {}", self.render_subject(out)?))
     }
+}
+
+/// The stream `create_stream:` asks for, checked at load.
+fn stream_config(
+    config: &NatsSinkConfig,
+    create: &sluice_flow::Spanned<sluice_flow::NatsCreateStream>,
+    literal_subject: bool,
+    cx: &BuildContext<'_>,
+) -> Result<stream::Config, Diagnostic> {
+    let create = &create.value;
+    if !config.jetstream {
+        return Err(cx
+            .diagnostic(
+                &create.name,
+                "`create_stream` needs JetStream, but the sink says `jetstream: false`",
+            )
+            .with_help(
+                "remove `jetstream: false`, or remove `create_stream` to publish with core NATS",
+            ));
+    }
+    let name = create.name.value.to_string();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(cx
+            .diagnostic(&create.name, format!("`{name}` is not a stream name"))
+            .with_help("use letters, digits, `-` and `_`, e.g. `name: ORDERS`"));
+    }
+    let mut subjects: Vec<String> = create
+        .subjects
+        .iter()
+        .map(|s| s.value.to_string())
+        .collect();
+    if subjects.is_empty() {
+        if !literal_subject {
+            return Err(cx
+                .diagnostic(&create.name, "the sink's subject is a template, so `create_stream` needs `subjects`")
+                .with_help("list the subjects the stream captures, with wildcards: `subjects: [\"orders.>\"]`"));
+        }
+        subjects.push(config.subject.value.to_string());
+    }
+    if let Some(blank) = create.subjects.iter().find(|s| s.value.trim().is_empty()) {
+        return Err(cx.diagnostic(blank, "a stream subject is empty"));
+    }
+    Ok(stream::Config {
+        name,
+        subjects,
+        retention: match create.retention {
+            NatsRetention::Limits => stream::RetentionPolicy::Limits,
+            NatsRetention::Interest => stream::RetentionPolicy::Interest,
+            NatsRetention::Workqueue => stream::RetentionPolicy::WorkQueue,
+        },
+        storage: match create.storage {
+            NatsStorage::File => stream::StorageType::File,
+            NatsStorage::Memory => stream::StorageType::Memory,
+        },
+        max_age: create.max_age.map(|d| d.0).unwrap_or_default(),
+        ..Default::default()
+    })
 }

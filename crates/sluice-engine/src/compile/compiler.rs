@@ -30,6 +30,9 @@ pub(crate) struct Compiler<'a> {
     pub(crate) sink_map: HashMap<String, Arc<dyn Sink>>,
     pub(crate) calls: Vec<(String, Option<Span>)>,
     pub(crate) stateful: Vec<Arc<dyn steps::Stateful>>,
+    /// How many `catch` handlers enclose the steps being compiled: a `reply` there ends the
+    /// message (the error is answered; the steps after the `catch` are for the good path).
+    pub(crate) catch_depth: u32,
 }
 
 impl Compiler<'_> {

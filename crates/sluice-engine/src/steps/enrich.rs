@@ -11,7 +11,8 @@ use sluice_flow::RetryConfig;
 use sluice_flow::{EnrichConfig, Span};
 
 /// `enrich:` — calls an HTTP endpoint and merges its JSON answer into the payload at a
-/// field; failures are `sink`/`timeout` errors retried like sink writes.
+/// field; failures are `enrich` errors (with the upstream status) or `timeout` errors,
+/// retried like sink writes.
 pub struct Enrich {
     flow: String,
     call: HttpCall,
@@ -82,15 +83,17 @@ impl Enrich {
             async move { self.call.send(&mut payload, meta, query, body).await }
         })
         .await
-        .map_err(|(e, _)| e)?;
+        .map_err(|(e, _)| as_enrich_error(e))?;
         let response: serde_json::Value = if answer.body.iter().all(u8::is_ascii_whitespace) {
             serde_json::Value::Null
         } else {
             serde_json::from_slice(&answer.body).map_err(|e| {
-                FlowError::permanent(
-                    ErrorKind::Sink,
+                let mut error = FlowError::permanent(
+                    ErrorKind::Enrich,
                     format!("the enrich answer is not JSON: {e}"),
-                )
+                );
+                error.upstream_status = Some(answer.status);
+                error
             })?
         };
         let Some(object) = data.as_object() else {
@@ -101,6 +104,16 @@ impl Enrich {
         exec.payload = Payload::from_jmes(Rcvar::new(Variable::Object(merged)));
         Ok(Control::Continue)
     }
+}
+
+/// The HTTP client speaks of sinks; for the caller of a flow an `enrich` failure is an
+/// upstream failure (a 502 for an `http` trigger), not a failed delivery of its message.
+/// Retryability, the attempts and the upstream status stay as they were.
+fn as_enrich_error(mut error: FlowError) -> FlowError {
+    if error.kind == ErrorKind::Sink {
+        error.kind = ErrorKind::Enrich;
+    }
+    error
 }
 
 impl Step for Enrich {

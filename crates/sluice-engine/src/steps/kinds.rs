@@ -31,6 +31,7 @@ pub(crate) fn compile(
         StepConfig::Call(flow) => super::call::compile(cx, flow),
         StepConfig::Reply(reply) => super::reply::compile(cx, reply),
         StepConfig::Enrich(enrich) => super::enrich::compile(cx, enrich),
+        StepConfig::Stop(outcome) => super::stop::compile(cx, *outcome),
         // Paired up by the step list: a `try` with the `catch` after it is one step.
         StepConfig::Try(body) => super::try_catch::compile(cx, step, body, None, path, sinks),
         StepConfig::Catch(_) => {

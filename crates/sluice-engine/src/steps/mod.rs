@@ -18,6 +18,7 @@ mod route;
 mod script;
 mod set;
 pub mod split;
+mod stop;
 pub mod throttle;
 mod to;
 mod transform;
@@ -132,6 +133,9 @@ pub enum Control {
     Drop,
     /// A `split` or `aggregate` took over (see [`Exec::fork`]); top level only.
     Fork,
+    /// The message ends here as if every step had run (`stop`, a `reply` in `catch`): the
+    /// enclosing step lists stop too, and the flow then delivers and answers as usual.
+    End,
 }
 
 /// The work a step left to wait for (a script on the blocking pool, an HTTP call, a

@@ -5,16 +5,23 @@ use crate::expr::Template;
 use sluice_flow::{ReplyConfig, Span};
 
 /// `reply: {status, headers}` — sets the status and headers of a request-reply answer
-/// (the HTTP response); other triggers ignore them.
+/// (the HTTP response); other triggers ignore them. Inside a `catch` it also ends the
+/// message: the caller is answered the handled error, the steps after `catch` do not run.
 pub struct Reply {
     status: Option<u16>,
     headers: Vec<(String, Template)>,
+    /// In a `catch`: answer [`Control::End`] rather than [`Control::Continue`].
+    ends: bool,
 }
 
 impl Reply {
     /// A reply step; the status is already checked to be 100–599.
-    pub fn new(status: Option<u16>, headers: Vec<(String, Template)>) -> Self {
-        Reply { status, headers }
+    pub fn new(status: Option<u16>, headers: Vec<(String, Template)>, ends: bool) -> Self {
+        Reply {
+            status,
+            headers,
+            ends,
+        }
     }
 }
 
@@ -43,7 +50,11 @@ impl Reply {
                 .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
             exec.reply.headers.push((name.clone(), value));
         }
-        Ok(Control::Continue)
+        Ok(if self.ends {
+            Control::End
+        } else {
+            Control::Continue
+        })
     }
 }
 
@@ -75,5 +86,5 @@ pub(crate) fn compile(cx: &mut Compiler<'_>, reply: &ReplyConfig) -> Option<Box<
             }
         }
     }
-    Some(Box::new(Reply::new(status, headers)))
+    Some(Box::new(Reply::new(status, headers, cx.catch_depth > 0)))
 }

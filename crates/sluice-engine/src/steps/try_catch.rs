@@ -2,7 +2,8 @@
 //!
 //! When a step of `try` fails, the payload and the deliveries go back to what they were when
 //! `try` began, the error is put in the metadata (`error.kind`, `error.message`,
-//! `error.step`), and the `catch` steps run; the message then continues after `catch`. Sink
+//! `error.step`), and the `catch` steps run; the message then continues after `catch`, unless
+//! the handler ended it (`stop`, or a `reply`, which answers the error to the caller). Sink
 //! errors happen after the steps and are not caught (they have retries and the dead letter).
 
 use super::{Control, Exec, Run, Step, Steps};
@@ -78,7 +79,9 @@ pub(crate) fn compile(
     }
     let before = cx.diagnostics.len();
     let body = cx.steps(body, &format!("{path}.try"), sinks);
+    cx.catch_depth += 1;
     let handler = cx.steps(handler, &format!("{path}.catch"), sinks);
+    cx.catch_depth -= 1;
     (cx.diagnostics.len() == before)
         .then(|| Box::new(TryCatch::new(body, handler)) as Box<dyn Step>)
 }

@@ -102,6 +102,56 @@ pub struct NatsSinkConfig {
     /// How the payload becomes the message body.
     #[serde(default)]
     pub format: MessageFormat,
+    /// Create the JetStream stream before the first publish when it is missing (idempotent:
+    /// an existing stream is used as it is). Without it a subject no stream captures fails.
+    #[schemars(with = "Option<NatsCreateStream>")]
+    pub create_stream: Option<Spanned<NatsCreateStream>>,
+}
+
+/// The stream a `nats` sink creates when it is missing (`create_stream:`).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NatsCreateStream {
+    /// The stream's name (letters, digits, `-`, `_`).
+    #[schemars(with = "Text", regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub name: Spanned<Text>,
+    /// The subjects it captures (wildcards allowed); default: the sink's `subject` when it has
+    /// no `{{ }}` holes.
+    #[serde(default)]
+    #[schemars(with = "Vec<Text>")]
+    pub subjects: Vec<Spanned<Text>>,
+    /// When the stream lets a message go.
+    #[serde(default)]
+    pub retention: NatsRetention,
+    /// Where the stream keeps its messages.
+    #[serde(default)]
+    pub storage: NatsStorage,
+    /// How long a message is kept at most (default: no limit).
+    pub max_age: Option<Dur>,
+}
+
+/// A JetStream stream's retention policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NatsRetention {
+    /// Messages stay until a limit (`max_age`) removes them; consumers may replay.
+    #[default]
+    Limits,
+    /// A message goes once every consumer that exists acknowledged it.
+    Interest,
+    /// A message goes once one consumer acknowledged it (a work queue).
+    Workqueue,
+}
+
+/// Where a JetStream stream stores its messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NatsStorage {
+    /// On disk: survives a server restart.
+    #[default]
+    File,
+    /// In memory only.
+    Memory,
 }
 
 /// A named flow-to-flow channel, as trigger or sink.
@@ -165,6 +215,41 @@ pub struct AmqpSinkConfig {
     /// How the payload becomes the message body.
     #[serde(default)]
     pub format: MessageFormat,
+    /// Declare a durable queue (and the exchange, and the binding) before the first publish
+    /// and after every reconnect (idempotent). Without it an unroutable message fails.
+    #[schemars(with = "Option<AmqpDeclare>")]
+    pub declare: Option<Spanned<AmqpDeclare>>,
+}
+
+/// What an `amqp` sink declares (`declare:`).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpDeclare {
+    /// The durable queue the messages go to.
+    #[schemars(with = "Text")]
+    pub queue: Spanned<Text>,
+    /// The key binding the queue to `exchange` (not with the default exchange, which routes
+    /// by queue name); default: the routing key when it has no `{{ }}` holes.
+    #[schemars(with = "Option<Text>")]
+    pub binding_key: Option<Spanned<Text>>,
+    /// The type `exchange` is declared with (durable) when it is not the default exchange.
+    #[serde(default)]
+    pub exchange_type: AmqpExchangeType,
+}
+
+/// The type of an exchange an `amqp` sink declares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AmqpExchangeType {
+    /// Routing keys match binding patterns (`orders.*`, `orders.#`).
+    #[default]
+    Topic,
+    /// The routing key equals the binding key.
+    Direct,
+    /// Every bound queue gets every message.
+    Fanout,
+    /// Routed by header values.
+    Headers,
 }
 
 fn default_redis_url() -> Spanned<Text> {

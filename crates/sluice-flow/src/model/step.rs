@@ -63,6 +63,21 @@ pub enum StepConfig {
     Reply(crate::ReplyConfig),
     /// Call an HTTP endpoint and merge the answer into the payload.
     Enrich(Box<crate::EnrichConfig>),
+    /// End the message here: the steps after it do not run.
+    Stop(Option<StopOutcome>),
+}
+
+/// How a `stop` step ends the message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopOutcome {
+    /// As if the steps had run to the end: deliveries recorded so far are written, an
+    /// `http` caller gets the payload (and what `reply` set) as its answer.
+    #[default]
+    Completed,
+    /// As if a `filter` dropped it: nothing is delivered, the message is counted as
+    /// filtered and acknowledged (an `http` caller gets 204).
+    Filtered,
 }
 
 impl StepConfig {
@@ -87,6 +102,7 @@ impl StepConfig {
             StepConfig::Catch(_) => "catch",
             StepConfig::Reply(_) => "reply",
             StepConfig::Enrich(_) => "enrich",
+            StepConfig::Stop(_) => "stop",
         }
     }
 }
