@@ -37,6 +37,11 @@ impl Sink for StdoutSink {
     fn target(&self, _out: &mut Outgoing) -> Result<String, FlowError> {
         Ok("stdout".to_owned())
     }
+
+    // It writes in place already (one locked write, wherever it runs).
+    fn in_place(&self) -> bool {
+        true
+    }
 }
 
 impl crate::SinkComponent for StdoutSinkConfig {

@@ -14,6 +14,10 @@ impl Step for Stop {
     fn run<'a>(&'a self, _: &'a mut Exec) -> Run<'a> {
         Run::Done(Ok(self.control))
     }
+
+    fn in_place(&self) -> bool {
+        true
+    }
 }
 
 /// Compiles `stop:` (no value means `completed`).
