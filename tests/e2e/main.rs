@@ -39,6 +39,7 @@ mod http_sink;
 mod http_trigger;
 mod listener_trust;
 mod openapi;
+mod ordering;
 mod outbound_trust;
 mod readme_samples;
 mod reference_docs;

@@ -144,6 +144,7 @@ pub fn compile(
         );
     }
 
+    let order_by = file.order_by.as_ref().and_then(|text| cx.expr(text));
     if !cx.diagnostics.is_empty() {
         return Err(cx.diagnostics);
     }
@@ -158,7 +159,9 @@ pub fn compile(
         .map(|q| q.value)
         .unwrap_or(concurrency * 4);
     let version = version_hash(&flow.source, &cx.dependencies);
-    let in_place = steps.in_place()
+    // Ordered messages wait for the earlier ones of their key in the workers' lanes.
+    let in_place = order_by.is_none()
+        && steps.in_place()
         && sinks.values().all(|sink| sink.in_place())
         && dead_letter.as_ref().is_none_or(|sink| sink.in_place());
     Ok(CompiledFlow {
@@ -193,6 +196,7 @@ pub fn compile(
         stateful: cx.stateful,
         warnings: cx.warnings,
         in_place,
+        order_by,
     })
 }
 

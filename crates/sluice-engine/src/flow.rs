@@ -150,6 +150,8 @@ pub struct CompiledFlow {
     /// a trigger reading on a blocking thread may run a message there, to its end
     /// ([`crate::Inlet::process_here`]).
     pub in_place: bool,
+    /// `order_by`: the key whose messages run one at a time, in arrival order.
+    pub order_by: Option<crate::expr::Expr>,
 }
 
 impl CompiledFlow {

@@ -59,11 +59,16 @@ impl Slot {
     }
 }
 
-/// What a [`Hold`] keeps: the worker slot and the batch membership.
+/// Work to do once a message has settled (the next message of its `order_by` key starts).
+pub type OnSettle = Box<dyn FnOnce() + Send>;
+
+/// What a [`Hold`] keeps: the worker slot, the batch membership and what to do when the
+/// message settles.
 pub struct HoldInner {
     slot: Option<Arc<Slot>>,
     batch: Option<(Arc<BatchTracker>, u64)>,
     parked: AtomicBool,
+    on_settle: Mutex<Option<OnSettle>>,
 }
 
 impl HoldInner {
@@ -77,7 +82,14 @@ impl HoldInner {
             slot,
             batch,
             parked: AtomicBool::new(false),
+            on_settle: Mutex::new(None),
         })
+    }
+
+    /// The same hold, which runs `on_settle` when the message settles.
+    pub(crate) fn on_settle(self: Hold, on_settle: OnSettle) -> Hold {
+        *self.on_settle.lock().unwrap_or_else(|p| p.into_inner()) = Some(on_settle);
+        self
     }
 
     /// The message (or one of its split children) parks in an aggregate group: when it
@@ -102,6 +114,10 @@ impl Drop for HoldInner {
         }
         if let Some((tracker, id)) = &self.batch {
             tracker.settle(*id);
+        }
+        let on_settle = self.on_settle.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(on_settle) = on_settle.take() {
+            on_settle();
         }
     }
 }

@@ -1,15 +1,23 @@
 //! The workers of one flow: take messages from its queue and run them, each on the flow
 //! version that was current when it started, then acknowledge their sources. A trigger that
 //! reads on a blocking thread may instead run a message there, in place (`in_place.rs`):
-//! the same path, under the same slots, without the hand-off to a worker task.
+//! the same path, under the same slots, without the hand-off to a worker task. With
+//! `order_by`, a message whose key has an earlier message still running waits in that key's
+//! lane and starts when the earlier one settles (ends, or parks in an aggregate group).
 
 use crate::connector::Envelope;
 use crate::flow::CompiledFlow;
 use crate::hold::{BatchTracker, HoldInner, Slot};
+use crate::message::Ids;
 use crate::stats::FlowStats;
 use arc_swap::ArcSwap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::task::TaskTracker;
+
+/// A message taken from the queue, with its slot.
+type Taken = (Envelope, OwnedSemaphorePermit);
 
 /// What the workers of one running flow share with its inlet: the running version, the
 /// `concurrency` slots, the batches in flight, the counters, and the flow's span.
@@ -22,6 +30,10 @@ pub struct Workers {
     /// The flow's span: library lines logged while a message runs (a broker client's, an
     /// HTTP client's) name the flow they belong to. One span, cloned.
     span: tracing::Span,
+    /// `order_by` keys with a message running, and the messages waiting behind it in
+    /// arrival order (each holding its slot, so that the queue still paces the trigger).
+    lanes: Mutex<HashMap<String, VecDeque<Taken>>>,
+    tasks: TaskTracker,
 }
 
 impl Workers {
@@ -40,11 +52,76 @@ impl Workers {
             batches: BatchTracker::new(),
             stats,
             span,
+            lanes: Mutex::default(),
+            tasks: TaskTracker::new(),
         })
     }
 
-    /// Runs one message to its acknowledgement under `permit` (its slot).
-    async fn run(&self, envelope: Envelope, permit: OwnedSemaphorePermit) {
+    /// The message's `order_by` key, when the running version has one. A key that cannot
+    /// be computed (the expression fails on this payload) is logged, and the message runs
+    /// without waiting for others.
+    fn key(&self, envelope: &mut Envelope) -> Option<String> {
+        let flow = self.current.load();
+        let expr = flow.order_by.as_ref()?;
+        let message = &mut envelope.message;
+        let key = message
+            .payload
+            .jmes()
+            .and_then(|data| expr.search(data, &message.meta));
+        match key {
+            Ok(key) => Some(key.to_string()),
+            Err(e) => {
+                tracing::warn!(flow = %flow.name, message_id = %message.meta.message_id(),
+                    "order_by cannot be computed for this message ({e}); it runs without waiting for others");
+                None
+            }
+        }
+    }
+
+    /// Runs a taken message in a task of its own, first in `lane` if it has one.
+    fn spawn(self: &Arc<Self>, (envelope, permit): Taken, lane: Option<String>) {
+        let workers = self.clone();
+        let task = async move { workers.run(envelope, permit, lane).await };
+        self.tasks
+            .spawn(tracing::Instrument::instrument(task, self.span.clone()));
+    }
+
+    /// Runs a taken message now if nothing of its key runs, else queues it in the key's lane.
+    fn enter(self: &Arc<Self>, taken: Taken, key: String) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        match lanes.get_mut(&key) {
+            Some(waiting) => waiting.push_back(taken),
+            None => {
+                lanes.insert(key.clone(), VecDeque::new());
+                drop(lanes);
+                self.spawn(taken, Some(key));
+            }
+        }
+    }
+
+    /// The message of `key` that ran has settled: the next one of the key starts.
+    fn settled(self: &Arc<Self>, key: String) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let next = lanes.get_mut(&key).and_then(VecDeque::pop_front);
+        match next {
+            Some(taken) => {
+                drop(lanes);
+                self.spawn(taken, Some(key));
+            }
+            None => {
+                lanes.remove(&key);
+            }
+        }
+    }
+
+    /// Runs one message to its acknowledgement under `permit` (its slot); the next message
+    /// of its `lane` starts once it settles.
+    async fn run(
+        self: &Arc<Self>,
+        envelope: Envelope,
+        permit: OwnedSemaphorePermit,
+        lane: Option<String>,
+    ) {
         let Envelope {
             message,
             ack,
@@ -55,7 +132,11 @@ impl Workers {
         let flow = self.current.load_full();
         // The slot goes back after the acknowledgement (or earlier, if the message parks).
         let slot = Slot::new(permit);
-        let hold = HoldInner::new(Some(slot.clone()), &self.batches, batch);
+        let mut hold = HoldInner::new(Some(slot.clone()), &self.batches, batch);
+        if let Some(key) = lane {
+            let workers = self.clone();
+            hold = hold.on_settle(Box::new(move || workers.settled(key)));
+        }
         let _slot = slot;
         let started = std::time::Instant::now();
         self.stats.started();
@@ -74,12 +155,12 @@ impl Workers {
 
     /// Runs one message here, in the caller's task, once a slot is free: for
     /// [`crate::Inlet::process_here`]. Shutdown waits for it like for a worker's message.
-    pub(crate) async fn run_here(&self, envelope: Envelope) {
+    pub(crate) async fn run_here(self: &Arc<Self>, envelope: Envelope) {
         let Ok(permit) = self.limit.clone().acquire_owned().await else {
             return;
         };
         let span = self.span.clone();
-        tracing::Instrument::instrument(self.run(envelope, permit), span).await
+        tracing::Instrument::instrument(self.run(envelope, permit, None), span).await
     }
 }
 
@@ -89,21 +170,20 @@ impl Workers {
 /// told to stop, and every message task has ended (acknowledged, or abandoned for
 /// redelivery).
 pub async fn run_workers(mut rx: mpsc::Receiver<Envelope>, workers: Arc<Workers>) {
-    let tasks = tokio_util::task::TaskTracker::new();
-    while let Some(envelope) = rx.recv().await {
+    while let Some(mut envelope) = rx.recv().await {
         let Ok(permit) = workers.limit.clone().acquire_owned().await else {
             break;
         };
-        let task = {
-            let workers = workers.clone();
-            async move { workers.run(envelope, permit).await }
-        };
-        tasks.spawn(tracing::Instrument::instrument(task, workers.span.clone()));
+        match workers.key(&mut envelope) {
+            Some(key) => workers.enter((envelope, permit), key),
+            None => workers.spawn((envelope, permit), None),
+        }
     }
-    // Every permit back means every message taken was acknowledged or parked.
+    // Every permit back means every message taken (those waiting in lanes too) was
+    // acknowledged or parked.
     let _ = workers.limit.acquire_many(workers.concurrency as u32).await;
     // Parked messages end when their aggregate groups are completed or abandoned.
     workers.current.load().stop_stateful();
-    tasks.close();
-    tasks.wait().await;
+    workers.tasks.close();
+    workers.tasks.wait().await;
 }

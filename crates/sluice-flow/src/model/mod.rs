@@ -40,6 +40,11 @@ pub struct FlowFile {
     /// `concurrency`).
     #[schemars(with = "Option<usize>", range(min = 1))]
     pub queue: Option<Spanned<usize>>,
+    /// Per-key ordering: a JMESPath expression over the payload (and `meta()`); messages
+    /// with the same key run one at a time, in arrival order, while different keys run in
+    /// parallel (up to `concurrency`).
+    #[schemars(with = "Option<Text>")]
+    pub order_by: Option<Spanned<Text>>,
     /// Where messages come from.
     #[schemars(with = "TriggerConfig")]
     pub trigger: Spanned<TriggerConfig>,
