@@ -20,6 +20,7 @@ mod position;
 mod size;
 
 pub(crate) use compiler::Compiler;
+pub use compiler::StepInfo;
 
 /// Where a flow's references resolve.
 #[derive(Clone, Debug)]
@@ -56,6 +57,8 @@ pub fn compile(
         sink_map: HashMap::new(),
         calls: Vec::new(),
         stateful: Vec::new(),
+        step_names: HashMap::new(),
+        step_list: Vec::new(),
     };
     let build = BuildContext { flow };
     let file = &flow.file;
@@ -188,6 +191,7 @@ pub fn compile(
             .find(|k| matches!(*k, "split" | "aggregate")),
         stateful: cx.stateful,
         warnings: cx.warnings,
+        step_list: cx.step_list,
     })
 }
 

@@ -146,6 +146,8 @@ pub struct CompiledFlow {
     /// Problems that do not stop the flow, such as a script whose last call's result is
     /// ignored (printed by `sluice check`).
     pub warnings: Vec<sluice_flow::Diagnostic>,
+    /// Every step, nested ones included, by the label metrics and errors use.
+    pub step_list: Vec<crate::compile::StepInfo>,
 }
 
 impl CompiledFlow {

@@ -40,7 +40,7 @@ mod workers;
 #[cfg(test)]
 mod eip_tests;
 
-pub use compile::{Folders, compile};
+pub use compile::{Folders, StepInfo, compile};
 pub use connector::{
     Acker, BuildContext, Caller, Connectors, Envelope, Failure, GaveUp, Health, Inlet, InputFormat,
     Outcome, Outgoing, Reply, Sink, SinkInfo, Trigger, TriggerInfo, TriggerKey,

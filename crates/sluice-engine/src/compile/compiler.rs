@@ -12,7 +12,7 @@ use crate::steps::{self, Steps};
 use crate::testing::CompiledTest;
 use sluice_flow::diagnostic::did_you_mean;
 use sluice_flow::diagnostic::position_in_scalar;
-use sluice_flow::{Diagnostic, LoadedFlow, Span, Spanned, StepConfig, Targets, Text};
+use sluice_flow::{FlowStep, Diagnostic, LoadedFlow, Span, Spanned, StepConfig, Targets, Text};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +30,23 @@ pub(crate) struct Compiler<'a> {
     pub(crate) sink_map: HashMap<String, Arc<dyn Sink>>,
     pub(crate) calls: Vec<(String, Option<Span>)>,
     pub(crate) stateful: Vec<Arc<dyn steps::Stateful>>,
+    /// Step names seen so far, with where: a name is unique within a flow.
+    pub(crate) step_names: HashMap<String, Option<Span>>,
+    /// Every step, nested ones included, in the order written (for `/api/flows`).
+    pub(crate) step_list: Vec<StepInfo>,
+}
+
+/// A step of a flow as the admin API lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepInfo {
+    /// What metrics, traces and errors call it: its name, or its position and kind
+    /// (`steps[2] (script)`).
+    pub label: String,
+    /// The step kind.
+    pub kind: &'static str,
+    /// `name:`, when written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Compiler<'_> {
@@ -112,7 +129,7 @@ impl Compiler<'_> {
     /// `try` and the `catch` after it become one step.
     pub(crate) fn steps(
         &mut self,
-        list: &[Spanned<StepConfig>],
+        list: &[Spanned<FlowStep>],
         prefix: &str,
         sinks: &[&str],
     ) -> Steps {
@@ -120,17 +137,30 @@ impl Compiler<'_> {
         let mut i = 0;
         while i < list.len() {
             let step = &list[i];
-            let label = format!("{prefix}[{i}] ({})", step.value.kind());
-            let path = format!("{prefix}[{i}]");
+            // A named step is known by its name (stable across edits), else by its position.
+            let (label, path) = match self.step_name(step) {
+                Some(name) => (name.clone(), name),
+                None => (
+                    format!("{prefix}[{i}] ({})", step.value.kind()),
+                    format!("{prefix}[{i}]"),
+                ),
+            };
+            self.step_list.push(StepInfo {
+                label: label.clone(),
+                kind: step.value.kind(),
+                name: step.value.name.as_ref().map(|n| n.value.0.clone()),
+            });
             let mut taken = 1;
-            let built = match &step.value {
+            let built = match &step.value.config {
                 StepConfig::Try(body) => {
-                    let handler = match list.get(i + 1).map(|s| &s.value) {
+                    let handler = match list.get(i + 1).map(|s| &s.value.config) {
                         Some(StepConfig::Catch(handler)) => Some(handler),
                         _ => None,
                     };
                     if handler.is_some() {
                         taken = 2;
+                        // The `catch` is part of this step; its name is still its own.
+                        self.step_name(&list[i + 1]);
                     }
                     steps::try_catch::compile(self, step, body, handler, &path, sinks)
                 }
@@ -153,6 +183,43 @@ impl Compiler<'_> {
             i += taken;
         }
         steps
+    }
+
+    /// The step's `name:`, checked (its spelling, and unique within the flow); `None` when
+    /// it has none or the name is refused (reported).
+    pub(crate) fn step_name(&mut self, step: &Spanned<FlowStep>) -> Option<String> {
+        let name = step.value.name.as_ref()?;
+        let text = name.value.as_str();
+        let span = Span::of(name);
+        let valid = !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            self.error(
+                span,
+                format!("`{text}` is not a valid step name"),
+                "use letters, digits, `-`, `_` and `.` only, e.g. `name: price-lookup`",
+            );
+            return None;
+        }
+        if let Some(first) = self.step_names.get(text) {
+            let at = match first {
+                Some(first) => format!("line {} column {}", first.line, first.column),
+                None => "another step".to_owned(),
+            };
+            let here = span
+                .map(|s| format!("line {} column {}", s.line, s.column))
+                .unwrap_or_else(|| "here".to_owned());
+            self.error(
+                span,
+                format!("step name `{text}` is used twice: at {at} and at {here}"),
+                "step names are unique within a flow (metrics, traces, errors and mocks use them); rename one of the two",
+            );
+            return None;
+        }
+        self.step_names.insert(text.to_owned(), span);
+        Some(text.to_owned())
     }
 
     pub(crate) fn unknown_sink<T>(

@@ -3,18 +3,18 @@
 
 use super::Step;
 use crate::compile::Compiler;
-use sluice_flow::{Spanned, StepConfig};
+use sluice_flow::{FlowStep, Spanned, StepConfig};
 
 /// Compiles one step (not `try`/`catch`, which the step list pairs up, see
 /// [`Compiler::steps`]); `None` when it has mistakes, which are reported to `cx`. `path` is
 /// where the step sits (`steps[2]`), `sinks` the flow's sink names.
 pub(crate) fn compile(
     cx: &mut Compiler<'_>,
-    step: &Spanned<StepConfig>,
+    step: &Spanned<FlowStep>,
     path: &str,
     sinks: &[&str],
 ) -> Option<Box<dyn Step>> {
-    match &step.value {
+    match &step.value.config {
         StepConfig::Validate(name) => super::validate::compile(cx, name),
         StepConfig::Transform(text) => super::transform::compile(cx, text),
         StepConfig::Set(fields) => super::set::compile(cx, step, fields),

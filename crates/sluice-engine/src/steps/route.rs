@@ -3,7 +3,7 @@ use super::{Control, Exec, Run, Step, Steps};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
-use sluice_flow::{RouteArm as RouteArmConfig, Span, Spanned, StepConfig};
+use sluice_flow::{FlowStep, RouteArm as RouteArmConfig, Span, Spanned};
 use std::sync::Arc;
 
 /// What a matching route arm does.
@@ -73,7 +73,7 @@ impl Step for Route {
 /// Compiles `route:`; `path` labels the arms (`steps[2].route[0]`) and their nested steps.
 pub(crate) fn compile(
     cx: &mut Compiler<'_>,
-    step: &Spanned<StepConfig>,
+    step: &Spanned<FlowStep>,
     arms: &[Spanned<RouteArmConfig>],
     path: &str,
     sinks: &[&str],

@@ -48,8 +48,8 @@ pub struct FlowFile {
     pub contract: ContractConfig,
     /// The steps, in order.
     #[serde(default)]
-    #[schemars(with = "Vec<StepConfig>")]
-    pub steps: Vec<Spanned<StepConfig>>,
+    #[schemars(with = "Vec<FlowStep>")]
+    pub steps: Vec<Spanned<FlowStep>>,
     /// Named sinks that `to` and `route` deliver to.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, SinkConfig>")]
