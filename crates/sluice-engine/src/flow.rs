@@ -158,28 +158,47 @@ impl CompiledFlow {
         exec: &mut Exec,
         start: usize,
     ) -> Result<(Control, usize), FlowError> {
+        let probe = exec.probe.clone().filter(|p| p.tracing());
+        if start == 0
+            && let Some(probe) = &probe
+        {
+            let mut input = crate::probe::entry(
+                "input",
+                None,
+                exec.payload.json().ok().cloned(),
+                &Meta::new(),
+                &exec.meta,
+            );
+            input.step = "input".to_owned();
+            probe.record(input);
+        }
         if start == 0
             && let Some(contract) = &self.input_contract
         {
-            let json = exec
+            let checked = exec
                 .payload
                 .json()
-                .map_err(|e| FlowError::new(ErrorKind::Transform, e).at_step("contract.input"))?;
-            contract
-                .check(json)
-                .map_err(|e| e.at_step("contract.input"))?;
+                .map_err(|e| FlowError::new(ErrorKind::Transform, e))
+                .and_then(|json| contract.check(json));
+            if let Err(e) = checked {
+                trace_error(probe.as_ref(), "contract.input", &e);
+                return Err(e.at_step("contract.input"));
+            }
         }
         let (control, at) = self.steps.run_from(start, exec).await?;
         if control == Control::Continue
             && let Some(contract) = &self.output_contract
         {
             for delivery in &mut exec.deliveries {
-                let json = delivery.payload.json().map_err(|e| {
-                    FlowError::new(ErrorKind::Transform, e).at_step("contract.output")
-                })?;
-                contract
-                    .check(json)
-                    .map_err(|e| e.at_step("contract.output"))?;
+                let checked = delivery
+                    .payload
+                    .json()
+                    .map_err(|e| FlowError::new(ErrorKind::Transform, e))
+                    .and_then(|json| contract.check(json));
+                if let Err(e) = checked {
+                    trace_error(probe.as_ref(), "contract.output", &e);
+                    return Err(e.at_step("contract.output"));
+                }
             }
         }
         Ok((control, at))
@@ -318,6 +337,9 @@ impl CompiledFlow {
             }
         };
         exec.finish(false);
+        if let Some(recorder) = mode.dry {
+            recorder.failed(&mut exec);
+        }
         let keep = mode.dead_letter && self.keeps_failure(exec.caller.as_ref());
         Some(Box::pin(self.fail(error, attempts, &exec.meta, original, keep, mode)).await)
     }
@@ -330,9 +352,11 @@ impl CompiledFlow {
         payload: Payload,
         meta: Meta,
         dry: bool,
+        probe: Option<crate::probe::Probe>,
     ) -> Result<Option<Payload>, FlowError> {
         let mut exec = Exec::new(payload, Arc::new(meta));
         exec.dry = dry;
+        exec.probe = probe;
         let result = self.steps_from(&mut exec, 0).await;
         let result = match result {
             Err(e) => Err(e),
@@ -342,6 +366,16 @@ impl CompiledFlow {
                 "a called flow cannot `split` or `aggregate`",
             )),
             Ok((Control::Continue, _)) if dry || exec.deliveries.is_empty() => {
+                // A dry run notes what the called flow would have written, by
+                // `<flow>/<sink>`.
+                if let Some(probe) = exec.probe.as_ref().filter(|_| dry) {
+                    for delivery in &mut exec.deliveries {
+                        let payload = delivery.payload.json().cloned().unwrap_or_default();
+                        for sink in delivery.sinks.iter() {
+                            probe.sent(sink, payload.clone());
+                        }
+                    }
+                }
                 Ok(Some(exec.payload.snapshot()))
             }
             Ok((Control::Continue, _)) => self
@@ -352,6 +386,20 @@ impl CompiledFlow {
         };
         exec.finish(result.is_ok());
         result
+    }
+}
+
+/// A contract's error joins the trace, with the payload it was checked against.
+fn trace_error(probe: Option<&crate::probe::Probe>, step: &str, e: &FlowError) {
+    if let Some(probe) = probe {
+        probe.record(crate::probe::TraceEntry {
+            step: step.to_owned(),
+            error: Some(crate::probe::TraceError {
+                kind: e.kind,
+                message: e.message.clone(),
+            }),
+            ..Default::default()
+        });
     }
 }
 

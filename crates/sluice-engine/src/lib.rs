@@ -26,6 +26,7 @@ mod hold;
 mod http_client;
 mod http_url;
 mod message;
+pub mod probe;
 mod registry;
 mod retry;
 mod script;

@@ -288,3 +288,11 @@ mod tests {
         assert!(err.span.is_some(), "{err}");
     }
 }
+
+/// Parses a mocks file for `sluice exec --mocks` (the shape of a test case's `mocks:`);
+/// the error names the line and column.
+pub fn parse_mocks(
+    text: &str,
+) -> Result<std::collections::BTreeMap<String, crate::MockConfig>, String> {
+    serde_saphyr::from_str(text).map_err(|e| e.without_snippet().to_string())
+}

@@ -3,7 +3,7 @@
 use crate::cli::{Cli, Command, Folders};
 use anyhow::{Context, bail};
 use sluice_connectors::StandardConnectors;
-use sluice_engine::testing::{dry_run, run_test};
+use sluice_engine::testing::{dry_run_probed, run_test};
 use sluice_engine::{CompiledFlow, InputFormat, Meta};
 use sluice_engine::{Registry, RegistryOptions, build_flow, duplicate_name, flow_files};
 use sluice_flow::FileFormat;
@@ -44,7 +44,25 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             folders,
             flow,
             input,
-        } => exec(&folders, &flow, &input),
+            trace,
+            meta,
+            meta_file,
+            http_path,
+            mocks,
+            live,
+        } => exec(
+            &folders,
+            &flow,
+            &input,
+            ExecOptions {
+                trace,
+                meta,
+                meta_file,
+                http_path,
+                mocks,
+                live,
+            },
+        ),
         Command::Schema => {
             // Generated from the model; `schemas/sluice-flow.schema.json` is this output.
             out(sluice_flow::schema::flow_schema_text().trim_end());
@@ -202,10 +220,11 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// The flow files a command works on: the arguments, or every flow in the flows folder.
-fn selected_files(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+/// The flow files a command works on: the arguments (files, or names of flows in the
+/// flows folder), or every flow in the flows folder.
+fn selected_files(folders: &Folders, files: Vec<String>) -> anyhow::Result<Vec<PathBuf>> {
     if !files.is_empty() {
-        return Ok(files);
+        return files.iter().map(|f| resolve_flow(folders, f)).collect();
     }
     flow_files(&folders.flows).with_context(|| {
         format!(
@@ -213,6 +232,77 @@ fn selected_files(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<Vec<
             folders.flows.display()
         )
     })
+}
+
+/// A flow argument: an existing file, else the flow of that name (or file stem) in the
+/// flows folder.
+fn resolve_flow(folders: &Folders, arg: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        return Ok(path.to_owned());
+    }
+    let files = flow_files(&folders.flows).unwrap_or_default();
+    if let Some(file) = files
+        .iter()
+        .find(|f| f.file_stem().is_some_and(|stem| stem == arg))
+    {
+        return Ok(file.clone());
+    }
+    let mut names = Vec::new();
+    for file in &files {
+        if let Ok(loaded) = sluice_flow::load_flow_file(file) {
+            if loaded.name == arg {
+                return Ok(file.clone());
+            }
+            names.push(loaded.name);
+        }
+    }
+    let mut help = if names.is_empty() {
+        format!("the flows folder `{}` has no flows", folders.flows.display())
+    } else {
+        format!(
+            "flows in `{}`: {}",
+            folders.flows.display(),
+            names.join(", ")
+        )
+    };
+    if let Some(close) = sluice_flow::diagnostic::did_you_mean(arg, names.iter().map(String::as_str))
+    {
+        help = format!("did you mean `{close}`? {help}");
+    }
+    bail!(
+        "`{arg}` is neither a flow file nor the name of a flow in `{}`; {help} (or pass --flows DIR)",
+        folders.flows.display()
+    )
+}
+
+/// The flows of the flows folder that are not among `checked`, built without their tests:
+/// what `call`s of the checked flows resolve against. Their own mistakes are not reported
+/// here (they are not being checked).
+fn flows_called_from(folders: &Folders, checked: &[CompiledFlow]) -> Vec<CompiledFlow> {
+    let mut others = Vec::new();
+    if checked.iter().all(|f| f.calls.is_empty()) {
+        return others;
+    }
+    let paths: Vec<PathBuf> = checked
+        .iter()
+        .map(|f| sluice_flow::paths::normalize(&f.path))
+        .collect();
+    for path in flow_files(&folders.flows).unwrap_or_default() {
+        if paths.contains(&sluice_flow::paths::normalize(&path)) {
+            continue;
+        }
+        if let Ok(flow) = block_on(build_flow(
+            &path,
+            &engine_folders(folders),
+            &StandardConnectors::default(),
+            false,
+        )) && !checked.iter().any(|f| f.name == flow.name)
+        {
+            others.push(flow);
+        }
+    }
+    others
 }
 
 /// Builds every file, reporting diagnostics and duplicate names; returns the valid flows.
@@ -249,10 +339,11 @@ fn build_all(folders: &Folders, files: &[PathBuf]) -> (Vec<CompiledFlow>, usize)
     (flows, invalid)
 }
 
-fn check(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+fn check(folders: &Folders, files: Vec<String>) -> anyhow::Result<ExitCode> {
     let files = selected_files(folders, files)?;
     let (flows, mut invalid) = build_all(folders, &files);
-    invalid += check_calls(&flows);
+    let others = flows_called_from(folders, &flows);
+    invalid += check_calls(&flows, &others);
     if invalid > 0 {
         eprintln!("error: {invalid} of {} flow files invalid", files.len());
         return Ok(ExitCode::from(1));
@@ -269,12 +360,17 @@ fn check(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+fn test(folders: &Folders, files: Vec<String>) -> anyhow::Result<ExitCode> {
     let files = selected_files(folders, files)?;
     let (flows, mut invalid) = build_all(folders, &files);
-    invalid += check_calls(&flows);
+    let others = flows_called_from(folders, &flows);
+    invalid += check_calls(&flows, &others);
     // `call` steps find the flows they name in the directory, as under `sluice run`.
     let flows: Vec<Arc<CompiledFlow>> = flows.into_iter().map(Arc::new).collect();
+    for flow in others {
+        let name = flow.name.clone();
+        sluice_engine::directory::register(&name, Arc::new(arc_swap::ArcSwap::from_pointee(flow)));
+    }
     for flow in &flows {
         sluice_engine::directory::register(
             &flow.name,
@@ -292,13 +388,19 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
                     passed += 1;
                     out(&format!("ok {}: {}", flow.name, case.name));
                 }
-                Err(reason) => {
+                Err(failure) => {
                     failed += 1;
                     let at = case
                         .span
                         .map(|s| format!(" ({}:{}:{})", flow.path.display(), s.line, s.column))
                         .unwrap_or_default();
-                    out(&format!("FAIL {}: {}: {reason}{at}", flow.name, case.name));
+                    out(&format!(
+                        "FAIL {}: {}: {}{at}\n  trace:\n{}",
+                        flow.name,
+                        case.name,
+                        failure.reason,
+                        failure.trace.trim_end()
+                    ));
                 }
             }
         }
@@ -318,11 +420,11 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Reports `call`s of flows that are not among `flows`, and cycles of calls; returns the
-/// number of flows with such mistakes.
-fn check_calls(flows: &[CompiledFlow]) -> usize {
-    let graph: std::collections::BTreeMap<String, Vec<String>> = flows
-        .iter()
+/// Reports `call`s of flows that are neither among `flows` nor `others` (the rest of the
+/// flows folder), and cycles of calls; returns the number of `flows` with such mistakes.
+fn check_calls(flows: &[CompiledFlow], others: &[CompiledFlow]) -> usize {
+    let all = || flows.iter().chain(others);
+    let graph: std::collections::BTreeMap<String, Vec<String>> = all()
         .map(|f| {
             (
                 f.name.clone(),
@@ -334,8 +436,7 @@ fn check_calls(flows: &[CompiledFlow]) -> usize {
     for flow in flows {
         let mut problems = Vec::new();
         for (callee, span) in &flow.calls {
-            let forks = flows
-                .iter()
+            let forks = all()
                 .find(|f| &f.name == callee)
                 .and_then(|f| f.forks);
             if let Some(kind) = forks {
@@ -387,9 +488,25 @@ fn check_calls(flows: &[CompiledFlow]) -> usize {
     invalid
 }
 
-fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<ExitCode> {
+/// `sluice exec`'s options beside the flow and the input.
+struct ExecOptions {
+    trace: bool,
+    meta: Vec<(String, String)>,
+    meta_file: Option<PathBuf>,
+    http_path: Option<String>,
+    mocks: Option<PathBuf>,
+    live: bool,
+}
+
+fn exec(
+    folders: &Folders,
+    flow_arg: &str,
+    input: &Path,
+    options: ExecOptions,
+) -> anyhow::Result<ExitCode> {
+    let flow_path = resolve_flow(folders, flow_arg)?;
     let flow = match block_on(build_flow(
-        flow_path,
+        &flow_path,
         &engine_folders(folders),
         &StandardConnectors::default(),
         false,
@@ -404,22 +521,19 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
     };
     if !flow.calls.is_empty() {
         // The flows it `call`s come from the flows folder, as under `sluice run`.
-        for path in flow_files(&folders.flows).unwrap_or_default() {
-            if let Ok(other) = block_on(build_flow(
-                &path,
-                &engine_folders(folders),
-                &StandardConnectors::default(),
-                false,
-            )) && other.name != flow.name
-            {
-                let name = other.name.clone();
-                sluice_engine::directory::register(
-                    &name,
-                    Arc::new(arc_swap::ArcSwap::from_pointee(other)),
-                );
-            }
+        for other in flows_called_from(folders, std::slice::from_ref(&flow)) {
+            let name = other.name.clone();
+            sluice_engine::directory::register(
+                &name,
+                Arc::new(arc_swap::ArcSwap::from_pointee(other)),
+            );
         }
     }
+    let mocks = match &options.mocks {
+        Some(file) => read_mocks(file, &flow)?,
+        None => Default::default(),
+    };
+    let extra = exec_meta(&flow_path, &options)?;
     let (bytes, name) = if input == Path::new("-") {
         let mut bytes = Vec::new();
         std::io::stdin()
@@ -458,7 +572,10 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
         if let Some(line) = line {
             meta.insert("file.line".to_owned(), line.to_string());
         }
-        results.push(block_on(dry_run(&flow, payload, meta)));
+        meta.extend(extra.iter().cloned());
+        let probe =
+            sluice_engine::probe::Probe::new(mocks.clone(), options.trace, options.live, false);
+        results.push(block_on(dry_run_probed(&flow, payload, meta, probe)));
     }
     let failed = results.iter().any(|r| r.outcome == "error");
     let text = if results.len() == 1 {
@@ -473,6 +590,104 @@ fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<Exi
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The metadata `--meta-file`, `--http-path` and `--meta` give (in that order, later
+/// entries winning).
+fn exec_meta(flow_path: &Path, options: &ExecOptions) -> anyhow::Result<Vec<(String, String)>> {
+    let mut meta = Vec::new();
+    if let Some(file) = &options.meta_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the metadata file `{}`", file.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "the metadata file `{}` is not JSON; write an object such as {{\"mqtt.topic\": \"sensors/s-1\"}}",
+                file.display()
+            )
+        })?;
+        let serde_json::Value::Object(entries) = value else {
+            bail!(
+                "the metadata file `{}` must hold a JSON object of keys and values, e.g. {{\"mqtt.topic\": \"sensors/s-1\"}}",
+                file.display()
+            );
+        };
+        for (key, value) in entries {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            meta.push((key, text));
+        }
+    }
+    if let Some(target) = &options.http_path {
+        let loaded = sluice_flow::load_flow_file(flow_path).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let sluice_flow::TriggerConfig::Http(http) = &loaded.file.trigger.value else {
+            bail!(
+                "--http-path is for flows with an `http` trigger; `{}` has another trigger (give its metadata with --meta key=value)",
+                flow_path.display()
+            );
+        };
+        let entries = sluice_connectors::http::simulated_meta(http, target).map_err(|e| {
+            anyhow::anyhow!("--http-path {target}: {e}; give a path the route matches")
+        })?;
+        meta.extend(entries);
+    }
+    meta.extend(options.meta.iter().cloned());
+    Ok(meta)
+}
+
+/// `--mocks FILE`: a map of sink or step names to mocks, as in a test case's `mocks:`.
+fn read_mocks(
+    file: &Path,
+    flow: &CompiledFlow,
+) -> anyhow::Result<std::collections::BTreeMap<String, sluice_engine::probe::Mock>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the mocks file `{}`", file.display()))?;
+    let configs: std::collections::BTreeMap<String, sluice_flow::MockConfig> =
+        sluice_flow::load::parse_mocks(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "the mocks file `{}` is not a map of mocks ({e}); write e.g. `price-lookup: {{ body: {{price: 9.5}}, status: 200 }}`",
+                file.display()
+            )
+        })?;
+    let mut mocks = std::collections::BTreeMap::new();
+    let mockable: Vec<&str> = flow
+        .step_list
+        .iter()
+        .filter(|s| matches!(s.kind, "enrich" | "call"))
+        .map(|s| s.key())
+        .chain(flow.sinks.keys().map(String::as_str))
+        .collect();
+    for (key, config) in configs {
+        if !key.contains('/') && !mockable.contains(&key.as_str()) {
+            bail!(
+                "the mocks file `{}` names `{key}`, which is no sink and no `enrich` or `call` step of flow `{}`; what can be mocked: {}",
+                file.display(),
+                flow.name,
+                mockable.join(", ")
+            );
+        }
+        let error = match &config.error {
+            Some(kind) => Some(sluice_engine::ErrorKind::parse(kind.value.as_str()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the mocks file `{}`: `{key}` has the unknown error kind `{}`; expected one of contract, transform, script, sink, timeout, trigger, throttle",
+                    file.display(),
+                    kind.value
+                )
+            })?),
+            None => None,
+        };
+        mocks.insert(
+            key,
+            sluice_engine::probe::Mock {
+                body: config.body,
+                status: config.status,
+                delay: config.delay.map(|d| d.0),
+                error,
+            },
+        );
+    }
+    Ok(mocks)
 }
 
 fn format_name(format: FileFormat) -> &'static str {

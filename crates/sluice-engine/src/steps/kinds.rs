@@ -28,9 +28,9 @@ pub(crate) fn compile(
         StepConfig::Dedupe(config) => super::dedupe::compile(cx, config, path),
         StepConfig::Wiretap(sink) => super::wiretap::compile(cx, sink, sinks),
         StepConfig::Throttle(config) => super::throttle::compile(cx, config, path),
-        StepConfig::Call(flow) => super::call::compile(cx, flow),
+        StepConfig::Call(flow) => super::call::compile(cx, flow, path),
         StepConfig::Reply(reply) => super::reply::compile(cx, reply),
-        StepConfig::Enrich(enrich) => super::enrich::compile(cx, enrich),
+        StepConfig::Enrich(enrich) => super::enrich::compile(cx, enrich, path),
         // Paired up by the step list: a `try` with the `catch` after it is one step.
         StepConfig::Try(body) => super::try_catch::compile(cx, step, body, None, path, sinks),
         StepConfig::Catch(_) => {

@@ -49,7 +49,13 @@ impl Route {
                     continue;
                 }
             }
+            if let Some(probe) = &exec.probe {
+                probe.note_matched(label);
+            }
             return Ok(Some(&arm.action));
+        }
+        if let Some(probe) = &exec.probe {
+            probe.note_matched("none");
         }
         Ok(None)
     }
