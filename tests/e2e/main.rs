@@ -24,6 +24,7 @@ mod brokers_postgres;
 mod brokers_redis;
 mod cli;
 mod crash_recovery;
+mod dry_runs;
 mod eip_circuit_breaker;
 mod eip_dedupe;
 mod eip_split_aggregate;
