@@ -46,3 +46,4 @@ mod scale_out;
 mod script_sandbox;
 mod script_trust;
 mod shutdown;
+mod test_mocks;
