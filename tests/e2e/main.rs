@@ -38,6 +38,7 @@ mod http_reload;
 mod http_sink;
 mod http_trigger;
 mod listener_trust;
+mod named_steps;
 mod outbound_trust;
 mod readme_samples;
 mod reference_docs;
