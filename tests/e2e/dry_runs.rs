@@ -80,14 +80,17 @@ fn exec_trace_shows_each_step_the_arm_taken_and_the_log_lines() {
     let input = entry(&steps, "input");
     assert_eq!(input["payload"]["noise"], true);
     assert_eq!(input["meta"]["file.name"], "order.json");
+    // Each step shows what it changed (the fields, with their new values), not the whole
+    // payload again.
     let shape = entry(&steps, "shape");
-    assert_eq!(shape["changed"], json!(["/noise"]), "{shape:#}");
-    assert_eq!(shape["payload"].get("noise"), None);
-    assert_eq!(entry(&steps, "steps[1] (set)")["changed"], json!(["/count"]));
+    assert_eq!(shape["removed"], json!(["/noise"]), "{shape:#}");
+    assert_eq!(shape.get("payload"), None, "{shape:#}");
+    assert_eq!(entry(&steps, "steps[1] (set)")["changed"], json!({"/count": 3}));
     // A step that changed nothing shows no payload; the log step shows its line.
     let log = entry(&steps, "steps[2] (log)");
     assert_eq!(log["log"], json!(["order o-1 has 3 lines"]), "{log:#}");
     assert_eq!(log.get("payload"), None, "{log:#}");
+    assert_eq!(log.get("changed"), None, "{log:#}");
     let route = entry(&steps, "by-priority");
     assert_eq!(route["matched"], "by-priority.route[0]", "{route:#}");
     assert_eq!(route["to"], json!(["express"]));
@@ -99,7 +102,7 @@ fn exec_trace_shows_each_step_the_arm_taken_and_the_log_lines() {
     let caught = entry(&steps, "steps[4] (try)");
     assert_eq!(caught["meta"]["error.kind"], "script", "{caught:#}");
     assert!(
-        caught["payload"]["problem"]
+        caught["changed"]["/problem"]
             .as_str()
             .is_some_and(|p| p.contains("too many lines")),
         "{caught:#}"
@@ -117,7 +120,7 @@ fn exec_trace_shows_each_step_the_arm_taken_and_the_log_lines() {
     assert_eq!(entry(&steps, "by-priority")["matched"], "by-priority.route[1]");
     assert_eq!(
         entry(&steps, "by-priority.route[1].steps[0] (set)")["changed"],
-        json!(["/slow"])
+        json!({"/slow": true})
     );
     assert_eq!(result["outcome"], "completed", "{result:#}");
     // Without --trace there is no trace.
@@ -300,7 +303,7 @@ sinks:
   out: { file: { path: outbox/traced } }
 tests:
   - name: keeps the id
-    input: { id: t-1, qty: 2 }
+    input: { id: t-1, qty: 2, note: drop me }
     expect: { sink: out, payload: { id: t-2 } }
 "#,
     );
@@ -312,8 +315,9 @@ tests:
     let trace = &text[trace_at..];
     for line in [
         "input",
-        "payload: {\"id\":\"t-1\",\"qty\":2}",
+        "payload: {\"id\":\"t-1\",\"qty\":2,\"note\":\"drop me\"}",
         "shape",
+        "removed: /note",
         "log: qty is 2",
         "steps[2] (to) → to out",
     ] {

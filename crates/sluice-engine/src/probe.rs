@@ -42,14 +42,18 @@ pub struct TraceEntry {
     /// The step (its name, or its position and kind), or `input` for the message as it
     /// arrived, or `contract.input` / `contract.output`.
     pub step: String,
-    /// The payload after the step, when the step changed it (at an error: as it was when
-    /// the step failed; for `input`: as it arrived).
+    /// The whole payload after the step, when the step replaced it (more than
+    /// [`MAX_CHANGES`] fields, or another type); at an error: as it was when the step
+    /// failed; for `input`: as it arrived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
-    /// JSON pointers of the payload fields the step added, changed or removed, when it
-    /// kept the payload's shape (an object or array); the whole payload otherwise.
+    /// The fields the step added or changed, by JSON pointer, with their new values (when
+    /// the payload kept its shape).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub changed: BTreeMap<String, Value>,
+    /// The fields the step removed, by JSON pointer.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub changed: Vec<String>,
+    pub removed: Vec<String>,
     /// Metadata the step set (every entry for `input`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
@@ -255,7 +259,12 @@ impl Probe {
     }
 }
 
-/// The trace entry of a step, from the payload and metadata before and after it.
+/// Past this many changed fields, a trace shows the whole payload instead of the fields.
+pub const MAX_CHANGES: usize = 12;
+
+/// The trace entry of a step, from the payload and metadata before and after it: the
+/// fields that changed, or the whole payload when it was replaced (or there is no
+/// `before`).
 pub(crate) fn entry(
     step: &str,
     before: Option<&Value>,
@@ -263,9 +272,23 @@ pub(crate) fn entry(
     meta_before: &Meta,
     meta_after: &Meta,
 ) -> TraceEntry {
-    let mut changed = Vec::new();
-    if let (Some(before), Some(after)) = (before, after.as_ref()) {
-        diff(before, after, "", &mut changed);
+    let mut changes = Vec::new();
+    let mut payload = after;
+    let (mut changed, mut removed) = (BTreeMap::new(), Vec::new());
+    if let (Some(before), Some(after)) = (before, payload.as_ref()) {
+        diff(before, after, "", &mut changes);
+        let whole = changes.len() > MAX_CHANGES || changes.iter().any(|(p, _)| p == "/");
+        if !whole {
+            for (pointer, value) in changes {
+                match value {
+                    Some(value) => {
+                        changed.insert(pointer, value);
+                    }
+                    None => removed.push(pointer),
+                }
+            }
+            payload = None;
+        }
     }
     let mut meta = BTreeMap::new();
     for (k, v) in meta_after.iter() {
@@ -280,27 +303,29 @@ pub(crate) fn entry(
         .collect();
     TraceEntry {
         step: step.to_owned(),
-        payload: after,
+        payload,
         changed,
+        removed,
         meta,
         meta_removed,
         ..TraceEntry::default()
     }
 }
 
-/// The JSON pointers where `after` differs from `before` (`""` for the whole value).
-fn diff(before: &Value, after: &Value, at: &str, out: &mut Vec<String>) {
+/// Where `after` differs from `before`: each JSON pointer with its new value (`None`:
+/// removed); `/` when the whole value differs.
+fn diff(before: &Value, after: &Value, at: &str, out: &mut Vec<(String, Option<Value>)>) {
     match (before, after) {
         (Value::Object(b), Value::Object(a)) => {
             for (k, v) in a {
                 let child = format!("{at}/{}", escape(k));
                 match b.get(k) {
                     Some(old) => diff(old, v, &child, out),
-                    None => out.push(child),
+                    None => out.push((child, Some(v.clone()))),
                 }
             }
             for k in b.keys().filter(|k| !a.contains_key(*k)) {
-                out.push(format!("{at}/{}", escape(k)));
+                out.push((format!("{at}/{}", escape(k)), None));
             }
         }
         (Value::Array(b), Value::Array(a)) if b.len() == a.len() => {
@@ -309,7 +334,10 @@ fn diff(before: &Value, after: &Value, at: &str, out: &mut Vec<String>) {
             }
         }
         (b, a) if b == a => {}
-        _ => out.push(if at.is_empty() { "/".to_owned() } else { at.to_owned() }),
+        (_, a) => {
+            let at = if at.is_empty() { "/" } else { at };
+            out.push((at.to_owned(), Some(a.clone())));
+        }
     }
 }
 
@@ -344,6 +372,14 @@ pub fn render_trace(trace: &[TraceEntry]) -> String {
             let meta: Vec<String> = e.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
             out.push_str(&format!("\n      meta: {}", meta.join(", ")));
         }
+        if !e.changed.is_empty() {
+            let changed: Vec<String> =
+                e.changed.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            out.push_str(&format!("\n      changed: {}", changed.join(", ")));
+        }
+        if !e.removed.is_empty() {
+            out.push_str(&format!("\n      removed: {}", e.removed.join(", ")));
+        }
         if let Some(payload) = &e.payload {
             let label = if e.error.is_some() {
                 "payload at the error"
@@ -371,10 +407,13 @@ mod tests {
             "",
             &mut out,
         );
-        assert_eq!(out, vec!["/b/c", "/new", "/l/1", "/gone"]);
+        let pointers: Vec<&str> = out.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(pointers, vec!["/b/c", "/new", "/l/1", "/gone"]);
+        assert_eq!(out[0].1, Some(json!(3)));
+        assert_eq!(out[3].1, None);
         let mut out = Vec::new();
         diff(&json!({"a": 1}), &json!([1]), "", &mut out);
-        assert_eq!(out, vec!["/"]);
+        assert_eq!(out, vec![("/".to_owned(), Some(json!([1])))]);
     }
 }
 

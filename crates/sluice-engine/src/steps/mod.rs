@@ -207,14 +207,13 @@ async fn traced(label: &str, step: &dyn Step, exec: &mut Exec) -> Result<Control
     for delivery in exec.deliveries.iter().skip(deliveries) {
         entry.to.extend(delivery.sinks.iter().cloned());
     }
-    // The payload is shown where it changed, and at an error (as it was then).
-    if entry.changed.is_empty() && result.is_ok() {
-        entry.payload = None;
-    }
     match &result {
         Ok(Control::Drop) => entry.outcome = Some("filtered"),
         Err(e) => {
+            // At an error: the whole payload as it was then.
             entry.changed.clear();
+            entry.removed.clear();
+            entry.payload = exec.payload.json().ok().cloned();
             entry.error = Some(crate::probe::TraceError {
                 kind: e.kind,
                 message: e.message.clone(),
