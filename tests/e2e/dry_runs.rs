@@ -324,3 +324,58 @@ tests:
         assert!(trace.contains(line), "`{line}` in the trace:\n{text}");
     }
 }
+
+#[test]
+fn the_readme_trace_of_the_sample_order_is_what_exec_prints() {
+    let sb = Sandbox::new();
+    for dir in ["flows", "schemas", "scripts", "examples/inputs"] {
+        copy_dir(&repo_file(dir), &sb.path(dir));
+    }
+    let out = sb.cli(
+        &[
+            "exec",
+            "order-intake",
+            "--input",
+            "examples/inputs/orders/order-1001.json",
+            "--trace",
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let result = out.stdout_json();
+    let steps = trace(&result);
+    let labels: Vec<&str> = steps.iter().map(|e| e["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        labels,
+        vec![
+            "input",
+            "steps[0] (transform)",
+            "steps[1] (set)",
+            "steps[2] (script)",
+            "steps[3] (filter)",
+            "steps[4] (route)"
+        ]
+    );
+    let readme = std::fs::read_to_string(repo_file("README.md")).unwrap();
+    let transform = entry(&steps, "steps[0] (transform)");
+    assert_eq!(transform["changed"], json!({"/order_id": "o-1001"}));
+    assert_eq!(transform["removed"], json!(["/id"]));
+    let script = entry(&steps, "steps[2] (script)");
+    assert_eq!(
+        script["changed"],
+        json!({"/lines/0/total": 79.0, "/lines/1/total": 7.25, "/priority": "high", "/total": 86.25})
+    );
+    let route = entry(&steps, "steps[4] (route)");
+    assert_eq!(route["matched"], "steps[4].route[0]");
+    assert_eq!(route["to"], json!(["express"]));
+    // The README shows these same lines.
+    for shown in [
+        r#""changed": { "/order_id": "o-1001" },"#,
+        r#""removed": [ "/id" ]"#,
+        r#""changed": { "/lines/0/total": 79.0, "/lines/1/total": 7.25, "/priority": "high", "/total": 86.25 }"#,
+        r#""matched": "steps[4].route[0]","#,
+        "sluice exec order-intake --input examples/inputs/orders/order-1001.json --trace",
+    ] {
+        assert!(readme.contains(shown), "the README shows `{shown}`");
+    }
+}
