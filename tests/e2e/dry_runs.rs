@@ -56,7 +56,10 @@ fn exec_trace_shows_each_step_the_arm_taken_and_the_log_lines() {
         "order.json",
         r#"{"id": "o-1", "priority": "high", "lines": [1, 2, 3], "noise": true}"#,
     );
-    let out = sb.cli(&["exec", "flows/orders.yaml", "-i", "order.json", "--trace"], None);
+    let out = sb.cli(
+        &["exec", "flows/orders.yaml", "-i", "order.json", "--trace"],
+        None,
+    );
     assert_eq!(out.code, Some(0), "{}", out.all());
     let result = out.stdout_json();
     assert_eq!(result["outcome"], "delivered", "{result:#}");
@@ -85,7 +88,10 @@ fn exec_trace_shows_each_step_the_arm_taken_and_the_log_lines() {
     let shape = entry(&steps, "shape");
     assert_eq!(shape["removed"], json!(["/noise"]), "{shape:#}");
     assert_eq!(shape.get("payload"), None, "{shape:#}");
-    assert_eq!(entry(&steps, "steps[1] (set)")["changed"], json!({"/count": 3}));
+    assert_eq!(
+        entry(&steps, "steps[1] (set)")["changed"],
+        json!({"/count": 3})
+    );
     // A step that changed nothing shows no payload; the log step shows its line.
     let log = entry(&steps, "steps[2] (log)");
     assert_eq!(log["log"], json!(["order o-1 has 3 lines"]), "{log:#}");
@@ -117,7 +123,10 @@ fn exec_trace_shows_each_step_the_arm_taken_and_the_log_lines() {
     assert_eq!(out.code, Some(0), "{}", out.all());
     let result = out.stdout_json();
     let steps = trace(&result);
-    assert_eq!(entry(&steps, "by-priority")["matched"], "by-priority.route[1]");
+    assert_eq!(
+        entry(&steps, "by-priority")["matched"],
+        "by-priority.route[1]"
+    );
     assert_eq!(
         entry(&steps, "by-priority.route[1].steps[0] (set)")["changed"],
         json!({"/slow": true})
@@ -150,7 +159,11 @@ steps:
     assert_eq!(result["error"]["step"], "explode", "{result:#}");
     assert_eq!(result["error"]["kind"], "script");
     // Never `null`: the payload as the failing step had it.
-    assert_eq!(result["payload"], json!({"id": "o-9", "total": 0}), "{result:#}");
+    assert_eq!(
+        result["payload"],
+        json!({"id": "o-9", "total": 0}),
+        "{result:#}"
+    );
     let steps = trace(&result);
     let last = steps.last().unwrap();
     assert_eq!(last["step"], "explode");
@@ -162,7 +175,10 @@ steps:
     );
     // Without --trace the payload is there too.
     let out = sb.cli(&["exec", "fail", "-i", "in.json"], None);
-    assert_eq!(out.stdout_json()["payload"], json!({"id": "o-9", "total": 0}));
+    assert_eq!(
+        out.stdout_json()["payload"],
+        json!({"id": "o-9", "total": 0})
+    );
 }
 
 #[test]
@@ -180,7 +196,10 @@ steps:
        topic: meta('mqtt.topic')}
 "#,
     );
-    sb.write("meta.json", r#"{"region": "eu", "tenant": "from-file", "mqtt.topic": "sensors/s-1"}"#);
+    sb.write(
+        "meta.json",
+        r#"{"region": "eu", "tenant": "from-file", "mqtt.topic": "sensors/s-1"}"#,
+    );
     sb.write("empty.json", "{}");
     let out = sb.cli(
         &[
@@ -208,16 +227,27 @@ steps:
 
     // A path the route does not match, and a malformed --meta, are refused with the fix.
     let out = sb.cli(
-        &["exec", "quote-api", "-i", "empty.json", "--http-path", "/orders/1"],
+        &[
+            "exec",
+            "quote-api",
+            "-i",
+            "empty.json",
+            "--http-path",
+            "/orders/1",
+        ],
         None,
     );
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(
-        out.stderr.contains("does not match the flow's route `/quotes/{sku}`"),
+        out.stderr
+            .contains("does not match the flow's route `/quotes/{sku}`"),
         "{}",
         out.all()
     );
-    let out = sb.cli(&["exec", "quote-api", "-i", "empty.json", "--meta", "novalue"], None);
+    let out = sb.cli(
+        &["exec", "quote-api", "-i", "empty.json", "--meta", "novalue"],
+        None,
+    );
     assert_ne!(out.code, Some(0), "{}", out.all());
     assert!(out.stderr.contains("is not `key=value`"), "{}", out.all());
     // --http-path on a flow without an http trigger says what to use instead.
@@ -225,7 +255,10 @@ steps:
         "flows/files.yaml",
         "trigger:\n  file: { path: inbox/files }\n",
     );
-    let out = sb.cli(&["exec", "files", "-i", "empty.json", "--http-path", "/x"], None);
+    let out = sb.cli(
+        &["exec", "files", "-i", "empty.json", "--http-path", "/x"],
+        None,
+    );
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(out.stderr.contains("--meta key=value"), "{}", out.all());
 }
@@ -256,7 +289,10 @@ steps:
     for flow in ["intake", "order-intake", "flows/order-intake.yaml"] {
         let out = sb.cli(&["exec", flow, "-i", "in.json"], None);
         assert_eq!(out.code, Some(0), "exec {flow}\n{}", out.all());
-        assert_eq!(out.stdout_json()["payload"], json!({"id": "o-1", "price": 9.5}));
+        assert_eq!(
+            out.stdout_json()["payload"],
+            json!({"id": "o-1", "price": 9.5})
+        );
     }
     // `check` of the one file resolves the call against the folder, as `exec` does.
     for flow in ["flows/order-intake.yaml", "intake"] {
@@ -268,7 +304,8 @@ steps:
     let out = sb.cli(&["exec", "intak", "-i", "in.json"], None);
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(
-        out.stderr.contains("neither a flow file nor the name of a flow")
+        out.stderr
+            .contains("neither a flow file nor the name of a flow")
             && out.stderr.contains("did you mean `intake`?"),
         "{}",
         out.all()
@@ -310,8 +347,13 @@ tests:
     let out = sb.cli(&["test", "traced"], None);
     assert_eq!(out.code, Some(1), "{}", out.all());
     let text = &out.stdout;
-    assert!(text.contains("FAIL traced: keeps the id: /id: expected \"t-2\", got \"t-1\""), "{text}");
-    let trace_at = text.find("trace:").unwrap_or_else(|| panic!("a trace in\n{text}"));
+    assert!(
+        text.contains("FAIL traced: keeps the id: /id: expected \"t-2\", got \"t-1\""),
+        "{text}"
+    );
+    let trace_at = text
+        .find("trace:")
+        .unwrap_or_else(|| panic!("a trace in\n{text}"));
     let trace = &text[trace_at..];
     for line in [
         "input",

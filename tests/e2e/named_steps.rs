@@ -30,7 +30,12 @@ steps:
         "{}",
         out.all()
     );
-    assert!(out.stderr.contains(&format!("flows/twice.yaml:{second}:19")), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains(&format!("flows/twice.yaml:{second}:19")),
+        "{}",
+        out.all()
+    );
     // A name alone is no step, and two kinds in one step are refused.
     sb.write(
         "flows/twice.yaml",
@@ -97,7 +102,12 @@ errors:
             &[("flow", "named"), ("step", "shape")],
         ) >= 2.0
     });
-    for (step, count) in [("shape", 2.0), ("steps[1] (set)", 2.0), ("check-qty", 2.0), ("steps[3] (to)", 1.0)] {
+    for (step, count) in [
+        ("shape", 2.0),
+        ("steps[1] (set)", 2.0),
+        ("check-qty", 2.0),
+        ("steps[3] (to)", 1.0),
+    ] {
         assert_eq!(
             metrics.count(
                 "sluice_step_duration_seconds_count",

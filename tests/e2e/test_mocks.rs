@@ -74,8 +74,17 @@ fn tests_answer_enrich_from_mocks_and_never_call_the_endpoint() {
     );
     let out = sb.cli(&["test", "quotes"], None);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert!(out.stdout.contains("test result: 4 passed, 0 failed"), "{}", out.all());
-    assert_eq!(server.count(), 0, "a test reached the endpoint: {:?}", server.requests());
+    assert!(
+        out.stdout.contains("test result: 4 passed, 0 failed"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        server.count(),
+        0,
+        "a test reached the endpoint: {:?}",
+        server.requests()
+    );
 }
 
 #[test]
@@ -96,8 +105,11 @@ fn an_unmocked_enrich_fails_the_test_and_says_how_to_mock_it() {
     let out = sb.cli(&["test", "quotes"], None);
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(
-        out.stdout.contains("the `enrich` step `price-lookup` would reach the outside world")
-            && out.stdout.contains("mocks: { price-lookup: { body: {...}, status: 200 } }"),
+        out.stdout
+            .contains("the `enrich` step `price-lookup` would reach the outside world")
+            && out
+                .stdout
+                .contains("mocks: { price-lookup: { body: {...}, status: 200 } }"),
         "{}",
         out.all()
     );
@@ -129,9 +141,19 @@ fn an_unmocked_enrich_fails_the_test_and_says_how_to_mock_it() {
 fn exec_mocks_from_a_file_and_calls_for_real_only_with_live() {
     let server = TestServer::start(|_, _| Answer::json(200, &json!({"amount": 4.25})));
     let sb = Sandbox::new();
-    sb.write("flows/quotes.yaml", quote_flow(&server.url(""), "  []\n").replace("tests:\n  []\n", ""));
+    sb.write(
+        "flows/quotes.yaml",
+        quote_flow(&server.url(""), "  []\n").replace("tests:\n  []\n", ""),
+    );
     sb.write("in.json", r#"{"qty": 2}"#);
-    let args = ["exec", "quotes", "-i", "in.json", "--http-path", "/quotes/MUG-7"];
+    let args = [
+        "exec",
+        "quotes",
+        "-i",
+        "in.json",
+        "--http-path",
+        "/quotes/MUG-7",
+    ];
     // No mock: an error that says how to mock it, and nothing sent.
     let out = sb.cli(&args, None);
     assert_eq!(out.code, Some(1), "{}", out.all());
@@ -150,7 +172,11 @@ fn exec_mocks_from_a_file_and_calls_for_real_only_with_live() {
     let out = sb.cli(&mocked, None);
     assert_eq!(out.code, Some(0), "{}", out.all());
     let result = out.stdout_json();
-    assert_eq!(result["payload"]["price"], json!({"amount": 1.5}), "{result:#}");
+    assert_eq!(
+        result["payload"]["price"],
+        json!({"amount": 1.5}),
+        "{result:#}"
+    );
     assert_eq!(
         result["sent"],
         json!([{"to": "price-lookup", "payload": {"sku": "MUG-7", "qty": 2}}])
@@ -161,7 +187,10 @@ fn exec_mocks_from_a_file_and_calls_for_real_only_with_live() {
     live.push("--live");
     let out = sb.cli(&live, None);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert_eq!(out.stdout_json()["payload"]["price"], json!({"amount": 4.25}));
+    assert_eq!(
+        out.stdout_json()["payload"]["price"],
+        json!({"amount": 4.25})
+    );
     let requests = server.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0].target, "/prices/MUG-7");
@@ -208,7 +237,10 @@ tests:
     let out = sb.cli(&["test", "pay"], None);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(out.stdout.contains("2 passed, 0 failed"), "{}", out.all());
-    assert!(!sb.exists("outbox/ledger"), "a test wrote the called flow's sink");
+    assert!(
+        !sb.exists("outbox/ledger"),
+        "a test wrote the called flow's sink"
+    );
 }
 
 #[test]
@@ -273,11 +305,31 @@ tests:
 
     // Each expectation fails when the flow does not meet it, saying what differed.
     let wrong = [
-        ("status: 202\n", "status: 201\n", "expected status 201, got 202"),
-        ("X-Order: o-1", "X-Order: o-9", "expected header `X-Order: o-9`, got `X-Order: o-1`"),
-        ("pointer: /lines/0/qty", "pointer: /lines/0/sku", "expected a violation at `/lines/0/sku`, got violations at /lines/0/qty"),
-        ("{ sink: archive } ]", "{ sink: audit } ]", "delivery 1: expected `audit`, got `archive`"),
-        ("filtered: true", "filtered: false", "the message was filtered"),
+        (
+            "status: 202\n",
+            "status: 201\n",
+            "expected status 201, got 202",
+        ),
+        (
+            "X-Order: o-1",
+            "X-Order: o-9",
+            "expected header `X-Order: o-9`, got `X-Order: o-1`",
+        ),
+        (
+            "pointer: /lines/0/qty",
+            "pointer: /lines/0/sku",
+            "expected a violation at `/lines/0/sku`, got violations at /lines/0/qty",
+        ),
+        (
+            "{ sink: archive } ]",
+            "{ sink: audit } ]",
+            "delivery 1: expected `audit`, got `archive`",
+        ),
+        (
+            "filtered: true",
+            "filtered: false",
+            "the message was filtered",
+        ),
     ];
     let original = std::fs::read_to_string(sb.path("flows/api.yaml")).unwrap();
     for (from, to, says) in wrong {
@@ -285,13 +337,21 @@ tests:
         sb.write("flows/api.yaml", original.replacen(from, to, 1));
         let out = sb.cli(&["test", "api"], None);
         assert_eq!(out.code, Some(1), "{to}\n{}", out.all());
-        assert!(out.stdout.contains(says), "`{says}` for `{to}`:\n{}", out.all());
+        assert!(
+            out.stdout.contains(says),
+            "`{says}` for `{to}`:\n{}",
+            out.all()
+        );
     }
     let lines = std::fs::read_to_string(sb.path("flows/lines.yaml")).unwrap();
     sb.write("flows/lines.yaml", lines.replace("count: 3", "count: 2"));
     let out = sb.cli(&["test", "lines"], None);
     assert_eq!(out.code, Some(1), "{}", out.all());
-    assert!(out.stdout.contains("expected 2 sent to `line`, got 3"), "{}", out.all());
+    assert!(
+        out.stdout.contains("expected 2 sent to `line`, got 3"),
+        "{}",
+        out.all()
+    );
 }
 
 #[test]
@@ -355,5 +415,8 @@ tests:
             "the start-up tests counted as steps of `{flow}`"
         );
     }
-    assert_eq!(metrics.count("sluice_reloads_total", &[("result", "error")]), 0.0);
+    assert_eq!(
+        metrics.count("sluice_reloads_total", &[("result", "error")]),
+        0.0
+    );
 }

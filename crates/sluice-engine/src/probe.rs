@@ -125,8 +125,7 @@ pub struct Probe {
 pub(crate) const MOCK_IN_TEST: &str =
     "give the test case `mocks: { <step>: { body: {...}, status: 200 } }`";
 /// How `sluice exec` mocks a step.
-pub(crate) const MOCK_IN_EXEC: &str =
-    "give `sluice exec` a `--mocks FILE` with `<step>: { body: {...}, status: 200 }`, or `--live` to call it for real";
+pub(crate) const MOCK_IN_EXEC: &str = "give `sluice exec` a `--mocks FILE` with `<step>: { body: {...}, status: 200 }`, or `--live` to call it for real";
 
 impl Probe {
     /// A probe with these mocks; `tracing` keeps a trace; `live` lets unmocked `enrich`
@@ -373,8 +372,11 @@ pub fn render_trace(trace: &[TraceEntry]) -> String {
             out.push_str(&format!("\n      meta: {}", meta.join(", ")));
         }
         if !e.changed.is_empty() {
-            let changed: Vec<String> =
-                e.changed.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            let changed: Vec<String> = e
+                .changed
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect();
             out.push_str(&format!("\n      changed: {}", changed.join(", ")));
         }
         if !e.removed.is_empty() {
@@ -391,30 +393,6 @@ pub fn render_trace(trace: &[TraceEntry]) -> String {
         out.push('\n');
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn diffs_name_the_fields_that_changed() {
-        let mut out = Vec::new();
-        diff(
-            &json!({"a": 1, "b": {"c": 2}, "gone": true, "l": [1, 2]}),
-            &json!({"a": 1, "b": {"c": 3}, "new": "x", "l": [1, 5]}),
-            "",
-            &mut out,
-        );
-        let pointers: Vec<&str> = out.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(pointers, vec!["/b/c", "/new", "/l/1", "/gone"]);
-        assert_eq!(out[0].1, Some(json!(3)));
-        assert_eq!(out[3].1, None);
-        let mut out = Vec::new();
-        diff(&json!({"a": 1}), &json!([1]), "", &mut out);
-        assert_eq!(out, vec![("/".to_owned(), Some(json!([1])))]);
-    }
 }
 
 impl Mock {
@@ -443,7 +421,10 @@ impl Mock {
             }
         }
         if let Some(kind) = self.error {
-            return Err(FlowError::new(kind, format!("{what} failed (mocked `{kind}` error)")));
+            return Err(FlowError::new(
+                kind,
+                format!("{what} failed (mocked `{kind}` error)"),
+            ));
         }
         if let Some(status) = self.status.filter(|s| !(200..300).contains(s)) {
             // As the HTTP client reports a status that is not a success.
@@ -455,5 +436,29 @@ impl Mock {
             });
         }
         Ok(self.body.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diffs_name_the_fields_that_changed() {
+        let mut out = Vec::new();
+        diff(
+            &json!({"a": 1, "b": {"c": 2}, "gone": true, "l": [1, 2]}),
+            &json!({"a": 1, "b": {"c": 3}, "new": "x", "l": [1, 5]}),
+            "",
+            &mut out,
+        );
+        let pointers: Vec<&str> = out.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(pointers, vec!["/b/c", "/new", "/l/1", "/gone"]);
+        assert_eq!(out[0].1, Some(json!(3)));
+        assert_eq!(out[3].1, None);
+        let mut out = Vec::new();
+        diff(&json!({"a": 1}), &json!([1]), "", &mut out);
+        assert_eq!(out, vec![("/".to_owned(), Some(json!([1])))]);
     }
 }

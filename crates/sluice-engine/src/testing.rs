@@ -5,8 +5,8 @@
 use crate::connector::{Envelope, Failure, Health, Inlet, Outcome, Outgoing};
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
 use crate::flow::{CompiledFlow, Executed};
-use crate::probe::{Mock, Probe, Sent, TraceEntry, render_trace};
 use crate::message::{Ids, MESSAGE_ID, Message, Meta};
+use crate::probe::{Mock, Probe, Sent, TraceEntry, render_trace};
 use crate::steps::Control;
 use serde::Serialize;
 use serde_json::Value;
@@ -391,16 +391,28 @@ fn check_reply(test: &CompiledTest, run: &DryRun) -> Result<(), String> {
     {
         return Err(format!("expected status {expected}, got {status}"));
     }
-    let headers = run.reply.as_ref().map(|r| r.headers.as_slice()).unwrap_or_default();
+    let headers = run
+        .reply
+        .as_ref()
+        .map(|r| r.headers.as_slice())
+        .unwrap_or_default();
     for (name, value) in &test.headers {
-        match headers.iter().rev().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        match headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
             Some((_, actual)) if actual == value => {}
             Some((_, actual)) => {
                 return Err(format!(
                     "expected header `{name}: {value}`, got `{name}: {actual}`"
                 ));
             }
-            None => return Err(format!("expected header `{name}: {value}`, but the answer has none")),
+            None => {
+                return Err(format!(
+                    "expected header `{name}: {value}`, but the answer has none"
+                ));
+            }
         }
     }
     Ok(())
@@ -411,7 +423,11 @@ fn check_deliveries(expected: &[(String, Option<Value>)], run: &DryRun) -> Resul
         return Err(format!(
             "expected {} deliveries ({}), got {} ({})",
             expected.len(),
-            expected.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", "),
+            expected
+                .iter()
+                .map(|(s, _)| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             run.deliveries.len(),
             run.route.join(", ")
         ));
@@ -449,7 +465,9 @@ fn check_sent(expected: &ExpectedSent, run: &DryRun) -> Result<(), String> {
             ));
         }
         None if payloads.is_empty() => {
-            return Err(format!("expected something sent to `{to}`, but nothing was"));
+            return Err(format!(
+                "expected something sent to `{to}`, but nothing was"
+            ));
         }
         _ => {}
     }

@@ -258,7 +258,10 @@ fn resolve_flow(folders: &Folders, arg: &str) -> anyhow::Result<PathBuf> {
         }
     }
     let mut help = if names.is_empty() {
-        format!("the flows folder `{}` has no flows", folders.flows.display())
+        format!(
+            "the flows folder `{}` has no flows",
+            folders.flows.display()
+        )
     } else {
         format!(
             "flows in `{}`: {}",
@@ -266,7 +269,8 @@ fn resolve_flow(folders: &Folders, arg: &str) -> anyhow::Result<PathBuf> {
             names.join(", ")
         )
     };
-    if let Some(close) = sluice_flow::diagnostic::did_you_mean(arg, names.iter().map(String::as_str))
+    if let Some(close) =
+        sluice_flow::diagnostic::did_you_mean(arg, names.iter().map(String::as_str))
     {
         help = format!("did you mean `{close}`? {help}");
     }
@@ -436,9 +440,7 @@ fn check_calls(flows: &[CompiledFlow], others: &[CompiledFlow]) -> usize {
     for flow in flows {
         let mut problems = Vec::new();
         for (callee, span) in &flow.calls {
-            let forks = all()
-                .find(|f| &f.name == callee)
-                .and_then(|f| f.forks);
+            let forks = all().find(|f| &f.name == callee).and_then(|f| f.forks);
             if let Some(kind) = forks {
                 problems.push((
                     *span,

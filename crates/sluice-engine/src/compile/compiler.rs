@@ -12,7 +12,7 @@ use crate::steps::{self, Steps};
 use crate::testing::{CompiledTest, ExpectedError, ExpectedSent};
 use sluice_flow::diagnostic::did_you_mean;
 use sluice_flow::diagnostic::position_in_scalar;
-use sluice_flow::{FlowStep, Diagnostic, LoadedFlow, Span, Spanned, StepConfig, Targets, Text};
+use sluice_flow::{Diagnostic, FlowStep, LoadedFlow, Span, Spanned, StepConfig, Targets, Text};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -407,7 +407,10 @@ impl Compiler<'_> {
         if mockable.iter().any(|s| s.key() == key) {
             return;
         }
-        if let Some(named) = mockable.iter().find(|s| s.position == key && s.name.is_some()) {
+        if let Some(named) = mockable
+            .iter()
+            .find(|s| s.position == key && s.name.is_some())
+        {
             let name = named.key().to_owned();
             self.error(
                 span,

@@ -55,7 +55,11 @@ impl Call {
             && let Some(mock) = probe.mock(&self.key)
         {
             // A dry run with this call mocked: the called flow does not run.
-            let sent = exec.payload.json().cloned().unwrap_or(serde_json::Value::Null);
+            let sent = exec
+                .payload
+                .json()
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
             probe.sent(&self.key, sent);
             probe.note_mocked();
             let what = format!("the called flow `{}`", self.flow);

@@ -274,7 +274,11 @@ impl<'de, A: de::MapAccess<'de>> de::VariantAccess<'de> for KindValue<'_, A> {
     ) -> Result<S::Value, A::Error> {
         self.0.next_value_seed(seed)
     }
-    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, _visitor: V) -> Result<V::Value, A::Error> {
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        _visitor: V,
+    ) -> Result<V::Value, A::Error> {
         Err(de::Error::custom("a step's value is a single value"))
     }
     fn struct_variant<V: Visitor<'de>>(
