@@ -421,3 +421,40 @@ fn the_readme_trace_of_the_sample_order_is_what_exec_prints() {
         assert!(readme.contains(shown), "the README shows `{shown}`");
     }
 }
+
+#[test]
+fn the_steps_after_a_split_are_traced_once_per_child() {
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/lines.yaml",
+        r#"trigger:
+  file: { path: inbox/lines }
+steps:
+  - split: lines
+  - name: mark
+    set: { seen: "`true`" }
+  - to: line
+sinks:
+  line: { file: { path: outbox/lines } }
+"#,
+    );
+    sb.write("in.json", r#"{"lines": [{"sku": "a"}, {"sku": "b"}]}"#);
+    let out = sb.cli(&["exec", "lines", "-i", "in.json", "--trace"], None);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let result = out.stdout_json();
+    let marks: Vec<(Value, Value)> = trace(&result)
+        .iter()
+        .filter(|e| e["step"] == "mark")
+        .map(|e| (e["child"].clone(), e["meta"].clone()))
+        .collect();
+    assert_eq!(marks.len(), 2, "{result:#}");
+    assert_eq!(marks[0].0, "0");
+    assert_eq!(marks[1].0, "1");
+    let deliveries: Vec<&Value> = result["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["payload"]["sku"])
+        .collect();
+    assert_eq!(deliveries, vec!["a", "b"], "{result:#}");
+}

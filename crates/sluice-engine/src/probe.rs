@@ -42,6 +42,9 @@ pub struct TraceEntry {
     /// The step (its name, or its position and kind), or `input` for the message as it
     /// arrived, or `contract.input` / `contract.output`.
     pub step: String,
+    /// For a child of a `split`: its index (`split.index`), as its steps run once per child.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child: Option<String>,
     /// The whole payload after the step, when the step replaced it (more than
     /// [`MAX_CHANGES`] fields, or another type); at an error: as it was when the step
     /// failed; for `input`: as it arrived.
@@ -349,6 +352,9 @@ pub fn render_trace(trace: &[TraceEntry]) -> String {
     let mut out = String::new();
     for e in trace {
         out.push_str(&format!("  {}", e.step));
+        if let Some(child) = &e.child {
+            out.push_str(&format!(" [split child {child}]"));
+        }
         if let Some(arm) = &e.matched {
             out.push_str(&format!(" → matched {arm}"));
         }

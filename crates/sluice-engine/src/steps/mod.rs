@@ -204,6 +204,7 @@ async fn traced(label: &str, step: &dyn Step, exec: &mut Exec) -> Result<Control
     };
     let after = exec.payload.json().ok().cloned();
     let mut entry = crate::probe::entry(label, before.as_ref(), after, &meta_before, &exec.meta);
+    entry.child = meta_before.get(crate::steps::split::SPLIT_INDEX).cloned();
     for delivery in exec.deliveries.iter().skip(deliveries) {
         entry.to.extend(delivery.sinks.iter().cloned());
     }
