@@ -20,6 +20,7 @@ mod position;
 mod size;
 
 pub(crate) use compiler::Compiler;
+pub use compiler::StepInfo;
 
 /// Where a flow's references resolve.
 #[derive(Clone, Debug)]
@@ -57,6 +58,8 @@ pub fn compile(
         calls: Vec::new(),
         stateful: Vec::new(),
         catch_depth: 0,
+        step_names: HashMap::new(),
+        step_list: Vec::new(),
     };
     let build = BuildContext { flow };
     let file = &flow.file;
@@ -197,6 +200,7 @@ pub fn compile(
         warnings: cx.warnings,
         in_place,
         order_by,
+        step_list: cx.step_list,
     })
 }
 

@@ -38,6 +38,8 @@ struct Recorded {
     children: Vec<End>,
     /// The parent's metadata and reply, once a split handed over to its children.
     parent: Option<(Arc<Meta>, ReplySpec)>,
+    /// The payload and metadata as they were when the message (or a child) failed.
+    failed: Option<(Value, Arc<Meta>)>,
 }
 
 /// How a message or split child ended.
@@ -83,6 +85,16 @@ impl Recorder {
         }
     }
 
+    /// A message (or split child) failed: its payload as it was then is kept for the
+    /// report (the first failure, should several children fail).
+    pub(crate) fn failed(&self, exec: &mut Exec) {
+        let payload = exec.payload.json().cloned().unwrap_or(Value::Null);
+        let mut recorded = self.lock();
+        if recorded.failed.is_none() {
+            recorded.failed = Some((payload, exec.meta.clone()));
+        }
+    }
+
     /// A split hands over to its children: the parent's own deliveries come first.
     pub(crate) fn split(&self, parent: &mut Exec) {
         let mut recorded = self.lock();
@@ -99,6 +111,7 @@ impl Recorder {
             end,
             children,
             parent,
+            failed: _,
         } = recorded;
         if let Some((meta, reply)) = parent {
             let mut payloads = Vec::new();
@@ -135,23 +148,63 @@ impl Recorder {
     }
 }
 
+/// A dry run that failed: the error, and the payload and metadata as they were when it
+/// happened.
+pub struct DryFailure {
+    /// The error.
+    pub error: FlowError,
+    /// The payload at the failing step (`None` when nothing of it could be kept).
+    pub payload: Option<Value>,
+    /// The metadata then.
+    pub meta: Option<Arc<Meta>>,
+}
+
 impl CompiledFlow {
     /// Runs the input contract, the steps and the output contract as a dry run (no I/O, no
     /// waiting, no state touched); `split` children run one after the other and their
     /// deliveries are collected. Used by `tests:`, `sluice exec` and the benchmarks.
     pub async fn execute(&self, message: Message) -> Result<Executed, FlowError> {
+        self.execute_probed(message, None)
+            .await
+            .map_err(|failure| failure.error)
+    }
+
+    /// [`CompiledFlow::execute`] watched by `probe` (trace, mocks, what was sent); a
+    /// failure keeps the payload as it was at the failing step.
+    pub async fn execute_probed(
+        &self,
+        message: Message,
+        probe: Option<crate::probe::Probe>,
+    ) -> Result<Executed, DryFailure> {
         let Message { payload, meta } = message;
         let mut exec = Exec::new(payload, meta);
         exec.dry = true;
+        exec.probe = probe;
         let recorder = Recorder::default();
         match self.run(exec, 0, Mode::dry(&recorder)).await {
-            Some(Outcome::Failed(failure)) => Err(failure.error),
-            Some(_) => recorder.into_executed(),
+            Some(Outcome::Failed(failure)) => {
+                let recorded = recorder.0.into_inner().unwrap_or_else(|p| p.into_inner());
+                let (payload, meta) = recorded.failed.unzip();
+                Err(DryFailure {
+                    error: failure.error,
+                    payload,
+                    meta,
+                })
+            }
+            Some(_) => recorder.into_executed().map_err(|error| DryFailure {
+                error,
+                payload: None,
+                meta: None,
+            }),
             // Only a message parked in an aggregate group is abandoned; a dry run never parks.
-            None => Err(FlowError::permanent(
-                ErrorKind::Transform,
-                "internal: a dry run was abandoned",
-            )),
+            None => Err(DryFailure {
+                error: FlowError::permanent(
+                    ErrorKind::Transform,
+                    "internal: a dry run was abandoned",
+                ),
+                payload: None,
+                meta: None,
+            }),
         }
     }
 }

@@ -152,6 +152,8 @@ pub struct CompiledFlow {
     pub in_place: bool,
     /// `order_by`: the key whose messages run one at a time, in arrival order.
     pub order_by: Option<crate::expr::Expr>,
+    /// Every step, nested ones included, by the label metrics and errors use.
+    pub step_list: Vec<crate::compile::StepInfo>,
 }
 
 impl CompiledFlow {
@@ -162,16 +164,32 @@ impl CompiledFlow {
         exec: &mut Exec,
         start: usize,
     ) -> Result<(Control, usize), FlowError> {
+        let probe = exec.probe.clone().filter(|p| p.tracing());
+        if start == 0
+            && let Some(probe) = &probe
+        {
+            let mut input = crate::probe::entry(
+                "input",
+                None,
+                exec.payload.json().ok().cloned(),
+                &Meta::new(),
+                &exec.meta,
+            );
+            input.step = "input".to_owned();
+            probe.record(input);
+        }
         if start == 0
             && let Some(contract) = &self.input_contract
         {
-            let json = exec
+            let checked = exec
                 .payload
                 .json()
-                .map_err(|e| FlowError::new(ErrorKind::Transform, e).at_step("contract.input"))?;
-            contract
-                .check(json)
-                .map_err(|e| e.at_step("contract.input"))?;
+                .map_err(|e| FlowError::new(ErrorKind::Transform, e))
+                .and_then(|json| contract.check(json));
+            if let Err(e) = checked {
+                trace_error(probe.as_ref(), "contract.input", &e);
+                return Err(e.at_step("contract.input"));
+            }
         }
         let (control, at) = self.steps.run_from(start, exec).await?;
         // `End` (a `stop`, a `reply` in `catch`) is the same as having run every step.
@@ -179,12 +197,15 @@ impl CompiledFlow {
             && let Some(contract) = &self.output_contract
         {
             for delivery in &mut exec.deliveries {
-                let json = delivery.payload.json().map_err(|e| {
-                    FlowError::new(ErrorKind::Transform, e).at_step("contract.output")
-                })?;
-                contract
-                    .check(json)
-                    .map_err(|e| e.at_step("contract.output"))?;
+                let checked = delivery
+                    .payload
+                    .json()
+                    .map_err(|e| FlowError::new(ErrorKind::Transform, e))
+                    .and_then(|json| contract.check(json));
+                if let Err(e) = checked {
+                    trace_error(probe.as_ref(), "contract.output", &e);
+                    return Err(e.at_step("contract.output"));
+                }
             }
         }
         Ok((control, at))
@@ -323,6 +344,9 @@ impl CompiledFlow {
             }
         };
         exec.finish(false);
+        if let Some(recorder) = mode.dry {
+            recorder.failed(&mut exec);
+        }
         let keep = mode.dead_letter && self.keeps_failure(exec.caller.as_ref());
         Some(Box::pin(self.fail(error, attempts, &exec.meta, original, keep, mode)).await)
     }
@@ -335,9 +359,11 @@ impl CompiledFlow {
         payload: Payload,
         meta: Meta,
         dry: bool,
+        probe: Option<crate::probe::Probe>,
     ) -> Result<Option<Payload>, FlowError> {
         let mut exec = Exec::new(payload, Arc::new(meta));
         exec.dry = dry;
+        exec.probe = probe;
         let result = self.steps_from(&mut exec, 0).await;
         let result = match result {
             Err(e) => Err(e),
@@ -347,6 +373,16 @@ impl CompiledFlow {
                 "a called flow cannot `split` or `aggregate`",
             )),
             Ok((Control::Continue | Control::End, _)) if dry || exec.deliveries.is_empty() => {
+                // A dry run notes what the called flow would have written, by
+                // `<flow>/<sink>`.
+                if let Some(probe) = exec.probe.as_ref().filter(|_| dry) {
+                    for delivery in &mut exec.deliveries {
+                        let payload = delivery.payload.json().cloned().unwrap_or_default();
+                        for sink in delivery.sinks.iter() {
+                            probe.sent(sink, payload.clone());
+                        }
+                    }
+                }
                 Ok(Some(exec.payload.snapshot()))
             }
             Ok((Control::Continue | Control::End, _)) => self
@@ -357,6 +393,20 @@ impl CompiledFlow {
         };
         exec.finish(result.is_ok());
         result
+    }
+}
+
+/// A contract's error joins the trace, with the payload it was checked against.
+fn trace_error(probe: Option<&crate::probe::Probe>, step: &str, e: &FlowError) {
+    if let Some(probe) = probe {
+        probe.record(crate::probe::TraceEntry {
+            step: step.to_owned(),
+            error: Some(crate::probe::TraceError {
+                kind: e.kind,
+                message: e.message.clone(),
+            }),
+            ..Default::default()
+        });
     }
 }
 

@@ -123,6 +123,11 @@ impl HttpCall {
         Ok(secrets::redacted(&self.url(payload, meta)?))
     }
 
+    /// How long the request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sends one request. Connection errors, 429 and 5xx are retryable `sink` errors (with
     /// `Retry-After`), a timeout is a `timeout` error, other non-2xx answers are permanent.
     pub async fn send(

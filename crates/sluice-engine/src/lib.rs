@@ -27,6 +27,7 @@ mod http_client;
 mod http_url;
 pub mod in_place;
 mod message;
+pub mod probe;
 mod registry;
 mod retry;
 mod script;
@@ -41,7 +42,7 @@ mod workers;
 #[cfg(test)]
 mod eip_tests;
 
-pub use compile::{Folders, compile};
+pub use compile::{Folders, StepInfo, compile};
 pub use connector::{
     Acker, BuildContext, Caller, Connectors, Envelope, Failure, GaveUp, Health, Inlet, InputFormat,
     Outcome, Outgoing, Reply, Sink, SinkInfo, Trigger, TriggerInfo, TriggerKey,

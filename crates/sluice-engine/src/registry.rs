@@ -83,6 +83,10 @@ struct State {
     closed: bool,
     /// Why the flows folder cannot be watched (it is gone), if it cannot.
     folder_problem: Option<String>,
+    /// While `start_all` loads the flows: a failure is only recorded, and logged once the
+    /// retries are done, so a flow whose `tests:` `call` a flow loaded after it (and which
+    /// then starts) is never logged as failed.
+    starting: bool,
 }
 
 /// The running flows of one `sluice run`.
@@ -122,7 +126,9 @@ impl Registry {
     /// Loads every flow file of the flows folder; invalid ones are logged and skipped (and
     /// keep `/readyz` at 503 until they load or are removed).
     pub async fn start_all(&self) -> std::io::Result<()> {
-        for path in flow_files(&self.options.flows)? {
+        let files = flow_files(&self.options.flows)?;
+        self.lock().starting = true;
+        for path in files {
             self.apply(&path).await;
         }
         // A flow whose `tests:` `call` a flow loaded after it failed; try those again while
@@ -140,7 +146,14 @@ impl Registry {
             }
         }
         let mut state = self.lock();
+        state.starting = false;
         let failed: Vec<PathBuf> = state.errors.keys().cloned().collect();
+        for path in &failed {
+            for d in state.errors.get(path).into_iter().flatten() {
+                tracing::error!(file = %path.display(), "reload failed, flow not started: {d}");
+            }
+            metrics::counter!("sluice_reloads_total", "result" => "error").increment(1);
+        }
         state.unloaded_at_start.extend(failed);
         Ok(())
     }

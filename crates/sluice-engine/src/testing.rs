@@ -4,8 +4,9 @@
 
 use crate::connector::{Envelope, Failure, Health, Inlet, Outcome, Outgoing};
 use crate::error::{ErrorEnvelope, ErrorKind, FlowError};
-use crate::flow::CompiledFlow;
+use crate::flow::{CompiledFlow, Executed};
 use crate::message::{Ids, MESSAGE_ID, Message, Meta};
+use crate::probe::{Mock, Probe, Sent, TraceEntry, render_trace};
 use crate::steps::Control;
 use serde::Serialize;
 use serde_json::Value;
@@ -14,10 +15,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+mod expect;
+
 /// Metadata key set on the messages of `tests:` cases.
 pub const TEST_MARKER: &str = "sluice.test";
 
-/// A test case, checked at compile time (its sink exists, its error kind is known).
+/// A test case, checked at compile time (its sinks and mocked steps exist, its error kinds
+/// are known).
 #[derive(Debug, Clone)]
 pub struct CompiledTest {
     /// Its name.
@@ -34,8 +38,40 @@ pub struct CompiledTest {
     pub payload: Option<Value>,
     /// The message must be filtered (or must not).
     pub filtered: Option<bool>,
-    /// The message must fail with this kind.
-    pub error: Option<ErrorKind>,
+    /// The message must fail so.
+    pub error: Option<ExpectedError>,
+    /// The answer's HTTP status.
+    pub status: Option<u16>,
+    /// Headers the answer must carry.
+    pub headers: BTreeMap<String, String>,
+    /// Exactly these deliveries, in order: sink and an optional payload subset.
+    pub deliveries: Option<Vec<(String, Option<Value>)>>,
+    /// What must have been sent to mocks and sinks.
+    pub sent: Vec<ExpectedSent>,
+    /// What answers in place of `enrich` and `call` steps and sinks.
+    pub mocks: BTreeMap<String, Mock>,
+}
+
+/// The error a test case expects.
+#[derive(Debug, Clone)]
+pub struct ExpectedError {
+    /// Its kind.
+    pub kind: ErrorKind,
+    /// A contract violation at this JSON pointer.
+    pub pointer: Option<String>,
+    /// A part of its message.
+    pub message: Option<String>,
+}
+
+/// What a test case expects was sent somewhere.
+#[derive(Debug, Clone)]
+pub struct ExpectedSent {
+    /// A sink's name, or an `enrich` or `call` step's key.
+    pub to: String,
+    /// A subset one of the payloads sent there matches.
+    pub payload: Option<Value>,
+    /// Exactly this many sends.
+    pub count: Option<usize>,
 }
 
 /// What `sluice exec` prints: the result of one message, with nothing written.
@@ -43,15 +79,36 @@ pub struct CompiledTest {
 pub struct DryRun {
     /// `delivered`, `completed`, `filtered` or `error`.
     pub outcome: &'static str,
-    /// The payload after the last step.
+    /// The payload after the last step; on an error, the payload as it was at the failing
+    /// step.
     pub payload: Value,
     /// Sinks that would receive the message, in order.
     pub route: Vec<String>,
     /// What each sink would receive and where it would write it.
     pub deliveries: Vec<DryDelivery>,
+    /// The status and headers `reply` steps set, when they set any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<DryReply>,
+    /// What `enrich` and `call` steps sent (to their mocks, or with `--live` to the real
+    /// endpoint), and what called flows would have written (`<flow>/<sink>`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sent: Vec<Sent>,
     /// The error, when the outcome is `error`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<DryError>,
+    /// Step by step, with `--trace` (and for a failed test).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Vec<TraceEntry>>,
+}
+
+/// The answer's status and headers, as `reply` steps set them.
+#[derive(Debug, Serialize)]
+pub struct DryReply {
+    /// The status (200 unless a `reply` set another).
+    pub status: u16,
+    /// Headers, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
 }
 
 /// One delivery of a dry run.
@@ -63,6 +120,9 @@ pub struct DryDelivery {
     pub payload: Value,
     /// Where it would write (a file path, `stdout`, …).
     pub target: String,
+    /// A mock answered in place of the sink.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub mocked: bool,
 }
 
 /// The error of a dry run.
@@ -89,34 +149,60 @@ impl From<FlowError> for DryError {
     }
 }
 
-/// Runs one message through the steps and asks each sink where it would write; writes nothing.
+/// Runs one message through the steps and asks each sink where it would write; writes
+/// nothing, and an `enrich` step without a mock fails (see [`dry_run_probed`]).
 pub async fn dry_run(flow: &CompiledFlow, payload: Value, meta: Meta) -> DryRun {
+    let probe = Probe::new(BTreeMap::new(), false, false, false);
+    dry_run_probed(flow, payload, meta, probe).await
+}
+
+/// [`dry_run`] watched by `probe`: its mocks answer for `enrich` and `call` steps and
+/// sinks, what was sent to them is reported, and a tracing probe's trace is included.
+pub async fn dry_run_probed(
+    flow: &CompiledFlow,
+    payload: Value,
+    meta: Meta,
+    probe: Probe,
+) -> DryRun {
     let message = Message::new(&flow.name, payload, meta);
-    let executed = match flow.execute(message).await {
-        Ok(executed) => executed,
-        Err(e) => {
-            return DryRun {
-                outcome: "error",
-                payload: Value::Null,
-                route: Vec::new(),
-                deliveries: Vec::new(),
-                error: Some(e.into()),
-            };
-        }
+    let mut run = DryRun {
+        outcome: "error",
+        payload: Value::Null,
+        route: Vec::new(),
+        deliveries: Vec::new(),
+        reply: None,
+        sent: Vec::new(),
+        error: None,
+        trace: None,
     };
-    let mut final_payload = executed.payload;
-    let payload = final_payload.json().cloned().unwrap_or(Value::Null);
-    if executed.control == Control::Drop {
-        return DryRun {
-            outcome: "filtered",
-            payload,
-            route: Vec::new(),
-            deliveries: Vec::new(),
-            error: None,
-        };
+    match flow.execute_probed(message, Some(probe.clone())).await {
+        Ok(executed) => deliver(flow, executed, &probe, &mut run).await,
+        Err(failure) => {
+            run.payload = failure.payload.unwrap_or(Value::Null);
+            run.error = Some(failure.error.into());
+        }
     }
-    let mut route = Vec::new();
-    let mut deliveries = Vec::new();
+    run.sent = probe.sent_list();
+    if probe.tracing() {
+        run.trace = Some(probe.trace());
+    }
+    run
+}
+
+/// The sinks' part of a dry run: where each delivery would go, and what their mocks say.
+async fn deliver(flow: &CompiledFlow, executed: Executed, probe: &Probe, run: &mut DryRun) {
+    let mut final_payload = executed.payload;
+    run.payload = final_payload.json().cloned().unwrap_or(Value::Null);
+    if executed.reply.status.is_some() || !executed.reply.headers.is_empty() {
+        run.reply = Some(DryReply {
+            status: executed.reply.status.unwrap_or(200),
+            headers: executed.reply.headers.clone(),
+        });
+    }
+    if executed.control == Control::Drop {
+        run.outcome = "filtered";
+        return;
+    }
     for delivery in executed.deliveries {
         for sink_name in delivery.sinks.iter() {
             let mut out = Outgoing {
@@ -126,112 +212,64 @@ pub async fn dry_run(flow: &CompiledFlow, payload: Value, meta: Meta) -> DryRun 
             let target = match flow.sinks.get(sink_name).map(|s| s.target(&mut out)) {
                 Some(Ok(target)) => target,
                 Some(Err(e)) => {
-                    return DryRun {
-                        outcome: "error",
-                        payload,
-                        route,
-                        deliveries,
-                        error: Some(e.at_step(format!("sink {sink_name}")).into()),
-                    };
+                    run.error = Some(e.at_step(format!("sink {sink_name}")).into());
+                    return;
                 }
                 None => String::new(),
             };
-            route.push(sink_name.clone());
-            deliveries.push(DryDelivery {
+            let payload = out.payload.json().cloned().unwrap_or(Value::Null);
+            let mock = probe.mock(sink_name);
+            run.route.push(sink_name.clone());
+            run.deliveries.push(DryDelivery {
                 sink: sink_name.clone(),
-                payload: out.payload.json().cloned().unwrap_or(Value::Null),
+                payload,
                 target,
+                mocked: mock.is_some(),
             });
+            if let Some(mock) = mock {
+                let what = format!("sink `{sink_name}`");
+                if let Err(e) = mock.answer(&what, ErrorKind::Sink, None).await {
+                    run.error = Some(e.at_step(format!("sink {sink_name}")).into());
+                    return;
+                }
+            }
         }
     }
-    DryRun {
-        outcome: if deliveries.is_empty() {
-            "completed"
-        } else {
-            "delivered"
-        },
-        payload,
-        route,
-        deliveries,
-        error: None,
+    run.outcome = if run.deliveries.is_empty() {
+        "completed"
+    } else {
+        "delivered"
+    };
+}
+
+/// Why a test case failed, with the trace of its message.
+#[derive(Debug)]
+pub struct TestFailure {
+    /// What differed.
+    pub reason: String,
+    /// The message's trace, one step a line.
+    pub trace: String,
+}
+
+impl std::fmt::Display for TestFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
     }
 }
 
-/// Runs one test case; `Err` says what differed.
-pub async fn run_test(flow: &CompiledFlow, test: &CompiledTest) -> Result<(), String> {
+/// Runs one test case (its mocks in place, nothing reaching the outside world); `Err` says
+/// what differed, with the trace.
+pub async fn run_test(flow: &CompiledFlow, test: &CompiledTest) -> Result<(), TestFailure> {
     let mut meta = test.meta.clone();
     meta.insert(TEST_MARKER.to_owned(), "true".to_owned());
     meta.entry(MESSAGE_ID.to_owned())
         .or_insert_with(|| format!("test-{}", test.name.replace(' ', "-")));
-    let run = dry_run(flow, test.input.clone(), meta).await;
-    if let Some(kind) = test.error {
-        return match &run.error {
-            Some(e) if e.kind == kind => Ok(()),
-            Some(e) => Err(format!(
-                "expected a `{kind}` error, got a `{}` error: {}",
-                e.kind, e.message
-            )),
-            None => Err(format!(
-                "expected a `{kind}` error, but the message was {}",
-                run.outcome
-            )),
-        };
-    }
-    if let Some(e) = &run.error {
-        let mut text = format!(
-            "the message failed with a `{}` error: {}",
-            e.kind, e.message
-        );
-        for v in &e.violations {
-            text.push_str(&format!("; {} {}", v.pointer, v.message));
-        }
-        return Err(text);
-    }
-    let filtered = run.outcome == "filtered";
-    if let Some(expected) = test.filtered
-        && expected != filtered
-    {
-        return Err(if expected {
-            format!(
-                "expected the message to be filtered, but it was {}",
-                run.outcome
-            )
-        } else {
-            "the message was filtered".to_owned()
-        });
-    }
-    match &test.sink {
-        Some(sink) => {
-            let Some(delivery) = run.deliveries.iter().find(|d| &d.sink == sink) else {
-                return Err(if run.route.is_empty() {
-                    format!(
-                        "expected delivery to `{sink}`, but the message was {}",
-                        run.outcome
-                    )
-                } else {
-                    format!(
-                        "expected delivery to `{sink}`, got {}",
-                        run.route.join(", ")
-                    )
-                });
-            };
-            if let Some(expected) = &test.payload {
-                subset_match(expected, &delivery.payload, "")?;
-            }
-        }
-        None => {
-            if test.filtered.is_none() && !run.route.is_empty() && test.payload.is_none() {
-                return Err(format!(
-                    "expected no delivery, got {}",
-                    run.route.join(", ")
-                ));
-            }
-            if let Some(expected) = &test.payload {
-                subset_match(expected, &run.payload, "")?;
-            }
-        }
-    }
-    Ok(())
+    let probe = Probe::new(test.mocks.clone(), true, false, true);
+    let run = dry_run_probed(flow, test.input.clone(), meta, probe).await;
+    expect::check_test(test, &run).map_err(|reason| TestFailure {
+        reason,
+        trace: render_trace(run.trace.as_deref().unwrap_or_default()),
+    })
 }
 
 /// Objects match when every expected key matches; arrays element by element with equal

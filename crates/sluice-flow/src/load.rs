@@ -198,6 +198,14 @@ fn strip_location_suffix(raw: &str) -> &str {
     }
 }
 
+/// Parses a mocks file for `sluice exec --mocks` (the shape of a test case's `mocks:`);
+/// the error names the line and column.
+pub fn parse_mocks(
+    text: &str,
+) -> Result<std::collections::BTreeMap<String, crate::MockConfig>, String> {
+    serde_saphyr::from_str(text).map_err(|e| e.without_snippet().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

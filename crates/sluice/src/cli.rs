@@ -76,25 +76,53 @@ pub enum Command {
     Check {
         #[command(flatten)]
         folders: Folders,
-        /// Flow files to check (default: every flow in the flows folder).
-        files: Vec<PathBuf>,
+        /// Flows to check, each a file or the name of a flow in the flows folder (default:
+        /// every flow there). `call`s resolve against the flows folder either way.
+        files: Vec<String>,
     },
     /// Run the `tests:` of flows. Exit 1 when a test fails or a flow is invalid.
     Test {
         #[command(flatten)]
         folders: Folders,
-        /// Flow files to test (default: every flow in the flows folder).
-        files: Vec<PathBuf>,
+        /// Flows to test, each a file or the name of a flow in the flows folder (default:
+        /// every flow there).
+        files: Vec<String>,
     },
-    /// Run one input through a flow and print the result; nothing is written anywhere.
+    /// Run one input through a flow and print the result; nothing is written anywhere and
+    /// nothing outside is called (`enrich` and `call` steps and sinks can be mocked).
     Exec {
         #[command(flatten)]
         folders: Folders,
-        /// The flow file.
-        flow: PathBuf,
+        /// The flow: a file, or the name of a flow in the flows folder.
+        flow: String,
         /// The input file, or `-` for standard input; decoded with the trigger's format.
         #[arg(long, short)]
         input: PathBuf,
+        /// Show every step: the payload and metadata after it, the route arm taken, what
+        /// `log` steps wrote, and the error with the payload as it was.
+        #[arg(long)]
+        trace: bool,
+        /// Metadata for the message, as `key=value` (repeatable), e.g.
+        /// `--meta mqtt.topic=sensors/s-1/temperature`.
+        #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = key_value)]
+        meta: Vec<(String, String)>,
+        /// Metadata from a JSON object file (`{"mqtt.topic": "…"}`; values that are not
+        /// strings are given as JSON text). `--meta` entries win.
+        #[arg(long, value_name = "FILE")]
+        meta_file: Option<PathBuf>,
+        /// For an `http` flow: the request path (with an optional `?query`), matched
+        /// against the route, so that `http.path.<param>`, `http.query.<name>`,
+        /// `http.path` and `http.method` are set as the trigger would set them.
+        #[arg(long, value_name = "PATH")]
+        http_path: Option<String>,
+        /// Mocks for `enrich` and `call` steps and sinks: a YAML or JSON file shaped like a
+        /// test case's `mocks:` (`{<step or sink>: {body, status, delay, error}}`).
+        #[arg(long, value_name = "FILE")]
+        mocks: Option<PathBuf>,
+        /// Let `enrich` steps without a mock call their real endpoints (sinks are still
+        /// never written).
+        #[arg(long)]
+        live: bool,
     },
     /// Print the JSON Schema of the flow format.
     Schema,
@@ -102,8 +130,9 @@ pub enum Command {
     Openapi {
         #[command(flatten)]
         folders: Folders,
-        /// Flow files to describe (default: every flow in the flows folder).
-        files: Vec<PathBuf>,
+        /// Flows to describe, each a file or the name of a flow in the flows folder (default:
+        /// every flow there).
+        files: Vec<String>,
         /// A base URL of the listener for the document's `servers` (repeatable), e.g.
         /// `--server https://api.example.com`.
         #[arg(long = "server", value_name = "URL")]
@@ -175,6 +204,17 @@ impl Command {
     /// Commands whose output is the point keep the log to warnings.
     pub fn is_quiet(&self) -> bool {
         !matches!(self, Command::Run { .. })
+    }
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "`{text}` is not `key=value`; e.g. --meta http.path.sku=KETTLE-1"
+        )),
     }
 }
 

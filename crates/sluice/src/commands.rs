@@ -1,14 +1,17 @@
 //! The subcommands: `run`, `check`, `test`, `exec`, `schema`.
 
 use crate::cli::{Cli, Command, Folders};
+
+mod exec;
 use anyhow::{Context, bail};
+use exec::{ExecOptions, exec};
 use sluice_connectors::StandardConnectors;
-use sluice_engine::testing::{dry_run, run_test};
-use sluice_engine::{CompiledFlow, InputFormat, Meta};
+use sluice_engine::CompiledFlow;
+use sluice_engine::testing::run_test;
 use sluice_engine::{Registry, RegistryOptions, build_flow, duplicate_name, flow_files};
 use sluice_flow::FileFormat;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,7 +47,25 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             folders,
             flow,
             input,
-        } => exec(&folders, &flow, &input),
+            trace,
+            meta,
+            meta_file,
+            http_path,
+            mocks,
+            live,
+        } => exec(
+            &folders,
+            &flow,
+            &input,
+            ExecOptions {
+                trace,
+                meta,
+                meta_file,
+                http_path,
+                mocks,
+                live,
+            },
+        ),
         Command::New {
             what:
                 crate::cli::New::Flow {
@@ -218,10 +239,11 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// The flow files a command works on: the arguments, or every flow in the flows folder.
-fn selected_files(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+/// The flow files a command works on: the arguments (files, or names of flows in the
+/// flows folder), or every flow in the flows folder.
+fn selected_files(folders: &Folders, files: Vec<String>) -> anyhow::Result<Vec<PathBuf>> {
     if !files.is_empty() {
-        return Ok(files);
+        return files.iter().map(|f| resolve_flow(folders, f)).collect();
     }
     flow_files(&folders.flows).with_context(|| {
         format!(
@@ -229,6 +251,81 @@ fn selected_files(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<Vec<
             folders.flows.display()
         )
     })
+}
+
+/// A flow argument: an existing file, else the flow of that name (or file stem) in the
+/// flows folder.
+fn resolve_flow(folders: &Folders, arg: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        return Ok(path.to_owned());
+    }
+    let files = flow_files(&folders.flows).unwrap_or_default();
+    if let Some(file) = files
+        .iter()
+        .find(|f| f.file_stem().is_some_and(|stem| stem == arg))
+    {
+        return Ok(file.clone());
+    }
+    let mut names = Vec::new();
+    for file in &files {
+        if let Ok(loaded) = sluice_flow::load_flow_file(file) {
+            if loaded.name == arg {
+                return Ok(file.clone());
+            }
+            names.push(loaded.name);
+        }
+    }
+    let mut help = if names.is_empty() {
+        format!(
+            "the flows folder `{}` has no flows",
+            folders.flows.display()
+        )
+    } else {
+        format!(
+            "flows in `{}`: {}",
+            folders.flows.display(),
+            names.join(", ")
+        )
+    };
+    if let Some(close) =
+        sluice_flow::diagnostic::did_you_mean(arg, names.iter().map(String::as_str))
+    {
+        help = format!("did you mean `{close}`? {help}");
+    }
+    bail!(
+        "`{arg}` is neither a flow file nor the name of a flow in `{}`; {help} (or pass --flows DIR)",
+        folders.flows.display()
+    )
+}
+
+/// The flows of the flows folder that are not among `checked`, built without their tests:
+/// what `call`s of the checked flows resolve against. Their own mistakes are not reported
+/// here (they are not being checked).
+fn flows_called_from(folders: &Folders, checked: &[CompiledFlow]) -> Vec<CompiledFlow> {
+    let mut others = Vec::new();
+    if checked.iter().all(|f| f.calls.is_empty()) {
+        return others;
+    }
+    let paths: Vec<PathBuf> = checked
+        .iter()
+        .map(|f| sluice_flow::paths::normalize(&f.path))
+        .collect();
+    for path in flow_files(&folders.flows).unwrap_or_default() {
+        if paths.contains(&sluice_flow::paths::normalize(&path)) {
+            continue;
+        }
+        if let Ok(flow) = block_on(build_flow(
+            &path,
+            &engine_folders(folders),
+            &StandardConnectors::default(),
+            false,
+        )) && !checked.iter().any(|f| f.name == flow.name)
+        {
+            others.push(flow);
+        }
+    }
+    others
 }
 
 /// Builds every file, reporting diagnostics and duplicate names; returns the valid flows.
@@ -265,10 +362,11 @@ fn build_all(folders: &Folders, files: &[PathBuf]) -> (Vec<CompiledFlow>, usize)
     (flows, invalid)
 }
 
-fn check(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+fn check(folders: &Folders, files: Vec<String>) -> anyhow::Result<ExitCode> {
     let files = selected_files(folders, files)?;
     let (flows, mut invalid) = build_all(folders, &files);
-    invalid += check_calls(&flows);
+    let others = flows_called_from(folders, &flows);
+    invalid += check_calls(&flows, &others);
     if invalid > 0 {
         eprintln!("error: {invalid} of {} flow files invalid", files.len());
         return Ok(ExitCode::from(1));
@@ -287,7 +385,7 @@ fn check(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
 
 /// `sluice openapi`: the document of every `http` flow; no document while a flow is invalid
 /// (it would describe a set of flows that cannot run).
-fn openapi(folders: &Folders, files: Vec<PathBuf>, servers: &[String]) -> anyhow::Result<ExitCode> {
+fn openapi(folders: &Folders, files: Vec<String>, servers: &[String]) -> anyhow::Result<ExitCode> {
     let files = selected_files(folders, files)?;
     let (flows, invalid) = build_all(folders, &files);
     if invalid > 0 {
@@ -302,12 +400,17 @@ fn openapi(folders: &Folders, files: Vec<PathBuf>, servers: &[String]) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+fn test(folders: &Folders, files: Vec<String>) -> anyhow::Result<ExitCode> {
     let files = selected_files(folders, files)?;
     let (flows, mut invalid) = build_all(folders, &files);
-    invalid += check_calls(&flows);
+    let others = flows_called_from(folders, &flows);
+    invalid += check_calls(&flows, &others);
     // `call` steps find the flows they name in the directory, as under `sluice run`.
     let flows: Vec<Arc<CompiledFlow>> = flows.into_iter().map(Arc::new).collect();
+    for flow in others {
+        let name = flow.name.clone();
+        sluice_engine::directory::register(&name, Arc::new(arc_swap::ArcSwap::from_pointee(flow)));
+    }
     for flow in &flows {
         sluice_engine::directory::register(
             &flow.name,
@@ -325,13 +428,19 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
                     passed += 1;
                     out(&format!("ok {}: {}", flow.name, case.name));
                 }
-                Err(reason) => {
+                Err(failure) => {
                     failed += 1;
                     let at = case
                         .span
                         .map(|s| format!(" ({}:{}:{})", flow.path.display(), s.line, s.column))
                         .unwrap_or_default();
-                    out(&format!("FAIL {}: {}: {reason}{at}", flow.name, case.name));
+                    out(&format!(
+                        "FAIL {}: {}: {}{at}\n  trace:\n{}",
+                        flow.name,
+                        case.name,
+                        failure.reason,
+                        failure.trace.trim_end()
+                    ));
                 }
             }
         }
@@ -351,11 +460,11 @@ fn test(folders: &Folders, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Reports `call`s of flows that are not among `flows`, and cycles of calls; returns the
-/// number of flows with such mistakes.
-fn check_calls(flows: &[CompiledFlow]) -> usize {
-    let graph: std::collections::BTreeMap<String, Vec<String>> = flows
-        .iter()
+/// Reports `call`s of flows that are neither among `flows` nor `others` (the rest of the
+/// flows folder), and cycles of calls; returns the number of `flows` with such mistakes.
+fn check_calls(flows: &[CompiledFlow], others: &[CompiledFlow]) -> usize {
+    let all = || flows.iter().chain(others);
+    let graph: std::collections::BTreeMap<String, Vec<String>> = all()
         .map(|f| {
             (
                 f.name.clone(),
@@ -367,10 +476,7 @@ fn check_calls(flows: &[CompiledFlow]) -> usize {
     for flow in flows {
         let mut problems = Vec::new();
         for (callee, span) in &flow.calls {
-            let forks = flows
-                .iter()
-                .find(|f| &f.name == callee)
-                .and_then(|f| f.forks);
+            let forks = all().find(|f| &f.name == callee).and_then(|f| f.forks);
             if let Some(kind) = forks {
                 problems.push((
                     *span,
@@ -418,94 +524,6 @@ fn check_calls(flows: &[CompiledFlow]) -> usize {
         }
     }
     invalid
-}
-
-fn exec(folders: &Folders, flow_path: &Path, input: &Path) -> anyhow::Result<ExitCode> {
-    let flow = match block_on(build_flow(
-        flow_path,
-        &engine_folders(folders),
-        &StandardConnectors::default(),
-        false,
-    )) {
-        Ok(flow) => flow,
-        Err(diagnostics) => {
-            for d in diagnostics {
-                eprint!("{}", d.render());
-            }
-            return Ok(ExitCode::from(1));
-        }
-    };
-    if !flow.calls.is_empty() {
-        // The flows it `call`s come from the flows folder, as under `sluice run`.
-        for path in flow_files(&folders.flows).unwrap_or_default() {
-            if let Ok(other) = block_on(build_flow(
-                &path,
-                &engine_folders(folders),
-                &StandardConnectors::default(),
-                false,
-            )) && other.name != flow.name
-            {
-                let name = other.name.clone();
-                sluice_engine::directory::register(
-                    &name,
-                    Arc::new(arc_swap::ArcSwap::from_pointee(other)),
-                );
-            }
-        }
-    }
-    let (bytes, name) = if input == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("cannot read the input from stdin")?;
-        (bytes, "stdin".to_owned())
-    } else {
-        let bytes = std::fs::read(input)
-            .with_context(|| format!("cannot read the input file `{}`", input.display()))?;
-        let name = input
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        (bytes, name)
-    };
-    // Inputs are read as the trigger reads its bodies (a file trigger's format and CSV
-    // options; one JSON document for the others).
-    let InputFormat { format, csv } = flow.trigger_info.input.clone();
-    let records = match sluice_connectors::file::decode_input(&bytes, format, &csv) {
-        Ok(records) => records,
-        Err(reason) => {
-            eprintln!(
-                "error: the input `{}` cannot be read as {}: {reason}",
-                input.display(),
-                format_name(format)
-            );
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let mut results = Vec::new();
-    for (payload, line) in records {
-        let mut meta = Meta::new();
-        meta.insert("file.name".to_owned(), name.clone());
-        meta.insert("file.path".to_owned(), input.display().to_string());
-        meta.insert("file.size".to_owned(), bytes.len().to_string());
-        if let Some(line) = line {
-            meta.insert("file.line".to_owned(), line.to_string());
-        }
-        results.push(block_on(dry_run(&flow, payload, meta)));
-    }
-    let failed = results.iter().any(|r| r.outcome == "error");
-    let text = if results.len() == 1 {
-        serde_json::to_string_pretty(&results[0])
-    } else {
-        serde_json::to_string_pretty(&results)
-    }
-    .context("cannot print the result")?;
-    out(&text);
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 fn format_name(format: FileFormat) -> &'static str {

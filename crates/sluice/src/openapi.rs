@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 use sluice_engine::CompiledFlow;
-use sluice_flow::{HttpMethod, HttpTriggerConfig, Spanned, StepConfig, TriggerConfig};
+use sluice_flow::{FlowStep, HttpMethod, HttpTriggerConfig, Spanned, StepConfig, TriggerConfig};
 use std::collections::BTreeSet;
 
 /// The document for `flows` (any order; flows without an `http` trigger are left out).
@@ -91,7 +91,7 @@ impl Components<'_> {
 fn operation(
     flow: &CompiledFlow,
     http: &HttpTriggerConfig,
-    steps: &[Spanned<StepConfig>],
+    steps: &[Spanned<FlowStep>],
     components: &mut Components<'_>,
 ) -> Value {
     let path = http.path.value.to_string();
@@ -287,15 +287,15 @@ struct Found {
 }
 
 impl Found {
-    fn walk(steps: &[Spanned<StepConfig>]) -> Found {
+    fn walk(steps: &[Spanned<FlowStep>]) -> Found {
         let mut found = Found::default();
         found.visit(steps, true);
         found
     }
 
-    fn visit(&mut self, steps: &[Spanned<StepConfig>], top: bool) {
+    fn visit(&mut self, steps: &[Spanned<FlowStep>], top: bool) {
         for step in steps {
-            match &step.value {
+            match &step.value.config {
                 StepConfig::Reply(reply) => {
                     if let Some(status) = &reply.status {
                         self.statuses.insert(status.value);

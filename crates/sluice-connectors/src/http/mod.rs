@@ -139,3 +139,32 @@ impl crate::SinkComponent for sluice_flow::HttpSinkConfig {
         Ok(std::sync::Arc::new(HttpSink::new(self, cx)?))
     }
 }
+
+/// The metadata an `http` trigger would give a request for `target` (a path with an
+/// optional `?query`), for `sluice exec --http-path`: `http.method`, `http.path`,
+/// `http.path.<param>` from the route template and `http.query.<name>`. `Err` says why
+/// the path does not match the route.
+pub fn simulated_meta(
+    config: &sluice_flow::HttpTriggerConfig,
+    target: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let template = config.path.value.as_str();
+    let pattern = route::Pattern::parse(template).map_err(|e| e.to_string())?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let Some(params) = pattern.matches(path) else {
+        return Err(format!(
+            "`{path}` does not match the flow's route `{template}`"
+        ));
+    };
+    let mut meta = vec![
+        ("http.method".to_owned(), config.method.as_str().to_owned()),
+        ("http.path".to_owned(), path.to_owned()),
+    ];
+    for (name, value) in params {
+        meta.push((format!("http.path.{name}"), value));
+    }
+    for (name, value) in route::parse_query(query) {
+        meta.push((format!("http.query.{name}"), value));
+    }
+    Ok(meta)
+}

@@ -9,10 +9,10 @@ use crate::error::ErrorKind;
 use crate::expr::{Expr, ExprError};
 use crate::script::Sandbox;
 use crate::steps::{self, Steps};
-use crate::testing::CompiledTest;
+use crate::testing::{CompiledTest, ExpectedError, ExpectedSent};
 use sluice_flow::diagnostic::did_you_mean;
 use sluice_flow::diagnostic::position_in_scalar;
-use sluice_flow::{Diagnostic, LoadedFlow, Span, Spanned, StepConfig, Targets, Text};
+use sluice_flow::{Diagnostic, FlowStep, LoadedFlow, Span, Spanned, StepConfig, Targets, Text};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +33,33 @@ pub(crate) struct Compiler<'a> {
     /// How many `catch` handlers enclose the steps being compiled: a `reply` there ends the
     /// message (the error is answered; the steps after the `catch` are for the good path).
     pub(crate) catch_depth: u32,
+    /// Step names seen so far, with where: a name is unique within a flow.
+    pub(crate) step_names: HashMap<String, Option<Span>>,
+    /// Every step, nested ones included, in the order written (for `/api/flows`).
+    pub(crate) step_list: Vec<StepInfo>,
+}
+
+/// A step of a flow as the admin API lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepInfo {
+    /// What metrics, traces and errors call it: its name, or its position and kind
+    /// (`steps[2] (script)`).
+    pub label: String,
+    /// The step kind.
+    pub kind: &'static str,
+    /// `name:`, when written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where it is (`steps[2]`, `steps[3].route[0].steps[1]`; under a named step, from
+    /// that name).
+    pub position: String,
+}
+
+impl StepInfo {
+    /// What a test's `mocks:` and `sent:` call the step: its name, else its position.
+    pub fn key(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.position)
+    }
 }
 
 impl Compiler<'_> {
@@ -115,7 +142,7 @@ impl Compiler<'_> {
     /// `try` and the `catch` after it become one step.
     pub(crate) fn steps(
         &mut self,
-        list: &[Spanned<StepConfig>],
+        list: &[Spanned<FlowStep>],
         prefix: &str,
         sinks: &[&str],
     ) -> Steps {
@@ -123,17 +150,32 @@ impl Compiler<'_> {
         let mut i = 0;
         while i < list.len() {
             let step = &list[i];
-            let label = format!("{prefix}[{i}] ({})", step.value.kind());
-            let path = format!("{prefix}[{i}]");
+            // A named step is known by its name (stable across edits), else by its position.
+            let position = format!("{prefix}[{i}]");
+            let (label, path) = match self.step_name(step) {
+                Some(name) => (name.clone(), name),
+                None => (
+                    format!("{position} ({})", step.value.kind()),
+                    position.clone(),
+                ),
+            };
+            self.step_list.push(StepInfo {
+                label: label.clone(),
+                kind: step.value.kind(),
+                name: step.value.name.as_ref().map(|n| n.value.0.clone()),
+                position,
+            });
             let mut taken = 1;
-            let built = match &step.value {
+            let built = match &step.value.config {
                 StepConfig::Try(body) => {
-                    let handler = match list.get(i + 1).map(|s| &s.value) {
+                    let handler = match list.get(i + 1).map(|s| &s.value.config) {
                         Some(StepConfig::Catch(handler)) => Some(handler),
                         _ => None,
                     };
                     if handler.is_some() {
                         taken = 2;
+                        // The `catch` is part of this step; its name is still its own.
+                        self.step_name(&list[i + 1]);
                     }
                     steps::try_catch::compile(self, step, body, handler, &path, sinks)
                 }
@@ -156,6 +198,43 @@ impl Compiler<'_> {
             i += taken;
         }
         steps
+    }
+
+    /// The step's `name:`, checked (its spelling, and unique within the flow); `None` when
+    /// it has none or the name is refused (reported).
+    pub(crate) fn step_name(&mut self, step: &Spanned<FlowStep>) -> Option<String> {
+        let name = step.value.name.as_ref()?;
+        let text = name.value.as_str();
+        let span = Span::of(name);
+        let valid = !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            self.error(
+                span,
+                format!("`{text}` is not a valid step name"),
+                "use letters, digits, `-`, `_` and `.` only, e.g. `name: price-lookup`",
+            );
+            return None;
+        }
+        if let Some(first) = self.step_names.get(text) {
+            let at = match first {
+                Some(first) => format!("line {} column {}", first.line, first.column),
+                None => "another step".to_owned(),
+            };
+            let here = span
+                .map(|s| format!("line {} column {}", s.line, s.column))
+                .unwrap_or_else(|| "here".to_owned());
+            self.error(
+                span,
+                format!("step name `{text}` is used twice: at {at} and at {here}"),
+                "step names are unique within a flow (metrics, traces, errors and mocks use them); rename one of the two",
+            );
+            return None;
+        }
+        self.step_names.insert(text.to_owned(), span);
+        Some(text.to_owned())
     }
 
     pub(crate) fn unknown_sink<T>(
@@ -213,40 +292,58 @@ impl Compiler<'_> {
         sinks: &[&str],
     ) -> Option<CompiledTest> {
         let expect = &case.value.expect;
-        let mut ok = true;
-        if let Some(sink) = &expect.sink
-            && !sinks.contains(&sink.value.as_str())
-        {
-            let mut d = self.flow.diagnostic(
-                Span::of(sink),
-                format!(
-                    "test `{}` expects undefined sink `{}`",
-                    case.value.name, sink.value
-                ),
-            );
-            if let Some(close) = did_you_mean(&sink.value, sinks.iter().copied()) {
-                d = d.with_help(format!("did you mean `{close}`?"));
-            }
-            self.diagnostics.push(d);
-            ok = false;
+        let name = &case.value.name;
+        let before = self.diagnostics.len();
+        if let Some(sink) = &expect.sink {
+            self.test_sink(name, sink, sinks);
         }
-        let error = match &expect.error {
-            Some(kind) => match ErrorKind::parse(kind.value.as_str()) {
-                Some(k) => Some(k),
-                None => {
-                    self.error(
-                        Span::of(kind),
-                        format!("unknown error kind `{}`", kind.value),
-                        "expected one of contract, transform, script, sink, timeout, trigger, throttle",
-                    );
-                    ok = false;
-                    None
-                }
-            },
-            None => None,
-        };
-        ok.then(|| CompiledTest {
-            name: case.value.name.0.clone(),
+        for delivery in expect.deliveries.iter().flatten() {
+            self.test_sink(name, &delivery.value.sink, sinks);
+        }
+        let error = expect.error.as_ref().and_then(|e| {
+            let kind = self.error_kind(e.value.kind(), Span::of(e))?;
+            let (pointer, message) = match &e.value {
+                sluice_flow::ErrorExpectation::Kind(_) => (None, None),
+                sluice_flow::ErrorExpectation::Detail(d) => (
+                    d.pointer.as_ref().map(|p| p.0.clone()),
+                    d.message.as_ref().map(|m| m.0.clone()),
+                ),
+            };
+            Some(ExpectedError {
+                kind,
+                pointer,
+                message,
+            })
+        });
+        let mut mocks = std::collections::BTreeMap::new();
+        for (key, mock) in &case.value.mocks {
+            self.mock_target(name, key, Span::of(mock), sinks, "mocks");
+            let error = match &mock.value.error {
+                Some(kind) => self.error_kind(kind.value.as_str(), Span::of(kind)),
+                None => None,
+            };
+            mocks.insert(
+                key.clone(),
+                crate::probe::Mock {
+                    body: mock.value.body.clone(),
+                    status: mock.value.status,
+                    delay: mock.value.delay.map(|d| d.0),
+                    error,
+                },
+            );
+        }
+        let mut sent = Vec::new();
+        for expected in expect.sent.iter().flat_map(|s| s.0.iter()) {
+            let to = expected.sink.value.as_str();
+            self.mock_target(name, to, Span::of(&expected.sink), sinks, "sent");
+            sent.push(ExpectedSent {
+                to: to.to_owned(),
+                payload: expected.payload.clone(),
+                count: expected.count,
+            });
+        }
+        (self.diagnostics.len() == before).then(|| CompiledTest {
+            name: name.0.clone(),
             span: Span::of(case),
             input: case.value.input.clone(),
             meta: case.value.meta.clone(),
@@ -254,6 +351,94 @@ impl Compiler<'_> {
             payload: expect.payload.clone(),
             filtered: expect.filtered,
             error,
+            status: expect.status,
+            headers: expect.headers.clone(),
+            deliveries: expect.deliveries.as_ref().map(|list| {
+                list.iter()
+                    .map(|d| (d.value.sink.value.0.clone(), d.value.payload.clone()))
+                    .collect()
+            }),
+            sent,
+            mocks,
         })
+    }
+
+    fn test_sink(&mut self, test: &str, sink: &Spanned<Text>, sinks: &[&str]) {
+        if sinks.contains(&sink.value.as_str()) {
+            return;
+        }
+        let mut d = self.flow.diagnostic(
+            Span::of(sink),
+            format!("test `{test}` expects undefined sink `{}`", sink.value),
+        );
+        if let Some(close) = did_you_mean(&sink.value, sinks.iter().copied()) {
+            d = d.with_help(format!("did you mean `{close}`?"));
+        }
+        self.diagnostics.push(d);
+    }
+
+    fn error_kind(&mut self, kind: &str, span: Option<Span>) -> Option<ErrorKind> {
+        let parsed = ErrorKind::parse(kind);
+        if parsed.is_none() {
+            self.error(
+                span,
+                format!("unknown error kind `{kind}`"),
+                "expected one of contract, transform, script, sink, timeout, trigger, throttle",
+            );
+        }
+        parsed
+    }
+
+    /// A `mocks:` key or `sent:` target names a sink, an `enrich` or `call` step of this
+    /// flow (by name, else position), or a step of a called flow (`<flow>/<step>`).
+    fn mock_target(
+        &mut self,
+        test: &str,
+        key: &str,
+        span: Option<Span>,
+        sinks: &[&str],
+        what: &str,
+    ) {
+        if key.contains('/') || sinks.contains(&key) {
+            return;
+        }
+        let mockable: Vec<&StepInfo> = self
+            .step_list
+            .iter()
+            .filter(|s| matches!(s.kind, "enrich" | "call"))
+            .collect();
+        if mockable.iter().any(|s| s.key() == key) {
+            return;
+        }
+        if let Some(named) = mockable
+            .iter()
+            .find(|s| s.position == key && s.name.is_some())
+        {
+            let name = named.key().to_owned();
+            self.error(
+                span,
+                format!("test `{test}`: the step at `{key}` is named `{name}`"),
+                format!("write `{name}` in `{what}:`: a named step is known by its name"),
+            );
+            return;
+        }
+        let mut names: Vec<String> = mockable.iter().map(|s| s.key().to_owned()).collect();
+        names.extend(sinks.iter().map(|s| (*s).to_owned()));
+        let mut d = self.flow.diagnostic(
+            span,
+            format!("test `{test}`: `{what}` names `{key}`, which is no sink and no `enrich` or `call` step of this flow"),
+        );
+        if let Some(close) = did_you_mean(key, names.iter().map(String::as_str)) {
+            d = d.with_help(format!("did you mean `{close}`?"));
+        }
+        d = d.with_help(if names.is_empty() {
+            "this flow has no sink and no `enrich` or `call` step to mock".to_owned()
+        } else {
+            format!(
+                "sinks and steps that can be mocked: {} (a step of a called flow: `<flow>/<step>`)",
+                names.join(", ")
+            )
+        });
+        self.diagnostics.push(d);
     }
 }

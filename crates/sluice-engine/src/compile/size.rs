@@ -2,7 +2,7 @@
 //! A flow past either limit is refused at load, before anything is compiled.
 
 use super::Compiler;
-use sluice_flow::{Span, Spanned, StepConfig};
+use sluice_flow::{FlowStep, Span, Spanned, StepConfig};
 
 /// The most steps a flow may have, counting the steps nested in `route` arms, `try` and
 /// `catch`. Real flows have tens; a flow of thousands is a generated mistake.
@@ -20,7 +20,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn walk(&mut self, list: &[Spanned<StepConfig>], depth: usize) {
+    fn walk(&mut self, list: &[Spanned<FlowStep>], depth: usize) {
         for step in list {
             self.steps += 1;
             if self.steps == MAX_STEPS + 1 {
@@ -29,7 +29,7 @@ impl Tally {
             if depth > MAX_DEPTH && self.first_past_depth.is_none() {
                 self.first_past_depth = Some(Span::of(step));
             }
-            match &step.value {
+            match &step.value.config {
                 StepConfig::Route(arms) => {
                     for arm in arms {
                         if let Some(nested) = &arm.value.steps {

@@ -44,6 +44,7 @@ impl CompiledFlow {
         for child in &mut execs {
             child.caller = exec.caller.clone();
             child.dry = exec.dry;
+            child.probe = exec.probe.clone();
         }
         let child_mode = Mode {
             want_reply: false,

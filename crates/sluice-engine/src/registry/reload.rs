@@ -201,6 +201,13 @@ impl Registry {
 
     /// Records and logs a failed load; a running version of the file stays.
     fn failed(&self, path: &Path, owner: Option<&str>, diagnostics: Vec<Diagnostic>) {
+        let mut state = self.lock();
+        if state.starting {
+            // Logged by `start_all` if it still fails after the flows loaded after it.
+            state.errors.insert(path.to_owned(), diagnostics);
+            return;
+        }
+        drop(state);
         for d in &diagnostics {
             match owner {
                 Some(name) => {

@@ -35,6 +35,10 @@ pub struct FlowStatus {
     pub last_error: Option<String>,
     /// Message counters.
     pub counters: Counters,
+    /// The steps of the running version, nested ones included, each by the label its
+    /// metrics (`sluice_step_duration_seconds{step=…}`) and errors use: its `name:`, or
+    /// its position.
+    pub steps: Vec<crate::compile::StepInfo>,
 }
 
 /// The state of a flow whose trigger is `trigger` and whose health is `unhealthy`.
@@ -133,6 +137,7 @@ impl super::Registry {
                     unhealthy,
                     last_error: errors_of(&flow.path),
                     counters: counters_of(name),
+                    steps: current.step_list.clone(),
                 }
             })
             .collect();
@@ -153,6 +158,7 @@ impl super::Registry {
                 url: None,
                 unhealthy: None,
                 last_error: errors_of(path),
+                steps: Vec::new(),
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.path.cmp(&b.path)));

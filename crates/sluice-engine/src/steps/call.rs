@@ -18,13 +18,16 @@ pub const MAX_DEPTH: usize = 16;
 /// The compiled `call` step.
 pub struct Call {
     flow: String,
+    /// The step's name or position: what a dry run's mock of this call is keyed by.
+    key: String,
 }
 
 impl Call {
-    /// A call of the flow named `flow`.
-    pub fn new(flow: &str) -> Self {
+    /// A call of the flow named `flow`, by the step known as `key`.
+    pub fn new(flow: &str, key: &str) -> Self {
         Call {
             flow: flow.to_owned(),
+            key: key.to_owned(),
         }
     }
 }
@@ -48,6 +51,23 @@ impl Call {
                 format!("calls nested deeper than {MAX_DEPTH}; is there a cycle of calls?"),
             ));
         }
+        if let Some(probe) = exec.probe.clone()
+            && let Some(mock) = probe.mock(&self.key)
+        {
+            // A dry run with this call mocked: the called flow does not run.
+            let sent = exec
+                .payload
+                .json()
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            probe.sent(&self.key, sent);
+            probe.note_mocked();
+            let what = format!("the called flow `{}`", self.flow);
+            if let Some(body) = mock.answer(&what, ErrorKind::Sink, None).await? {
+                exec.payload = crate::message::Payload::from_json(body);
+            }
+            return Ok(Control::Continue);
+        }
         let Some(flow) = crate::directory::lookup(&self.flow) else {
             return Err(FlowError::new(
                 ErrorKind::Sink,
@@ -58,7 +78,8 @@ impl Call {
         meta.insert(CALL_DEPTH.to_owned(), (depth + 1).to_string());
         meta.insert("flow".to_owned(), flow.name.clone());
         let payload = exec.payload.snapshot();
-        let result = flow.call(payload, meta, exec.dry).await;
+        let probe = exec.probe.as_ref().map(|p| p.in_call(&flow.name));
+        let result = flow.call(payload, meta, exec.dry, probe).await;
         let payload = result.map_err(|e| {
             let step = e.step.clone().unwrap_or_default();
             FlowError {
@@ -80,7 +101,11 @@ impl Call {
 
 /// Compiles `call: <flow>`; the callee is looked up when a message runs, and a cycle of
 /// calls among the running flows is refused by the registry.
-pub(crate) fn compile(cx: &mut Compiler<'_>, flow: &Spanned<Text>) -> Option<Box<dyn Step>> {
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    flow: &Spanned<Text>,
+    key: &str,
+) -> Option<Box<dyn Step>> {
     let name = flow.value.as_str().trim();
     if name.is_empty() {
         cx.error(
@@ -98,6 +123,6 @@ pub(crate) fn compile(cx: &mut Compiler<'_>, flow: &Spanned<Text>) -> Option<Box
         None
     } else {
         cx.calls.push((name.to_owned(), Span::of(flow)));
-        Some(Box::new(Call::new(name)))
+        Some(Box::new(Call::new(name, key)))
     }
 }

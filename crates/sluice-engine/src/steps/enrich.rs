@@ -20,6 +20,8 @@ pub struct Enrich {
     query: Vec<(String, Expr)>,
     into: String,
     retry: RetryConfig,
+    /// The step's name or position: what a dry run's mock of it is keyed by.
+    key: String,
 }
 
 impl Enrich {
@@ -31,6 +33,7 @@ impl Enrich {
         query: Vec<(String, Expr)>,
         into: String,
         retry: RetryConfig,
+        key: &str,
     ) -> Self {
         Enrich {
             flow: flow.to_owned(),
@@ -39,7 +42,40 @@ impl Enrich {
             query,
             into,
             retry,
+            key: key.to_owned(),
         }
+    }
+
+    /// In a dry run: the mock's answer (recording the request body it was sent), an error
+    /// saying how to mock the step, or `None` with `sluice exec --live` (a real call).
+    async fn dry_answer(
+        &self,
+        probe: Option<crate::probe::Probe>,
+        body: &Option<Vec<u8>>,
+    ) -> Option<Result<serde_json::Value, FlowError>> {
+        let sent = body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let Some(probe) = probe else {
+            let probe = crate::probe::Probe::new(Default::default(), false, false, true);
+            return Some(Err(probe.unmocked(&self.key, "the `enrich` step")));
+        };
+        let Some(mock) = probe.mock(&self.key) else {
+            if probe.live() {
+                probe.sent(&self.key, sent);
+                return None;
+            }
+            return Some(Err(probe.unmocked(&self.key, "the `enrich` step")));
+        };
+        probe.sent(&self.key, sent);
+        probe.note_mocked();
+        let what = format!("the `enrich` step `{}`", probe.key(&self.key));
+        Some(
+            mock.answer(&what, ErrorKind::Enrich, Some(self.call.timeout()))
+                .await
+                .map(Option::unwrap_or_default),
+        )
     }
 
     async fn call(&self, exec: &mut Exec) -> Result<Control, FlowError> {
@@ -75,26 +111,16 @@ impl Enrich {
             };
             query.push((name.clone(), text));
         }
-        let meta = exec.meta.clone();
-        let payload = exec.payload.snapshot();
-        let (query, meta) = (&query, &meta);
-        let answer = with_retry(&self.retry, &self.flow, "enrich", || {
-            let (mut payload, body) = (payload.clone(), body.clone());
-            async move { self.call.send(&mut payload, meta, query, body).await }
-        })
-        .await
-        .map_err(|(e, _)| as_enrich_error(e))?;
-        let response: serde_json::Value = if answer.body.iter().all(u8::is_ascii_whitespace) {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&answer.body).map_err(|e| {
-                let mut error = FlowError::permanent(
-                    ErrorKind::Enrich,
-                    format!("the enrich answer is not JSON: {e}"),
-                );
-                error.upstream_status = Some(answer.status);
-                error
-            })?
+        let mocked = match exec.dry {
+            true => self.dry_answer(exec.probe.clone(), &body).await,
+            false => None,
+        };
+        let response = match mocked {
+            Some(answer) => answer?,
+            None => {
+                let (meta, payload) = (exec.meta.clone(), exec.payload.snapshot());
+                self.send(meta, payload, &query, body).await?
+            }
         };
         let Some(object) = data.as_object() else {
             return Ok(Control::Continue);
@@ -116,6 +142,36 @@ fn as_enrich_error(mut error: FlowError) -> FlowError {
     error
 }
 
+impl Enrich {
+    /// The real request, retried like a sink write; its JSON answer.
+    async fn send(
+        &self,
+        meta: std::sync::Arc<crate::message::Meta>,
+        payload: Payload,
+        query: &[(String, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<serde_json::Value, FlowError> {
+        let meta = &meta;
+        let answer = with_retry(&self.retry, &self.flow, "enrich", || {
+            let (mut payload, body) = (payload.clone(), body.clone());
+            async move { self.call.send(&mut payload, meta, query, body).await }
+        })
+        .await
+        .map_err(|(e, _)| as_enrich_error(e))?;
+        if answer.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| {
+            let mut error = FlowError::permanent(
+                ErrorKind::Enrich,
+                format!("the enrich answer is not JSON: {e}"),
+            );
+            error.upstream_status = Some(answer.status);
+            error
+        })
+    }
+}
+
 impl Step for Enrich {
     fn run<'a>(&'a self, exec: &'a mut Exec) -> Run<'a> {
         Run::Wait(Box::pin(self.call(exec)))
@@ -123,7 +179,11 @@ impl Step for Enrich {
 }
 
 /// Compiles `enrich:`: the request (method, URL template, headers) is checked now.
-pub(crate) fn compile(cx: &mut Compiler<'_>, config: &EnrichConfig) -> Option<Box<dyn Step>> {
+pub(crate) fn compile(
+    cx: &mut Compiler<'_>,
+    config: &EnrichConfig,
+    key: &str,
+) -> Option<Box<dyn Step>> {
     let headers: Vec<(String, String)> = config
         .headers
         .iter()
@@ -169,5 +229,6 @@ pub(crate) fn compile(cx: &mut Compiler<'_>, config: &EnrichConfig) -> Option<Bo
         query,
         config.into.value.0.clone(),
         cx.flow.file.errors.retry.clone(),
+        key,
     )))
 }

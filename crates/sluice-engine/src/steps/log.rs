@@ -33,7 +33,11 @@ impl Log {
         let message_id = exec.meta.message_id().to_owned();
         let meta = exec.meta.clone();
         // A log line that cannot be rendered is itself logged; it never fails the message.
-        match self.template.render(&mut exec.payload, &meta) {
+        let rendered = self.template.render(&mut exec.payload, &meta);
+        if let (Some(probe), Ok(line)) = (&exec.probe, &rendered) {
+            probe.note_log(line);
+        }
+        match rendered {
             // `tests:` cases run at every reload; their log lines would read like traffic.
             Ok(line) if exec.meta.contains_key(crate::testing::TEST_MARKER) => {
                 tracing::debug!(flow = %flow, message_id = %message_id, test = true, "{line}")

@@ -55,6 +55,8 @@ pub struct Exec {
     /// A dry run (`tests:`, `sluice exec`): steps with outside effects or state across
     /// messages behave as documented for dry runs and never wait.
     pub dry: bool,
+    /// In a dry run: the trace, the mocks and what was sent to them.
+    pub probe: Option<crate::probe::Probe>,
     /// The message's hold on its worker slot and its batch; dropped when it settles.
     pub hold: Option<Hold>,
     /// Kept until the message is finished (e.g. a throttle's concurrency permit).
@@ -95,6 +97,7 @@ impl Exec {
             meta,
             deliveries: Vec::new(),
             dry: false,
+            probe: None,
             hold: None,
             guards: Vec::new(),
             finally: Vec::new(),
@@ -194,6 +197,47 @@ pub trait Stateful: Send + Sync {
     }
 }
 
+/// Runs one step of a dry run; with a tracing probe, the payload, metadata, deliveries and
+/// notes after it (or its error, with the payload as it was) join the trace.
+async fn traced(label: &str, step: &dyn Step, exec: &mut Exec) -> Result<Control, FlowError> {
+    let Some(probe) = exec.probe.clone().filter(|p| p.tracing()) else {
+        return match step.run(exec) {
+            Run::Done(result) => result,
+            Run::Wait(future) => future.await,
+        };
+    };
+    let before = exec.payload.json().ok().cloned();
+    let meta_before = exec.meta.clone();
+    let deliveries = exec.deliveries.len();
+    probe.begin();
+    let result = match step.run(exec) {
+        Run::Done(result) => result,
+        Run::Wait(future) => future.await,
+    };
+    let after = exec.payload.json().ok().cloned();
+    let mut entry = crate::probe::entry(label, before.as_ref(), after, &meta_before, &exec.meta);
+    entry.child = meta_before.get(crate::steps::split::SPLIT_INDEX).cloned();
+    for delivery in exec.deliveries.iter().skip(deliveries) {
+        entry.to.extend(delivery.sinks.iter().cloned());
+    }
+    match &result {
+        Ok(Control::Drop) => entry.outcome = Some("filtered"),
+        Err(e) => {
+            // At an error: the whole payload as it was then.
+            entry.changed.clear();
+            entry.removed.clear();
+            entry.payload = exec.payload.json().ok().cloned();
+            entry.error = Some(crate::probe::TraceError {
+                kind: e.kind,
+                message: e.message.clone(),
+            });
+        }
+        _ => {}
+    }
+    probe.end(entry);
+    result
+}
+
 /// A sequence of steps, each labelled for error messages (`steps[2] (script)`) and timed
 /// into the `sluice_step_duration_seconds` histogram.
 #[derive(Default)]
@@ -240,6 +284,15 @@ impl Steps {
         exec: &mut Exec,
     ) -> Result<(Control, usize), FlowError> {
         for (i, (label, step, histogram)) in self.steps.iter().enumerate().skip(start) {
+            if exec.dry {
+                // A dry run is not traffic: no metric; traced when asked.
+                let result = traced(label, step.as_ref(), exec).await;
+                match result {
+                    Ok(Control::Continue) => continue,
+                    Ok(other) => return Ok((other, i)),
+                    Err(e) => return Err(e.at_step(label.clone())),
+                }
+            }
             let started = std::time::Instant::now();
             // Matched here rather than through `Run::result`, so that a pure step's answer
             // is not moved into one more future.

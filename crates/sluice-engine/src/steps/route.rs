@@ -3,7 +3,7 @@ use super::{Control, Exec, Run, Step, Steps};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
-use sluice_flow::{RouteArm as RouteArmConfig, Span, Spanned, StepConfig};
+use sluice_flow::{FlowStep, RouteArm as RouteArmConfig, Span, Spanned};
 use std::sync::Arc;
 
 /// What a matching route arm does.
@@ -49,7 +49,13 @@ impl Route {
                     continue;
                 }
             }
+            if let Some(probe) = &exec.probe {
+                probe.note_matched(label);
+            }
             return Ok(Some(&arm.action));
+        }
+        if let Some(probe) = &exec.probe {
+            probe.note_matched("none");
         }
         Ok(None)
     }
@@ -80,7 +86,7 @@ impl Step for Route {
 /// Compiles `route:`; `path` labels the arms (`steps[2].route[0]`) and their nested steps.
 pub(crate) fn compile(
     cx: &mut Compiler<'_>,
-    step: &Spanned<StepConfig>,
+    step: &Spanned<FlowStep>,
     arms: &[Spanned<RouteArmConfig>],
     path: &str,
     sinks: &[&str],

@@ -4,7 +4,7 @@ use crate::error::{ErrorKind, FlowError};
 use crate::expr::Expr;
 use crate::message::Payload;
 use jmespath::{Rcvar, Variable};
-use sluice_flow::{Span, Spanned, StepConfig, Text};
+use sluice_flow::{FlowStep, Span, Spanned, Text};
 use std::collections::BTreeMap;
 
 /// `set: {field: <jmespath>}` — evaluates each expression against the payload and merges
@@ -57,7 +57,7 @@ impl Set {
 /// Compiles `set: {field: <jmespath>}`; `step` is the whole step, for an empty map.
 pub(crate) fn compile(
     cx: &mut Compiler<'_>,
-    step: &Spanned<StepConfig>,
+    step: &Spanned<FlowStep>,
     fields: &BTreeMap<String, Spanned<Text>>,
 ) -> Option<Box<dyn Step>> {
     if fields.is_empty() {

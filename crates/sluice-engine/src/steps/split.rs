@@ -10,7 +10,7 @@ use crate::expr::Expr;
 use crate::hold::Hold;
 use crate::message::{Ids, MESSAGE_ID, Meta, Payload};
 use jmespath::Variable;
-use sluice_flow::{OnChildError, Span, Spanned, SplitConfig, StepConfig};
+use sluice_flow::{FlowStep, OnChildError, Span, Spanned, SplitConfig};
 use std::sync::Arc;
 
 /// Metadata: the 0-based position of a child.
@@ -103,7 +103,7 @@ impl Split {
 /// mistakes point at the step.
 pub(crate) fn compile(
     cx: &mut Compiler<'_>,
-    step: &Spanned<StepConfig>,
+    step: &Spanned<FlowStep>,
     config: &Spanned<SplitConfig>,
 ) -> Option<Box<dyn Step>> {
     let c = &config.value;

@@ -9,7 +9,7 @@
 use super::{Control, Exec, Run, Step, Steps};
 use crate::compile::Compiler;
 use crate::error::FlowError;
-use sluice_flow::{Span, Spanned, StepConfig};
+use sluice_flow::{FlowStep, Span, Spanned};
 
 /// The compiled pair of `try` and `catch`.
 pub struct TryCatch {
@@ -55,9 +55,9 @@ impl TryCatch {
 /// Compiles a `try` step and the `catch` after it (`handler`, `None` when missing) into one.
 pub(crate) fn compile(
     cx: &mut Compiler<'_>,
-    step: &Spanned<StepConfig>,
-    body: &[Spanned<StepConfig>],
-    handler: Option<&Vec<Spanned<StepConfig>>>,
+    step: &Spanned<FlowStep>,
+    body: &[Spanned<FlowStep>],
+    handler: Option<&Vec<Spanned<FlowStep>>>,
     path: &str,
     sinks: &[&str],
 ) -> Option<Box<dyn Step>> {

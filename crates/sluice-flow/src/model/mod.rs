@@ -53,8 +53,8 @@ pub struct FlowFile {
     pub contract: ContractConfig,
     /// The steps, in order.
     #[serde(default)]
-    #[schemars(with = "Vec<StepConfig>")]
-    pub steps: Vec<Spanned<StepConfig>>,
+    #[schemars(with = "Vec<FlowStep>")]
+    pub steps: Vec<Spanned<FlowStep>>,
     /// Named sinks that `to` and `route` deliver to.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, SinkConfig>")]
@@ -214,8 +214,33 @@ pub struct TestCase {
     /// Extra message metadata.
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
+    /// What answers in place of each `enrich` step, `call` step (by the step's `name:` or
+    /// position, e.g. `steps[1]`) or sink (by its name). A test never reaches the outside
+    /// world: an `enrich` step without a mock fails the test, saying so.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, MockConfig>")]
+    pub mocks: BTreeMap<String, Spanned<MockConfig>>,
     /// What must come out.
     pub expect: Expectation,
+}
+
+/// A mock's answer: a body and status, a delay, or an error.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MockConfig {
+    /// The JSON body of the answer (`enrich`: merged at `into`; `call`: the called flow's
+    /// result). Sinks take no body.
+    pub body: Option<serde_json::Value>,
+    /// The HTTP status of an `enrich` answer (default 200); one that is not 2xx fails the
+    /// step as that answer from the real endpoint would.
+    #[schemars(range(min = 100, max = 599))]
+    pub status: Option<u16>,
+    /// How long the answer takes; as long as the step's `timeout` or longer, it is a
+    /// `timeout` error.
+    pub delay: Option<crate::Dur>,
+    /// Fail with this error kind instead (`sink`, `timeout`, …).
+    #[schemars(with = "Option<Text>")]
+    pub error: Option<Spanned<Text>>,
 }
 
 /// The expected outcome of a test case.
@@ -229,7 +254,161 @@ pub struct Expectation {
     pub payload: Option<serde_json::Value>,
     /// The message must be dropped by a filter.
     pub filtered: Option<bool>,
-    /// The message must fail with this error kind.
-    #[schemars(with = "Option<Text>")]
-    pub error: Option<Spanned<Text>>,
+    /// The message must fail: an error kind (`contract`), or `{kind, pointer, message}`
+    /// (`pointer`: a contract violation at that JSON pointer; `message`: a part of the
+    /// error message).
+    #[schemars(with = "Option<ErrorExpectation>")]
+    pub error: Option<Spanned<ErrorExpectation>>,
+    /// The HTTP status of the answer (set by `reply`, default 200).
+    #[schemars(range(min = 100, max = 599))]
+    pub status: Option<u16>,
+    /// Headers the answer must carry (set by `reply`); names compare case-insensitively.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Every delivery, in order (multicast targets and split children included): exactly
+    /// these, each a sink and an optional subset of its payload.
+    #[schemars(with = "Option<Vec<DeliveryExpectation>>")]
+    pub deliveries: Option<Vec<Spanned<DeliveryExpectation>>>,
+    /// What was sent to a mocked `enrich` or `call` step, or written to a sink: one
+    /// expectation or a list.
+    #[schemars(with = "Option<OneOrMany<SentExpectation>>")]
+    pub sent: Option<OneOrMany<SentExpectation>>,
+}
+
+/// An expected delivery.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryExpectation {
+    /// The sink.
+    #[schemars(with = "Text")]
+    pub sink: Spanned<Text>,
+    /// A subset of the payload it receives.
+    pub payload: Option<serde_json::Value>,
+}
+
+/// What a test expects was sent to a mock or a sink.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SentExpectation {
+    /// The sink's name, or the `enrich` or `call` step's name or position (`steps[1]`).
+    #[schemars(with = "Text")]
+    pub sink: Spanned<Text>,
+    /// A subset that (one of) the payloads sent there matches.
+    pub payload: Option<serde_json::Value>,
+    /// How many times it was sent there exactly (default: at least once). `0`: never.
+    pub count: Option<usize>,
+}
+
+/// The error a test expects: its kind, or the kind with a JSON pointer and a part of the
+/// message.
+#[derive(Debug)]
+pub enum ErrorExpectation {
+    /// `error: contract`.
+    Kind(Text),
+    /// `error: { kind: contract, pointer: /lines/0/qty }`.
+    Detail(ErrorDetail),
+}
+
+/// `error: { kind, pointer, message }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    /// The error kind.
+    pub kind: Text,
+    /// A contract violation at this JSON pointer (e.g. `/lines/0/qty`).
+    pub pointer: Option<Text>,
+    /// A part of the error message.
+    pub message: Option<Text>,
+}
+
+impl ErrorExpectation {
+    /// The expected kind.
+    pub fn kind(&self) -> &str {
+        match self {
+            ErrorExpectation::Kind(kind) => kind.as_str(),
+            ErrorExpectation::Detail(detail) => detail.kind.as_str(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorExpectation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ErrorExpectation;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an error kind, or a map with `kind`, `pointer` and `message`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ErrorExpectation, E> {
+                Ok(ErrorExpectation::Kind(Text(v.to_owned())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ErrorExpectation, A::Error> {
+                ErrorDetail::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ErrorExpectation::Detail)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for ErrorExpectation {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ErrorExpectation".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let detail = generator.subschema_for::<ErrorDetail>();
+        schemars::json_schema!({
+            "description": "An error kind, or `{kind, pointer, message}`.",
+            "anyOf": [{ "type": "string" }, detail],
+        })
+    }
+}
+
+/// One value or a list of them.
+#[derive(Debug)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map or a list of maps")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<OneOrMany<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|one| OneOrMany(vec![one]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany<T>, A::Error> {
+                let mut all = Vec::new();
+                while let Some(one) = seq.next_element()? {
+                    all.push(one);
+                }
+                Ok(OneOrMany(all))
+            }
+        }
+        deserializer.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for OneOrMany<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("OneOrMany_{}", T::schema_name()).into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let one = generator.subschema_for::<T>();
+        schemars::json_schema!({
+            "anyOf": [one, { "type": "array", "items": one }],
+        })
+    }
 }
