@@ -133,36 +133,33 @@ fn amqp_declare_creates_queue_exchange_and_binding_idempotently() {
     mq.delete_exchange(&exchange);
 }
 
+/// `sluice check` on a flow with this sink refuses it, at the line of `key`, saying `needle`.
+fn refused_at(sink: &str, key: &str, needle: &str) {
+    let sb = Sandbox::new();
+    let flow = http_to_sink("refused", sink);
+    sb.write("flows/refused.yaml", &flow);
+    let out = sb.cli(&["check"], None);
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let line = line_of(&flow, key);
+    assert!(
+        out.all().contains(&format!("refused.yaml:{line}:")),
+        "the error is at the line of `{key}`: {}",
+        out.all()
+    );
+    assert!(out.all().contains(needle), "{}", out.all());
+}
+
 #[test]
 fn amqp_declare_mistakes_are_load_errors() {
-    let sb = Sandbox::new();
-    let flow = http_to_sink(
-        "templated",
+    refused_at(
         "    amqp:\n      exchange: orders\n      routing_key: \"orders.{{region}}\"\n      declare: { queue: all-orders }",
+        "declare:",
+        "needs a `binding_key`",
     );
-    sb.write("flows/templated.yaml", &flow);
-    let out = sb.cli(&["check"], None);
-    assert_eq!(out.code, Some(1), "{}", out.all());
-    let line = line_of(&flow, "declare:");
-    assert!(
-        out.all().contains(&format!("templated.yaml:{line}:")),
-        "{}",
-        out.all()
-    );
-    assert!(out.all().contains("needs a `binding_key`"), "{}", out.all());
-
-    let flow = http_to_sink(
-        "default-ex",
+    refused_at(
         "    amqp:\n      routing_key: orders\n      declare: { queue: other }",
-    );
-    sb.remove("flows/templated.yaml");
-    sb.write("flows/default-ex.yaml", &flow);
-    let out = sb.cli(&["check"], None);
-    assert_eq!(out.code, Some(1), "{}", out.all());
-    assert!(
-        out.all().contains("the routing key is the queue name"),
-        "{}",
-        out.all()
+        "declare:",
+        "the routing key is the queue name",
     );
 }
 
@@ -243,32 +240,14 @@ fn nats_create_stream_makes_the_stream_once_and_its_absence_is_explained() {
 
 #[test]
 fn nats_create_stream_mistakes_are_load_errors() {
-    let sb = Sandbox::new();
-    let flow = http_to_sink(
-        "templated",
+    refused_at(
         "    nats:\n      subject: \"orders.{{kind}}\"\n      create_stream: { name: ORDERS }",
+        "create_stream:",
+        "needs `subjects`",
     );
-    sb.write("flows/templated.yaml", &flow);
-    let out = sb.cli(&["check"], None);
-    assert_eq!(out.code, Some(1), "{}", out.all());
-    let line = line_of(&flow, "create_stream:");
-    assert!(
-        out.all().contains(&format!("templated.yaml:{line}:")),
-        "{}",
-        out.all()
-    );
-    assert!(out.all().contains("needs `subjects`"), "{}", out.all());
-    sb.remove("flows/templated.yaml");
-    let flow = http_to_sink(
-        "core",
+    refused_at(
         "    nats:\n      subject: orders\n      jetstream: false\n      create_stream: { name: ORDERS }",
-    );
-    sb.write("flows/core.yaml", &flow);
-    let out = sb.cli(&["check"], None);
-    assert_eq!(out.code, Some(1), "{}", out.all());
-    assert!(
-        out.all().contains("`create_stream` needs JetStream"),
-        "{}",
-        out.all()
+        "create_stream:",
+        "`create_stream` needs JetStream",
     );
 }

@@ -61,7 +61,7 @@ fn tests_answer_enrich_from_mocks_and_never_call_the_endpoint() {
     meta: { http.path.sku: KETTLE-3 }
     mocks:
       price-lookup: { status: 503 }
-    expect: { error: { kind: sink, message: "answered 503" } }
+    expect: { error: { kind: enrich, message: "answered 503" } }
   - name: the crm is down
     input: { qty: 1 }
     meta: { http.path.sku: KETTLE-4 }

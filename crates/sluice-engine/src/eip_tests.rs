@@ -1,17 +1,16 @@
 //! Unit tests of the EIP steps through the engine's own message path (no binary, no files):
 //! dry runs as `tests:` see them, and live runs with holds, batches and a recording sink.
 
-use crate::connector::{
-    BuildContext, Connectors, Outcome, Outgoing, Sink, SinkInfo, Trigger, TriggerInfo,
-};
+use crate::connector::{Outcome, Outgoing, Sink};
 use crate::error::{ErrorKind, FlowError};
 use crate::flow::CompiledFlow;
 use crate::hold::{Batch, BatchTracker, HoldInner};
 use crate::message::{Message, Meta};
 use crate::steps::Control;
+use crate::test_connectors::Stub;
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig, parse_flow};
+use sluice_flow::parse_flow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -34,47 +33,20 @@ impl Sink for Recording {
     }
 }
 
-struct Idle;
-
-#[async_trait]
-impl Trigger for Idle {
-    async fn run(self: Box<Self>, _: crate::Inlet, _: tokio_util::sync::CancellationToken) {}
-}
-
-struct Stub(Written);
-
-impl Connectors for Stub {
-    fn sink(
-        &self,
-        name: &str,
-        _: &Spanned<SinkConfig>,
-        _: &BuildContext<'_>,
-    ) -> Result<Arc<dyn Sink>, Diagnostic> {
-        Ok(Arc::new(Recording(name.to_owned(), self.0.clone())))
-    }
-    fn trigger(
-        &self,
-        _: &Spanned<TriggerConfig>,
-        _: &BuildContext<'_>,
-    ) -> Result<Box<dyn Trigger>, Diagnostic> {
-        Ok(Box::new(Idle))
-    }
-    fn trigger_info(&self, _: &Spanned<TriggerConfig>, _: &BuildContext<'_>) -> TriggerInfo {
-        TriggerInfo::default()
-    }
-    fn sink_info(&self, _: &Spanned<SinkConfig>) -> SinkInfo {
-        SinkInfo::default()
-    }
-}
-
 fn flow(name: &str, steps: &str) -> (CompiledFlow, Written) {
     let yaml = format!(
         "name: {name}\ntrigger:\n  file: {{ path: inbox/{name} }}\nsteps:\n{steps}\nsinks:\n  out: {{ stdout: {{}} }}\n  other: {{ stdout: {{}} }}\n"
     );
     let loaded = parse_flow(Path::new("t.yaml"), yaml).unwrap_or_else(|d| panic!("{d}"));
     let written: Written = Arc::default();
-    let compiled = crate::compile(&loaded, &crate::Folders::default(), &Stub(written.clone()))
-        .unwrap_or_else(|d| panic!("{d:?}"));
+    let compiled = crate::compile(
+        &loaded,
+        &crate::Folders::default(),
+        &Stub(|name: &str| -> Arc<dyn Sink> {
+            Arc::new(Recording(name.to_owned(), written.clone()))
+        }),
+    )
+    .unwrap_or_else(|d| panic!("{d:?}"));
     (compiled, written)
 }
 

@@ -40,17 +40,15 @@ pub fn may_block() -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::connector::{
-        Acker, BuildContext, Connectors, Envelope, Inlet, Outcome, Outgoing, Sink, SinkInfo,
-        Trigger, TriggerInfo,
-    };
+    use crate::connector::{Acker, Envelope, Inlet, Outcome, Outgoing, Sink};
     use crate::error::FlowError;
     use crate::message::{Message, Meta};
     use crate::stats::FlowStats;
+    use crate::test_connectors::Stub;
     use crate::workers::{Workers, run_workers};
     use arc_swap::ArcSwap;
     use async_trait::async_trait;
-    use sluice_flow::{Diagnostic, SinkConfig, Spanned, TriggerConfig, parse_flow};
+    use sluice_flow::parse_flow;
     use std::path::Path;
     use std::sync::{Arc, Mutex};
     use std::thread::ThreadId;
@@ -73,39 +71,6 @@ mod tests {
         }
         fn in_place(&self) -> bool {
             true
-        }
-    }
-
-    struct Idle;
-
-    #[async_trait]
-    impl Trigger for Idle {
-        async fn run(self: Box<Self>, _: Inlet, _: tokio_util::sync::CancellationToken) {}
-    }
-
-    struct Stub(Writes);
-
-    impl Connectors for Stub {
-        fn sink(
-            &self,
-            _: &str,
-            _: &Spanned<SinkConfig>,
-            _: &BuildContext<'_>,
-        ) -> Result<Arc<dyn Sink>, Diagnostic> {
-            Ok(Arc::new(Local(self.0.clone())))
-        }
-        fn trigger(
-            &self,
-            _: &Spanned<TriggerConfig>,
-            _: &BuildContext<'_>,
-        ) -> Result<Box<dyn Trigger>, Diagnostic> {
-            Ok(Box::new(Idle))
-        }
-        fn trigger_info(&self, _: &Spanned<TriggerConfig>, _: &BuildContext<'_>) -> TriggerInfo {
-            TriggerInfo::default()
-        }
-        fn sink_info(&self, _: &Spanned<SinkConfig>) -> SinkInfo {
-            SinkInfo::default()
         }
     }
 
@@ -132,8 +97,12 @@ mod tests {
         );
         let loaded = parse_flow(Path::new("t.yaml"), yaml).unwrap_or_else(|d| panic!("{d}"));
         let writes: Writes = Arc::default();
-        let compiled = crate::compile(&loaded, &crate::Folders::default(), &Stub(writes.clone()))
-            .unwrap_or_else(|d| panic!("{d:?}"));
+        let compiled = crate::compile(
+            &loaded,
+            &crate::Folders::default(),
+            &Stub(|_: &str| -> Arc<dyn Sink> { Arc::new(Local(writes.clone())) }),
+        )
+        .unwrap_or_else(|d| panic!("{d:?}"));
         let in_place = compiled.in_place;
         let current = Arc::new(ArcSwap::from_pointee(compiled));
         let stats = Arc::new(FlowStats::new("local"));

@@ -41,6 +41,8 @@ mod workers;
 
 #[cfg(test)]
 mod eip_tests;
+#[cfg(test)]
+mod test_connectors;
 
 pub use compile::{Folders, StepInfo, compile};
 pub use connector::{
