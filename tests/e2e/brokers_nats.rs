@@ -85,7 +85,7 @@ impl Js {
     }
 
     /// Every message in `stream` (headers flattened, body as JSON); empty when it is missing.
-    fn read_all(&self, stream_name: &str) -> Vec<(BTreeMap<String, String>, Value)> {
+    pub(crate) fn read_all(&self, stream_name: &str) -> Vec<(BTreeMap<String, String>, Value)> {
         self.rt.block_on(async {
             let Ok(mut stream) = self.js.get_stream(stream_name).await else {
                 return Vec::new();
