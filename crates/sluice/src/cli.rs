@@ -1,6 +1,6 @@
 //! Command-line arguments.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// sluice — declarative integration flows: a trigger, steps and sinks per YAML file.
@@ -98,31 +98,8 @@ pub enum Command {
         /// The input file, or `-` for standard input; decoded with the trigger's format.
         #[arg(long, short)]
         input: PathBuf,
-        /// Show every step: the payload and metadata after it, the route arm taken, what
-        /// `log` steps wrote, and the error with the payload as it was.
-        #[arg(long)]
-        trace: bool,
-        /// Metadata for the message, as `key=value` (repeatable), e.g.
-        /// `--meta mqtt.topic=sensors/s-1/temperature`.
-        #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = key_value)]
-        meta: Vec<(String, String)>,
-        /// Metadata from a JSON object file (`{"mqtt.topic": "…"}`; values that are not
-        /// strings are given as JSON text). `--meta` entries win.
-        #[arg(long, value_name = "FILE")]
-        meta_file: Option<PathBuf>,
-        /// For an `http` flow: the request path (with an optional `?query`), matched
-        /// against the route, so that `http.path.<param>`, `http.query.<name>`,
-        /// `http.path` and `http.method` are set as the trigger would set them.
-        #[arg(long, value_name = "PATH")]
-        http_path: Option<String>,
-        /// Mocks for `enrich` and `call` steps and sinks: a YAML or JSON file shaped like a
-        /// test case's `mocks:` (`{<step or sink>: {body, status, delay, error}}`).
-        #[arg(long, value_name = "FILE")]
-        mocks: Option<PathBuf>,
-        /// Let `enrich` steps without a mock call their real endpoints (sinks are still
-        /// never written).
-        #[arg(long)]
-        live: bool,
+        #[command(flatten)]
+        options: ExecOptions,
     },
     /// Print the JSON Schema of the flow format.
     Schema,
@@ -248,4 +225,35 @@ fn admin_host_name(text: &str) -> Result<String, String> {
              without scheme, port or path, e.g. --admin-host sluice.internal"
         ))
     }
+}
+
+/// How `sluice exec` runs its message: what it shows, the metadata it is given, and what
+/// stands in for the world.
+#[derive(Args, Debug)]
+pub struct ExecOptions {
+    /// Show every step: the payload and metadata after it, the route arm taken, what
+    /// `log` steps wrote, and the error with the payload as it was.
+    #[arg(long)]
+    pub trace: bool,
+    /// Metadata for the message, as `key=value` (repeatable), e.g.
+    /// `--meta mqtt.topic=sensors/s-1/temperature`.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub meta: Vec<(String, String)>,
+    /// Metadata from a JSON object file (`{"mqtt.topic": "…"}`; values that are not
+    /// strings are given as JSON text). `--meta` entries win.
+    #[arg(long, value_name = "FILE")]
+    pub meta_file: Option<PathBuf>,
+    /// For an `http` flow: the request path (with an optional `?query`), matched
+    /// against the route, so that `http.path.<param>`, `http.query.<name>`,
+    /// `http.path` and `http.method` are set as the trigger would set them.
+    #[arg(long, value_name = "PATH")]
+    pub http_path: Option<String>,
+    /// Mocks for `enrich` and `call` steps and sinks: a YAML or JSON file shaped like a
+    /// test case's `mocks:` (`{<step or sink>: {body, status, delay, error}}`).
+    #[arg(long, value_name = "FILE")]
+    pub mocks: Option<PathBuf>,
+    /// Let `enrich` steps without a mock call their real endpoints (sinks are still
+    /// never written).
+    #[arg(long)]
+    pub live: bool,
 }

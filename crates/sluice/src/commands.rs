@@ -4,7 +4,7 @@ use crate::cli::{Cli, Command, Folders};
 
 mod exec;
 use anyhow::{Context, bail};
-use exec::{ExecOptions, exec};
+use exec::exec;
 use sluice_connectors::StandardConnectors;
 use sluice_engine::CompiledFlow;
 use sluice_engine::testing::run_test;
@@ -47,25 +47,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             folders,
             flow,
             input,
-            trace,
-            meta,
-            meta_file,
-            http_path,
-            mocks,
-            live,
-        } => exec(
-            &folders,
-            &flow,
-            &input,
-            ExecOptions {
-                trace,
-                meta,
-                meta_file,
-                http_path,
-                mocks,
-                live,
-            },
-        ),
+            options,
+        } => exec(&folders, &flow, &input, options),
         Command::New {
             what:
                 crate::cli::New::Flow {

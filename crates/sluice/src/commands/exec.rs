@@ -2,25 +2,15 @@
 //! trace its options ask for.
 
 use super::{block_on, engine_folders, flows_called_from, format_name, out, resolve_flow};
-use crate::cli::Folders;
+use crate::cli::{ExecOptions, Folders};
 use anyhow::{Context, bail};
 use sluice_connectors::StandardConnectors;
 use sluice_engine::testing::dry_run_probed;
 use sluice_engine::{CompiledFlow, InputFormat, Meta, build_flow};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-
-/// `sluice exec`'s options beside the flow and the input.
-pub(super) struct ExecOptions {
-    pub(super) trace: bool,
-    pub(super) meta: Vec<(String, String)>,
-    pub(super) meta_file: Option<PathBuf>,
-    pub(super) http_path: Option<String>,
-    pub(super) mocks: Option<PathBuf>,
-    pub(super) live: bool,
-}
 
 pub(super) fn exec(
     folders: &Folders,
