@@ -130,6 +130,7 @@ fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             Arc::new(StandardConnectors::new(http.clone()).with_settings(&settings)),
         );
         let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::allocator::tick(stop.clone()));
         let admin_server = metrics.map(|metrics| {
             tokio::spawn(crate::metrics_recorder::upkeep(
                 metrics.clone(),
