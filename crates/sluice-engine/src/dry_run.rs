@@ -88,7 +88,7 @@ impl Recorder {
     /// A message (or split child) failed: its payload as it was then is kept for the
     /// report (the first failure, should several children fail).
     pub(crate) fn failed(&self, exec: &mut Exec) {
-        let payload = exec.payload.json().cloned().unwrap_or(Value::Null);
+        let payload = shown(&mut exec.payload);
         let mut recorded = self.lock();
         if recorded.failed.is_none() {
             recorded.failed = Some((payload, exec.meta.clone()));
@@ -206,5 +206,15 @@ impl CompiledFlow {
                 meta: None,
             }),
         }
+    }
+}
+
+/// A payload as a dry run's report shows it: its JSON form, or, for a payload that has none
+/// (a script's NaN, an expression reference), what keeps it from having one — never `null`,
+/// which would read as if the payload were null.
+pub(crate) fn shown(payload: &mut Payload) -> Value {
+    match payload.json() {
+        Ok(json) => json.clone(),
+        Err(e) => Value::String(format!("(the payload has no JSON form: {e})")),
     }
 }

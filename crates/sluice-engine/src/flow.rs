@@ -377,7 +377,7 @@ impl CompiledFlow {
                 // `<flow>/<sink>`.
                 if let Some(probe) = exec.probe.as_ref().filter(|_| dry) {
                     for delivery in &mut exec.deliveries {
-                        let payload = delivery.payload.json().cloned().unwrap_or_default();
+                        let payload = crate::dry_run::shown(&mut delivery.payload);
                         for sink in delivery.sinks.iter() {
                             probe.sent(sink, payload.clone());
                         }

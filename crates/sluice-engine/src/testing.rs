@@ -192,7 +192,7 @@ pub async fn dry_run_probed(
 /// The sinks' part of a dry run: where each delivery would go, and what their mocks say.
 async fn deliver(flow: &CompiledFlow, executed: Executed, probe: &Probe, run: &mut DryRun) {
     let mut final_payload = executed.payload;
-    run.payload = final_payload.json().cloned().unwrap_or(Value::Null);
+    run.payload = crate::dry_run::shown(&mut final_payload);
     if executed.reply.status.is_some() || !executed.reply.headers.is_empty() {
         run.reply = Some(DryReply {
             status: executed.reply.status.unwrap_or(200),
@@ -217,7 +217,7 @@ async fn deliver(flow: &CompiledFlow, executed: Executed, probe: &Probe, run: &m
                 }
                 None => String::new(),
             };
-            let payload = out.payload.json().cloned().unwrap_or(Value::Null);
+            let payload = crate::dry_run::shown(&mut out.payload);
             let mock = probe.mock(sink_name);
             run.route.push(sink_name.clone());
             run.deliveries.push(DryDelivery {

@@ -50,20 +50,13 @@ pub fn target_in(folder: &Path, name: &str) -> PathBuf {
 /// and returns where it went: one `rename` that never replaces a file, for a file that gets
 /// no sidecar. Where the filesystem cannot rename that way, it looks for a free name first.
 pub fn rename_new(claimed: &Path, folder: &Path, name: &str) -> io::Result<PathBuf> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
-    if !UNSUPPORTED.load(Ordering::Relaxed) {
-        for n in 0..10_000u32 {
-            let to = folder.join(suffixed(name, n));
-            match rename_noreplace(claimed, &to) {
-                Ok(()) => return Ok(to),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
-                    UNSUPPORTED.store(true, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
+    for n in 0..10_000u32 {
+        let to = folder.join(suffixed(name, n));
+        match rename_noreplace(claimed, &to) {
+            Some(Ok(())) => return Ok(to),
+            Some(Err(e)) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Some(Err(e)) => return Err(e),
+            None => break,
         }
     }
     let to = unique_target(folder, name);
@@ -71,10 +64,26 @@ pub fn rename_new(claimed: &Path, folder: &Path, name: &str) -> io::Result<PathB
     Ok(to)
 }
 
-/// `rename` that fails with `AlreadyExists` instead of replacing `to` (`EINVAL` or `ENOSYS`
-/// where the filesystem or the system cannot).
+/// `rename` that fails with `AlreadyExists` instead of replacing `to`; `None` where the
+/// system or the filesystem cannot rename that way (`EINVAL`, `ENOSYS`: remembered for the
+/// process, so that the callers' fallbacks are taken at once from then on).
+pub(super) fn rename_noreplace(from: &Path, to: &Path) -> Option<io::Result<()>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+    if UNSUPPORTED.load(Ordering::Relaxed) {
+        return None;
+    }
+    match renameat2_noreplace(from, to) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+            UNSUPPORTED.store(true, Ordering::Relaxed);
+            None
+        }
+        done => Some(done),
+    }
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
-pub(super) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+fn renameat2_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
     let to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
@@ -96,7 +105,7 @@ pub(super) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub(super) fn rename_noreplace(_: &Path, _: &Path) -> io::Result<()> {
+fn renameat2_noreplace(_: &Path, _: &Path) -> io::Result<()> {
     Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 

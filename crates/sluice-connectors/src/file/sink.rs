@@ -272,27 +272,17 @@ fn sync_folder(folder: &Path) -> io::Result<()> {
     std::fs::File::open(folder)?.sync_all()
 }
 
-/// Where the filesystem cannot rename without replacing (`RENAME_NOREPLACE`): found once.
-static NO_NOREPLACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// Gives `tmp` the name `target` unless that name exists: one rename that refuses to replace,
 /// or, where the filesystem has none, a hard link (which fails if the name exists too; the
 /// temporary name then stays). Either makes "create, never replace" atomic.
 fn take_name(tmp: &Path, target: &Path, moved: &mut bool) -> io::Result<()> {
-    use std::sync::atomic::Ordering;
-    if !NO_NOREPLACE.load(Ordering::Relaxed) {
-        match super::finish::rename_noreplace(tmp, target) {
-            Ok(()) => {
-                *moved = true;
-                return Ok(());
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
-                NO_NOREPLACE.store(true, Ordering::Relaxed);
-            }
-            Err(e) => return Err(e),
+    match super::finish::rename_noreplace(tmp, target) {
+        Some(renamed) => {
+            *moved = renamed.is_ok();
+            renamed
         }
+        None => std::fs::hard_link(tmp, target),
     }
-    std::fs::hard_link(tmp, target)
 }
 
 /// Gives the temporary file its final name without ever replacing another file silently;
