@@ -303,6 +303,20 @@ impl Inlet {
         self.tx.send(envelope).await.map_err(|e| Box::new(e.0))
     }
 
+    /// Starts a message without the flow's queue, for a trigger that serves each message in
+    /// a task of its own and waits there for its outcome (an HTTP request): the message
+    /// takes one of the flow's `concurrency` slots (waiting while none is free, which paces
+    /// the trigger like a full queue) and runs in a task of the flow's workers, to its end
+    /// whether or not the caller still waits; a flow doing only local work runs it in place
+    /// on the blocking pool. Shutdown waits for it like for a queued message. Fails only
+    /// when the flow is stopping.
+    pub async fn start(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
+        match &self.workers {
+            Some(workers) => workers.start_now(envelope).await,
+            None => self.send(envelope).await,
+        }
+    }
+
     /// Runs a message here, to its acknowledgement, when the caller is on a thread that may
     /// block ([`crate::in_place::block_on`]) and the flow's running version does only local
     /// work ([`crate::CompiledFlow::in_place`]); queues it like [`Inlet::send`] otherwise. The

@@ -86,6 +86,14 @@ impl Workers {
             .spawn(tracing::Instrument::instrument(task, self.span.clone()));
     }
 
+    /// Starts a taken message: in its key's lane with `order_by`, else in a task of its own.
+    fn start(self: &Arc<Self>, mut envelope: Envelope, permit: OwnedSemaphorePermit) {
+        match self.key(&mut envelope) {
+            Some(key) => self.enter((envelope, permit), key),
+            None => self.spawn((envelope, permit), None),
+        }
+    }
+
     /// Runs a taken message now if nothing of its key runs, else queues it in the key's lane.
     fn enter(self: &Arc<Self>, taken: Taken, key: String) {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
@@ -162,6 +170,33 @@ impl Workers {
         let span = self.span.clone();
         tracing::Instrument::instrument(self.run(envelope, permit, None), span).await
     }
+
+    /// Starts a message without the queue, for [`crate::Inlet::start`]: once a slot is
+    /// free, as a worker would start it, except that a flow doing only local work
+    /// ([`CompiledFlow::in_place`]) runs it on the blocking pool, to its end, in place. That
+    /// is one hand-off for the whole message instead of one to a worker task, one for each
+    /// script run and one for each file write. Fails only when the flow is stopping.
+    pub(crate) async fn start_now(
+        self: &Arc<Self>,
+        envelope: Envelope,
+    ) -> Result<(), Box<Envelope>> {
+        let Ok(permit) = self.limit.clone().acquire_owned().await else {
+            return Err(Box::new(envelope));
+        };
+        if !self.current.load().in_place {
+            self.start(envelope, permit);
+            return Ok(());
+        }
+        let workers = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let task = tracing::Instrument::instrument(
+            async move { workers.run(envelope, permit, None).await },
+            self.span.clone(),
+        );
+        self.tasks
+            .spawn_blocking(move || crate::in_place::block_on(&runtime, task));
+        Ok(())
+    }
 }
 
 /// Takes messages from the flow's queue and runs up to `concurrency` of them at once (with
@@ -170,14 +205,11 @@ impl Workers {
 /// told to stop, and every message task has ended (acknowledged, or abandoned for
 /// redelivery).
 pub async fn run_workers(mut rx: mpsc::Receiver<Envelope>, workers: Arc<Workers>) {
-    while let Some(mut envelope) = rx.recv().await {
+    while let Some(envelope) = rx.recv().await {
         let Ok(permit) = workers.limit.clone().acquire_owned().await else {
             break;
         };
-        match workers.key(&mut envelope) {
-            Some(key) => workers.enter((envelope, permit), key),
-            None => workers.spawn((envelope, permit), None),
-        }
+        workers.start(envelope, permit);
     }
     // Every permit back means every message taken (those waiting in lanes too) was
     // acknowledged or parked.

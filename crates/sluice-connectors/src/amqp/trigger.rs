@@ -154,7 +154,7 @@ impl AmqpTrigger {
                 flow,
             }),
         );
-        inlet.send(envelope).await.is_ok()
+        inlet.start(envelope).await.is_ok()
     }
 }
 

@@ -28,7 +28,7 @@ impl Drop for Waiting<'_> {
 /// Violations listed in a 422 body (its message gives the full count).
 const MAX_VIOLATIONS_SHOWN: usize = 100;
 
-/// Queues the message, waits for its outcome (bounded by the route's timeout), and turns
+/// Starts the message, waits for its outcome (bounded by the route's timeout), and turns
 /// it into a response.
 pub(super) async fn answer(
     route: &RouteEntry,
@@ -42,7 +42,7 @@ pub(super) async fn answer(
         answered: false,
     };
     let answered = tokio::time::timeout(route.timeout, async {
-        if route.inlet.send(envelope).await.is_err() {
+        if route.inlet.start(envelope).await.is_err() {
             return None;
         }
         rx.await.ok()

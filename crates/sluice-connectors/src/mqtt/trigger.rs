@@ -395,7 +395,7 @@ async fn forward(
                 flow: flow.clone(),
             }),
         );
-        if inlet.send(envelope).await.is_err() {
+        if inlet.start(envelope).await.is_err() {
             return;
         }
     }

@@ -217,7 +217,7 @@ impl NatsTrigger {
                 flow,
             }),
         );
-        inlet.send(envelope).await.is_ok()
+        inlet.start(envelope).await.is_ok()
     }
 
     async fn consume_core(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), NatsError> {
@@ -250,7 +250,7 @@ impl NatsTrigger {
                 }
             };
             let envelope = Envelope::new(Message::new(&flow, payload, meta), Box::new(NoAck));
-            if inlet.send(envelope).await.is_err() {
+            if inlet.start(envelope).await.is_err() {
                 return Ok(());
             }
         }

@@ -112,7 +112,7 @@ impl OutboxTrigger {
                         done: done_tx.clone(),
                     }),
                 );
-                if inlet.send(envelope).await.is_err() {
+                if inlet.start(envelope).await.is_err() {
                     // Stopping: the transaction rolls back, the rows stay.
                     return Ok(());
                 }

@@ -239,7 +239,7 @@ impl RedisTrigger {
             },
         };
         let envelope = Envelope::new(message, Box::new(acker));
-        inlet.send(envelope).await.is_ok()
+        inlet.start(envelope).await.is_ok()
     }
 }
 
