@@ -17,6 +17,7 @@ use std::time::Duration;
 pub const MAX_REDIRECTS: usize = 5;
 
 static CLIENT: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
+    use_ring();
     reqwest::Client::builder()
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(30))
@@ -24,6 +25,16 @@ static CLIENT: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
         .build()
         .map_err(|e| format!("cannot create the HTTP client: {e}"))
 });
+
+/// Makes ring the process's rustls provider unless one is already installed. reqwest is
+/// built without a provider of its own (`rustls-no-provider` in Cargo.toml) and takes the
+/// process default; every other TLS client of sluice (NATS, AMQP, MQTT) uses ring too.
+fn use_ring() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may install one meanwhile; either is ring, so losing the race is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
 
 /// Follows a redirect only to the scheme, host and port of the first request. reqwest on
 /// its own drops `Authorization` and `Cookie` on a cross-host redirect but forwards every

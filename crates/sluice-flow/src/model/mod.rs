@@ -37,7 +37,9 @@ pub struct FlowFile {
     #[schemars(with = "Option<usize>", range(min = 1))]
     pub concurrency: Option<Spanned<usize>>,
     /// Capacity of the bounded queue between the trigger and the steps (default: 4 ×
-    /// `concurrency`).
+    /// `concurrency`), for triggers that read ahead of the steps: the records of `ndjson`
+    /// and `csv` files, schedule ticks, channels. An HTTP request or a broker message waits
+    /// for one of the `concurrency` slots instead (the broker's prefetch is its buffer).
     #[schemars(with = "Option<usize>", range(min = 1))]
     pub queue: Option<Spanned<usize>>,
     /// Per-key ordering: a JMESPath expression over the payload (and `meta()`); messages
