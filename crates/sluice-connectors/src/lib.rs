@@ -21,6 +21,8 @@ pub mod codec;
 mod component;
 pub mod file;
 pub mod http;
+#[cfg(feature = "mariadb")]
+pub mod mariadb;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "nats")]
@@ -30,7 +32,11 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
 pub mod schedule;
+#[cfg(any(feature = "postgres", feature = "mariadb"))]
+mod sql;
 pub mod stdout;
+#[cfg(any(feature = "mqtt", feature = "redis", feature = "postgres"))]
+mod tls;
 
 pub use component::{SinkComponent, TriggerComponent};
 
@@ -48,7 +54,8 @@ use std::sync::Arc;
         feature = "nats",
         feature = "amqp",
         feature = "redis",
-        feature = "postgres"
+        feature = "postgres",
+        feature = "mariadb"
     )),
     allow(dead_code)
 )]
@@ -278,6 +285,7 @@ components! {
         Mqtt(model::MqttTriggerConfig) if "mqtt",
         Redis(model::RedisTriggerConfig) if "redis",
         Postgres(model::PostgresTriggerConfig) if "postgres",
+        Mariadb(model::MariadbTriggerConfig) if "mariadb",
     }
     sinks {
         File(model::FileSinkConfig),
@@ -289,6 +297,7 @@ components! {
         Mqtt(model::MqttSinkConfig) if "mqtt",
         Redis(model::RedisSinkConfig) if "redis",
         Postgres(model::PostgresSinkConfig) if "postgres",
+        Mariadb(model::MariadbSinkConfig) if "mariadb",
     }
 }
 
@@ -420,8 +429,8 @@ mod tests {
             .unwrap_or_default();
         assert!(unknown.contains("unknown variant"), "{unknown}");
         let kinds = kinds();
-        assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 9);
-        assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 9);
+        assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 10);
+        assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 10);
         for kind in kinds {
             // A key the enum does not know fails as an unknown variant; a known one fails
             // only on its (here missing) fields.
