@@ -25,7 +25,7 @@ pub struct OutboxTrigger {
     connect: Connect,
     table_name: String,
     select: String,
-    /// `DELETE … WHERE id IN`, completed with one `?` per row.
+    /// `DELETE … WHERE id = ?`, run once per row.
     delete: String,
     poll: Duration,
 }
@@ -48,7 +48,10 @@ impl OutboxTrigger {
                 "SELECT {id}, CAST({payload} AS CHAR) FROM {table} ORDER BY {id} LIMIT {} FOR UPDATE SKIP LOCKED",
                 config.batch.0
             ),
-            delete: format!("DELETE FROM {table} WHERE {id} IN"),
+            // One row per statement: an equality on the key finds the row without scanning,
+            // whereas MariaDB may plan `IN (…)` over a small table as a scan, whose row locks
+            // then wait on the rows another process holds (a deadlock, seen in the tests).
+            delete: format!("DELETE FROM {table} WHERE {id} = ?"),
             poll: config.poll.0,
         })
     }
@@ -117,10 +120,11 @@ impl OutboxTrigger {
                 return Ok(());
             };
             if !finished.is_empty() {
-                let marks = vec!["?"; finished.len()].join(", ");
-                tx.exec_drop(
-                    format!("{} ({marks})", self.delete),
-                    Params::Positional(finished),
+                tx.exec_batch(
+                    self.delete.as_str(),
+                    finished
+                        .into_iter()
+                        .map(|key| Params::Positional(vec![key])),
                 )
                 .await
                 .map_err(statement("outbox delete"))?;

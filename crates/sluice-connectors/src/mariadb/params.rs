@@ -1,6 +1,7 @@
 //! JSON values as MariaDB parameters. The server converts each to its column's type, so a
-//! value is sent in the form that converts without loss: integers as integers, every other
-//! number as its exact decimal text (a `DECIMAL` column keeps every digit), strings as text,
+//! value is sent in the form that converts without loss: integers as integers, other numbers
+//! as doubles when a double holds them exactly (15 significant digits or fewer) and as their
+//! exact decimal text otherwise (a `DECIMAL` column keeps every digit), strings as text,
 //! booleans as 1 or 0 (MariaDB's `BOOLEAN` is `TINYINT(1)`), objects and arrays as JSON text
 //! (for `JSON` columns).
 
@@ -15,11 +16,25 @@ pub(crate) fn to_sql(value: Value) -> Sql {
         Value::Number(n) => match (n.as_i64(), n.as_u64()) {
             (Some(i), _) => Sql::Int(i),
             (None, Some(u)) => Sql::UInt(u),
-            _ => Sql::Bytes(n.to_string().into_bytes()),
+            _ => {
+                let text = n.to_string();
+                match text.parse::<f64>() {
+                    Ok(f) if f.is_finite() && significant_digits(&text) <= 15 => Sql::Double(f),
+                    _ => Sql::Bytes(text.into_bytes()),
+                }
+            }
         },
         Value::String(s) => Sql::Bytes(s.into_bytes()),
         other => Sql::Bytes(other.to_string().into_bytes()),
     }
+}
+
+/// The significant digits of a JSON number's text (its mantissa without sign, point, and
+/// leading or trailing zeros): up to 15, a double holds the number exactly as written.
+fn significant_digits(text: &str) -> usize {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    digits.trim_start_matches('0').trim_end_matches('0').len()
 }
 
 /// A key value read back from a row, as text (for the message id and metadata).
@@ -47,7 +62,11 @@ mod tests {
         assert_eq!(to_sql(json!(true)), Sql::Int(1));
         assert_eq!(to_sql(json!(-7)), Sql::Int(-7));
         assert_eq!(to_sql(json!(u64::MAX)), Sql::UInt(u64::MAX));
-        assert_eq!(to_sql(json!(1.5)), Sql::Bytes(b"1.5".to_vec()));
+        assert_eq!(to_sql(json!(1.5)), Sql::Double(1.5));
+        let exact: Value = serde_json::from_str("1299.0").unwrap();
+        assert_eq!(to_sql(exact), Sql::Double(1299.0));
+        let long: Value = serde_json::from_str("0.1234567890123456").unwrap();
+        assert_eq!(to_sql(long), Sql::Bytes(b"0.1234567890123456".to_vec()));
         let big: Value = serde_json::from_str("123456789012345678901234567890").unwrap();
         assert_eq!(
             to_sql(big),
