@@ -67,6 +67,24 @@ pub(crate) fn shown_url(url: &str) -> String {
     }
 }
 
+/// An error with the reasons under it (`source()`), joined with `: `, for clients whose
+/// message alone hides the cause (tokio-postgres says "error performing TLS handshake", its
+/// source says which certificate was refused). A source already part of the text is skipped.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let part = source.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = source.source();
+    }
+    text
+}
+
 /// Every connector that ships with sluice, with the resources they share (the HTTP
 /// listener, the NATS connections, the channel backend).
 #[derive(Clone)]

@@ -39,7 +39,7 @@ pub enum PostgresError {
     #[error("PostgreSQL pool: {0}")]
     Pool(#[source] deadpool_postgres::BuildError),
     /// No connection could be had from the pool (server down, refused login).
-    #[error("postgres connection to {url}: {source}")]
+    #[error("postgres connection to {url}: {}", crate::error_chain(.source))]
     Connect {
         /// The server, without credentials.
         url: String,

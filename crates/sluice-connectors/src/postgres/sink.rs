@@ -109,10 +109,12 @@ impl PostgresSink {
 impl Sink for PostgresSink {
     async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
         let params = self.params(out)?;
-        let mut client =
-            self.pool()?.get().await.map_err(|e| {
-                FlowError::new(ErrorKind::Sink, format!("postgres connection: {e}"))
-            })?;
+        let mut client = self.pool()?.get().await.map_err(|e| {
+            FlowError::new(
+                ErrorKind::Sink,
+                format!("postgres connection: {}", crate::error_chain(&e)),
+            )
+        })?;
         let tx = client
             .transaction()
             .await

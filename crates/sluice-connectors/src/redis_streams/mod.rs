@@ -37,7 +37,7 @@ pub enum RedisError {
         source: redis::RedisError,
     },
     /// The connection could not be opened (server down, refused login).
-    #[error("cannot connect to Redis at {url}: {source}")]
+    #[error("cannot connect to Redis at {url}: {}", crate::error_chain(.source))]
     Connect {
         /// The server, without credentials.
         url: String,
@@ -110,13 +110,14 @@ fn load_tls(
 /// A self-reconnecting connection (capped exponential backoff) for commands that do not
 /// block; `url` names the server in an error.
 async fn manager(client: redis::Client, url: &str) -> Result<ConnectionManager, RedisError> {
+    let probe = client.clone();
     let config = ConnectionManagerConfig::new()
         .set_max_delay(Duration::from_secs(5))
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)));
     match tokio::time::timeout(
         Duration::from_secs(10),
-        ConnectionManager::new_with_config(client, config),
+        ConnectionManager::new_with_config(probe, config),
     )
     .await
     {
@@ -125,9 +126,22 @@ async fn manager(client: redis::Client, url: &str) -> Result<ConnectionManager, 
             url: crate::shown_url(url),
             source,
         }),
-        Err(_) => Err(RedisError::ConnectTimeout {
-            url: crate::shown_url(url),
-        }),
+        // The manager retries its first connection by itself and keeps no reason; one direct
+        // attempt finds it (a refused certificate, a refused login).
+        Err(_) => match tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        {
+            Ok(Err(source)) => Err(RedisError::Connect {
+                url: crate::shown_url(url),
+                source,
+            }),
+            _ => Err(RedisError::ConnectTimeout {
+                url: crate::shown_url(url),
+            }),
+        },
     }
 }
 
