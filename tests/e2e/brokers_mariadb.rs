@@ -328,3 +328,50 @@ fn a_mariadb_restart_mid_flow_loses_nothing() {
     assert_eq!(sb.count("dead-letter"), 0);
     sluice.assert_running();
 }
+
+#[test]
+fn the_mariadb_example_runs() {
+    if !mariadb_available() {
+        return;
+    }
+    // A database of its own, so that the example's fixed table names meet no other run.
+    let db = unique_name("example");
+    mariadb(&format!("CREATE DATABASE {db}"));
+    let schema = std::fs::read_to_string(repo_file("examples/mariadb-outbox/schema.sql"))
+        .expect("schema.sql");
+    mariadb(&format!("USE {db}; {schema}"));
+    let sb = Sandbox::new();
+    copy_dir(&repo_file("examples/mariadb-outbox"), sb.root());
+    let tested = sb.cli(&["test"], None);
+    assert_eq!(tested.code, Some(0), "{}", tested.all());
+    let url = format!("mysql://root@127.0.0.1:3306/{db}");
+    let mut sluice = Sluice::start_with_env(&sb, &["run"], &[("MARIADB_URL", url.as_str())]);
+    sluice.wait_ready("orders-in");
+    sluice.wait_for_log("mariadb outbox ready", secs(30));
+    for name in ["o-1.json", "o-2.json"] {
+        let body = std::fs::read(sb.path(&format!("inputs/{name}"))).expect("input");
+        sb.write_atomic(&format!("inbox/orders/{name}"), body);
+    }
+    sluice.expect_within(secs(30), "two events out", || {
+        sb.count("outbox/events") == 2
+    });
+    let sql = |q: &str| mariadb(&format!("USE {db}; {q}"));
+    sluice.expect_within(secs(30), "the outbox is empty", || {
+        sql("SELECT count(*) FROM shop_outbox") == "0"
+    });
+    assert_eq!(
+        sql("SELECT id, total_cents FROM shop_orders ORDER BY id"),
+        "o-1\t1299\no-2\t60"
+    );
+    let names = sb.names("outbox/events");
+    let o1 = names
+        .iter()
+        .find(|n| n.starts_with("o-1-"))
+        .unwrap_or_else(|| panic!("{names:?}"));
+    let event = sb.read_json(&format!("outbox/events/{o1}"));
+    assert_eq!(event["order"], "o-1", "{event}");
+    assert_eq!(event["total_cents"], 1299, "{event}");
+    assert_eq!(event["table"], "shop_outbox", "{event}");
+    drop(sluice);
+    mariadb(&format!("DROP DATABASE {db}"));
+}
