@@ -59,8 +59,9 @@ impl OutboxTrigger {
     async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), MariadbError> {
         let pool = self.connect.pool(1);
         let result = self.poll_loop(&pool, inlet, stop).await;
-        // Closes the connection now rather than whenever the pool notices.
-        let _ = pool.disconnect().await;
+        // Closes the connection now rather than whenever the pool notices; bounded, since a
+        // server that went away may never answer.
+        let _ = tokio::time::timeout(Duration::from_secs(5), pool.disconnect()).await;
         result
     }
 
