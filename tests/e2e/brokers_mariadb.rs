@@ -39,18 +39,18 @@ steps:
   - to: [rows, audit, log]
 sinks:
   rows:
-    mariadb:
+    mysql:
       url: "{MARIADB_URL}"
       table: {t}
       columns: {{ id: id, qty: qty, doc: "{{lines: lines}}", note: "meta('file.name')" }}
       on_conflict: {{ update: [qty, doc, note] }}
   audit:
-    mariadb:
+    mysql:
       url: "{MARIADB_URL}"
       sql: "INSERT INTO {t}_audit (id, qty) VALUES (?, ?)"
       args: [id, qty]
   log:
-    mariadb: {{ url: "{MARIADB_URL}", table: {t}_log, columns: {{ id: id, price: price }}, pool: 2 }}
+    mysql: {{ url: "{MARIADB_URL}", table: {t}_log, columns: {{ id: id, price: price }}, pool: 2 }}
 errors:
   dead_letter: {{ file: {{ path: dead-letter }} }}
 "#
@@ -116,8 +116,7 @@ errors:
     let message = dead["error"]["message"].as_str().unwrap_or_default();
     assert_eq!(dead["error"]["kind"], "sink", "{dead:#}");
     assert!(
-        message
-            .contains("mariadb execute: Column 'qty' cannot be null (error 1048, SQLSTATE 23000)"),
+        message.contains("mysql execute: Column 'qty' cannot be null (error 1048, SQLSTATE 23000)"),
         "{dead:#}"
     );
     assert_eq!(dead["error"]["attempts"], 1, "not retried: {dead:#}");
@@ -135,7 +134,9 @@ fn mariadb_config_mistakes_are_load_errors_at_their_position() {
     let check = |sink: &str| {
         sb.write(
             "flows/m.yaml",
-            format!("name: m\ntrigger:\n  file: {{ path: inbox }}\nsinks:\n  out:\n    mariadb: {sink}\n"),
+            format!(
+                "name: m\ntrigger:\n  file: {{ path: inbox }}\nsinks:\n  out:\n    mysql: {sink}\n"
+            ),
         );
         let out = sb.cli(&["check", "flows/m.yaml"], None);
         assert_eq!(out.code, Some(1), "{}", out.all());
@@ -183,12 +184,12 @@ fn outbox_flow(t: &str, url: &str) -> String {
     format!(
         r#"name: outbox
 trigger:
-  mariadb: {{ url: "{url}", table: {t}, batch: 16, poll: 100ms }}
+  mysql: {{ url: "{url}", table: {t}, batch: 16, poll: 100ms }}
 steps:
   - to: rows
 sinks:
   rows:
-    mariadb:
+    mysql:
       url: "{url}"
       sql: "INSERT INTO {t}_out (id, total, worker) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE deliveries = deliveries + 1"
       args: [order, total, "'${{env:WORKER:-one}}'"]
@@ -226,8 +227,8 @@ fn mariadb_outbox_delivers_every_row_once_and_deletes_it_after() {
             .is_some_and(|m| m.contains("Incorrect integer value")),
         "{dead:#}"
     );
-    assert_eq!(dead["meta"]["mariadb.table"], t.as_str(), "{dead:#}");
-    assert_eq!(dead["meta"]["mariadb.id"], "201", "{dead:#}");
+    assert_eq!(dead["meta"]["mysql.table"], t.as_str(), "{dead:#}");
+    assert_eq!(dead["meta"]["mysql.id"], "201", "{dead:#}");
     assert_eq!(dead["meta"]["message_id"], format!("{t}-201"), "{dead:#}");
     // Exactly once each: no row was delivered twice.
     assert_eq!(
@@ -291,11 +292,11 @@ fn two_processes_share_one_mariadb_outbox_without_taking_a_row_twice() {
 
 #[test]
 fn a_mariadb_restart_mid_flow_loses_nothing() {
-    if !private_mariadb_possible() || !program_available("mariadb") {
+    if !private_mariadb_possible() || !program_available("mysql") {
         return;
     }
     const N: usize = 1500;
-    let mut server = PrivateMariadb::start();
+    let mut server = PrivateMysql::start();
     let port = server.port;
     let t = unique_name("restart");
     outbox_tables(&t, N, port);
@@ -315,7 +316,7 @@ fn a_mariadb_restart_mid_flow_loses_nothing() {
     server.kill();
     // The batch in flight waits for its outcomes: the sink retries until the server is back.
     sluice.wait_for_line_since(mark, "a write failing and retried", secs(30), |l| {
-        l.contains("failed, retrying") && l.contains("mariadb connection")
+        l.contains("failed, retrying") && l.contains("mysql connection")
     });
     server.restart();
     sluice.expect_within(secs(120), "every row out", || out_count() == Some(N));
@@ -350,7 +351,7 @@ fn the_mariadb_example_runs() {
     let url = format!("mysql://root@127.0.0.1:3306/{db}");
     let mut sluice = Sluice::start_with_env(&sb, &["run"], &[("MARIADB_URL", url.as_str())]);
     sluice.wait_ready("orders-in");
-    sluice.wait_for_log("mariadb outbox ready", secs(30));
+    sluice.wait_for_log("mysql outbox ready", secs(30));
     for name in ["o-1.json", "o-2.json"] {
         let body = std::fs::read(sb.path(&format!("inputs/{name}"))).expect("input");
         sb.write_atomic(&format!("inbox/orders/{name}"), body);

@@ -372,25 +372,25 @@ fn compile_table() -> Vec<(&'static str, String, bool)> {
             with_sink("{ postgres: { table: t, columns: { id: id }, sql: 'select 1' } }"),
             false,
         ),
-        ("mariadb sink: {}", with_sink("{ mariadb: {} }"), false),
+        ("mariadb sink: {}", with_sink("{ mysql: {} }"), false),
         (
             "mariadb sink: table, no columns",
-            with_sink("{ mariadb: { table: t } }"),
+            with_sink("{ mysql: { table: t } }"),
             false,
         ),
         (
             "mariadb sink: table and columns",
-            with_sink("{ mariadb: { table: t, columns: { id: id } } }"),
+            with_sink("{ mysql: { table: t, columns: { id: id } } }"),
             true,
         ),
         (
             "mariadb sink: sql",
-            with_sink("{ mariadb: { sql: 'select 1' } }"),
+            with_sink("{ mysql: { sql: 'select 1' } }"),
             true,
         ),
         (
             "mariadb sink: table and sql",
-            with_sink("{ mariadb: { table: t, columns: { id: id }, sql: 'select 1' } }"),
+            with_sink("{ mysql: { table: t, columns: { id: id }, sql: 'select 1' } }"),
             false,
         ),
         (
@@ -543,8 +543,8 @@ fn every_connector_key_is_documented_with_its_default() {
         ("RedisSinkConfig", "flow-format", "### `redis`"),
         ("PostgresTriggerConfig", "flow-format", "### `postgres`"),
         ("PostgresSinkConfig", "flow-format", "### `postgres`"),
-        ("MariadbTriggerConfig", "flow-format", "### `mariadb`"),
-        ("MariadbSinkConfig", "flow-format", "### `mariadb`"),
+        ("MysqlTriggerConfig", "flow-format", "### `mysql`"),
+        ("MysqlSinkConfig", "flow-format", "### `mysql`"),
         ("HttpTriggerConfig", "operations", "## Trigger `http`"),
         (
             "ScheduleTriggerConfig",

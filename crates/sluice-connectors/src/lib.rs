@@ -21,10 +21,10 @@ pub mod codec;
 mod component;
 pub mod file;
 pub mod http;
-#[cfg(feature = "mariadb")]
-pub mod mariadb;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]
@@ -32,7 +32,7 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
 pub mod schedule;
-#[cfg(any(feature = "postgres", feature = "mariadb"))]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod sql;
 pub mod stdout;
 #[cfg(any(feature = "mqtt", feature = "redis", feature = "postgres"))]
@@ -55,7 +55,7 @@ use std::sync::Arc;
         feature = "amqp",
         feature = "redis",
         feature = "postgres",
-        feature = "mariadb"
+        feature = "mysql"
     )),
     allow(dead_code)
 )]
@@ -303,7 +303,7 @@ components! {
         Mqtt(model::MqttTriggerConfig) if "mqtt",
         Redis(model::RedisTriggerConfig) if "redis",
         Postgres(model::PostgresTriggerConfig) if "postgres",
-        Mariadb(model::MariadbTriggerConfig) if "mariadb",
+        Mysql(model::MysqlTriggerConfig) if "mysql",
     }
     sinks {
         File(model::FileSinkConfig),
@@ -315,7 +315,7 @@ components! {
         Mqtt(model::MqttSinkConfig) if "mqtt",
         Redis(model::RedisSinkConfig) if "redis",
         Postgres(model::PostgresSinkConfig) if "postgres",
-        Mariadb(model::MariadbSinkConfig) if "mariadb",
+        Mysql(model::MysqlSinkConfig) if "mysql",
     }
 }
 

@@ -1,4 +1,4 @@
-//! What the SQL connectors (`postgres`, `mariadb`) share: the check and quoting of the names a
+//! What the SQL connectors (`postgres`, `mysql`) share: the check and quoting of the names a
 //! flow file gives, the choice between `table` + `columns` and `sql` + `args` (with the same
 //! load errors for both), the evaluation of their expressions for one message, and the
 //! outbox's hand-over of a batch of rows to the flow.
@@ -7,9 +7,9 @@
 //! are checked to be plain identifiers and then quoted, so no name from a flow file can change
 //! the meaning of a statement.
 
-// Some parts serve only some of the connectors (postgres or mariadb);
+// Some parts serve only some of the connectors (postgres or mysql);
 // a build without the others leaves them unused.
-#![cfg_attr(not(all(feature = "postgres", feature = "mariadb")), allow(dead_code))]
+#![cfg_attr(not(all(feature = "postgres", feature = "mysql")), allow(dead_code))]
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -75,7 +75,7 @@ pub(crate) fn quote_table(name: &str, quote: Quote) -> Result<String, IdentError
 
 /// The keys of a SQL sink that say what it writes, borrowed from its config.
 pub(crate) struct SinkKeys<'a> {
-    /// The sink's key (`postgres`, `mariadb`), for messages.
+    /// The sink's key (`postgres`, `mysql`), for messages.
     pub kind: &'static str,
     /// Its `url`, where a sink with neither `table` nor `sql` is reported.
     pub url: &'a Spanned<Text>,

@@ -155,7 +155,7 @@ pub enum NewTrigger {
     /// A PostgreSQL outbox table.
     Postgres,
     /// A MariaDB/MySQL outbox table.
-    Mariadb,
+    Mysql,
     /// A clock.
     Schedule,
     /// A flow-to-flow channel.
@@ -173,7 +173,7 @@ impl NewTrigger {
             NewTrigger::Mqtt => "mqtt",
             NewTrigger::Redis => "redis",
             NewTrigger::Postgres => "postgres",
-            NewTrigger::Mariadb => "mariadb",
+            NewTrigger::Mysql => "mysql",
             NewTrigger::Schedule => "schedule",
             NewTrigger::Channel => "channel",
         }

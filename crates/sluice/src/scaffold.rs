@@ -114,8 +114,8 @@ fn trigger_text(name: &str, trigger: NewTrigger) -> String {
             "  postgres:  # an outbox table: id, payload (json/jsonb)\n    url: \"postgres://postgres@127.0.0.1:5432/test\"  # the default; the password via ${{env:…}}\n    table: {}_outbox\n",
             name.replace('-', "_")
         ),
-        NewTrigger::Mariadb => format!(
-            "  mariadb:  # an outbox table: id, payload (JSON)\n    url: \"mysql://root@127.0.0.1:3306/test\"  # the default; the password via ${{env:…}}\n    table: {}_outbox\n",
+        NewTrigger::Mysql => format!(
+            "  mysql:  # an outbox table: id, payload (JSON)\n    url: \"mysql://root@127.0.0.1:3306/test\"  # the default; the password via ${{env:…}}\n    table: {}_outbox\n",
             name.replace('-', "_")
         ),
         NewTrigger::Schedule => format!(

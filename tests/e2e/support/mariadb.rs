@@ -1,4 +1,4 @@
-//! MariaDB for the tests: SQL through the `mariadb` client against the machine's server
+//! MariaDB for the tests: SQL through the `mysql` client against the machine's server
 //! (127.0.0.1:3306, `root` without a password, database `test`) or a private one, and a
 //! private `mariadbd` in a temporary folder that a test can kill and restart.
 
@@ -9,10 +9,10 @@ use std::process::{Child, Command, Stdio};
 /// The URL the connector tests use for the machine's server.
 pub const MARIADB_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
-/// Whether MariaDB answers on 3306 and the `mariadb` client is installed (skips or fails
+/// Whether MariaDB answers on 3306 and the `mysql` client is installed (skips or fails
 /// like [`service_available`]).
 pub fn mariadb_available() -> bool {
-    service_available("MariaDB", 3306) && program_available("mariadb")
+    service_available("MariaDB", 3306) && program_available("mysql")
 }
 
 /// Runs SQL against the machine's server (database `test`); returns the tab-separated rows
@@ -23,7 +23,7 @@ pub fn mariadb(sql: &str) -> String {
 
 /// Runs SQL against the server on `port` (database `test`): the rows, or the client's error.
 pub fn mariadb_at(port: u16, sql: &str) -> Result<String, String> {
-    let output = Command::new("mariadb")
+    let output = Command::new("mysql")
         .args(["--protocol=tcp", "-h", "127.0.0.1", "-P", &port.to_string()])
         .args([
             "-u",
@@ -37,7 +37,7 @@ pub fn mariadb_at(port: u16, sql: &str) -> Result<String, String> {
         ])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("run mariadb: {e}"))?;
+        .map_err(|e| format!("run mysql: {e}"))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     } else {
@@ -53,16 +53,16 @@ pub fn private_mariadb_possible() -> bool {
 
 /// A private `mariadbd` on a free port, its data in a temporary folder (made with
 /// `mariadb-install-db`, with a database `test`). Dropping it sends SIGKILL by PID.
-pub struct PrivateMariadb {
+pub struct PrivateMysql {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
-impl PrivateMariadb {
+impl PrivateMysql {
     /// Creates the data folder and starts the server.
-    pub fn start() -> PrivateMariadb {
+    pub fn start() -> PrivateMysql {
         let dir = tempfile::Builder::new()
             .prefix("sluice-mariadb-")
             .tempdir()
@@ -81,7 +81,7 @@ impl PrivateMariadb {
             "mariadb-install-db: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut server = PrivateMariadb {
+        let mut server = PrivateMysql {
             port: free_port(),
             dir,
             child: None,
@@ -90,7 +90,7 @@ impl PrivateMariadb {
         mariadb_at(server.port, "SELECT 1")
             .or_else(|_| {
                 // The first start: the database does not exist yet.
-                let output = Command::new("mariadb")
+                let output = Command::new("mysql")
                     .args(["--protocol=tcp", "-h", "127.0.0.1", "-P"])
                     .arg(server.port.to_string())
                     .args(["-u", "root", "-e", "CREATE DATABASE test"])
@@ -164,7 +164,7 @@ impl PrivateMariadb {
     }
 }
 
-impl Drop for PrivateMariadb {
+impl Drop for PrivateMysql {
     fn drop(&mut self) {
         self.kill();
     }

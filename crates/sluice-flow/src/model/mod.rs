@@ -6,7 +6,7 @@
 mod brokers;
 mod eip;
 mod http;
-mod mariadb;
+mod mysql;
 mod sink;
 mod step;
 mod tls;
@@ -15,7 +15,7 @@ mod trigger;
 pub use brokers::*;
 pub use eip::*;
 pub use http::*;
-pub use mariadb::*;
+pub use mysql::*;
 pub use sink::*;
 pub use step::*;
 pub use tls::*;

@@ -24,7 +24,7 @@ pub enum SinkConfig {
     /// Inserts or upserts a row in PostgreSQL (or runs a parameterised statement).
     Postgres(super::PostgresSinkConfig),
     /// Inserts or upserts a row in MariaDB/MySQL (or runs a parameterised statement).
-    Mariadb(super::MariadbSinkConfig),
+    Mysql(super::MysqlSinkConfig),
     /// An HTTP request per message.
     Http(crate::HttpSinkConfig),
 }

@@ -23,7 +23,7 @@ pub enum TriggerConfig {
     /// A PostgreSQL outbox table, polled with `FOR UPDATE SKIP LOCKED`.
     Postgres(super::PostgresTriggerConfig),
     /// A MariaDB/MySQL outbox table, polled with `FOR UPDATE SKIP LOCKED`.
-    Mariadb(super::MariadbTriggerConfig),
+    Mysql(super::MysqlTriggerConfig),
     /// Requests on the shared HTTP listener.
     Http(crate::HttpTriggerConfig),
     /// A clock.

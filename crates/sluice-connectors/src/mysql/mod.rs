@@ -1,4 +1,4 @@
-//! The `mariadb` connector (MariaDB and MySQL, through `mysql_async`): a sink that inserts or
+//! The `mysql` connector (MariaDB and MySQL, through `mysql_async`): a sink that inserts or
 //! upserts (`ON DUPLICATE KEY UPDATE`) one row per message, or runs a parameterised
 //! statement, each in its own transaction; and an outbox trigger that polls a table with
 //! `FOR UPDATE SKIP LOCKED` and deletes rows only after the flow's sinks confirmed them.
@@ -13,7 +13,7 @@ mod params;
 mod sink;
 
 pub use outbox::OutboxTrigger;
-pub use sink::MariadbSink;
+pub use sink::MysqlSink;
 
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use sluice_engine::{BuildContext, ErrorKind, FlowError};
@@ -22,9 +22,9 @@ use sluice_flow::{Diagnostic, Spanned, Text};
 /// What went wrong with MariaDB in the outbox trigger (its unhealthy reason; it connects
 /// again). The URL in it is the shown form, without credentials.
 #[derive(Debug, thiserror::Error)]
-pub enum MariadbError {
+pub enum MysqlError {
     /// No connection could be opened (server down, refused login).
-    #[error("mariadb connection to {url}: {}", describe(.source))]
+    #[error("mysql connection to {url}: {}", describe(.source))]
     Connect {
         /// The server, without credentials.
         url: String,
@@ -35,7 +35,7 @@ pub enum MariadbError {
     /// A statement of the outbox failed.
     #[error("{what}: {}", describe(.source))]
     Statement {
-        /// Which one: `outbox select`, `outbox delete`, `outbox commit`, or `mariadb` for the
+        /// Which one: `outbox select`, `outbox delete`, `outbox commit`, or `mysql` for the
         /// transaction around them.
         what: &'static str,
         /// The server's or the client's reason.
@@ -108,7 +108,7 @@ pub(crate) fn describe(e: &mysql_async::Error) -> String {
 /// A sink error: data problems (constraint, type, syntax, unknown table or column) are
 /// permanent; the rest (connection, deadlock, lock wait, shutdown) may pass and are retried.
 pub(crate) fn classify(e: &mysql_async::Error, what: &str) -> FlowError {
-    let message = format!("mariadb {what}: {}", describe(e));
+    let message = format!("mysql {what}: {}", describe(e));
     match e {
         mysql_async::Error::Server(server) if is_data_error(&server.state, server.code) => {
             FlowError::permanent(ErrorKind::Sink, message)
@@ -133,8 +133,8 @@ fn is_data_error(state: &str, code: u16) -> bool {
         || DATA_ERRORS.contains(&code)
 }
 
-impl crate::TriggerComponent for sluice_flow::MariadbTriggerConfig {
-    const KEY: &'static str = "mariadb";
+impl crate::TriggerComponent for sluice_flow::MysqlTriggerConfig {
+    const KEY: &'static str = "mysql";
 
     fn build(
         &self,
@@ -145,7 +145,7 @@ impl crate::TriggerComponent for sluice_flow::MariadbTriggerConfig {
     }
 
     fn describe(&self) -> String {
-        format!("mariadb outbox {}", self.table.value)
+        format!("mysql outbox {}", self.table.value)
     }
 
     fn url(&self) -> Option<&str> {
@@ -153,8 +153,8 @@ impl crate::TriggerComponent for sluice_flow::MariadbTriggerConfig {
     }
 }
 
-impl crate::SinkComponent for sluice_flow::MariadbSinkConfig {
-    const KEY: &'static str = "mariadb";
+impl crate::SinkComponent for sluice_flow::MysqlSinkConfig {
+    const KEY: &'static str = "mysql";
 
     fn build(
         &self,
@@ -162,7 +162,7 @@ impl crate::SinkComponent for sluice_flow::MariadbSinkConfig {
         _: &crate::StandardConnectors,
         cx: &sluice_engine::BuildContext<'_>,
     ) -> Result<std::sync::Arc<dyn sluice_engine::Sink>, sluice_flow::Diagnostic> {
-        Ok(std::sync::Arc::new(sink::MariadbSink::new(self, cx)?))
+        Ok(std::sync::Arc::new(sink::MysqlSink::new(self, cx)?))
     }
 }
 
@@ -194,6 +194,6 @@ mod tests {
             );
         }
         let e = classify(&server(1062, "23000"), "execute");
-        assert_eq!(e.message, "mariadb execute: m (error 1062, SQLSTATE 23000)");
+        assert_eq!(e.message, "mysql execute: m (error 1062, SQLSTATE 23000)");
     }
 }

@@ -1,4 +1,4 @@
-//! The `mariadb` sink: one transaction per message. With `table` + `columns`, an
+//! The `mysql` sink: one transaction per message. With `table` + `columns`, an
 //! `INSERT … VALUES (?, …)` whose values MariaDB converts to each column's type;
 //! `on_conflict` adds `ON DUPLICATE KEY UPDATE`. With `sql` + `args`, the statement runs with
 //! the arguments as its `?` parameters. Statements are prepared once per connection (the
@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Pool, TxOpts};
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink};
-use sluice_flow::{Diagnostic, MariadbSinkConfig};
+use sluice_flow::{Diagnostic, MysqlSinkConfig};
 
 /// Writes messages into MariaDB or MySQL.
-pub struct MariadbSink {
+pub struct MysqlSink {
     connect: Connect,
     pool_size: usize,
     statement: String,
@@ -21,12 +21,12 @@ pub struct MariadbSink {
     pool: std::sync::OnceLock<Pool>,
 }
 
-impl MariadbSink {
+impl MysqlSink {
     /// Builds the sink: reads the URL, checks and quotes every identifier, compiles every
     /// expression and prepares the statement text; nothing is opened yet.
-    pub fn new(config: &MariadbSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
+    pub fn new(config: &MysqlSinkConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
         let keys = SinkKeys {
-            kind: "mariadb",
+            kind: "mysql",
             url: &config.url,
             table: config.table.as_ref(),
             columns: &config.columns,
@@ -76,7 +76,7 @@ impl MariadbSink {
                 sql.clone()
             }
         };
-        Ok(MariadbSink {
+        Ok(MysqlSink {
             connect: Connect::load(&config.url, cx)?,
             pool_size: config.pool,
             statement,
@@ -143,15 +143,15 @@ fn placeholders(sql: &str) -> usize {
 }
 
 #[async_trait]
-impl Sink for MariadbSink {
+impl Sink for MysqlSink {
     async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
-        let values = self.plan.values(out, "mariadb sink")?;
+        let values = self.plan.values(out, "mysql sink")?;
         let params = Params::Positional(values.into_iter().map(super::params::to_sql).collect());
         let mut conn = self.pool().get_conn().await.map_err(|e| {
             FlowError::new(
                 ErrorKind::Sink,
                 format!(
-                    "mariadb connection to {}: {}",
+                    "mysql connection to {}: {}",
                     self.connect.shown(),
                     super::describe(&e)
                 ),
@@ -168,7 +168,7 @@ impl Sink for MariadbSink {
     }
 
     fn target(&self, _out: &mut Outgoing) -> Result<String, FlowError> {
-        Ok(format!("mariadb: {}", self.statement))
+        Ok(format!("mysql: {}", self.statement))
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `mariadb` outbox trigger. Each poll claims up to `batch` rows in a transaction with
+//! The `mysql` outbox trigger. Each poll claims up to `batch` rows in a transaction with
 //! `SELECT … FOR UPDATE SKIP LOCKED` (so several sluice processes share one outbox without
 //! taking the same row), hands them to the flow, waits for every outcome, deletes the rows
 //! whose sinks (or dead letter) confirmed, and commits. A crash rolls the transaction back:
@@ -9,14 +9,14 @@
 //! locking read would also lock the gap after the last row, and a producer inserting the next
 //! outbox row would wait until the batch is done.
 
-use super::{Connect, MariadbError};
+use super::{Connect, MysqlError};
 use crate::codec::consume_reconnecting;
 use crate::sql::{Delivered, Quote, quote_ident, quote_table};
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::{IsolationLevel, Params, TxOpts, Value};
 use sluice_engine::{BuildContext, Inlet, Meta, Trigger};
-use sluice_flow::{Diagnostic, MariadbTriggerConfig};
+use sluice_flow::{Diagnostic, MysqlTriggerConfig};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +33,7 @@ pub struct OutboxTrigger {
 impl OutboxTrigger {
     /// Builds the trigger, reading the URL and checking and quoting the table and column
     /// names.
-    pub fn new(config: &MariadbTriggerConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
+    pub fn new(config: &MysqlTriggerConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
         let table = quote_table(&config.table.value, Quote::Backtick)
             .map_err(|e| cx.diagnostic(&config.table, e.to_string()))?;
         let id = quote_ident(&config.id, Quote::Backtick)
@@ -56,7 +56,7 @@ impl OutboxTrigger {
         })
     }
 
-    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), MariadbError> {
+    async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), MysqlError> {
         let pool = self.connect.pool(1);
         let result = self.poll_loop(&pool, inlet, stop).await;
         // Closes the connection now rather than whenever the pool notices; bounded, since a
@@ -70,19 +70,19 @@ impl OutboxTrigger {
         pool: &mysql_async::Pool,
         inlet: &Inlet,
         stop: &CancellationToken,
-    ) -> Result<(), MariadbError> {
+    ) -> Result<(), MysqlError> {
         let mut conn = pool
             .get_conn()
             .await
-            .map_err(|source| MariadbError::Connect {
+            .map_err(|source| MysqlError::Connect {
                 url: self.connect.shown(),
                 source,
             })?;
-        let statement = |what| move |source| MariadbError::Statement { what, source };
+        let statement = |what| move |source| MysqlError::Statement { what, source };
         let mut options = TxOpts::default();
         options.with_isolation_level(IsolationLevel::ReadCommitted);
         inlet.set_healthy();
-        tracing::info!(flow = %inlet.flow(), table = %self.table_name, "mariadb outbox ready");
+        tracing::info!(flow = %inlet.flow(), table = %self.table_name, "mysql outbox ready");
         loop {
             if stop.is_cancelled() {
                 return Ok(());
@@ -90,13 +90,13 @@ impl OutboxTrigger {
             let mut tx = conn
                 .start_transaction(options.clone())
                 .await
-                .map_err(statement("mariadb"))?;
+                .map_err(statement("mysql"))?;
             let rows: Vec<(Value, Option<String>)> = tx
                 .exec(self.select.as_str(), ())
                 .await
                 .map_err(statement("outbox select"))?;
             if rows.is_empty() {
-                tx.commit().await.map_err(statement("mariadb"))?;
+                tx.commit().await.map_err(statement("mysql"))?;
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(self.poll) => continue,
@@ -106,8 +106,8 @@ impl OutboxTrigger {
             for (key, body) in rows {
                 let id = super::params::key_text(&key);
                 let mut meta = Meta::new();
-                meta.insert("mariadb.table".to_owned(), self.table_name.clone());
-                meta.insert("mariadb.id".to_owned(), id.clone());
+                meta.insert("mysql.table".to_owned(), self.table_name.clone());
+                meta.insert("mysql.id".to_owned(), id.clone());
                 meta.insert(
                     sluice_engine::MESSAGE_ID.to_owned(),
                     format!("{}-{id}", self.table_name),
@@ -149,7 +149,7 @@ impl Trigger for OutboxTrigger {
         consume_reconnecting(
             inlet,
             stop,
-            &format!("mariadb outbox ({})", this.table_name),
+            &format!("mysql outbox ({})", this.table_name),
             || this.consume(inlet, stop),
         )
         .await;

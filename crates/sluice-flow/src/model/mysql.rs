@@ -1,4 +1,4 @@
-//! Configuration of the `mariadb` connector (MariaDB and MySQL): a sink that inserts, upserts
+//! Configuration of the `mysql` connector (MariaDB and MySQL): a sink that inserts, upserts
 //! or runs a parameterised statement, and an outbox trigger. The keys are the `postgres`
 //! connector's wherever they mean the same.
 
@@ -10,7 +10,7 @@ use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn default_mariadb_url() -> Spanned<Text> {
+fn default_mysql_url() -> Spanned<Text> {
     unspanned(Text::from("mysql://root@127.0.0.1:3306/test"))
 }
 fn default_pool() -> usize {
@@ -29,11 +29,11 @@ fn default_payload() -> Text {
     Text::from("payload")
 }
 
-/// `on_conflict` of a `mariadb` sink: an upsert (`ON DUPLICATE KEY UPDATE`). MariaDB decides
+/// `on_conflict` of a `mysql` sink: an upsert (`ON DUPLICATE KEY UPDATE`). MariaDB decides
 /// the conflict by any primary or unique key of the table, so there is no `key` to name.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct MariadbConflict {
+pub struct MysqlConflict {
     /// Columns overwritten with the new row's values on a duplicate key; empty: the
     /// existing row is kept as it is (the insert does nothing).
     #[serde(default)]
@@ -41,7 +41,7 @@ pub struct MariadbConflict {
     pub update: Vec<Spanned<Text>>,
 }
 
-/// The `mariadb` sink: one transaction per message, insert/upsert or a parameterised statement.
+/// The `mysql` sink: one transaction per message, insert/upsert or a parameterised statement.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 // The sink builder refuses every other combination, at the key that is wrong.
@@ -56,10 +56,10 @@ pub struct MariadbConflict {
         "not": { "anyOf": [{ "required": ["table"] }, { "required": ["columns"] }, { "required": ["on_conflict"] }] }
     }
 ]))]
-pub struct MariadbSinkConfig {
+pub struct MysqlSinkConfig {
     /// Connection URL, `mysql://user:password@host:port/database`; credentials may sit in it
     /// (`${env:…}`).
-    #[serde(default = "default_mariadb_url")]
+    #[serde(default = "default_mysql_url")]
     #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// Target table (`name` or `database.name`), with `columns`.
@@ -70,8 +70,8 @@ pub struct MariadbSinkConfig {
     #[schemars(with = "BTreeMap<String, Text>")]
     pub columns: BTreeMap<String, Spanned<Text>>,
     /// Upsert instead of insert.
-    #[schemars(with = "Option<MariadbConflict>")]
-    pub on_conflict: Option<Spanned<MariadbConflict>>,
+    #[schemars(with = "Option<MysqlConflict>")]
+    pub on_conflict: Option<Spanned<MysqlConflict>>,
     /// A statement with `?` placeholders instead of `table`.
     #[schemars(with = "Option<Text>")]
     pub sql: Option<Spanned<Text>>,
@@ -88,13 +88,13 @@ pub struct MariadbSinkConfig {
     pub pool: usize,
 }
 
-/// The `mariadb` trigger: an outbox table polled with `FOR UPDATE SKIP LOCKED` (MariaDB 10.6
+/// The `mysql` trigger: an outbox table polled with `FOR UPDATE SKIP LOCKED` (MariaDB 10.6
 /// or later, MySQL 8.0 or later).
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct MariadbTriggerConfig {
+pub struct MysqlTriggerConfig {
     /// Connection URL.
-    #[serde(default = "default_mariadb_url")]
+    #[serde(default = "default_mysql_url")]
     #[schemars(with = "Text")]
     pub url: Spanned<Text>,
     /// The outbox table.
