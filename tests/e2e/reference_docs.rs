@@ -372,6 +372,27 @@ fn compile_table() -> Vec<(&'static str, String, bool)> {
             with_sink("{ postgres: { table: t, columns: { id: id }, sql: 'select 1' } }"),
             false,
         ),
+        ("mariadb sink: {}", with_sink("{ mysql: {} }"), false),
+        (
+            "mariadb sink: table, no columns",
+            with_sink("{ mysql: { table: t } }"),
+            false,
+        ),
+        (
+            "mariadb sink: table and columns",
+            with_sink("{ mysql: { table: t, columns: { id: id } } }"),
+            true,
+        ),
+        (
+            "mariadb sink: sql",
+            with_sink("{ mysql: { sql: 'select 1' } }"),
+            true,
+        ),
+        (
+            "mariadb sink: table and sql",
+            with_sink("{ mysql: { table: t, columns: { id: id }, sql: 'select 1' } }"),
+            false,
+        ),
         (
             "schedule: {}",
             "trigger:\n  schedule: {}\n".to_owned(),
@@ -505,7 +526,7 @@ fn every_connector_key_is_documented_with_its_default() {
     let defs = &schema["$defs"];
     let flow_format = fs::read_to_string(repo().join("docs/flow-format.md")).unwrap();
     let operations = fs::read_to_string(repo().join("docs/http-and-operations.md")).unwrap();
-    let sections: [(&str, &str, &str); 19] = [
+    let sections: [(&str, &str, &str); 21] = [
         ("FileTriggerConfig", "flow-format", "## Trigger `file`"),
         ("CsvOptions", "flow-format", "## Trigger `file`"),
         ("FileSinkConfig", "flow-format", "## Sinks"),
@@ -522,6 +543,8 @@ fn every_connector_key_is_documented_with_its_default() {
         ("RedisSinkConfig", "flow-format", "### `redis`"),
         ("PostgresTriggerConfig", "flow-format", "### `postgres`"),
         ("PostgresSinkConfig", "flow-format", "### `postgres`"),
+        ("MysqlTriggerConfig", "flow-format", "### `mysql`"),
+        ("MysqlSinkConfig", "flow-format", "### `mysql`"),
         ("HttpTriggerConfig", "operations", "## Trigger `http`"),
         (
             "ScheduleTriggerConfig",

@@ -23,6 +23,8 @@ pub mod file;
 pub mod http;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]
@@ -30,7 +32,11 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
 pub mod schedule;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod sql;
 pub mod stdout;
+#[cfg(any(feature = "mqtt", feature = "redis", feature = "postgres"))]
+mod tls;
 
 pub use component::{SinkComponent, TriggerComponent};
 
@@ -48,7 +54,8 @@ use std::sync::Arc;
         feature = "nats",
         feature = "amqp",
         feature = "redis",
-        feature = "postgres"
+        feature = "postgres",
+        feature = "mysql"
     )),
     allow(dead_code)
 )]
@@ -58,6 +65,24 @@ pub(crate) fn shown_url(url: &str) -> String {
     } else {
         "(a connection string, not shown)".to_owned()
     }
+}
+
+/// An error with the reasons under it (`source()`), joined with `: `, for clients whose
+/// message alone hides the cause (tokio-postgres says "error performing TLS handshake", its
+/// source says which certificate was refused). A source already part of the text is skipped.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let part = source.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = source.source();
+    }
+    text
 }
 
 /// Every connector that ships with sluice, with the resources they share (the HTTP
@@ -278,6 +303,7 @@ components! {
         Mqtt(model::MqttTriggerConfig) if "mqtt",
         Redis(model::RedisTriggerConfig) if "redis",
         Postgres(model::PostgresTriggerConfig) if "postgres",
+        Mysql(model::MysqlTriggerConfig) if "mysql",
     }
     sinks {
         File(model::FileSinkConfig),
@@ -289,6 +315,7 @@ components! {
         Mqtt(model::MqttSinkConfig) if "mqtt",
         Redis(model::RedisSinkConfig) if "redis",
         Postgres(model::PostgresSinkConfig) if "postgres",
+        Mysql(model::MysqlSinkConfig) if "mysql",
     }
 }
 
@@ -420,8 +447,8 @@ mod tests {
             .unwrap_or_default();
         assert!(unknown.contains("unknown variant"), "{unknown}");
         let kinds = kinds();
-        assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 9);
-        assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 9);
+        assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 10);
+        assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 10);
         for kind in kinds {
             // A key the enum does not know fails as an unknown variant; a known one fails
             // only on its (here missing) fields.

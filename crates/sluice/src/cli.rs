@@ -154,6 +154,8 @@ pub enum NewTrigger {
     Redis,
     /// A PostgreSQL outbox table.
     Postgres,
+    /// A MariaDB/MySQL outbox table.
+    Mysql,
     /// A clock.
     Schedule,
     /// A flow-to-flow channel.
@@ -171,6 +173,7 @@ impl NewTrigger {
             NewTrigger::Mqtt => "mqtt",
             NewTrigger::Redis => "redis",
             NewTrigger::Postgres => "postgres",
+            NewTrigger::Mysql => "mysql",
             NewTrigger::Schedule => "schedule",
             NewTrigger::Channel => "channel",
         }

@@ -114,6 +114,10 @@ fn trigger_text(name: &str, trigger: NewTrigger) -> String {
             "  postgres:  # an outbox table: id, payload (json/jsonb)\n    url: \"postgres://postgres@127.0.0.1:5432/test\"  # the default; the password via ${{env:…}}\n    table: {}_outbox\n",
             name.replace('-', "_")
         ),
+        NewTrigger::Mysql => format!(
+            "  mysql:  # an outbox table: id, payload (JSON)\n    url: \"mysql://root@127.0.0.1:3306/test\"  # the default; the password via ${{env:…}}\n    table: {}_outbox\n",
+            name.replace('-', "_")
+        ),
         NewTrigger::Schedule => format!(
             "  schedule:\n    every: 1m  # or cron: \"0 */5 * * * *\" (UTC)\n    payload: {{ id: {name} }}\n"
         ),

@@ -4,11 +4,13 @@
 //! Every wait is bounded and fails with the tail of the sluice log; every child process is
 //! killed (SIGKILL, by PID) and reaped when its guard is dropped.
 
+pub mod certs;
 pub mod cli;
 pub mod flows;
 pub mod gate;
 pub mod http;
 pub mod logs;
+pub mod mariadb;
 pub mod metrics;
 pub mod mosquitto;
 pub mod mqtt;
@@ -18,6 +20,7 @@ pub mod sandbox;
 pub mod services;
 pub mod signing;
 pub mod test_server;
+pub mod tls_servers;
 
 pub use flows::*;
 pub use http::*;

@@ -9,8 +9,6 @@ pub use sink::MqttSink;
 pub use trigger::MqttTrigger;
 
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sluice_engine::BuildContext;
 use sluice_flow::{Diagnostic, Dur, MqttQos, MqttTls, Spanned, Text};
 use std::sync::Arc;
@@ -147,7 +145,12 @@ impl Endpoint {
                 .with_help("write the url as mqtts://host:8883, or remove `tls`"));
         }
         if endpoint.tls {
-            endpoint.tls_config = Some(tls_config(tls.map(|t| &t.value), cx)?);
+            let files = tls
+                .map(|t| crate::tls::Files::from(&t.value))
+                .unwrap_or_default();
+            let loaded = crate::tls::Loaded::read(files, cx)?;
+            endpoint.tls_config =
+                Some(loaded.client_config(crate::tls::Verify::Full, files, cx)?);
         }
         Ok(endpoint)
     }
@@ -173,101 +176,6 @@ impl Endpoint {
         }
         options
     }
-}
-
-/// The TLS client configuration: the `ca` file's authorities, else the system's roots, and
-/// the client certificate when `cert` and `key` are given. The ring provider is named
-/// explicitly: rustls picks none by itself when several are compiled in.
-fn tls_config(
-    tls: Option<&MqttTls>,
-    cx: &BuildContext<'_>,
-) -> Result<Arc<rustls::ClientConfig>, Diagnostic> {
-    let mut roots = rustls::RootCertStore::empty();
-    match tls.and_then(|t| t.ca.as_ref()) {
-        Some(ca) => {
-            let certs = read_pem(ca, cx)?;
-            for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    cx.diagnostic(
-                        ca,
-                        format!("`{}` holds a certificate rustls cannot use: {e}", ca.value),
-                    )
-                })?;
-            }
-            if roots.is_empty() {
-                return Err(cx
-                    .diagnostic(ca, format!("`{}` holds no certificate", ca.value))
-                    .with_help(
-                        "give a PEM file with one or more `-----BEGIN CERTIFICATE-----` blocks",
-                    ));
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                // A system certificate rustls cannot parse is skipped, as browsers do.
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| {
-            cx.flow
-                .diagnostic(None, format!("TLS set-up failed: {e}"))
-                .with_help("the TLS library refused its own defaults; please report this as a bug")
-        })?
-        .with_root_certificates(roots);
-    let (cert, key) = (
-        tls.and_then(|t| t.cert.as_ref()),
-        tls.and_then(|t| t.key.as_ref()),
-    );
-    let config = match (cert, key) {
-        (None, None) => builder.with_no_client_auth(),
-        (Some(cert), Some(key)) => {
-            let chain = read_pem(cert, cx)?;
-            let private = PrivateKeyDer::from_pem_file(key.value.as_str()).map_err(|e| {
-                cx.diagnostic(
-                    key,
-                    format!("cannot read the private key `{}`: {e}", key.value),
-                )
-                .with_help("give a PEM file with a `-----BEGIN PRIVATE KEY-----` (or RSA/EC) block")
-            })?;
-            builder.with_client_auth_cert(chain, private).map_err(|e| {
-                cx.diagnostic(
-                    cert,
-                    format!("the client certificate and key do not fit together: {e}"),
-                )
-            })?
-        }
-        (Some(only), None) | (None, Some(only)) => {
-            return Err(cx
-                .diagnostic(only, "a client certificate needs both `cert` and `key`")
-                .with_help("give both PEM files, or neither"));
-        }
-    };
-    Ok(Arc::new(config))
-}
-
-/// Reads every certificate of a PEM file, reporting a problem at the setting's position.
-fn read_pem(
-    path: &Spanned<Text>,
-    cx: &BuildContext<'_>,
-) -> Result<Vec<CertificateDer<'static>>, Diagnostic> {
-    let unreadable = |e: rustls::pki_types::pem::Error| {
-        cx.diagnostic(path, format!("cannot read `{}`: {e}", path.value))
-            .with_help("the path is relative to the working directory; the file must be PEM")
-    };
-    let certs = CertificateDer::pem_file_iter(path.value.as_str())
-        .map_err(unreadable)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(unreadable)?;
-    if certs.is_empty() {
-        return Err(cx
-            .diagnostic(path, format!("`{}` holds no certificate", path.value))
-            .with_help("give a PEM file with one or more `-----BEGIN CERTIFICATE-----` blocks"));
-    }
-    Ok(certs)
 }
 
 fn percent_decode(s: &str) -> String {

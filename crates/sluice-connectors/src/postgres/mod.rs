@@ -8,12 +8,17 @@
 mod outbox;
 mod params;
 mod sink;
+mod tls;
 
 pub use outbox::OutboxTrigger;
 pub use sink::PostgresSink;
 
 use deadpool_postgres::{Manager, Pool};
+use sluice_engine::BuildContext;
+use sluice_flow::{Diagnostic, PgSslMode, PostgresTls, Spanned, Text};
+use std::sync::Arc;
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
 
 /// What went wrong with PostgreSQL: a name a flow file gave that is not a plain identifier
 /// (a load diagnostic), or a failure of the connection or of the outbox's statements (the
@@ -34,7 +39,7 @@ pub enum PostgresError {
     #[error("PostgreSQL pool: {0}")]
     Pool(#[source] deadpool_postgres::BuildError),
     /// No connection could be had from the pool (server down, refused login).
-    #[error("postgres connection to {url}: {source}")]
+    #[error("postgres connection to {url}: {}", crate::error_chain(.source))]
     Connect {
         /// The server, without credentials.
         url: String,
@@ -52,50 +57,84 @@ pub enum PostgresError {
         #[source]
         source: tokio_postgres::Error,
     },
-    /// A table or column name that is not a plain SQL identifier.
-    #[error(
-        "`{0}` is not a plain SQL identifier (letters, digits and `_`, not starting with a digit, at most 63 characters)"
-    )]
-    Identifier(String),
-    /// A table name with more than one `.`.
-    #[error("`{0}`: a table is `name` or `schema.name`")]
-    Table(String),
 }
 
-/// A connection pool for `url`; connections are opened on first use. The error shows the
-/// URL without its credentials.
-fn pool(url: &str, size: usize) -> Result<Pool, PostgresError> {
-    let config: tokio_postgres::Config = url.parse().map_err(|source| PostgresError::Url {
-        url: crate::shown_url(url),
-        source,
-    })?;
-    Pool::builder(Manager::new(config, NoTls))
-        .max_size(size.max(1))
-        .build()
-        .map_err(PostgresError::Pool)
+/// Where a trigger or sink connects, and how: the URL and, with `tls:`, the rustls
+/// configuration built at load.
+pub(crate) struct Connect {
+    url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// A plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`), quoted; anything else is refused so
-/// that no name from a flow file can change the meaning of a statement.
-pub(crate) fn quote_ident(name: &str) -> Result<String, PostgresError> {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || name.len() > 63 {
-        return Err(PostgresError::Identifier(name.to_owned()));
+impl Connect {
+    /// Reads the `tls:` settings (the certificate files are loaded now, so a missing or
+    /// broken one is a load error at its position).
+    pub(crate) fn load(
+        url: &Spanned<Text>,
+        tls: Option<&Spanned<PostgresTls>>,
+        cx: &BuildContext<'_>,
+    ) -> Result<Connect, Diagnostic> {
+        let parsed = url.value.parse::<tokio_postgres::Config>().ok();
+        let Some(tls) = tls else {
+            if parsed.is_some_and(|c| c.get_ssl_mode() == SslMode::Require) {
+                return Err(cx
+                    .diagnostic(url, "`sslmode=require` needs the `tls` settings")
+                    .with_help("add `tls: { mode: require }` (or `verify-full` with a `ca`) and take sslmode out of the URL"));
+            }
+            return Ok(Connect {
+                url: url.value.to_string(),
+                tls: None,
+            });
+        };
+        let settings = &tls.value;
+        let files = crate::tls::Files {
+            ca: settings.ca.as_ref(),
+            cert: settings.cert.as_ref(),
+            key: settings.key.as_ref(),
+        };
+        let verify = match settings.mode {
+            PgSslMode::VerifyFull => crate::tls::Verify::Full,
+            PgSslMode::Require => {
+                if let Some(ca) = &settings.ca {
+                    return Err(cx
+                        .diagnostic(ca, "`mode: require` does not check the server's certificate, so a `ca` has no use")
+                        .with_help("write `mode: verify-full` to check the server against this CA, or remove `ca`"));
+                }
+                crate::tls::Verify::None
+            }
+        };
+        let loaded = crate::tls::Loaded::read(files, cx)?;
+        Ok(Connect {
+            url: url.value.to_string(),
+            tls: Some(loaded.client_config(verify, files, cx)?),
+        })
     }
-    Ok(format!("\"{name}\""))
-}
 
-/// A table name, `name` or `schema.name`, quoted part by part.
-pub(crate) fn quote_table(name: &str) -> Result<String, PostgresError> {
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() > 2 {
-        return Err(PostgresError::Table(name.to_owned()));
+    /// The server as errors show it, without credentials.
+    pub(crate) fn shown(&self) -> String {
+        crate::shown_url(&self.url)
     }
-    let quoted: Result<Vec<String>, PostgresError> = parts.into_iter().map(quote_ident).collect();
-    Ok(quoted?.join("."))
+
+    /// A connection pool; connections are opened on first use. With TLS the connection
+    /// must be encrypted (whatever the URL's `sslmode` says).
+    pub(crate) fn pool(&self, size: usize) -> Result<Pool, PostgresError> {
+        let mut config: tokio_postgres::Config =
+            self.url.parse().map_err(|source| PostgresError::Url {
+                url: self.shown(),
+                source,
+            })?;
+        let manager = match &self.tls {
+            Some(tls) => {
+                config.ssl_mode(SslMode::Require);
+                Manager::new(config, tls::MakeRustls(tls.clone()))
+            }
+            None => Manager::new(config, NoTls),
+        };
+        Pool::builder(manager)
+            .max_size(size.max(1))
+            .build()
+            .map_err(PostgresError::Pool)
+    }
 }
 
 impl crate::TriggerComponent for sluice_flow::PostgresTriggerConfig {
@@ -128,29 +167,5 @@ impl crate::SinkComponent for sluice_flow::PostgresSinkConfig {
         cx: &sluice_engine::BuildContext<'_>,
     ) -> Result<std::sync::Arc<dyn sluice_engine::Sink>, sluice_flow::Diagnostic> {
         Ok(std::sync::Arc::new(sink::PostgresSink::new(self, cx)?))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identifiers_are_checked_and_quoted() {
-        assert_eq!(quote_ident("order_id").unwrap(), "\"order_id\"");
-        assert_eq!(quote_table("app.orders").unwrap(), "\"app\".\"orders\"");
-        for bad in ["", "1a", "a b", "a\"b", "a;drop table x", "a.b.c"] {
-            assert!(quote_table(bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            quote_table("a.b.c").unwrap_err().to_string(),
-            "`a.b.c`: a table is `name` or `schema.name`"
-        );
-        assert!(
-            quote_ident("1a")
-                .unwrap_err()
-                .to_string()
-                .starts_with("`1a` is not a plain SQL identifier")
-        );
     }
 }

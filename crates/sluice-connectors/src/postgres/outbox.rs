@@ -5,18 +5,19 @@
 //! the rows are still there and are taken again. A failed row stays and is retried after
 //! `poll`.
 
-use super::{PostgresError, quote_ident, quote_table};
+use super::PostgresError;
 use crate::codec::consume_reconnecting;
+use crate::sql::Delivered;
+use crate::sql::{Quote, quote_ident, quote_table};
 use async_trait::async_trait;
-use sluice_engine::{Acker, BuildContext, Envelope, Inlet, Message, Meta, Outcome, Trigger};
+use sluice_engine::{BuildContext, Inlet, Meta, Trigger};
 use sluice_flow::{Diagnostic, PostgresTriggerConfig};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Polls one outbox table.
 pub struct OutboxTrigger {
-    url: String,
+    connect: super::Connect,
     table_name: String,
     select: String,
     delete: String,
@@ -27,14 +28,14 @@ pub struct OutboxTrigger {
 impl OutboxTrigger {
     /// Builds the trigger, checking and quoting the table and column names.
     pub fn new(config: &PostgresTriggerConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
-        let table = quote_table(&config.table.value)
+        let table = quote_table(&config.table.value, Quote::Double)
             .map_err(|e| cx.diagnostic(&config.table, e.to_string()))?;
-        let id = quote_ident(&config.id)
+        let id = quote_ident(&config.id, Quote::Double)
             .map_err(|e| cx.diagnostic(&config.table, format!("`id`: {e}")))?;
-        let payload = quote_ident(&config.payload)
+        let payload = quote_ident(&config.payload, Quote::Double)
             .map_err(|e| cx.diagnostic(&config.table, format!("`payload`: {e}")))?;
         Ok(OutboxTrigger {
-            url: config.url.value.to_string(),
+            connect: super::Connect::load(&config.url, config.tls.as_deref(), cx)?,
             table_name: config.table.value.to_string(),
             select: format!(
                 "SELECT ctid::text, {id}::text, {payload}::text FROM {table} ORDER BY {id} LIMIT $1 FOR UPDATE SKIP LOCKED"
@@ -47,9 +48,9 @@ impl OutboxTrigger {
     }
 
     async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), PostgresError> {
-        let pool = super::pool(&self.url, 1)?;
+        let pool = self.connect.pool(1)?;
         let mut client = pool.get().await.map_err(|source| PostgresError::Connect {
-            url: crate::shown_url(&self.url),
+            url: self.connect.shown(),
             source,
         })?;
         let statement = |what| move |source| PostgresError::Statement { what, source };
@@ -71,8 +72,7 @@ impl OutboxTrigger {
                     _ = tokio::time::sleep(self.poll) => continue,
                 }
             }
-            let (done_tx, mut done_rx) = mpsc::channel(rows.len());
-            let mut expected = 0;
+            let mut batch = Vec::with_capacity(rows.len());
             for row in &rows {
                 let ctid: String = row.get(0);
                 let id: Option<String> = row.get(1);
@@ -85,54 +85,14 @@ impl OutboxTrigger {
                     sluice_engine::MESSAGE_ID.to_owned(),
                     format!("{}-{id}", self.table_name),
                 );
-                // A payload that is not JSON goes to the dead letter (the row is then deleted);
-                // without one, the row stays for someone to look at.
-                let message = match body
-                    .as_deref()
-                    .map(serde_json::from_str::<serde_json::Value>)
-                {
-                    Some(Ok(payload)) => Message::new(inlet.flow(), payload, meta),
-                    Some(Err(e)) => Message::undecodable(
-                        inlet.flow(),
-                        body.as_deref().unwrap_or_default().as_bytes(),
-                        format!("the payload column is not JSON: {e}"),
-                        meta,
-                    ),
-                    None => Message::undecodable(
-                        inlet.flow(),
-                        b"",
-                        "the payload column is NULL".to_owned(),
-                        meta,
-                    ),
-                };
-                let envelope = Envelope::new(
-                    message,
-                    Box::new(RowAcker {
-                        ctid,
-                        done: done_tx.clone(),
-                    }),
-                );
-                if inlet.start(envelope).await.is_err() {
-                    // Stopping: the transaction rolls back, the rows stay.
-                    return Ok(());
-                }
-                expected += 1;
+                batch.push((ctid, crate::sql::row_message(inlet, body, meta)));
             }
-            drop(done_tx);
-            let mut finished = Vec::new();
-            let mut failed = 0;
-            while finished.len() + failed < expected {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => None,
-                    next = done_rx.recv() => next,
-                };
-                match next {
-                    Some((ctid, true)) => finished.push(ctid),
-                    Some((_, false)) => failed += 1,
-                    // Stopping, or the flow dropped messages unfinished: roll back, keep rows.
-                    None => return Ok(()),
-                }
-            }
+            // Stopping: the transaction rolls back, the rows stay.
+            let Some(Delivered { finished, failed }) =
+                crate::sql::deliver(inlet, stop, batch).await
+            else {
+                return Ok(());
+            };
             if !finished.is_empty() {
                 tx.execute(&self.delete, &[&finished])
                     .await
@@ -161,23 +121,5 @@ impl Trigger for OutboxTrigger {
             || this.consume(inlet, stop),
         )
         .await;
-    }
-}
-
-/// Reports whether the row may be deleted.
-struct RowAcker {
-    ctid: String,
-    done: mpsc::Sender<(String, bool)>,
-}
-
-#[async_trait]
-impl Acker for RowAcker {
-    async fn ack(self: Box<Self>, outcome: Outcome) {
-        let ok = match &outcome {
-            Outcome::Failed(failure) => failure.dead_lettered,
-            _ => true,
-        };
-        // The poll loop may have gone (stopping); then the row simply stays.
-        let _ = self.done.send((self.ctid, ok)).await;
     }
 }

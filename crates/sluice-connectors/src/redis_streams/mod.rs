@@ -11,6 +11,9 @@ pub use sink::RedisSink;
 pub use trigger::RedisTrigger;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ClientTlsConfig, TlsCertificates};
+use sluice_engine::BuildContext;
+use sluice_flow::{Diagnostic, Spanned, Text, TlsFiles};
 use std::time::Duration;
 
 /// The entry field carrying the sluice message id.
@@ -34,7 +37,7 @@ pub enum RedisError {
         source: redis::RedisError,
     },
     /// The connection could not be opened (server down, refused login).
-    #[error("cannot connect to Redis at {url}: {source}")]
+    #[error("cannot connect to Redis at {url}: {}", crate::error_chain(.source))]
     Connect {
         /// The server, without credentials.
         url: String,
@@ -59,24 +62,62 @@ pub enum RedisError {
     },
 }
 
-/// Opens a client. The error shows the URL without its credentials.
-fn client(url: &str) -> Result<redis::Client, RedisError> {
-    redis::Client::open(url).map_err(|source| RedisError::Url {
+/// Opens a client, with the certificates of the `tls:` settings for a `rediss://` URL. The
+/// error shows the URL without its credentials.
+fn client(url: &str, tls: Option<&TlsCertificates>) -> Result<redis::Client, RedisError> {
+    match tls {
+        Some(certificates) => redis::Client::build_with_tls(url, certificates.clone()),
+        None => redis::Client::open(url),
+    }
+    .map_err(|source| RedisError::Url {
         url: crate::shown_url(url),
         source,
     })
 }
 
+/// Reads the `tls:` settings of a trigger or sink at load: they need a `rediss://` URL, and
+/// their files are read now, so a missing or broken one is a load error at its position.
+/// `None` for a plain `redis://` URL.
+fn load_tls(
+    url: &Spanned<Text>,
+    tls: Option<&Spanned<TlsFiles>>,
+    cx: &BuildContext<'_>,
+) -> Result<Option<TlsCertificates>, Diagnostic> {
+    let secure = url.value.starts_with("rediss://");
+    if !secure {
+        return match tls {
+            Some(settings) => Err(cx
+                .diagnostic(settings, "`tls` settings need a `rediss://` URL")
+                .with_help("write the url as rediss://host:6379, or remove `tls`")),
+            None => Ok(None),
+        };
+    }
+    // The redis client builds its rustls configuration with the process's default provider.
+    crate::tls::install_default_provider();
+    let files = tls
+        .map(|t| crate::tls::Files::from(&t.value))
+        .unwrap_or_default();
+    let loaded = crate::tls::Loaded::read(files, cx)?;
+    Ok(Some(TlsCertificates {
+        client_tls: loaded.identity.map(|identity| ClientTlsConfig {
+            client_cert: identity.chain_pem,
+            client_key: identity.key_pem,
+        }),
+        root_cert: loaded.ca.map(|(_, pem)| pem),
+    }))
+}
+
 /// A self-reconnecting connection (capped exponential backoff) for commands that do not
 /// block; `url` names the server in an error.
 async fn manager(client: redis::Client, url: &str) -> Result<ConnectionManager, RedisError> {
+    let probe = client.clone();
     let config = ConnectionManagerConfig::new()
         .set_max_delay(Duration::from_secs(5))
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)));
     match tokio::time::timeout(
         Duration::from_secs(10),
-        ConnectionManager::new_with_config(client, config),
+        ConnectionManager::new_with_config(probe, config),
     )
     .await
     {
@@ -85,9 +126,22 @@ async fn manager(client: redis::Client, url: &str) -> Result<ConnectionManager, 
             url: crate::shown_url(url),
             source,
         }),
-        Err(_) => Err(RedisError::ConnectTimeout {
-            url: crate::shown_url(url),
-        }),
+        // The manager retries its first connection by itself and keeps no reason; one direct
+        // attempt finds it (a refused certificate, a refused login).
+        Err(_) => match tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        {
+            Ok(Err(source)) => Err(RedisError::Connect {
+                url: crate::shown_url(url),
+                source,
+            }),
+            _ => Err(RedisError::ConnectTimeout {
+                url: crate::shown_url(url),
+            }),
+        },
     }
 }
 

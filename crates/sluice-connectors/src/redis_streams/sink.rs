@@ -13,6 +13,7 @@ use sluice_flow::{Diagnostic, MessageFormat, RedisSinkConfig, Span};
 /// Appends to a Redis Stream.
 pub struct RedisSink {
     url: String,
+    tls: Option<redis::TlsCertificates>,
     stream: Template,
     maxlen: Option<usize>,
     field: String,
@@ -39,6 +40,7 @@ impl RedisSink {
         }
         Ok(RedisSink {
             url: config.url.value.to_string(),
+            tls: super::load_tls(&config.url, config.tls.as_deref(), cx)?,
             stream,
             maxlen: config.maxlen,
             field: config.field.to_string(),
@@ -71,7 +73,7 @@ impl Sink for RedisSink {
             .conn
             .get_or_try_init(|| async {
                 // A URL the client cannot read stays unreadable: no retry.
-                let client = super::client(&self.url)
+                let client = super::client(&self.url, self.tls.as_ref())
                     .map_err(|e| FlowError::permanent(ErrorKind::Sink, e.to_string()))?;
                 super::manager(client, &self.url)
                     .await

@@ -23,6 +23,7 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// Reads one stream through a consumer group.
 pub struct RedisTrigger {
     url: String,
+    tls: Option<redis::TlsCertificates>,
     stream: String,
     group: String,
     consumer: String,
@@ -54,6 +55,7 @@ impl RedisTrigger {
         };
         Ok(RedisTrigger {
             url: config.url.value.to_string(),
+            tls: super::load_tls(&config.url, config.tls.as_deref(), cx)?,
             stream: config.stream.value.to_string(),
             group: config.group.value.to_string(),
             consumer,
@@ -65,7 +67,7 @@ impl RedisTrigger {
     }
 
     async fn consume(&self, inlet: &Inlet, stop: &CancellationToken) -> Result<(), RedisError> {
-        let client = super::client(&self.url)?;
+        let client = super::client(&self.url, self.tls.as_ref())?;
         // Blocking reads get their own connection, so acks never wait behind them.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))

@@ -263,10 +263,13 @@ fn default_claim_idle() -> Dur {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisTriggerConfig {
-    /// Server URL; credentials may sit in it (`${env:…}`).
+    /// Server URL (`redis://`, or `rediss://` for TLS); credentials may sit in it (`${env:…}`).
     #[serde(default = "default_redis_url")]
     #[schemars(with = "Text")]
     pub url: Spanned<Text>,
+    /// TLS settings for a `rediss://` URL.
+    #[schemars(with = "Option<Box<crate::TlsFiles>>")]
+    pub tls: Option<Box<Spanned<crate::TlsFiles>>>,
     /// The stream key.
     #[schemars(with = "Text")]
     pub stream: Spanned<Text>,
@@ -298,10 +301,13 @@ fn default_redis_field() -> Text {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSinkConfig {
-    /// Server URL.
+    /// Server URL (`redis://`, or `rediss://` for TLS).
     #[serde(default = "default_redis_url")]
     #[schemars(with = "Text")]
     pub url: Spanned<Text>,
+    /// TLS settings for a `rediss://` URL.
+    #[schemars(with = "Option<Box<crate::TlsFiles>>")]
+    pub tls: Option<Box<Spanned<crate::TlsFiles>>>,
     /// Stream key template; `{{ expr }}` holds JMESPath.
     #[schemars(with = "Text")]
     pub stream: Spanned<Text>,
@@ -355,6 +361,9 @@ pub struct PostgresSinkConfig {
     #[serde(default = "default_postgres_url")]
     #[schemars(with = "Text")]
     pub url: Spanned<Text>,
+    /// TLS for the connection (plain without it).
+    #[schemars(with = "Option<Box<crate::PostgresTls>>")]
+    pub tls: Option<Box<Spanned<crate::PostgresTls>>>,
     /// Target table (`name` or `schema.name`), with `columns`.
     #[schemars(with = "Option<Text>")]
     pub table: Option<Spanned<Text>>,
@@ -389,6 +398,9 @@ pub struct PostgresTriggerConfig {
     #[serde(default = "default_postgres_url")]
     #[schemars(with = "Text")]
     pub url: Spanned<Text>,
+    /// TLS for the connection (plain without it).
+    #[schemars(with = "Option<Box<crate::PostgresTls>>")]
+    pub tls: Option<Box<Spanned<crate::PostgresTls>>>,
     /// The outbox table.
     #[schemars(with = "Text")]
     pub table: Spanned<Text>,
@@ -475,20 +487,8 @@ impl<'de> Deserialize<'de> for MqttQos {
     }
 }
 
-/// TLS settings of an `mqtts://` connection; without them the system's roots are trusted.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MqttTls {
-    /// PEM file of the certificate authorities to trust instead of the system's.
-    #[schemars(with = "Option<Text>")]
-    pub ca: Option<Spanned<Text>>,
-    /// PEM file of a client certificate (chain), for brokers that require one; with `key`.
-    #[schemars(with = "Option<Text>")]
-    pub cert: Option<Spanned<Text>>,
-    /// PEM file of the client certificate's private key.
-    #[schemars(with = "Option<Text>")]
-    pub key: Option<Spanned<Text>>,
-}
+/// TLS settings of an `mqtts://` connection (the shared [`TlsFiles`](crate::TlsFiles)).
+pub type MqttTls = crate::TlsFiles;
 
 /// The `mqtt` trigger: subscribes to topic filters in a persistent session, so messages
 /// published while sluice is down are delivered when it is back.
@@ -503,7 +503,7 @@ pub struct MqttTriggerConfig {
     #[schemars(with = "Vec<Text>")]
     pub topics: Spanned<Vec<Spanned<Text>>>,
     /// TLS settings for an `mqtts://` URL.
-    #[schemars(with = "Option<Box<MqttTls>>")]
+    #[schemars(with = "Option<Box<crate::TlsFiles>>")]
     pub tls: Option<Box<Spanned<MqttTls>>>,
     /// The session's client id (default `sluice-<flow name>`). The broker keeps the session
     /// under this id: keep it stable, and unique among the broker's clients.
@@ -543,7 +543,7 @@ pub struct MqttSinkConfig {
     #[schemars(with = "Text")]
     pub topic: Spanned<Text>,
     /// TLS settings for an `mqtts://` URL.
-    #[schemars(with = "Option<Box<MqttTls>>")]
+    #[schemars(with = "Option<Box<crate::TlsFiles>>")]
     pub tls: Option<Box<Spanned<MqttTls>>>,
     /// Publish QoS: 1 (default, waits for the broker's PUBACK) or 0.
     #[serde(default)]

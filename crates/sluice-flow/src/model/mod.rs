@@ -6,15 +6,19 @@
 mod brokers;
 mod eip;
 mod http;
+mod mysql;
 mod sink;
 mod step;
+mod tls;
 mod trigger;
 
 pub use brokers::*;
 pub use eip::*;
 pub use http::*;
+pub use mysql::*;
 pub use sink::*;
 pub use step::*;
+pub use tls::*;
 pub use trigger::*;
 
 use crate::{Dur, Text};

@@ -23,6 +23,8 @@ pub enum SinkConfig {
     Redis(super::RedisSinkConfig),
     /// Inserts or upserts a row in PostgreSQL (or runs a parameterised statement).
     Postgres(super::PostgresSinkConfig),
+    /// Inserts or upserts a row in MariaDB/MySQL (or runs a parameterised statement).
+    Mysql(super::MysqlSinkConfig),
     /// An HTTP request per message.
     Http(crate::HttpSinkConfig),
 }
