@@ -98,7 +98,8 @@ pub trait SinkComponent {
         feature = "amqp",
         feature = "mqtt",
         feature = "redis",
-        feature = "postgres"
+        feature = "postgres",
+        feature = "kafka"
     ),
     allow(dead_code)
 )]

@@ -21,6 +21,8 @@ pub mod codec;
 mod component;
 pub mod file;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "nats")]
@@ -278,6 +280,7 @@ components! {
         Mqtt(model::MqttTriggerConfig) if "mqtt",
         Redis(model::RedisTriggerConfig) if "redis",
         Postgres(model::PostgresTriggerConfig) if "postgres",
+        Kafka(model::KafkaTriggerConfig) if "kafka",
     }
     sinks {
         File(model::FileSinkConfig),
@@ -289,6 +292,7 @@ components! {
         Mqtt(model::MqttSinkConfig) if "mqtt",
         Redis(model::RedisSinkConfig) if "redis",
         Postgres(model::PostgresSinkConfig) if "postgres",
+        Kafka(model::KafkaSinkConfig) if "kafka",
     }
 }
 
@@ -420,8 +424,8 @@ mod tests {
             .unwrap_or_default();
         assert!(unknown.contains("unknown variant"), "{unknown}");
         let kinds = kinds();
-        assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 9);
-        assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 9);
+        assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 10);
+        assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 10);
         for kind in kinds {
             // A key the enum does not know fails as an unknown variant; a known one fails
             // only on its (here missing) fields.

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod flows;
 pub mod gate;
 pub mod http;
+pub mod kafka;
 pub mod logs;
 pub mod metrics;
 pub mod mosquitto;
@@ -21,6 +22,7 @@ pub mod test_server;
 
 pub use flows::*;
 pub use http::*;
+pub use kafka::*;
 pub use logs::*;
 pub use metrics::*;
 pub use process::*;

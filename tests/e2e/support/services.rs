@@ -31,7 +31,9 @@ pub fn program_available(bin: &str) -> bool {
     found || skip_or_fail(&format!("`{bin}` is not installed"))
 }
 
-fn skip_or_fail(why: &str) -> bool {
+/// Prints why the calling test skips and returns `false`, or panics under
+/// `SLUICE_REQUIRE_SERVICES=1`.
+pub fn skip_or_fail(why: &str) -> bool {
     let test = thread::current().name().unwrap_or("test").to_owned();
     if services_required() {
         panic!("{test}: {why}, and SLUICE_REQUIRE_SERVICES=1 requires it");

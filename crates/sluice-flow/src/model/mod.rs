@@ -6,6 +6,7 @@
 mod brokers;
 mod eip;
 mod http;
+mod kafka;
 mod sink;
 mod step;
 mod trigger;
@@ -13,6 +14,7 @@ mod trigger;
 pub use brokers::*;
 pub use eip::*;
 pub use http::*;
+pub use kafka::*;
 pub use sink::*;
 pub use step::*;
 pub use trigger::*;

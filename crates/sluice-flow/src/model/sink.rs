@@ -23,6 +23,8 @@ pub enum SinkConfig {
     Redis(super::RedisSinkConfig),
     /// Inserts or upserts a row in PostgreSQL (or runs a parameterised statement).
     Postgres(super::PostgresSinkConfig),
+    /// Produces to a Kafka topic (idempotent, `acks=all`).
+    Kafka(super::KafkaSinkConfig),
     /// An HTTP request per message.
     Http(crate::HttpSinkConfig),
 }

@@ -22,6 +22,8 @@ pub enum TriggerConfig {
     Redis(super::RedisTriggerConfig),
     /// A PostgreSQL outbox table, polled with `FOR UPDATE SKIP LOCKED`.
     Postgres(super::PostgresTriggerConfig),
+    /// Kafka topics, read through a consumer group.
+    Kafka(super::KafkaTriggerConfig),
     /// Requests on the shared HTTP listener.
     Http(crate::HttpTriggerConfig),
     /// A clock.
