@@ -3,14 +3,17 @@
 //! SIGKILL of sluice with messages in flight, a sink that fails and recovers (nothing
 //! committed past it), per-partition order, and the consumer lag metric.
 //!
-//! Every consumer uses `session_timeout: 6s` and `heartbeat_interval: 1s`, so that a
-//! group forms and re-forms quickly.
+//! Every consumer uses `session_timeout: 6s`, `heartbeat_interval: 1s` and a rebalance
+//! timeout of 10 s, so that a group forms and re-forms quickly.
 
 use crate::support::*;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The group settings every test flow uses.
-const GROUP_TIMINGS: &str = "session_timeout: 6s, heartbeat_interval: 1s";
+/// (A rebalance waits for the members it knew up to `max.poll.interval.ms`, librdkafka's
+/// rebalance timeout, on the test broker even for one that was SIGKILLed.)
+const GROUP_TIMINGS: &str =
+    r#"session_timeout: 6s, heartbeat_interval: 1s, options: { max.poll.interval.ms: "10000" }"#;
 
 fn ready_line(sluice: &mut Sluice) {
     sluice.wait_for_log("kafka: partitions assigned", secs(60));
@@ -181,7 +184,17 @@ fn in_flight_flow(brokers: &str, ins: &str, group: &str) -> String {
 concurrency: 8
 queue: 8
 trigger:
-  kafka: {{ brokers: "{brokers}", topics: ["{ins}"], group: {group}, {GROUP_TIMINGS}, order: none, commit_count: 1 }}
+  kafka:
+    brokers: "{brokers}"
+    topics: ["{ins}"]
+    group: {group}
+    session_timeout: 6s
+    heartbeat_interval: 1s
+    order: none
+    commit_count: 1
+    # Static membership: the restarted process takes the killed one's place at once (the
+    # test broker never evicts a SIGKILLed group leader otherwise).
+    options: {{ max.poll.interval.ms: "10000", group.instance.id: fwd-1 }}
 steps:
   - transform: "{{id: id, n: n, at: meta('received_at'), pid: '${{env:WORKER}}'}}"
   - to: out

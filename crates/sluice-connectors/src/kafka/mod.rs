@@ -44,8 +44,8 @@ fn client_config(
     }
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", list);
-    // librdkafka's log lines go through `tracing` (the rdkafka crate's `tracing` feature).
-    config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    // librdkafka's log lines go through `tracing` (the rdkafka crate's `tracing` feature),
+    // at the level `RUST_LOG` enables for them.
     for (key, value) in options {
         if let Some((_, instead)) = owned.iter().find(|(name, _)| *name == key.as_str()) {
             return Err(cx
