@@ -1,5 +1,7 @@
-//! The Kafka tests' broker and client. The broker is the one `.ci/kafka-broker.sh` starts
-//! (noida-db from PyPI on a private port), named by `SLUICE_KAFKA_BROKERS`; the client is
+//! The Kafka tests' brokers and client. The brokers are the ones `.ci/kafka-broker.sh` starts
+//! (from PyPI, on private ports): noida-db, named by `SLUICE_KAFKA_BROKERS`, and tansu, named
+//! by `SLUICE_KAFKA_GROUP_BROKERS`, for the scale-out test (noida-db never evicts a SIGKILLed
+//! member from a consumer group; tansu does); the client is
 //! rdkafka's, used synchronously (a producer flushed before it returns, a consumer assigned
 //! every partition from the start, outside any group).
 
@@ -13,15 +15,21 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The variable naming the test broker (`host:port`).
-pub const KAFKA_BROKERS_VAR: &str = "SLUICE_KAFKA_BROKERS";
-
 /// The test broker's address, when `SLUICE_KAFKA_BROKERS` names one that answers; otherwise
 /// prints why the test skips (or fails under `SLUICE_REQUIRE_SERVICES=1`).
 pub fn kafka_brokers() -> Option<String> {
-    let Ok(brokers) = std::env::var(KAFKA_BROKERS_VAR) else {
+    brokers_of("SLUICE_KAFKA_BROKERS")
+}
+
+/// The broker of the scale-out test (`SLUICE_KAFKA_GROUP_BROKERS`), like [`kafka_brokers`].
+pub fn kafka_group_brokers() -> Option<String> {
+    brokers_of("SLUICE_KAFKA_GROUP_BROKERS")
+}
+
+fn brokers_of(var: &str) -> Option<String> {
+    let Ok(brokers) = std::env::var(var) else {
         skip_or_fail(&format!(
-            "{KAFKA_BROKERS_VAR} is not set (start a broker with `eval \"$(.ci/kafka-broker.sh start)\"`)"
+            "{var} is not set (start the test brokers with `eval \"$(.ci/kafka-broker.sh start)\"`)"
         ));
         return None;
     };
@@ -33,7 +41,7 @@ pub fn kafka_brokers() -> Option<String> {
         Some(port) if service_available("Kafka", port) => Some(brokers),
         Some(_) => None,
         None => {
-            skip_or_fail(&format!("{KAFKA_BROKERS_VAR}={brokers} is not host:port"));
+            skip_or_fail(&format!("{var}={brokers} is not host:port"));
             None
         }
     }

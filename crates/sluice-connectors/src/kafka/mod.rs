@@ -111,3 +111,96 @@ impl crate::SinkComponent for sluice_flow::KafkaSinkConfig {
         Ok(std::sync::Arc::new(sink::KafkaSink::new(self, cx)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::StandardConnectors;
+    use sluice_engine::{BuildContext, Connectors};
+
+    /// Builds the flow's trigger and its sink `out`; the first load error, as text.
+    fn build(trigger: &str, sink: &str) -> Result<(), String> {
+        let source = format!("trigger:\n  kafka: {trigger}\nsinks:\n  out:\n    kafka: {sink}\n");
+        let loaded = sluice_flow::parse_flow(std::path::Path::new("flows/k.yaml"), source)
+            .map_err(|d| d.to_string())?;
+        let connectors = StandardConnectors::default();
+        let cx = BuildContext { flow: &loaded };
+        connectors
+            .trigger(&loaded.file.trigger, &cx)
+            .map_err(|d| d.to_string())?;
+        connectors
+            .sink("out", &loaded.file.sinks["out"], &cx)
+            .map_err(|d| d.to_string())?;
+        Ok(())
+    }
+
+    const TRIGGER: &str = "{ topics: [orders, \"^audit-.*\"], group: g }";
+    const SINK: &str = "{ topic: \"out-{{region}}\", key: \"{{id}}\" }";
+
+    #[test]
+    fn a_trigger_and_a_sink_build_without_a_broker() {
+        build(TRIGGER, SINK).unwrap();
+        build(
+            "{ topics: [a], group: g, options: { fetch.max.bytes: \"1048576\" } }",
+            "{ topic: t, options: { client.id: sluice } }",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn options_sluice_decides_are_refused_at_their_value() {
+        let e = build(
+            "{ topics: [a], group: g, options: { enable.auto.commit: \"true\" } }",
+            SINK,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("flows/k.yaml:2:") && e.contains("may not set `enable.auto.commit`"),
+            "{e}"
+        );
+        let e = build(TRIGGER, "{ topic: t, options: { acks: \"1\" } }").unwrap_err();
+        assert!(
+            e.contains("flows/k.yaml:5:") && e.contains("acks=all"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_property_librdkafka_refuses_is_a_load_error() {
+        let e = build(TRIGGER, "{ topic: t, options: { no.such.thing: x } }").unwrap_err();
+        assert!(e.contains("librdkafka refuses `no.such.thing`"), "{e}");
+        let e = build(TRIGGER, "{ topic: t, options: { batch.size: \"-5\" } }").unwrap_err();
+        assert!(
+            e.contains("librdkafka refuses `batch.size`") && !e.contains("-5\""),
+            "{e}"
+        );
+    }
+
+    #[cfg(not(feature = "kafka-tls"))]
+    #[test]
+    fn tls_needs_the_kafka_tls_feature() {
+        let e = build(
+            "{ topics: [a], group: g, options: { security.protocol: ssl } }",
+            SINK,
+        )
+        .unwrap_err();
+        assert!(e.contains("librdkafka refuses `security.protocol`"), "{e}");
+    }
+
+    #[test]
+    fn topics_group_and_timings_are_checked() {
+        let e = build("{ topics: [], group: g }", SINK).unwrap_err();
+        assert!(e.contains("`topics` is empty"), "{e}");
+        let e = build("{ topics: [\"a b\"], group: g }", SINK).unwrap_err();
+        assert!(e.contains("not") || e.contains("contains"), "{e}");
+        let e = build(
+            "{ topics: [a], group: g, session_timeout: 6s, heartbeat_interval: 6s }",
+            SINK,
+        )
+        .unwrap_err();
+        assert!(e.contains("below `session_timeout`"), "{e}");
+        let e = build(TRIGGER, "{ topic: \"{{\" }").unwrap_err();
+        assert!(e.contains("flows/k.yaml:5:"), "{e}");
+        let e = build("{ topics: [a], group: g, brokers: \" , \" }", SINK).unwrap_err();
+        assert!(e.contains("`brokers` is empty"), "{e}");
+    }
+}
