@@ -63,15 +63,18 @@ impl Run<'_> {
                     match send.as_mut().now_or_never() {
                         Some(true) => continue,
                         Some(false) => break,
-                        None => {
-                            // The flow's queue is full: stop fetching rather than buffer.
-                            self.pause_all(consumer);
-                            sending = Some(send);
-                        }
+                        // The flow's queue is full: what arrives meanwhile waits here, and
+                        // past `batch` of it every partition is paused (`take`).
+                        None => sending = Some(send),
                     }
-                } else {
-                    self.resume_all(consumer);
                 }
+            }
+            // Resumed once the waiting messages are down to half of `batch`: a pause drops
+            // what librdkafka fetched ahead, so pausing and resuming at one threshold would
+            // fetch the same messages again and again.
+            let waiting = lock(&self.shared).ready.len();
+            if waiting <= self.trigger.batch / 2 {
+                self.resume_all(consumer);
             }
             let resume_at = self.next_resume();
             tokio::select! {
@@ -180,9 +183,14 @@ impl Run<'_> {
                 envelope,
             });
         }
+        let full = shared.ready.len() >= batch;
         drop(shared);
         if let Some(list) = pause {
             let _ = consumer.pause(&list);
+        }
+        if full {
+            // The flow cannot keep up: stop fetching rather than buffer.
+            self.pause_all(consumer);
         }
     }
 
