@@ -156,6 +156,10 @@ impl KafkaTrigger {
         inlet: &Inlet,
         stop: &CancellationToken,
     ) -> Result<(), KafkaTriggerError> {
+        metrics::describe_gauge!(
+            "sluice_kafka_consumer_lag",
+            "Messages of an assigned Kafka partition after the group's committed offset."
+        );
         let shared = Arc::new(Mutex::new(Shared::default()));
         let context = ConsumerCx {
             shared: shared.clone(),
