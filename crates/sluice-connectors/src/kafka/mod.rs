@@ -186,6 +186,16 @@ mod tests {
         assert!(e.contains("librdkafka refuses `security.protocol`"), "{e}");
     }
 
+    #[cfg(feature = "kafka-tls")]
+    #[test]
+    fn tls_and_sasl_build_with_the_kafka_tls_feature() {
+        build(
+            "{ topics: [a], group: g, options: { security.protocol: sasl_ssl, sasl.mechanisms: SCRAM-SHA-256, sasl.username: u, sasl.password: p } }",
+            "{ topic: t, options: { security.protocol: ssl } }",
+        )
+        .unwrap();
+    }
+
     #[test]
     fn topics_group_and_timings_are_checked() {
         let e = build("{ topics: [], group: g }", SINK).unwrap_err();
