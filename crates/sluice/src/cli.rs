@@ -154,6 +154,8 @@ pub enum NewTrigger {
     Redis,
     /// A PostgreSQL outbox table.
     Postgres,
+    /// Kafka topics, through a consumer group.
+    Kafka,
     /// A clock.
     Schedule,
     /// A flow-to-flow channel.
@@ -171,6 +173,7 @@ impl NewTrigger {
             NewTrigger::Mqtt => "mqtt",
             NewTrigger::Redis => "redis",
             NewTrigger::Postgres => "postgres",
+            NewTrigger::Kafka => "kafka",
             NewTrigger::Schedule => "schedule",
             NewTrigger::Channel => "channel",
         }

@@ -114,6 +114,9 @@ fn trigger_text(name: &str, trigger: NewTrigger) -> String {
             "  postgres:  # an outbox table: id, payload (json/jsonb)\n    url: \"postgres://postgres@127.0.0.1:5432/test\"  # the default; the password via ${{env:…}}\n    table: {}_outbox\n",
             name.replace('-', "_")
         ),
+        NewTrigger::Kafka => format!(
+            "  kafka:\n    brokers: \"127.0.0.1:9092\"  # the default; ${{env:KAFKA_BROKERS}} to configure it\n    topics: [{name}]\n    group: {name}  # processes using it share the partitions\n"
+        ),
         NewTrigger::Schedule => format!(
             "  schedule:\n    every: 1m  # or cron: \"0 */5 * * * *\" (UTC)\n    payload: {{ id: {name} }}\n"
         ),
