@@ -198,7 +198,12 @@ fn example(sb: &Sandbox, name: &str) {
 
 #[test]
 fn the_eip_examples_pass_their_tests() {
-    for name in ["order-totals", "reliable-delivery", "sensor-windows"] {
+    for name in [
+        "order-totals",
+        "reliable-delivery",
+        "sensor-windows",
+        "kafka-orders",
+    ] {
         let sb = Sandbox::new();
         example(&sb, name);
         let out = sb.cli(&["check"], None);

@@ -16,6 +16,7 @@ mod admin_trust;
 mod bad_input;
 mod body_trust;
 mod brokers_amqp;
+mod brokers_kafka;
 mod brokers_mariadb;
 mod brokers_mqtt;
 mod brokers_mqtt_bad_input;

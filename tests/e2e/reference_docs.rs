@@ -526,7 +526,7 @@ fn every_connector_key_is_documented_with_its_default() {
     let defs = &schema["$defs"];
     let flow_format = fs::read_to_string(repo().join("docs/flow-format.md")).unwrap();
     let operations = fs::read_to_string(repo().join("docs/http-and-operations.md")).unwrap();
-    let sections: [(&str, &str, &str); 21] = [
+    let sections: [(&str, &str, &str); 23] = [
         ("FileTriggerConfig", "flow-format", "## Trigger `file`"),
         ("CsvOptions", "flow-format", "## Trigger `file`"),
         ("FileSinkConfig", "flow-format", "## Sinks"),
@@ -545,6 +545,8 @@ fn every_connector_key_is_documented_with_its_default() {
         ("PostgresSinkConfig", "flow-format", "### `postgres`"),
         ("MysqlTriggerConfig", "flow-format", "### `mysql`"),
         ("MysqlSinkConfig", "flow-format", "### `mysql`"),
+        ("KafkaTriggerConfig", "flow-format", "### `kafka`"),
+        ("KafkaSinkConfig", "flow-format", "### `kafka`"),
         ("HttpTriggerConfig", "operations", "## Trigger `http`"),
         (
             "ScheduleTriggerConfig",

@@ -98,7 +98,9 @@ pub trait SinkComponent {
         feature = "amqp",
         feature = "mqtt",
         feature = "redis",
-        feature = "postgres"
+        feature = "postgres",
+        feature = "mysql",
+        feature = "kafka"
     ),
     allow(dead_code)
 )]

@@ -21,6 +21,8 @@ pub mod codec;
 mod component;
 pub mod file;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "mysql")]
@@ -304,6 +306,7 @@ components! {
         Redis(model::RedisTriggerConfig) if "redis",
         Postgres(model::PostgresTriggerConfig) if "postgres",
         Mysql(model::MysqlTriggerConfig) if "mysql",
+        Kafka(model::KafkaTriggerConfig) if "kafka",
     }
     sinks {
         File(model::FileSinkConfig),
@@ -316,6 +319,7 @@ components! {
         Redis(model::RedisSinkConfig) if "redis",
         Postgres(model::PostgresSinkConfig) if "postgres",
         Mysql(model::MysqlSinkConfig) if "mysql",
+        Kafka(model::KafkaSinkConfig) if "kafka",
     }
 }
 
@@ -447,8 +451,8 @@ mod tests {
             .unwrap_or_default();
         assert!(unknown.contains("unknown variant"), "{unknown}");
         let kinds = kinds();
-        assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 10);
-        assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 10);
+        assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 11);
+        assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 11);
         for kind in kinds {
             // A key the enum does not know fails as an unknown variant; a known one fails
             // only on its (here missing) fields.

@@ -156,6 +156,8 @@ pub enum NewTrigger {
     Postgres,
     /// A MariaDB/MySQL outbox table.
     Mysql,
+    /// Kafka topics, through a consumer group.
+    Kafka,
     /// A clock.
     Schedule,
     /// A flow-to-flow channel.
@@ -174,6 +176,7 @@ impl NewTrigger {
             NewTrigger::Redis => "redis",
             NewTrigger::Postgres => "postgres",
             NewTrigger::Mysql => "mysql",
+            NewTrigger::Kafka => "kafka",
             NewTrigger::Schedule => "schedule",
             NewTrigger::Channel => "channel",
         }

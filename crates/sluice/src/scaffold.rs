@@ -118,6 +118,9 @@ fn trigger_text(name: &str, trigger: NewTrigger) -> String {
             "  mysql:  # an outbox table: id, payload (JSON)\n    url: \"mysql://root@127.0.0.1:3306/test\"  # the default; the password via ${{env:…}}\n    table: {}_outbox\n",
             name.replace('-', "_")
         ),
+        NewTrigger::Kafka => format!(
+            "  kafka:\n    brokers: \"127.0.0.1:9092\"  # the default; ${{env:KAFKA_BROKERS}} to configure it\n    topics: [{name}]\n    group: {name}  # processes using it share the partitions\n"
+        ),
         NewTrigger::Schedule => format!(
             "  schedule:\n    every: 1m  # or cron: \"0 */5 * * * *\" (UTC)\n    payload: {{ id: {name} }}\n"
         ),

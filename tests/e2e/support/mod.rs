@@ -9,6 +9,7 @@ pub mod cli;
 pub mod flows;
 pub mod gate;
 pub mod http;
+pub mod kafka;
 pub mod logs;
 pub mod mariadb;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod tls_servers;
 
 pub use flows::*;
 pub use http::*;
+pub use kafka::*;
 pub use logs::*;
 pub use metrics::*;
 pub use process::*;

@@ -6,6 +6,7 @@
 mod brokers;
 mod eip;
 mod http;
+mod kafka;
 mod mysql;
 mod sink;
 mod step;
@@ -15,6 +16,7 @@ mod trigger;
 pub use brokers::*;
 pub use eip::*;
 pub use http::*;
+pub use kafka::*;
 pub use mysql::*;
 pub use sink::*;
 pub use step::*;
@@ -42,8 +44,9 @@ pub struct FlowFile {
     pub concurrency: Option<Spanned<usize>>,
     /// Capacity of the bounded queue between the trigger and the steps (default: 4 ×
     /// `concurrency`), for triggers that read ahead of the steps: the records of `ndjson`
-    /// and `csv` files, schedule ticks, channels. An HTTP request or a broker message waits
-    /// for one of the `concurrency` slots instead (the broker's prefetch is its buffer).
+    /// and `csv` files, Kafka records, schedule ticks, channels. An HTTP request or a message
+    /// of the other brokers waits for one of the `concurrency` slots instead (the broker's
+    /// prefetch is its buffer).
     #[schemars(with = "Option<usize>", range(min = 1))]
     pub queue: Option<Spanned<usize>>,
     /// Per-key ordering: a JMESPath expression over the payload (and `meta()`); messages

@@ -25,6 +25,8 @@ pub enum SinkConfig {
     Postgres(super::PostgresSinkConfig),
     /// Inserts or upserts a row in MariaDB/MySQL (or runs a parameterised statement).
     Mysql(super::MysqlSinkConfig),
+    /// Produces to a Kafka topic (idempotent, `acks=all`).
+    Kafka(super::KafkaSinkConfig),
     /// An HTTP request per message.
     Http(crate::HttpSinkConfig),
 }

@@ -24,6 +24,8 @@ pub enum TriggerConfig {
     Postgres(super::PostgresTriggerConfig),
     /// A MariaDB/MySQL outbox table, polled with `FOR UPDATE SKIP LOCKED`.
     Mysql(super::MysqlTriggerConfig),
+    /// Kafka topics, read through a consumer group.
+    Kafka(super::KafkaTriggerConfig),
     /// Requests on the shared HTTP listener.
     Http(crate::HttpTriggerConfig),
     /// A clock.
