@@ -76,12 +76,6 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Makes ring the process's default rustls provider, for clients that build their rustls
-/// configuration themselves (redis). The first install wins; later calls change nothing.
-pub(crate) fn install_default_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl Loaded {
     /// Reads and checks every file given; a problem is a load error at its setting.
     pub(crate) fn read(files: Files<'_>, cx: &BuildContext<'_>) -> Result<Loaded, Diagnostic> {

@@ -26,10 +26,11 @@ static CLIENT: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
         .map_err(|e| format!("cannot create the HTTP client: {e}"))
 });
 
-/// Makes ring the process's rustls provider unless one is already installed. reqwest is
-/// built without a provider of its own (`rustls-no-provider` in Cargo.toml) and takes the
-/// process default; every other TLS client of sluice (NATS, AMQP, MQTT) uses ring too.
-fn use_ring() {
+/// Makes ring the process's default rustls provider unless one is already installed, for
+/// clients that take the process default: reqwest (built without a provider of its own,
+/// `rustls-no-provider` in Cargo.toml) and redis. Every other TLS client of sluice names
+/// ring explicitly. The one place that installs it.
+pub fn use_ring() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Another thread may install one meanwhile; either is ring, so losing the race is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();

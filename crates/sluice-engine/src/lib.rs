@@ -54,7 +54,7 @@ pub use error::{ErrorEnvelope, ErrorKind, FlowError, Violation};
 pub use expr::{Expr, ExprError, Template};
 pub use flow::{CompiledFlow, Executed, FlowSource};
 pub use hold::{BATCH_ID, BATCH_SIZE, Batch};
-pub use http_client::{CallError, HttpAnswer, HttpCall};
+pub use http_client::{CallError, HttpAnswer, HttpCall, use_ring};
 pub use message::{
     BodyError, BodyErrorKind, CORRELATION_ID, Ids, MAX_DEPTH, MESSAGE_ID, Message, Meta, Payload,
     check_numbers, parse_json,

@@ -60,7 +60,7 @@ fn client() -> &'static reqwest::blocking::Client {
     static CLIENT: OnceLock<reqwest::blocking::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         // reqwest is built without a rustls provider of its own (the workspace's Cargo.toml).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        sluice_engine::use_ring();
         reqwest::blocking::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())

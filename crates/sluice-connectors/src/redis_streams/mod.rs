@@ -93,7 +93,7 @@ fn load_tls(
         };
     }
     // The redis client builds its rustls configuration with the process's default provider.
-    crate::tls::install_default_provider();
+    sluice_engine::use_ring();
     let files = tls
         .map(|t| crate::tls::Files::from(&t.value))
         .unwrap_or_default();
