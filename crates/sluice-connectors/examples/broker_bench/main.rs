@@ -2,14 +2,17 @@
 //! directly against the same client crate, in the same run, on the same ~250-byte messages.
 //!
 //! ```text
-//! broker_bench <jetstream|amqp|postgres> --sluice target/release/sluice [-n 20000] [-c 64]
+//! broker_bench <jetstream|amqp|kafka|postgres> --sluice target/release/sluice [-n 20000] [-c 64]
 //! ```
 //!
 //! Each case preloads `n` messages, then measures from the first output to the last: for the
 //! floor, an in-process consumer that parses each message, builds the same transformed JSON,
 //! publishes it (waiting for the broker's confirmation) and acks the input, with `c` messages in
 //! flight; for sluice, `sluice run` with an equivalent flow (concurrency `c`). `postgres` measures
-//! JetStream → sluice → PostgreSQL rows/s.
+//! JetStream → sluice → PostgreSQL rows/s. `kafka` runs against `SLUICE_KAFKA_BROKERS` (see
+//! `.ci/kafka-broker.sh`).
+
+mod kafka;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
@@ -390,6 +393,15 @@ async fn main() -> Res<()> {
                 sluice / floor
             );
         }
+        "kafka" => {
+            let brokers = kafka::brokers()?;
+            let floor = kafka::floor(&brokers, n, c).await?;
+            let sluice = kafka::sluice(&brokers, &bin, n, c).await?;
+            println!(
+                "Kafka -> transform -> Kafka: floor {floor:.0} msg/s, sluice {sluice:.0} msg/s, ratio {:.2}",
+                sluice / floor
+            );
+        }
         "postgres" => {
             let js = jetstream::new(async_nats::connect(NATS).await?);
             let rate = postgres_sluice(js, &bin, n, c).await?;
@@ -397,7 +409,7 @@ async fn main() -> Res<()> {
         }
         _ => {
             return Err(
-                "usage: broker_bench <jetstream|amqp|postgres> [--sluice PATH] [-n N] [-c C]"
+                "usage: broker_bench <jetstream|amqp|kafka|postgres> [--sluice PATH] [-n N] [-c C]"
                     .into(),
             );
         }
