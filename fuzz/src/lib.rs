@@ -102,22 +102,24 @@ fn yaml_lines(source: &str) -> Vec<&str> {
     lines
 }
 
-const FILE_FORMATS: [FileFormat; 5] = [
+const FILE_FORMATS: [FileFormat; 6] = [
     FileFormat::Json,
     FileFormat::Ndjson,
     FileFormat::Csv,
     FileFormat::Text,
     FileFormat::Bytes,
+    FileFormat::Xml,
 ];
 
-const BODY_FORMATS: [MessageFormat; 3] = [
+const BODY_FORMATS: [MessageFormat; 4] = [
     MessageFormat::Json,
     MessageFormat::Text,
     MessageFormat::Bytes,
+    MessageFormat::Xml,
 ];
 
-/// Payload decoders for every format: the first byte picks one of the file trigger's five
-/// formats or the broker bodies' three, the rest is the content.
+/// Payload decoders for every format: the first byte picks one of the file trigger's six
+/// formats or the broker bodies' four, the rest is the content.
 pub fn payload_decode(data: &[u8]) {
     let Some((&selector, content)) = data.split_first() else {
         return;
@@ -133,7 +135,12 @@ pub fn payload_decode(data: &[u8]) {
 /// text and bytes keep the content exactly, record numbers are in order and in range.
 fn file_decode(content: &[u8], format: FileFormat, csv: &CsvOptions) {
     let utf8 = std::str::from_utf8(content).ok();
-    let records = match sluice_connectors::file::decode_input(content, format, csv) {
+    let input = sluice_engine::InputFormat {
+        format,
+        csv: csv.clone(),
+        xml: Default::default(),
+    };
+    let records = match sluice_connectors::file::decode_input(content, &input) {
         Ok(records) => records,
         Err(why) => {
             let why = why.to_string();
@@ -163,7 +170,7 @@ fn file_decode(content: &[u8], format: FileFormat, csv: &CsvOptions) {
                 );
                 previous = line;
             }
-            FileFormat::Json | FileFormat::Text | FileFormat::Bytes => {
+            FileFormat::Json | FileFormat::Text | FileFormat::Bytes | FileFormat::Xml => {
                 assert_eq!(records.len(), 1, "{format:?} is one record per file");
                 assert_eq!(*line, None, "{format:?} records have no number");
             }
@@ -184,7 +191,7 @@ fn file_decode(content: &[u8], format: FileFormat, csv: &CsvOptions) {
                 .expect("the base64 of `bytes` decodes");
             assert_eq!(back, content, "`bytes` changed the content");
         }
-        FileFormat::Json | FileFormat::Ndjson | FileFormat::Csv => {}
+        FileFormat::Json | FileFormat::Ndjson | FileFormat::Csv | FileFormat::Xml => {}
     }
 }
 
@@ -198,7 +205,7 @@ fn check_reencodes(value: &Value) {
         OutputFormat::Text,
     ] {
         let mut payload = Payload::from_json(value.clone());
-        let bytes = sluice_connectors::file::serialize(format, &mut payload)
+        let bytes = sluice_connectors::file::serialize(format, None, &mut payload)
             .unwrap_or_else(|e| panic!("a decoded value does not serialize as {format:?}: {e}"));
         if format == OutputFormat::Json {
             let back: Value = serde_json::from_slice(&bytes)
@@ -217,7 +224,7 @@ fn body_decode(body: &[u8], format: MessageFormat) {
             let why = why.to_string();
             assert!(!why.trim().is_empty(), "a decode error without a reason");
             assert!(
-                format == MessageFormat::Json
+                matches!(format, MessageFormat::Json | MessageFormat::Xml)
                     || (format == MessageFormat::Text && std::str::from_utf8(body).is_err()),
                 "{format:?} refused a body it must accept: {why}"
             );
@@ -231,7 +238,7 @@ fn body_decode(body: &[u8], format: MessageFormat) {
         MessageFormat::Text | MessageFormat::Bytes => {
             assert_eq!(encoded, body, "{format:?} changed the body")
         }
-        MessageFormat::Json => {
+        MessageFormat::Json | MessageFormat::Xml => {
             let mut again = sluice_connectors::codec::decode(format, &encoded)
                 .unwrap_or_else(|e| panic!("an encoded body does not decode again: {e}"));
             let first = payload.json().cloned().expect("checked above");
@@ -335,7 +342,12 @@ pub fn csv_rows(data: &[u8]) {
     };
     csv.delimiter.value = Text::from(delimiter);
     file_decode(content, FileFormat::Csv, &csv);
-    let Ok(records) = sluice_connectors::file::decode_input(content, FileFormat::Csv, &csv) else {
+    let input = sluice_engine::InputFormat {
+        format: FileFormat::Csv,
+        csv: csv.clone(),
+        xml: Default::default(),
+    };
+    let Ok(records) = sluice_connectors::file::decode_input(content, &input) else {
         return;
     };
     assert_eq!(
@@ -471,6 +483,7 @@ pub fn http_request(data: &[u8]) {
                 payload,
                 status: None,
                 headers: Vec::new(),
+                xml: None,
                 message_id: sluice_engine::Ids::message_id(&*message.meta).to_owned(),
             };
             ack.ack(Outcome::Delivered(Some(reply))).await;
@@ -565,4 +578,53 @@ fn parse_request(data: &[u8]) -> Option<(Request<Body>, &[u8])> {
     }
     let request = builder.body(Body::from(body.to_vec())).ok()?;
     Some((request, body))
+}
+
+/// XML documents: what is read writes back and reads back as the same value, and the records
+/// at `/<root>/<first child>` are the children the whole document holds, counted and read the
+/// same in both passes.
+pub fn xml_document(data: &[u8]) {
+    use sluice_xml::{ReadOptions, RecordPath, Records, count_records};
+    let options = ReadOptions::default();
+    let value = match sluice_xml::to_json(data, &options) {
+        Ok(value) => value,
+        Err(why) => {
+            assert!(
+                !why.reason.trim().is_empty(),
+                "an XML error without a reason"
+            );
+            assert!(
+                why.line >= 1 && why.column >= 1,
+                "positions are 1-based: {why}"
+            );
+            return;
+        }
+    };
+    let xml = sluice_xml::to_xml(&value, None)
+        .unwrap_or_else(|e| panic!("a document read does not write back: {e}"));
+    let again = sluice_xml::to_json(&xml, &options)
+        .unwrap_or_else(|e| panic!("a document written does not read back: {e}"));
+    assert_eq!(again, value, "the value changed on its way through XML");
+    let Some((root, content)) = value.as_object().and_then(|map| map.iter().next()) else {
+        panic!("a document is an object of one key: {value}");
+    };
+    let Some((child, children)) = content.as_object().and_then(|map| {
+        map.iter()
+            .find(|(k, _)| !k.starts_with('@') && *k != "#text")
+    }) else {
+        return;
+    };
+    let path = RecordPath::parse(&format!("/{root}/{child}")).expect("names read are names");
+    let expected: Vec<Value> = match children {
+        Value::Array(items) => items.clone(),
+        one => vec![one.clone()],
+    };
+    let counted = count_records(data, path.clone(), options.clone())
+        .unwrap_or_else(|e| panic!("a document read is not counted: {e}"));
+    assert_eq!(counted, expected.len(), "the count of {path}");
+    let records: Vec<Value> = Records::new(data, path, options)
+        .map(|r| r.map(|r| r.value))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("a document read gives no records: {e}"));
+    assert_eq!(records, expected, "the records are the document's children");
 }

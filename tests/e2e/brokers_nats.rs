@@ -115,6 +115,28 @@ impl Js {
         })
     }
 
+    /// Every body in `stream`, as it is.
+    fn read_bodies(&self, stream_name: &str) -> Vec<Vec<u8>> {
+        self.rt.block_on(async {
+            let Ok(mut stream) = self.js.get_stream(stream_name).await else {
+                return Vec::new();
+            };
+            let Ok(info) = stream.info().await else {
+                return Vec::new();
+            };
+            let mut out = Vec::new();
+            if info.state.messages == 0 {
+                return out;
+            }
+            for seq in info.state.first_sequence..=info.state.last_sequence {
+                if let Ok(raw) = stream.get_raw_message(seq).await {
+                    out.push(raw.payload.to_vec());
+                }
+            }
+            out
+        })
+    }
+
     pub(crate) fn count(&self, stream_name: &str) -> u64 {
         self.rt.block_on(async {
             match self.js.get_stream(stream_name).await {
@@ -533,6 +555,68 @@ errors:
     let dead = undecodable_dead_letter(&sb, "not json {", "not JSON");
     assert_eq!(dead["meta"]["message_id"], "bad-1", "{dead:#}");
     assert_eq!(dead["meta"]["nats.subject"], format!("{u}.in"), "{dead:#}");
+    drop(sluice);
+    js.delete_stream(&in_stream);
+    js.delete_stream(&out_stream);
+}
+
+#[test]
+fn nats_xml_in_transform_xml_out_and_a_dtd_to_the_dead_letter() {
+    if !service_available("NATS JetStream", NATS_PORT) {
+        return;
+    }
+    let u = unique_name("jsx");
+    let js = Js::connect(NATS_PORT);
+    let (in_stream, out_stream) = (format!("IN_{u}"), format!("OUT_{u}"));
+    js.create_stream(&in_stream, &[&format!("{u}.in")]);
+    js.create_stream(&out_stream, &[&format!("{u}.out")]);
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/jsx.yaml",
+        format!(
+            r#"name: jsx
+trigger:
+  nats: {{ stream: {in_stream}, subject: "{u}.in", durable: worker, format: xml }}
+steps:
+  - transform: "{{Priced: {{\"@id\": Order.\"@id\", total: Order.total}}}}"
+  - to: out
+sinks:
+  out:
+    nats: {{ subject: "{u}.out", format: xml }}
+errors:
+  dead_letter: {{ file: {{ path: dead-letter }} }}
+"#
+        ),
+    );
+    let mut sluice = Sluice::run(&sb);
+    sluice.wait_for_log("nats consumer ready", secs(30));
+    js.publish_raw(
+        &format!("{u}.in"),
+        "x-1",
+        b"<Order id=\"o-1\"><total>9.50</total><note>n</note></Order>",
+    );
+    js.publish_raw(
+        &format!("{u}.in"),
+        "x-bad",
+        b"<!DOCTYPE o [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><o>&e;</o>",
+    );
+    sluice.expect_within(secs(30), "the XML message in the output stream", || {
+        js.count(&out_stream) >= 1
+    });
+    sluice.expect_within(secs(30), "one dead letter", || sb.count("dead-letter") == 1);
+    let bodies = js.read_bodies(&out_stream);
+    assert_eq!(bodies.len(), 1);
+    let text = String::from_utf8(bodies[0].clone()).unwrap();
+    assert!(
+        text.contains("<Priced id=\"o-1\"><total>9.50</total></Priced>"),
+        "{text}"
+    );
+    let dead = undecodable_dead_letter(
+        &sb,
+        "<!DOCTYPE o [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><o>&e;</o>",
+        "DOCTYPE",
+    );
+    assert_eq!(dead["meta"]["message_id"], "x-bad", "{dead:#}");
     drop(sluice);
     js.delete_stream(&in_stream);
     js.delete_stream(&out_stream);

@@ -110,8 +110,8 @@ fn flow_loader_inputs_hold() {
 
 #[test]
 fn payload_decoder_inputs_hold() {
-    let contents = repository_files(&["json", "ndjson", "csv", "rhai"]);
-    let seeds = with_selectors(&contents, 8);
+    let contents = repository_files(&["json", "ndjson", "csv", "rhai", "xml"]);
+    let seeds = with_selectors(&contents, 10);
     assert!(replay("payload_decode", checks::payload_decode, &seeds) >= seeds.len());
 }
 
@@ -125,6 +125,12 @@ fn csv_row_inputs_hold() {
     let contents = repository_files(&["csv"]);
     let seeds = with_selectors(&contents, 14);
     assert!(replay("csv_rows", checks::csv_rows, &seeds) >= seeds.len());
+}
+
+#[test]
+fn xml_document_inputs_hold() {
+    let documents = repository_files(&["xml"]);
+    assert!(replay("xml_document", checks::xml_document, &documents) >= 3);
 }
 
 #[test]

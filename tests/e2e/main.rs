@@ -57,3 +57,4 @@ mod shutdown;
 mod sink_declare;
 mod steps_stop;
 mod test_mocks;
+mod xml_format;

@@ -21,6 +21,9 @@ pub enum CodecError {
     /// A `text` body that is not UTF-8.
     #[error("the body is not UTF-8: {0}")]
     NotUtf8(#[source] std::str::Utf8Error),
+    /// An `xml` body that is not a document sluice reads (malformed, a DTD, too deep).
+    #[error("the body is not XML sluice reads: {0}")]
+    Xml(#[from] sluice_xml::XmlError),
     /// A stream, queue, consumer or channel name that is empty.
     #[error("the name is empty")]
     EmptyName,
@@ -50,6 +53,9 @@ pub fn decode(format: MessageFormat, body: &[u8]) -> Result<Payload, CodecError>
         MessageFormat::Bytes => {
             Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(body)).into())
         }
+        MessageFormat::Xml => {
+            Ok(sluice_xml::to_json(body, &sluice_xml::ReadOptions::default())?.into())
+        }
     }
 }
 
@@ -71,6 +77,8 @@ pub fn encode(format: MessageFormat, payload: &mut Payload) -> Result<Vec<u8>, F
                 "`format: bytes` needs the payload to be a base64 string".to_owned(),
             )),
         },
+        MessageFormat::Xml => sluice_xml::to_xml(payload.json().map_err(refuse)?, None)
+            .map_err(|e| refuse(format!("the payload has no XML form: {e}"))),
     }
 }
 

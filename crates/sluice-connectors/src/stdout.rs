@@ -22,7 +22,7 @@ impl StdoutSink {
 #[async_trait]
 impl Sink for StdoutSink {
     async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
-        let mut bytes = crate::file::serialize(self.format, &mut out.payload)?;
+        let mut bytes = crate::file::serialize(self.format, None, &mut out.payload)?;
         if bytes.last() != Some(&b'\n') {
             bytes.push(b'\n');
         }

@@ -88,6 +88,10 @@ pub struct Reply {
     pub status: Option<u16>,
     /// Headers set by a `reply` step.
     pub headers: Vec<(String, String)>,
+    /// The body as XML, when a `reply` step chose `format: xml`; else the payload is answered
+    /// as JSON. Written before the sinks, so that a payload without an XML form fails the
+    /// message instead of its answer.
+    pub xml: Option<Vec<u8>>,
     /// The message id.
     pub message_id: String,
 }

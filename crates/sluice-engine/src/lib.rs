@@ -65,5 +65,6 @@ pub use registry::{
 };
 pub use script::Sandbox;
 pub use stats::describe_metrics;
+pub use steps::ReplyBody;
 pub use value::jmes_to_json;
 pub use watch::{Snapshot, settle_at_start, watch};

@@ -169,7 +169,8 @@ fn table() -> Vec<(String, String, bool)> {
     row("qos: 2", mqtt_flow("qos: 2"), false);
     // Enums and shapes.
     row("format: ndjson", file_flow("format: ndjson"), true);
-    row("format: xml", file_flow("format: xml"), false);
+    row("format: xml", file_flow("format: xml"), true);
+    row("format: yaml", file_flow("format: yaml"), false);
     row(
         "http method get",
         "trigger:\n  http: { path: /a, method: get }\n".to_owned(),

@@ -17,7 +17,11 @@ pub struct XmlError {
 }
 
 impl XmlError {
-    pub(crate) fn at(reason: impl Into<String>, offset: u64, (line, column): (usize, usize)) -> Self {
+    pub(crate) fn at(
+        reason: impl Into<String>,
+        offset: u64,
+        (line, column): (usize, usize),
+    ) -> Self {
         XmlError {
             reason: reason.into(),
             line,

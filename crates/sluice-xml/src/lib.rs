@@ -42,7 +42,7 @@ mod read;
 mod write;
 
 pub use error::XmlError;
-pub use read::{ReadOptions, Record, RecordPath, Records, count_records, to_json};
+pub use read::{ReadOptions, Record, RecordPath, Records, count_records, is_name, to_json};
 pub use write::{WriteError, to_xml};
 
 /// The nesting depth refused by default, as for JSON bodies (serde_json's limit).

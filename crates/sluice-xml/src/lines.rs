@@ -33,7 +33,9 @@ impl<R: BufRead> LineCounter<R> {
         let column = offset.saturating_sub(self.line_start);
         (
             self.line(),
-            usize::try_from(column).unwrap_or(usize::MAX).saturating_add(1),
+            usize::try_from(column)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
         )
     }
 }
@@ -69,10 +71,17 @@ impl<R: BufRead> BufRead for LineCounter<R> {
 
 /// The 1-based line and column (in bytes) of `offset` in `bytes`.
 pub(crate) fn position_in(bytes: &[u8], offset: u64) -> (usize, usize) {
-    let end = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+    let end = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
     let before = &bytes[..end];
     let line = 1 + before.iter().filter(|b| **b == b'\n').count();
-    let column = end - before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+    let column = end
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
     (line, column)
 }
 

@@ -65,8 +65,9 @@ impl std::fmt::Display for RecordPath {
     }
 }
 
-/// An XML name (the subset sluice accepts: ASCII-led, as data documents use).
-pub(crate) fn is_name(name: &str) -> bool {
+/// Whether `name` is an XML element or attribute name (a letter or `_` first, then letters,
+/// digits, `-`, `.`, `_`, `:`).
+pub fn is_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_alphabetic() || c == '_')
         && chars.all(|c| c.is_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
@@ -163,7 +164,8 @@ impl<R: BufRead> Parser<R> {
                 Err(reason) => return Err(error_at(reader, reason, at)),
             },
             Event::DocType(_) => {
-                return Err(error_at(reader, 
+                return Err(error_at(
+                    reader,
                     "the document has a DOCTYPE: sluice does not process DTDs (so no external entity or entity expansion can happen); remove the DOCTYPE",
                     at,
                 ));
@@ -172,8 +174,11 @@ impl<R: BufRead> Parser<R> {
                 if let Some(Ok(encoding)) = d.encoding() {
                     let encoding = encoding.to_ascii_lowercase();
                     if encoding != "utf-8" && encoding != "utf8" {
-                        return Err(error_at(reader, 
-                            format!("the document declares encoding `{encoding}`; sluice reads UTF-8 only (convert it first, e.g. with iconv)"),
+                        return Err(error_at(
+                            reader,
+                            format!(
+                                "the document declares encoding `{encoding}`; sluice reads UTF-8 only (convert it first, e.g. with iconv)"
+                            ),
                             at,
                         ));
                     }
@@ -309,6 +314,12 @@ type Element = (String, Vec<(String, String)>, usize);
 /// A start tag's name, its attributes (when wanted) and the newlines inside the tag.
 fn element(e: &BytesStart<'_>) -> Result<Element, String> {
     let name = e.name().as_ref().to_owned();
+    // Names the writer could not write back are refused here: what is read can be written.
+    if !is_name(&name) {
+        return Err(format!(
+            "`<{name}` is not an element name sluice reads (a letter or `_` first, then letters, digits, `-`, `.`, `_`, `:`)"
+        ));
+    }
     let newlines = e.attributes_raw().bytes().filter(|b| *b == b'\n').count();
     let mut attributes = Vec::new();
     // Attributes are read in the counting pass too: a record must not fail later.
@@ -317,7 +328,13 @@ fn element(e: &BytesStart<'_>) -> Result<Element, String> {
         let value = attribute
             .normalized_value(XmlVersion::Implicit1_0)
             .map_err(|e| format!("the attribute value of <{name}> is refused: {e}; only &amp; &lt; &gt; &quot; &apos; and character references are defined"))?;
-        attributes.push((attribute.key.as_ref().to_owned(), value.into_owned()));
+        let key = attribute.key.as_ref();
+        if !is_name(key) {
+            return Err(format!(
+                "`{key}` of <{name}> is not an attribute name sluice reads"
+            ));
+        }
+        attributes.push((key.to_owned(), value.into_owned()));
     }
     Ok((name, attributes, newlines))
 }
@@ -358,9 +375,7 @@ pub fn to_json(bytes: &[u8], options: &ReadOptions) -> Result<Value, XmlError> {
             } => (name, leaf(attributes)),
             Ev::Text(t) if t.trim().is_empty() => continue,
             Ev::Text(_) => {
-                return Err(exact(
-                    parser.error("text outside the root element", at),
-                ));
+                return Err(exact(parser.error("text outside the root element", at)));
             }
             Ev::End => unreachable_end(&parser, at).map_err(exact)?,
             Ev::Eof => break,
@@ -445,7 +460,11 @@ impl<R: BufRead> Records<R> {
                     self.parser.check_depth(self.stack.len() + 1, at)?;
                     if self.at_path(&name) {
                         let line = self.start_line(newlines);
-                        let value = if self.want { leaf(attributes) } else { Value::Null };
+                        let value = if self.want {
+                            leaf(attributes)
+                        } else {
+                            Value::Null
+                        };
                         return Ok(Some(Record { value, line }));
                     }
                 }
@@ -468,7 +487,12 @@ impl<R: BufRead> Records<R> {
 
     /// The line of the start tag just read, which may span `newlines` lines.
     fn start_line(&self, newlines: usize) -> usize {
-        self.parser.reader.get_ref().line().saturating_sub(newlines).max(1)
+        self.parser
+            .reader
+            .get_ref()
+            .line()
+            .saturating_sub(newlines)
+            .max(1)
     }
 }
 

@@ -2,7 +2,6 @@
 
 use crate::read::is_name;
 use crate::{ATTRIBUTE_PREFIX, TEXT_KEY};
-use quick_xml::escape::{escape, partial_escape};
 use serde_json::{Map, Value};
 
 /// Why a payload has no XML form; `path` is where in the payload (a JSON pointer).
@@ -18,7 +17,11 @@ pub struct WriteError {
 fn refuse(reason: impl Into<String>, path: &str) -> WriteError {
     WriteError {
         reason: reason.into(),
-        path: if path.is_empty() { "/".into() } else { path.into() },
+        path: if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        },
     }
 }
 
@@ -96,7 +99,7 @@ fn element(out: &mut Vec<u8>, name: &str, value: &Value, path: &str) -> Result<(
                 Some(text) if !text.is_empty() => {
                     open(out, name);
                     out.push(b'>');
-                    out.extend_from_slice(partial_escape(text.as_str()).as_bytes());
+                    escape_into(out, &text, false);
                     close(out, name);
                 }
                 _ => empty(out, name),
@@ -125,7 +128,7 @@ fn object(
             out.push(b' ');
             out.extend_from_slice(attribute.as_bytes());
             out.extend_from_slice(b"=\"");
-            out.extend_from_slice(escape(value.as_str()).as_bytes());
+            escape_into(out, &value, true);
             out.push(b'"');
         } else if key == TEXT_KEY {
             text = scalar(value, &at, "`#text`")?;
@@ -139,7 +142,7 @@ fn object(
     }
     out.push(b'>');
     if let Some(text) = text {
-        out.extend_from_slice(partial_escape(text.as_str()).as_bytes());
+        escape_into(out, &text, false);
     }
     for (key, value, at) in children {
         element(out, key, value, &at)?;
@@ -162,4 +165,25 @@ fn close(out: &mut Vec<u8>, name: &str) {
 fn empty(out: &mut Vec<u8>, name: &str) {
     open(out, name);
     out.extend_from_slice(b"/>");
+}
+
+/// Escapes text (or an attribute value): the markup characters, and the characters that a
+/// reader would otherwise normalize away (`\r` everywhere, `\n` and `\t` in attributes),
+/// so that what is written reads back as the same string.
+fn escape_into(out: &mut Vec<u8>, text: &str, attribute: bool) {
+    for c in text.chars() {
+        match c {
+            '&' => out.extend_from_slice(b"&amp;"),
+            '<' => out.extend_from_slice(b"&lt;"),
+            '>' => out.extend_from_slice(b"&gt;"),
+            '\r' => out.extend_from_slice(b"&#13;"),
+            '"' if attribute => out.extend_from_slice(b"&quot;"),
+            '\n' if attribute => out.extend_from_slice(b"&#10;"),
+            '\t' if attribute => out.extend_from_slice(b"&#9;"),
+            c => {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
 }

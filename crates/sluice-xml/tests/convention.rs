@@ -170,11 +170,28 @@ fn a_malformed_document_fails_the_count_before_any_record() {
 
 #[test]
 fn record_paths_are_checked() {
-    assert!(RecordPath::parse("Orders/Order").unwrap_err().contains("start with `/`"));
+    assert!(
+        RecordPath::parse("Orders/Order")
+            .unwrap_err()
+            .contains("start with `/`")
+    );
     assert!(RecordPath::parse("/Orders//Order").is_err());
     assert!(RecordPath::parse("/1x").is_err());
-    assert_eq!(
-        RecordPath::parse("/a:b/c").unwrap().to_string(),
-        "/a:b/c"
-    );
+    assert_eq!(RecordPath::parse("/a:b/c").unwrap().to_string(), "/a:b/c");
+}
+
+#[test]
+fn characters_a_reader_would_normalize_survive_a_round_trip() {
+    let value = json!({ "a": { "@v": "x\ny\tz\r", "#text": "line\r\nnext" } });
+    let xml = to_xml(&value, None).unwrap();
+    assert_eq!(to_json(&xml, &ReadOptions::default()).unwrap(), value);
+    let read = read("<a v=\"x&#10;y\">p&#13;q</a>");
+    let again = to_json(&to_xml(&read, None).unwrap(), &ReadOptions::default()).unwrap();
+    assert_eq!(again, read);
+}
+
+#[test]
+fn names_that_cannot_be_written_back_are_refused() {
+    assert!(refusal("<1a/>").reason.contains("element name"));
+    assert!(refusal("<a 1b=\"x\"/>").reason.contains("attribute name"));
 }

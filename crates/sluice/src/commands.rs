@@ -517,6 +517,7 @@ fn format_name(format: FileFormat) -> &'static str {
         FileFormat::Csv => "csv",
         FileFormat::Text => "text",
         FileFormat::Bytes => "bytes",
+        FileFormat::Xml => "xml",
     }
 }
 

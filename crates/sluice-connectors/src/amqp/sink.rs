@@ -210,8 +210,14 @@ impl Sink for AmqpSink {
             .with_message_id(message_id.as_str().into())
             .with_correlation_id(out.meta.correlation().into())
             .with_headers(headers);
-        if self.format == MessageFormat::Json {
-            properties = properties.with_content_type("application/json".into());
+        match self.format {
+            MessageFormat::Json => {
+                properties = properties.with_content_type("application/json".into());
+            }
+            MessageFormat::Xml => {
+                properties = properties.with_content_type("application/xml".into());
+            }
+            MessageFormat::Text | MessageFormat::Bytes => {}
         }
         let channel = self.channel().await?;
         let publish = async {

@@ -7,7 +7,7 @@
 
 use base64::Engine as _;
 use serde_json::Value;
-use sluice_flow::{CsvOptions, FileFormat};
+use sluice_flow::{CsvOptions, FileFormat, XmlReadConfig};
 
 /// The UTF-8 byte order mark that some editors and spreadsheet exports put first.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -66,10 +66,40 @@ pub enum DecodeError {
         /// The 1-based field that is not UTF-8.
         field: usize,
     },
+    /// An `xml` file that is not a document sluice reads: malformed (with its line and
+    /// column), a DTD, nested too deep.
+    #[error("{0}")]
+    Xml(#[from] sluice_xml::XmlError),
     /// One malformed ndjson line or csv row (its `Malformed::reason`): the trigger fails that
     /// record alone, `sluice exec` refuses the input.
     #[error("{0}")]
     Record(String),
+}
+
+/// How a trigger reads `format: xml`: the convention's options and the record path, checked.
+#[derive(Debug, Clone, Default)]
+pub struct XmlReading {
+    /// The convention's options.
+    pub options: sluice_xml::ReadOptions,
+    /// The records' path; none: the document is one message.
+    pub record: Option<sluice_xml::RecordPath>,
+}
+
+impl XmlReading {
+    /// Checks `xml:`; the error is about `xml.record`.
+    pub fn new(config: &XmlReadConfig) -> Result<Self, String> {
+        let record = match &config.record {
+            Some(path) => Some(sluice_xml::RecordPath::parse(path.value.as_str())?),
+            None => None,
+        };
+        Ok(XmlReading {
+            options: sluice_xml::ReadOptions {
+                arrays: config.arrays.clone(),
+                ..sluice_xml::ReadOptions::default()
+            },
+            record,
+        })
+    }
 }
 
 /// Decodes a whole file. An error means no record can be read at all (a `json` file that is
@@ -78,6 +108,7 @@ pub fn decode_file(
     bytes: &[u8],
     format: FileFormat,
     csv: &CsvOptions,
+    xml: &XmlReading,
 ) -> Result<Vec<Record>, DecodeError> {
     let single = |payload| {
         Ok(vec![Record {
@@ -103,6 +134,21 @@ pub fn decode_file(
         }
         FileFormat::Ndjson => Ok(decode_ndjson(strip_bom(bytes))),
         FileFormat::Csv => decode_csv(strip_bom(bytes), csv),
+        FileFormat::Xml => match &xml.record {
+            None => single(sluice_xml::to_json(strip_bom(bytes), &xml.options)?),
+            Some(path) => {
+                sluice_xml::Records::new(strip_bom(bytes), path.clone(), xml.options.clone())
+                    .map(|record| {
+                        let record = record?;
+                        Ok(Record {
+                            content: Ok(record.value),
+                            line: Some(record.line),
+                            source_line: None,
+                        })
+                    })
+                    .collect()
+            }
+        },
     }
 }
 
@@ -290,24 +336,46 @@ mod tests {
     #[test]
     fn formats_decode() {
         let csv = CsvOptions::default();
-        let r = decode_file(br#"{"a":1}"#, FileFormat::Json, &csv).unwrap();
+        let r = decode_file(
+            br#"{"a":1}"#,
+            FileFormat::Json,
+            &csv,
+            &XmlReading::default(),
+        )
+        .unwrap();
         assert_eq!(payloads(&r), [json!({"a": 1})]);
-        let r = decode_file(b"{\"a\":1}\n\n{\"a\":2}\n", FileFormat::Ndjson, &csv).unwrap();
+        let r = decode_file(
+            b"{\"a\":1}\n\n{\"a\":2}\n",
+            FileFormat::Ndjson,
+            &csv,
+            &XmlReading::default(),
+        )
+        .unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].line, Some(3));
-        let r = decode_file(b"id,name\n1,x\n2,y\n", FileFormat::Csv, &csv).unwrap();
+        let r = decode_file(
+            b"id,name\n1,x\n2,y\n",
+            FileFormat::Csv,
+            &csv,
+            &XmlReading::default(),
+        )
+        .unwrap();
         assert_eq!(r[1].content, Ok(json!({"id": "2", "name": "y"})));
         assert_eq!((r[1].line, r[1].source_line), (Some(2), Some(3)));
-        let r = decode_file(b"hi", FileFormat::Text, &csv).unwrap();
+        let r = decode_file(b"hi", FileFormat::Text, &csv, &XmlReading::default()).unwrap();
         assert_eq!(payloads(&r), [json!("hi")]);
-        let r = decode_file(&[0, 255], FileFormat::Bytes, &csv).unwrap();
+        let r = decode_file(&[0, 255], FileFormat::Bytes, &csv, &XmlReading::default()).unwrap();
         assert_eq!(payloads(&r), [json!("AP8=")]);
     }
 
     #[test]
     fn bad_content_says_why_and_where() {
         let csv = CsvOptions::default();
-        let e = |bytes: &[u8], format| decode_file(bytes, format, &csv).unwrap_err().to_string();
+        let e = |bytes: &[u8], format| {
+            decode_file(bytes, format, &csv, &XmlReading::default())
+                .unwrap_err()
+                .to_string()
+        };
         let json = e(b"{\"a\":\n  nope}", FileFormat::Json);
         assert!(json.contains("malformed JSON at line 2"), "{json}");
         let binary = e(&[0x7b, 0xff, 0x00], FileFormat::Json);
@@ -323,19 +391,31 @@ mod tests {
         );
         let mut semicolons = CsvOptions::default();
         semicolons.delimiter.value = sluice_flow::Text::from(";;");
-        let delimiter = decode_file(b"a", FileFormat::Csv, &semicolons).unwrap_err();
+        let delimiter =
+            decode_file(b"a", FileFormat::Csv, &semicolons, &XmlReading::default()).unwrap_err();
         assert!(
             matches!(delimiter, DecodeError::CsvDelimiter),
             "{delimiter}"
         );
         // The text the trigger keeps is the typed error's.
         assert_eq!(
-            decode_file(&[0x7b, 0xff, 0x00], FileFormat::Json, &csv)
-                .unwrap_err()
-                .to_string(),
+            decode_file(
+                &[0x7b, 0xff, 0x00],
+                FileFormat::Json,
+                &csv,
+                &XmlReading::default()
+            )
+            .unwrap_err()
+            .to_string(),
             binary
         );
-        let r = decode_file(b"{\"n\":1}\n{\"n\":-1e400}\n", FileFormat::Ndjson, &csv).unwrap();
+        let r = decode_file(
+            b"{\"n\":1}\n{\"n\":-1e400}\n",
+            FileFormat::Ndjson,
+            &csv,
+            &XmlReading::default(),
+        )
+        .unwrap();
         let bad = r[1].content.clone().unwrap_err();
         assert!(
             bad.reason.starts_with("line 2: the number"),
@@ -347,7 +427,13 @@ mod tests {
     #[test]
     fn a_malformed_ndjson_line_fails_alone_and_keeps_its_bytes() {
         let csv = CsvOptions::default();
-        let r = decode_file(b"{}\r\n{x}\n\xff\n{\"b\":2}", FileFormat::Ndjson, &csv).unwrap();
+        let r = decode_file(
+            b"{}\r\n{x}\n\xff\n{\"b\":2}",
+            FileFormat::Ndjson,
+            &csv,
+            &XmlReading::default(),
+        )
+        .unwrap();
         assert_eq!(r.len(), 4);
         let bad = r[1].content.clone().unwrap_err();
         assert_eq!(bad.raw, b"{x}");
@@ -371,7 +457,7 @@ mod tests {
     fn a_malformed_csv_row_fails_alone_with_its_raw_line_and_position() {
         let csv = CsvOptions::default();
         let text = b"id,name\n1,x\n\n2,y,surplus\n\"3\",\"multi\nline\"\n4,\xffz\n5,e\n";
-        let r = decode_file(text, FileFormat::Csv, &csv).unwrap();
+        let r = decode_file(text, FileFormat::Csv, &csv, &XmlReading::default()).unwrap();
         assert_eq!(r.len(), 5, "{r:?}");
         let bad = r[1].content.clone().unwrap_err();
         assert_eq!(bad.raw, b"2,y,surplus");
@@ -400,7 +486,7 @@ mod tests {
             header: false,
             ..CsvOptions::default()
         };
-        let r = decode_file(b"a,b\nc\n", FileFormat::Csv, &csv).unwrap();
+        let r = decode_file(b"a,b\nc\n", FileFormat::Csv, &csv, &XmlReading::default()).unwrap();
         assert_eq!(r[0].content, Ok(json!(["a", "b"])));
         let bad = r[1].content.clone().unwrap_err();
         assert_eq!(
@@ -412,16 +498,46 @@ mod tests {
     #[test]
     fn a_byte_order_mark_is_not_content() {
         let csv = CsvOptions::default();
-        let r = decode_file(b"\xEF\xBB\xBF{\"a\":1}", FileFormat::Json, &csv).unwrap();
+        let r = decode_file(
+            b"\xEF\xBB\xBF{\"a\":1}",
+            FileFormat::Json,
+            &csv,
+            &XmlReading::default(),
+        )
+        .unwrap();
         assert_eq!(payloads(&r), [json!({"a": 1})]);
-        let r = decode_file(b"\xEF\xBB\xBF{\"a\":1}\n", FileFormat::Ndjson, &csv).unwrap();
+        let r = decode_file(
+            b"\xEF\xBB\xBF{\"a\":1}\n",
+            FileFormat::Ndjson,
+            &csv,
+            &XmlReading::default(),
+        )
+        .unwrap();
         assert_eq!(payloads(&r), [json!({"a": 1})]);
-        let r = decode_file(b"\xEF\xBB\xBFid,n\n1,2\n", FileFormat::Csv, &csv).unwrap();
+        let r = decode_file(
+            b"\xEF\xBB\xBFid,n\n1,2\n",
+            FileFormat::Csv,
+            &csv,
+            &XmlReading::default(),
+        )
+        .unwrap();
         assert_eq!(payloads(&r), [json!({"id": "1", "n": "2"})]);
-        let r = decode_file(b"\xEF\xBB\xBFhi", FileFormat::Text, &csv).unwrap();
+        let r = decode_file(
+            b"\xEF\xBB\xBFhi",
+            FileFormat::Text,
+            &csv,
+            &XmlReading::default(),
+        )
+        .unwrap();
         assert_eq!(payloads(&r), [json!("hi")]);
         // `bytes` is the file as it is, mark included.
-        let r = decode_file(b"\xEF\xBB\xBF", FileFormat::Bytes, &csv).unwrap();
+        let r = decode_file(
+            b"\xEF\xBB\xBF",
+            FileFormat::Bytes,
+            &csv,
+            &XmlReading::default(),
+        )
+        .unwrap();
         assert_eq!(payloads(&r), [json!("77u/")]);
     }
 }

@@ -13,6 +13,7 @@ use super::emit::{Busy, Read, Unread, emit};
 use super::finish::Disposition;
 use super::mover::Move;
 use super::trigger::{Shared, lock};
+use super::xml_stream::Records;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::Read as _;
@@ -283,6 +284,20 @@ fn read(path: &Path, size_hint: Option<u64>, shared: &Shared) -> Read {
             size
         }
     };
+    if shared.xml.record.is_some() && shared.config.format == sluice_flow::FileFormat::Xml {
+        // Streamed: never read into memory (`xml_stream.rs`).
+        return Ok(match super::xml_stream::count(&file, &shared.xml) {
+            Ok(count) => Ok((
+                size,
+                Records::Xml {
+                    path: path.to_owned(),
+                    count,
+                    xml: shared.xml.clone(),
+                },
+            )),
+            Err(e) => Err(Unread::from(e)),
+        });
+    }
     let capacity = usize::try_from(size)
         .unwrap_or(usize::MAX)
         .saturating_add(READ_SLACK);
@@ -293,9 +308,12 @@ fn read(path: &Path, size_hint: Option<u64>, shared: &Shared) -> Read {
     if bytes.len() as u64 > max_size {
         return Ok(Err(too_large(file.metadata()?.len())));
     }
-    Ok(
-        super::decode::decode_file(&bytes, shared.config.format, &shared.config.csv)
-            .map(|records| (bytes.len() as u64, records))
-            .map_err(Unread::from),
+    Ok(super::decode::decode_file(
+        &bytes,
+        shared.config.format,
+        &shared.config.csv,
+        &shared.xml,
     )
+    .map(|records| (bytes.len() as u64, Records::Decoded(records)))
+    .map_err(Unread::from))
 }

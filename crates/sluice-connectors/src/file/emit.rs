@@ -2,10 +2,11 @@
 //! acker that counts its outcome towards the file's claim (`claim.rs`).
 
 use super::claim::{Claim, Tally};
-use super::decode::{DecodeError, Malformed, Record};
+use super::decode::{DecodeError, Malformed};
 use super::ids::next_v7;
 use super::sidecar::FailedRecord;
 use super::trigger::{Shared, lock};
+use super::xml_stream::Records;
 use async_trait::async_trait;
 use sluice_engine::{Acker, Envelope, ErrorKind, FlowError, Inlet, Message, Meta, Outcome};
 use sluice_engine::{BATCH_ID, BATCH_SIZE, Batch};
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What reading a claimed file gave: its size and records, or why it is refused unread;
 /// an I/O error leaves the file where it is.
-pub(super) type Read = Result<Result<(u64, Vec<Record>), Unread>, std::io::Error>;
+pub(super) type Read = Result<Result<(u64, Records), Unread>, std::io::Error>;
 
 /// Why a claimed file is set aside unread (to `.error/`, with its sidecar).
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +78,12 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
     let name = busy.name.clone();
     let path = shared.inflight.join(&name);
     let format = shared.config.format;
-    let claim = |total| {
+    let per_line = matches!(format, FileFormat::Ndjson | FileFormat::Csv);
+    let claim = |total, multi| {
         Arc::new(Claim {
             busy,
             path: path.clone(),
-            multi: matches!(format, FileFormat::Ndjson | FileFormat::Csv),
+            multi,
             total,
             remaining: AtomicUsize::new(total),
             tally: Mutex::new(Tally::default()),
@@ -93,7 +95,7 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
         Ok(Err(reason)) => {
             let error =
                 FlowError::permanent(ErrorKind::Trigger, reason.to_string()).at_step("trigger");
-            return claim(0).fail_unread(inlet.envelope(&error));
+            return claim(0, per_line).fail_unread(inlet.envelope(&error));
         }
         Err(e) => {
             // Vanished or unreadable: leave it for the next start rather than guess.
@@ -101,7 +103,7 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
             return;
         }
     };
-    let claim = claim(records.len());
+    let claim = claim(records.len(), records.per_record(per_line));
     if records.is_empty() {
         return claim.complete();
     }
@@ -111,7 +113,7 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
     let batch = Batch::new(records.len());
     let single = records.len() == 1;
     let (batch_id, batch_size) = (batch.id.to_string(), batch.size.to_string());
-    for record in records {
+    for record in records.into_records() {
         if stop.is_cancelled() {
             return;
         }

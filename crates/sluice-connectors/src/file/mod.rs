@@ -14,6 +14,7 @@ mod sink;
 mod stability;
 mod temp;
 mod trigger;
+mod xml_stream;
 
 pub use decode::DecodeError;
 pub use sink::{FileSink, serialize};
@@ -24,10 +25,10 @@ pub use trigger::FileTrigger;
 /// with a malformed line or row (the trigger would fail that record alone).
 pub fn decode_input(
     bytes: &[u8],
-    format: sluice_flow::FileFormat,
-    csv: &sluice_flow::CsvOptions,
+    input: &sluice_engine::InputFormat,
 ) -> Result<Vec<(serde_json::Value, Option<usize>)>, DecodeError> {
-    decode::decode_file(bytes, format, csv)?
+    let xml = decode::XmlReading::new(&input.xml).map_err(DecodeError::Record)?;
+    decode::decode_file(bytes, input.format, &input.csv, &xml)?
         .into_iter()
         .map(|r| match r.content {
             Ok(payload) => Ok((payload, r.line)),
@@ -78,6 +79,7 @@ impl crate::TriggerComponent for sluice_flow::FileTriggerConfig {
         sluice_engine::InputFormat {
             format: self.format,
             csv: self.csv.clone(),
+            xml: self.xml.clone(),
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct FileSink {
     folder: Arc<PathBuf>,
     name: Template,
     format: OutputFormat,
+    /// The root element's name, for `format: xml`.
+    xml_root: Option<String>,
     on_conflict: OnConflict,
     fsync: bool,
 }
@@ -51,11 +53,13 @@ impl FileSink {
                     .with_help("a file name, without folders")
             })?;
         }
+        let xml_root = xml_root(config.format, &config.xml, cx)?;
         Ok(FileSink {
             flow: cx.flow.name.as_str().into(),
             folder: Arc::new(PathBuf::from(folder)),
             name,
             format: config.format,
+            xml_root,
             on_conflict: config.on_conflict,
             fsync: config.fsync,
         })
@@ -100,10 +104,42 @@ fn check_name(name: &str) -> Result<(), FlowError> {
     Ok(())
 }
 
-/// Serializes a payload for a sink.
-pub fn serialize(format: OutputFormat, payload: &mut Payload) -> Result<Vec<u8>, FlowError> {
+/// The checked `xml.root` of a sink writing `format`.
+pub(crate) fn xml_root(
+    format: OutputFormat,
+    xml: &sluice_flow::XmlWriteConfig,
+    cx: &BuildContext<'_>,
+) -> Result<Option<String>, Diagnostic> {
+    let Some(root) = &xml.root else {
+        return Ok(None);
+    };
+    if format != OutputFormat::Xml {
+        return Err(cx
+            .diagnostic(root, "`xml.root` names the root element of `format: xml`")
+            .with_help("add `format: xml`, or remove `xml`"));
+    }
+    if !sluice_xml::is_name(root.value.as_str()) {
+        return Err(cx
+            .diagnostic(
+                root,
+                format!("`{}` is not an XML element name", root.value.as_str()),
+            )
+            .with_help("use a letter or `_` first, then letters, digits, `-`, `.`, `_`, `:`"));
+    }
+    Ok(Some(root.value.as_str().to_owned()))
+}
+
+/// Serializes a payload for a sink; `xml_root` names the root element for `format: xml`
+/// (without it, the payload is an object of one key, the root's name).
+pub fn serialize(
+    format: OutputFormat,
+    xml_root: Option<&str>,
+    payload: &mut Payload,
+) -> Result<Vec<u8>, FlowError> {
     let fail = |e: String| FlowError::permanent(ErrorKind::Sink, e);
     match format {
+        OutputFormat::Xml => sluice_xml::to_xml(payload.json().map_err(fail)?, xml_root)
+            .map_err(|e| fail(format!("the payload has no XML form: {e}"))),
         OutputFormat::Json => payload.to_json_vec().map_err(fail),
         OutputFormat::NdjsonLine => {
             let mut bytes = payload.to_json_vec().map_err(fail)?;
@@ -160,7 +196,7 @@ impl Sink for FileSink {
             None => None,
         };
         let name = self.render_name(out)?;
-        let bytes = serialize(self.format, &mut out.payload)?;
+        let bytes = serialize(self.format, self.xml_root.as_deref(), &mut out.payload)?;
         let (on_conflict, fsync) = (self.on_conflict, self.fsync);
         if sluice_engine::in_place::may_block() {
             // The message runs on the thread that read it, which may block: no hand-off.

@@ -3,6 +3,7 @@
 //! the move to `.done/`, `.rejected/` or `.error/` once every message of the file is
 //! acknowledged (`claim.rs`, `mover.rs`).
 
+use super::decode::XmlReading;
 use super::drain::{Next, Queue};
 use super::finish::Disposition;
 use super::mover::Mover;
@@ -28,6 +29,7 @@ pub struct FileTrigger {
     folder: PathBuf,
     glob: globset::GlobMatcher,
     config: FileTriggerConfig,
+    xml: Arc<XmlReading>,
 }
 
 impl FileTrigger {
@@ -55,11 +57,28 @@ impl FileTrigger {
                 )
                 .with_help("for example `,`, `;` or a tab"));
         }
+        let xml = XmlReading::new(&config.xml).map_err(|reason| {
+            let at = config
+                .xml
+                .record
+                .as_ref()
+                .expect("only the record path is checked");
+            cx.diagnostic(at, reason)
+                .with_help("the path of the record elements from the root, e.g. `/Orders/Order`")
+        })?;
+        if let Some(record) = &config.xml.record
+            && config.format != sluice_flow::FileFormat::Xml
+        {
+            return Err(cx
+                .diagnostic(record, "`xml.record` splits XML documents")
+                .with_help("add `format: xml`, or remove `xml`"));
+        }
         // `max_in_flight: 0` is refused while the flow is parsed, at its own key.
         Ok(FileTrigger {
             folder: PathBuf::from(folder),
             glob,
             config: config.clone(),
+            xml: Arc::new(xml),
         })
     }
 }
@@ -70,6 +89,8 @@ pub(super) struct Shared {
     pub(super) folder: PathBuf,
     pub(super) inflight: PathBuf,
     pub(super) config: FileTriggerConfig,
+    /// How `format: xml` is read.
+    pub(super) xml: Arc<XmlReading>,
     pub(super) in_flight: Mutex<HashSet<String>>,
     /// The drain task's work (`drain.rs`).
     pub(super) queue: Mutex<Queue>,
@@ -104,6 +125,7 @@ impl Trigger for FileTrigger {
             folder: self.folder.clone(),
             inflight: inflight.clone(),
             config: self.config.clone(),
+            xml: self.xml.clone(),
             in_flight: Mutex::new(HashSet::new()),
             queue: Mutex::new(Queue::default()),
             moves_waiting: Notify::new(),

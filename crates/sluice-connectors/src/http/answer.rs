@@ -71,7 +71,10 @@ pub(super) async fn answer(
                 .status
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .unwrap_or(StatusCode::OK);
-            json_response(status, &reply.payload, &reply.headers)
+            match reply.xml {
+                Some(xml) => body_response(status, xml, "application/xml", &reply.headers),
+                None => json_response(status, &reply.payload, &reply.headers),
+            }
         }
         Outcome::Filtered => StatusCode::NO_CONTENT.into_response(),
         Outcome::Failed(failure) => {
@@ -178,11 +181,21 @@ pub(super) fn json_response(
     headers: &[(String, String)],
 ) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"null".to_vec());
+    body_response(status, bytes, "application/json", headers)
+}
+
+/// An answer of `bytes` of `content_type`, with the `reply` step's headers.
+fn body_response(
+    status: StatusCode,
+    bytes: Vec<u8>,
+    content_type: &'static str,
+    headers: &[(String, String)],
+) -> Response {
     let mut response = (status, bytes).into_response();
     let h = response.headers_mut();
     h.insert(
         axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(content_type),
     );
     for (name, value) in headers {
         if let (Ok(name), Ok(value)) = (

@@ -29,20 +29,31 @@ impl HttpHub {
     }
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
+/// The body formats a request may declare.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Xml,
+}
+
+fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
+    let declared = headers
         .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|v| {
-            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
-        })
+        .and_then(|v| v.to_str().ok())?
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let suffixed =
+        |suffix: &str| declared.starts_with("application/") && declared.ends_with(suffix);
+    if declared == "application/json" || suffixed("+json") {
+        Some(BodyKind::Json)
+    } else if declared == "application/xml" || declared == "text/xml" || suffixed("+xml") {
+        Some(BodyKind::Xml)
+    } else {
+        None
+    }
 }
 
 /// The correlation id: a `traceparent`'s trace id, else `x-correlation-id`.
@@ -139,7 +150,7 @@ async fn serve(
         error_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "trigger",
-            "the body must be JSON (Content-Type: application/json)",
+            "the body must be JSON (Content-Type: application/json) or XML (application/xml, text/xml)",
             None,
             None,
         )
@@ -151,7 +162,8 @@ async fn serve(
     if declared.is_some_and(|len| len > route.max_body) {
         return too_large();
     }
-    if declared.is_some_and(|len| len > 0) && !is_json(headers) {
+    let kind = body_kind(headers);
+    if declared.is_some_and(|len| len > 0) && kind.is_none() {
         return not_json();
     }
     // Room in the listener's body budget first, for as much as this body may take; held
@@ -173,7 +185,7 @@ async fn serve(
     let Ok(bytes) = read else {
         return too_large();
     };
-    if !bytes.is_empty() && declared.is_none() && !is_json(headers) {
+    if !bytes.is_empty() && declared.is_none() && kind.is_none() {
         return not_json();
     }
     if let Some(auth) = route.auth.as_ref().filter(|a| a.needs_body())
@@ -189,6 +201,14 @@ async fn serve(
     }
     let payload: Payload = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null.into()
+    } else if kind == Some(BodyKind::Xml) {
+        match sluice_xml::to_json(&bytes, &route.xml) {
+            Ok(value) => value.into(),
+            Err(e) => {
+                let why = format!("the body is not XML sluice reads: {e}");
+                return error_response(StatusCode::BAD_REQUEST, "trigger", &why, None, None);
+            }
+        }
     } else {
         match Payload::from_json_bytes(bytes.clone()) {
             Ok(payload) => payload,

@@ -25,6 +25,8 @@ pub(crate) struct RouteEntry {
     pub max_body: u64,
     pub timeout: Duration,
     pub auth: Option<Auth>,
+    /// How an XML body is read.
+    pub xml: Arc<sluice_xml::ReadOptions>,
     pub inlet: Inlet,
 }
 

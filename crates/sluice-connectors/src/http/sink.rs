@@ -49,7 +49,7 @@ impl HttpSink {
 #[async_trait]
 impl Sink for HttpSink {
     async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
-        let body = crate::file::serialize(OutputFormat::Json, &mut out.payload)?;
+        let body = crate::file::serialize(OutputFormat::Json, None, &mut out.payload)?;
         self.call
             .send(&mut out.payload, &out.meta, &[], Some(body))
             .await?;

@@ -19,6 +19,7 @@ pub struct HttpTrigger {
     max_body: u64,
     timeout: Duration,
     auth: Option<Auth>,
+    xml: Arc<sluice_xml::ReadOptions>,
 }
 
 impl HttpTrigger {
@@ -39,6 +40,18 @@ impl HttpTrigger {
             })?),
             None => None,
         };
+        if let Some(record) = &config.xml.record {
+            return Err(cx
+                .diagnostic(
+                    record,
+                    "`xml.record` splits a file into messages; a request is one message",
+                )
+                .with_help("remove `record`; `xml.arrays` applies to request bodies"));
+        }
+        let xml = Arc::new(sluice_xml::ReadOptions {
+            arrays: config.xml.arrays.clone(),
+            ..sluice_xml::ReadOptions::default()
+        });
         Ok(HttpTrigger {
             hub,
             method: Method::from_bytes(config.method.as_str().as_bytes()).unwrap_or(Method::POST),
@@ -46,6 +59,7 @@ impl HttpTrigger {
             max_body: config.max_body.0,
             timeout: config.timeout.0,
             auth,
+            xml,
         })
     }
 
@@ -67,6 +81,7 @@ impl Trigger for HttpTrigger {
             max_body: self.max_body,
             timeout: self.timeout,
             auth: self.auth.clone(),
+            xml: self.xml.clone(),
             inlet: inlet.clone(),
         };
         let id = match self.hub.add(entry).await {

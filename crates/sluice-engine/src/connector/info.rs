@@ -43,6 +43,8 @@ pub struct InputFormat {
     pub format: FileFormat,
     /// The CSV options, for `format: csv`.
     pub csv: CsvOptions,
+    /// The XML options, for `format: xml`.
+    pub xml: sluice_flow::XmlReadConfig,
 }
 
 /// A sink as the compiler sees it.

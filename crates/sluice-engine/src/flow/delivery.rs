@@ -192,10 +192,23 @@ pub(super) fn reply(exec: &mut Exec, wanted: bool) -> Result<Option<Reply>, Flow
         .json()
         .map_err(|e| FlowError::permanent(ErrorKind::Transform, e).at_step("reply"))?
         .clone();
+    let xml = match exec.reply.body.take() {
+        Some(crate::steps::ReplyBody::Xml(root)) => {
+            Some(sluice_xml::to_xml(&payload, root.as_deref()).map_err(|e| {
+                FlowError::permanent(
+                    ErrorKind::Transform,
+                    format!("the reply has no XML form: {e}"),
+                )
+                .at_step("reply")
+            })?)
+        }
+        Some(crate::steps::ReplyBody::Json) | None => None,
+    };
     Ok(Some(Reply {
         payload,
         status: exec.reply.status,
         headers: std::mem::take(&mut exec.reply.headers),
+        xml,
         message_id: exec.meta.message_id().to_owned(),
     }))
 }

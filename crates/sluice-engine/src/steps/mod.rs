@@ -79,6 +79,17 @@ pub struct ReplySpec {
     pub status: Option<u16>,
     /// Headers, in order.
     pub headers: Vec<(String, String)>,
+    /// The body's format, and the root element's name for XML, when a `reply` set them.
+    pub body: Option<ReplyBody>,
+}
+
+/// The body format a `reply` step chose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyBody {
+    /// JSON.
+    Json,
+    /// XML; the root element's name, or none when the payload is an object of one key.
+    Xml(Option<String>),
 }
 
 /// What a top-level run that ended with [`Control::Fork`] continues with.

@@ -1,8 +1,8 @@
-use super::{Control, Exec, Run, Step};
+use super::{Control, Exec, ReplyBody, Run, Step};
 use crate::compile::Compiler;
 use crate::error::{ErrorKind, FlowError};
 use crate::expr::Template;
-use sluice_flow::{ReplyConfig, Span};
+use sluice_flow::{ReplyConfig, ReplyFormat, Span};
 
 /// `reply: {status, headers}` — sets the status and headers of a request-reply answer
 /// (the HTTP response); other triggers ignore them. Inside a `catch` it also ends the
@@ -10,16 +10,25 @@ use sluice_flow::{ReplyConfig, Span};
 pub struct Reply {
     status: Option<u16>,
     headers: Vec<(String, Template)>,
+    /// Set only when the step names a format (or a root), so that a later `reply` that sets
+    /// only a status keeps an earlier one's format.
+    body: Option<ReplyBody>,
     /// In a `catch`: answer [`Control::End`] rather than [`Control::Continue`].
     ends: bool,
 }
 
 impl Reply {
     /// A reply step; the status is already checked to be 100–599.
-    pub fn new(status: Option<u16>, headers: Vec<(String, Template)>, ends: bool) -> Self {
+    pub fn new(
+        status: Option<u16>,
+        headers: Vec<(String, Template)>,
+        body: Option<ReplyBody>,
+        ends: bool,
+    ) -> Self {
         Reply {
             status,
             headers,
+            body,
             ends,
         }
     }
@@ -39,6 +48,9 @@ impl Reply {
     fn apply(&self, exec: &mut Exec) -> Result<Control, FlowError> {
         if let Some(status) = self.status {
             exec.reply.status = Some(status);
+        }
+        if let Some(body) = &self.body {
+            exec.reply.body = Some(body.clone());
         }
         let meta = exec.meta.clone();
         for (name, template) in &self.headers {
@@ -86,5 +98,34 @@ pub(crate) fn compile(cx: &mut Compiler<'_>, reply: &ReplyConfig) -> Option<Box<
             }
         }
     }
-    Some(Box::new(Reply::new(status, headers, cx.catch_depth > 0)))
+    let root = match &reply.root {
+        Some(root) if reply.format != Some(ReplyFormat::Xml) => {
+            cx.error(
+                Span::of(root),
+                "`root` names the XML root element",
+                "add `format: xml`, or remove `root`",
+            );
+            return None;
+        }
+        Some(root) if !sluice_xml::is_name(root.value.as_str()) => {
+            cx.error(
+                Span::of(root),
+                format!("`{}` is not an XML element name", root.value.as_str()),
+                "use a letter or `_` first, then letters, digits, `-`, `.`, `_`, `:`",
+            );
+            return None;
+        }
+        root => root.as_ref().map(|r| r.value.as_str().to_owned()),
+    };
+    let body = match reply.format {
+        Some(ReplyFormat::Xml) => Some(ReplyBody::Xml(root)),
+        Some(ReplyFormat::Json) => Some(ReplyBody::Json),
+        None => None,
+    };
+    Some(Box::new(Reply::new(
+        status,
+        headers,
+        body,
+        cx.catch_depth > 0,
+    )))
 }

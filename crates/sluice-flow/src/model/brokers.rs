@@ -23,6 +23,9 @@ pub enum MessageFormat {
     Text,
     /// The body is opaque, the payload a base64 string.
     Bytes,
+    /// The body is an XML document, the payload its JSON form by the XML convention (an
+    /// object of one key, the root element's name); a payload sent as XML must have that form.
+    Xml,
 }
 
 fn default_nats_url() -> Spanned<Text> {

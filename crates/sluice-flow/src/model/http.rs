@@ -119,6 +119,10 @@ pub struct HttpTriggerConfig {
     /// Authentication of requests.
     #[schemars(with = "Option<HttpAuth>")]
     pub auth: Option<Spanned<HttpAuth>>,
+    /// How an XML body (`Content-Type: application/xml` or `text/xml`) is read: `arrays`
+    /// only, since a request is one message.
+    #[serde(default)]
+    pub xml: crate::XmlReadConfig,
 }
 
 /// How requests authenticate: exactly one of the three.
@@ -227,6 +231,25 @@ pub struct ReplyConfig {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, Text>")]
     pub headers: BTreeMap<String, Spanned<Text>>,
+    /// The body's format: `json` or `xml` (`Content-Type: application/xml`). Absent: as an
+    /// earlier `reply` set it, else JSON.
+    #[serde(default)]
+    pub format: Option<ReplyFormat>,
+    /// With `format: xml`, the root element's name; the payload is its content. Absent: the
+    /// payload must be an object of one key, the root's name.
+    #[schemars(with = "Option<Text>")]
+    pub root: Option<Spanned<Text>>,
+}
+
+/// The body format of a request-reply answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyFormat {
+    /// JSON (`application/json`).
+    #[default]
+    Json,
+    /// XML by the XML convention (`application/xml`).
+    Xml,
 }
 
 /// The `enrich` step: call an HTTP endpoint and merge its JSON answer into the payload.

@@ -12,6 +12,7 @@ mod sink;
 mod step;
 mod tls;
 mod trigger;
+mod xml;
 
 pub use brokers::*;
 pub use eip::*;
@@ -22,6 +23,7 @@ pub use sink::*;
 pub use step::*;
 pub use tls::*;
 pub use trigger::*;
+pub use xml::*;
 
 use crate::{Dur, Text};
 use schemars::JsonSchema;

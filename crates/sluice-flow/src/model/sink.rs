@@ -44,6 +44,8 @@ pub enum OutputFormat {
     NdjsonLine,
     /// A string payload as it is; anything else as compact JSON.
     Text,
+    /// An XML document, by the XML convention (`xml.root` names the root element).
+    Xml,
 }
 
 /// What a file sink does when the target name already exists with other content.
@@ -79,6 +81,9 @@ pub struct FileSinkConfig {
     /// Flush file and folder to disk before confirming.
     #[serde(default)]
     pub fsync: bool,
+    /// XML options, for `format: xml`.
+    #[serde(default)]
+    pub xml: crate::XmlWriteConfig,
 }
 
 fn default_name() -> Spanned<Text> {

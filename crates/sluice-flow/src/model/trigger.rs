@@ -47,6 +47,9 @@ pub enum FileFormat {
     Text,
     /// The file as a base64 string.
     Bytes,
+    /// An XML document, as JSON by the XML convention; with `xml.record`, one message per
+    /// record element.
+    Xml,
 }
 
 /// What to do with a file whose messages all succeeded.
@@ -106,6 +109,9 @@ pub struct FileTriggerConfig {
     /// CSV options, for `format: csv`.
     #[serde(default)]
     pub csv: CsvOptions,
+    /// XML options, for `format: xml`.
+    #[serde(default)]
+    pub xml: crate::XmlReadConfig,
 }
 
 /// CSV parsing options.

@@ -65,8 +65,9 @@ pub(super) fn exec(
     };
     // Inputs are read as the trigger reads its bodies (a file trigger's format and CSV
     // options; one JSON document for the others).
-    let InputFormat { format, csv } = flow.trigger_info.input.clone();
-    let records = match sluice_connectors::file::decode_input(&bytes, format, &csv) {
+    let input_format: InputFormat = flow.trigger_info.input.clone();
+    let format = input_format.format;
+    let records = match sluice_connectors::file::decode_input(&bytes, &input_format) {
         Ok(records) => records,
         Err(reason) => {
             eprintln!(
