@@ -57,6 +57,15 @@ errors:
     );
     let (mut sluice, ports) = Sluice::serve(&sb, &[], &[]);
     ready_line(&mut sluice);
+    // The group's state: this process holds every partition of the topic.
+    let flow = admin_flow(ports, "k");
+    assert_eq!(flow["state"], "running", "{flow:#}");
+    assert_eq!(flow["source"]["group"], group.as_str(), "{flow:#}");
+    assert_eq!(
+        flow["source"]["partitions"][&ins],
+        json!([0, 1, 2]),
+        "{flow:#}"
+    );
 
     const N: usize = 1000;
     let bodies: Vec<(String, Vec<u8>)> = (0..N)

@@ -229,12 +229,17 @@ impl Envelope {
 /// A trigger's health: `None` when healthy, else why not. Shared with `/readyz`.
 pub type Health = Arc<std::sync::Mutex<Option<String>>>;
 
+/// What a trigger reports about its source for `/api/flows` (`source`): a Kafka group's
+/// partitions assigned to this process, say. Shared with the registry's status.
+pub(crate) type SourceState = Arc<std::sync::Mutex<Option<serde_json::Value>>>;
+
 /// The sending end of a flow's bounded queue, handed to its trigger.
 #[derive(Clone)]
 pub struct Inlet {
     flow: Arc<str>,
     tx: mpsc::Sender<Envelope>,
     health: Health,
+    source: SourceState,
     /// The flow's workers: its running version (for the failures a trigger finds itself)
     /// and its slots (for messages run in place).
     workers: Option<Arc<Workers>>,
@@ -247,8 +252,21 @@ impl Inlet {
             flow: flow.into(),
             tx,
             health,
+            source: SourceState::default(),
             workers: None,
         }
+    }
+
+    /// What the trigger reports about its source, shown as `source` in `/api/flows`.
+    pub(crate) fn source_state(&self) -> SourceState {
+        self.source.clone()
+    }
+
+    /// Reports the trigger's view of its source (replacing the last report), shown as
+    /// `source` in `/api/flows/{name}`: for `kafka`, the group and the partitions this
+    /// process holds. Structured data, never a secret.
+    pub fn set_source_state(&self, state: serde_json::Value) {
+        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
     }
 
     /// The same inlet, feeding the flow that `workers` run.

@@ -61,6 +61,8 @@ struct RunningFlow {
     /// the flow keeps showing and its name stays taken).
     tasks: Option<Tasks>,
     health: Health,
+    /// What the trigger reports about its source (`/api/flows`, `source`).
+    source: crate::connector::SourceState,
     claim: Option<String>,
 }
 

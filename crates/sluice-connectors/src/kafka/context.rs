@@ -130,6 +130,22 @@ impl ConsumerCx {
     fn flow(&self) -> &str {
         self.inlet.flow()
     }
+
+    /// Tells `/api/flows` which partitions this process holds now.
+    fn report_assignment(&self, shared: &Shared) {
+        let mut partitions = serde_json::Map::new();
+        let mut topics: Vec<_> = shared.parts.iter().collect();
+        topics.sort_by(|a, b| a.0.cmp(b.0));
+        for (topic, parts) in topics {
+            let mut numbers: Vec<i32> = parts.keys().copied().collect();
+            numbers.sort_unstable();
+            partitions.insert(topic.to_string(), serde_json::json!(numbers));
+        }
+        self.inlet.set_source_state(serde_json::json!({
+            "group": self.group,
+            "partitions": partitions,
+        }));
+    }
 }
 
 impl ClientContext for ConsumerCx {
@@ -204,6 +220,7 @@ impl ConsumerContext for ConsumerCx {
                     shared.parts.remove(topic);
                 }
             }
+            self.report_assignment(&shared);
             let ready = std::mem::take(&mut shared.ready);
             let (keep, gone): (VecDeque<Ready>, VecDeque<Ready>) =
                 ready.into_iter().partition(|r| {
@@ -251,6 +268,7 @@ impl ConsumerContext for ConsumerCx {
                         );
                     }
                     shared.joined = true;
+                    self.report_assignment(&shared);
                     shared.paused_all
                 };
                 if paused {

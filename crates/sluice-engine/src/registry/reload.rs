@@ -285,6 +285,7 @@ impl Registry {
         let span = tracing::info_span!("flow", flow = %name);
         let workers = Workers::new(current.clone(), concurrency, stats, span.clone());
         let inlet = Inlet::new(&name, tx, health.clone()).for_flow(workers.clone());
+        let source = inlet.source_state();
         crate::directory::register(&name, current.clone());
         let workers = tokio::spawn(tracing::Instrument::instrument(
             run_workers(rx, workers),
@@ -310,6 +311,7 @@ impl Registry {
                 workers,
             }),
             health,
+            source,
             claim,
         }
     }

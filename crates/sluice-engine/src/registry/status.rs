@@ -30,6 +30,10 @@ pub struct FlowStatus {
     pub url: Option<String>,
     /// Why the trigger is unhealthy, if it is.
     pub unhealthy: Option<String>,
+    /// What the trigger reports about its source, when it does: for `kafka`, `{"group",
+    /// "partitions": {topic: [partition, …]}}`, the partitions this process holds now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
     /// The last failed reload of its file (`file:line:col: …`), if still current. For a
     /// running flow the previous version keeps running meanwhile.
     pub last_error: Option<String>,
@@ -135,6 +139,11 @@ impl super::Registry {
                     trigger: Some(current.trigger_info.description.clone()),
                     url: broker_url(&current.trigger_info),
                     unhealthy,
+                    source: flow
+                        .source
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
                     last_error: errors_of(&flow.path),
                     counters: counters_of(name),
                     steps: current.step_list.clone(),
@@ -157,6 +166,7 @@ impl super::Registry {
                 trigger: None,
                 url: None,
                 unhealthy: None,
+                source: None,
                 last_error: errors_of(path),
                 steps: Vec::new(),
             });
