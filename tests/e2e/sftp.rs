@@ -67,19 +67,33 @@ sinks:
     atomic_write(&sshd.path("inbox/no-id.json"), br#"{"qty": 1}"#);
     atomic_write(&sshd.path("inbox/broken.json"), b"{\"id\": ");
     atomic_write(&sshd.path("inbox/skipped.txt"), b"not taken: glob");
+    atomic_write(&sshd.path("inbox/evil.json"), br#"{"id": "../evil"}"#);
+    // The sink's `on_conflict: suffix`: other content is kept, the same content is a
+    // redelivery.
+    atomic_write(&sshd.path("outbox/o-5.json"), b"someone else's");
+    atomic_write(
+        &sshd.path("outbox/o-6.json"),
+        br#"{"id":"o-6","qty":6,"via":"o-6.json"}"#,
+    );
     let mut sluice = Sluice::run(&sb);
     sluice.wait_ready("pull");
     let started = std::time::Instant::now();
     let outbox = sshd.path("outbox");
     sluice.expect_within(secs(180), "every order written to the outbox", || {
-        json_names(&outbox).len() == N
+        json_names(&outbox).len() == N + 1
     });
     eprintln!("sftp: {N} files in {:.1?}", started.elapsed());
     sluice.expect_within(secs(30), "every file in .done/", || {
         json_names(&sshd.path("inbox/.done")).len() == N
     });
-    assert_eq!(json_names(&outbox), expected(N));
+    let mut written = expected(N);
+    written.insert("o-5-1.json".to_owned());
+    assert_eq!(json_names(&outbox), written);
     assert_eq!(json_names(&sshd.path("inbox/.done")), expected(N));
+    assert_eq!(
+        std::fs::read(outbox.join("o-5.json")).unwrap(),
+        b"someone else's"
+    );
     let order = read_json(&outbox.join("o-7.json"));
     assert_eq!(order, json!({"id": "o-7", "qty": 7, "via": "o-7.json"}));
     // The contract violation and the malformed file, each with its sidecar.
@@ -95,6 +109,13 @@ sinks:
     let message = failed["message"].as_str().unwrap_or_default();
     assert!(message.contains("line 1"), "{failed}");
     assert!(sshd.path("inbox/.rejected/no-id.json").exists());
+    // A name that would leave the sink's folder is refused, and the file kept.
+    sluice.expect_within(secs(30), "the file with a bad name placed", || {
+        sshd.path("inbox/.error/evil.json.error.json").exists()
+    });
+    let evil = read_json(&sshd.path("inbox/.error/evil.json.error.json"));
+    assert_eq!(evil["kind"], "sink", "{evil}");
+    assert!(!sshd.path("evil").exists() && !sshd.path("inbox/evil").exists());
     assert!(sshd.path("inbox/.error/broken.json").exists());
     // Nothing held, nothing half-written, the other file untouched.
     assert_eq!(count_files(&sshd.path("inbox/.inflight")), 0);

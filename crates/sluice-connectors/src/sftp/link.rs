@@ -320,30 +320,34 @@ async fn open(remote: &Remote) -> Result<Session, SftpError> {
         }
     };
     let mut tried = Vec::new();
-    let mut in_ = false;
+    let mut logged_in = false;
     if let Some(key) = key {
         tried.push("key");
-        let hash = ssh
-            .best_supported_rsa_hash()
-            .await
-            .map_err(|e| connect_error(e.to_string()))?
-            .flatten();
+        // Only an RSA key needs to know which signature hash the server takes.
+        let hash = if key.algorithm().is_rsa() {
+            ssh.best_supported_rsa_hash()
+                .await
+                .map_err(|e| connect_error(e.to_string()))?
+                .flatten()
+        } else {
+            None
+        };
         let with_hash = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-        in_ = ssh
+        logged_in = ssh
             .authenticate_publickey(&remote.user, with_hash)
             .await
             .map_err(|e| connect_error(e.to_string()))?
             .success();
     }
-    if !in_ && let Some(password) = &remote.password {
+    if !logged_in && let Some(password) = &remote.password {
         tried.push("password");
-        in_ = ssh
+        logged_in = ssh
             .authenticate_password(&remote.user, password)
             .await
             .map_err(|e| connect_error(e.to_string()))?
             .success();
     }
-    if !in_ {
+    if !logged_in {
         return Err(SftpError::Login {
             server,
             user: remote.user.clone(),

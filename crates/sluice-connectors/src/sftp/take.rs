@@ -76,7 +76,23 @@ pub(super) async fn take(
         // Taken by another process, or deleted.
         Err(e) if e.not_found() => return,
         Err(e) => {
-            tracing::debug!(flow = %shared.flow, file = %from, "cannot claim the file: {e}");
+            // A file of that name in `.inflight/` (held by another process, or left by one
+            // that stopped, until its lease runs out) is no news; anything else is.
+            let to_owned = to.clone();
+            let busy = shared
+                .link
+                .run(
+                    "stat",
+                    &to,
+                    |s| async move { s.sftp.try_exists(to_owned).await },
+                )
+                .await
+                .unwrap_or(false);
+            if busy {
+                tracing::debug!(flow = %shared.flow, file = %from, "a file of this name is in .inflight/; taken once that one is gone");
+            } else {
+                tracing::warn!(flow = %shared.flow, file = %from, "cannot claim the file: {e}; trying again at the next listing");
+            }
             // The slot is free again: the scanner may hand out the next file.
             shared.freed.notify_one();
             return;
