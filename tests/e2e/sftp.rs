@@ -303,3 +303,38 @@ fn two_sluice_processes_on_one_sftp_folder_take_each_file_once() {
         w.assert_running();
     }
 }
+
+#[test]
+fn a_refused_sftp_password_is_never_logged() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let sb = Sandbox::new();
+    sb.write(
+        "flows/pw.yaml",
+        format!(
+            r#"name: pw
+trigger:
+  sftp: {{ url: "{inbox}", password: "${{env:SFTP_PASSWORD}}", known_hosts: "{known}", {QUICK} }}
+steps:
+  - to: out
+sinks:
+  out: {{ file: {{ path: out }} }}
+"#,
+            inbox = sshd.url("inbox"),
+            known = sshd.etc("known_hosts"),
+        ),
+    );
+    let secret = "pw-never-in-a-log-7f3a";
+    let mut sluice = Sluice::start_with_env(
+        &sb,
+        &["run", "--admin", "off"],
+        &[("SFTP_PASSWORD", secret)],
+    );
+    // This sshd takes keys only: the password is refused, and the error says so.
+    let refused = sluice.wait_for_log("refused the login of", secs(30));
+    assert!(refused.contains("tried: password"), "{refused}");
+    assert!(!sluice.log().contains(secret), "{}", sluice.log_tail(20));
+    sluice.assert_running();
+}

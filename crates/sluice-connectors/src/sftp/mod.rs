@@ -91,8 +91,14 @@ impl Remote {
                 "the URL names no folder; give its absolute path on the server".to_owned(),
             ));
         }
-        if folder.split('/').any(|part| part == "..") {
-            return Err(bad("the folder contains `..`".to_owned()));
+        // Checked on the text as written: the URL parser resolves `..` and `.` away, which
+        // would name another folder than the one the flow seems to.
+        let written_path = text.splitn(4, '/').nth(3).unwrap_or("");
+        if written_path
+            .split('/')
+            .any(|part| part == ".." || part == ".")
+        {
+            return Err(bad("the folder contains `..` or `.`".to_owned()));
         }
         if auth.key.is_none() && auth.password.is_none() {
             return Err(cx
@@ -179,5 +185,63 @@ impl crate::SinkComponent for sluice_flow::SftpSinkConfig {
         cx: &BuildContext<'_>,
     ) -> Result<std::sync::Arc<dyn sluice_engine::Sink>, Diagnostic> {
         Ok(std::sync::Arc::new(SftpSink::new(name, self, cx)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Remote;
+    use sluice_engine::BuildContext;
+    use sluice_flow::TriggerConfig;
+
+    fn load(url: &str, login: &str) -> Result<Remote, String> {
+        let source = format!(
+            "trigger:\n  sftp: {{ url: \"{url}\", known_hosts: keys/kh{login} }}\nsinks:\n  out: {{ stdout: {{}} }}\n"
+        );
+        let loaded = sluice_flow::parse_flow(std::path::Path::new("flows/t.yaml"), source)
+            .unwrap_or_else(|d| panic!("{d}"));
+        let TriggerConfig::Sftp(config) = &loaded.file.trigger.value else {
+            panic!("an sftp trigger");
+        };
+        let cx = BuildContext { flow: &loaded };
+        Remote::load(&config.url, &config.auth(), &config.known_hosts, &cx)
+            .map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn a_url_names_user_host_port_and_folder() {
+        let remote = load(
+            "sftp://partner@files.example.com:2222/drop/orders/",
+            ", key: k",
+        )
+        .expect("loads");
+        assert_eq!(
+            remote.shown(),
+            "sftp://partner@files.example.com:2222/drop/orders"
+        );
+        assert_eq!(
+            remote.path_in(".inflight", "a.json"),
+            "/drop/orders/.inflight/a.json"
+        );
+        let default_port = load("sftp://p@[::1]/in", ", password: pw-1234").expect("loads");
+        assert_eq!(default_port.shown(), "sftp://p@::1:22/in");
+    }
+
+    #[test]
+    fn bad_urls_and_missing_logins_are_positioned_load_errors() {
+        for (url, login, expected) in [
+            ("sftp://p:secret-pw@h/in", ", key: k", "holds a password"),
+            ("sftp://h/in", ", key: k", "names no user"),
+            ("http://p@h/in", ", key: k", "not `sftp`"),
+            ("sftp://p@h", ", key: k", "names no folder"),
+            ("sftp://p@h/in/../etc", ", key: k", "`..`"),
+            ("sftp://p@h/in%20box", ", key: k", "percent-escapes"),
+            ("sftp://p@h/in", "", "neither `key` nor `password`"),
+        ] {
+            let error = load(url, login).err().unwrap_or_default();
+            assert!(error.contains(expected), "{url}: {error}");
+            assert!(error.contains("flows/t.yaml:2:"), "{url}: {error}");
+            assert!(!error.contains("secret-pw"), "{error}");
+        }
     }
 }
