@@ -203,6 +203,7 @@ fn the_eip_examples_pass_their_tests() {
         "reliable-delivery",
         "sensor-windows",
         "kafka-orders",
+        "sftp-partner-drop",
     ] {
         let sb = Sandbox::new();
         example(&sb, name);

@@ -53,6 +53,7 @@ mod scaffold;
 mod scale_out;
 mod script_sandbox;
 mod script_trust;
+mod sftp;
 mod shutdown;
 mod sink_declare;
 mod steps_stop;

@@ -526,7 +526,7 @@ fn every_connector_key_is_documented_with_its_default() {
     let defs = &schema["$defs"];
     let flow_format = fs::read_to_string(repo().join("docs/flow-format.md")).unwrap();
     let operations = fs::read_to_string(repo().join("docs/http-and-operations.md")).unwrap();
-    let sections: [(&str, &str, &str); 23] = [
+    let sections: [(&str, &str, &str); 25] = [
         ("FileTriggerConfig", "flow-format", "## Trigger `file`"),
         ("CsvOptions", "flow-format", "## Trigger `file`"),
         ("FileSinkConfig", "flow-format", "## Sinks"),
@@ -547,6 +547,16 @@ fn every_connector_key_is_documented_with_its_default() {
         ("MysqlSinkConfig", "flow-format", "### `mysql`"),
         ("KafkaTriggerConfig", "flow-format", "### `kafka`"),
         ("KafkaSinkConfig", "flow-format", "### `kafka`"),
+        (
+            "SftpTriggerConfig",
+            "flow-format",
+            "## Trigger and sink `sftp`",
+        ),
+        (
+            "SftpSinkConfig",
+            "flow-format",
+            "## Trigger and sink `sftp`",
+        ),
         ("HttpTriggerConfig", "operations", "## Trigger `http`"),
         (
             "ScheduleTriggerConfig",

@@ -100,7 +100,8 @@ pub trait SinkComponent {
         feature = "redis",
         feature = "postgres",
         feature = "mysql",
-        feature = "kafka"
+        feature = "kafka",
+        feature = "sftp"
     ),
     allow(dead_code)
 )]

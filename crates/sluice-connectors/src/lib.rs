@@ -34,6 +34,8 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
 pub mod schedule;
+#[cfg(feature = "sftp")]
+pub mod sftp;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod sql;
 pub mod stdout;
@@ -307,6 +309,7 @@ components! {
         Postgres(model::PostgresTriggerConfig) if "postgres",
         Mysql(model::MysqlTriggerConfig) if "mysql",
         Kafka(model::KafkaTriggerConfig) if "kafka",
+        Sftp(model::SftpTriggerConfig) if "sftp",
     }
     sinks {
         File(model::FileSinkConfig),
@@ -320,6 +323,7 @@ components! {
         Postgres(model::PostgresSinkConfig) if "postgres",
         Mysql(model::MysqlSinkConfig) if "mysql",
         Kafka(model::KafkaSinkConfig) if "kafka",
+        Sftp(model::SftpSinkConfig) if "sftp",
     }
 }
 
@@ -451,8 +455,8 @@ mod tests {
             .unwrap_or_default();
         assert!(unknown.contains("unknown variant"), "{unknown}");
         let kinds = kinds();
-        assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 11);
-        assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 11);
+        assert_eq!(kinds.iter().filter(|k| k.role == "trigger").count(), 12);
+        assert_eq!(kinds.iter().filter(|k| k.role == "sink").count(), 12);
         for kind in kinds {
             // A key the enum does not know fails as an unknown variant; a known one fails
             // only on its (here missing) fields.

@@ -158,6 +158,8 @@ pub enum NewTrigger {
     Mysql,
     /// Kafka topics, through a consumer group.
     Kafka,
+    /// Files in a folder on an SSH server.
+    Sftp,
     /// A clock.
     Schedule,
     /// A flow-to-flow channel.
@@ -177,6 +179,7 @@ impl NewTrigger {
             NewTrigger::Postgres => "postgres",
             NewTrigger::Mysql => "mysql",
             NewTrigger::Kafka => "kafka",
+            NewTrigger::Sftp => "sftp",
             NewTrigger::Schedule => "schedule",
             NewTrigger::Channel => "channel",
         }

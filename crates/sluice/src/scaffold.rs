@@ -121,6 +121,9 @@ fn trigger_text(name: &str, trigger: NewTrigger) -> String {
         NewTrigger::Kafka => format!(
             "  kafka:\n    brokers: \"127.0.0.1:9092\"  # the default; ${{env:KAFKA_BROKERS}} to configure it\n    topics: [{name}]\n    group: {name}  # processes using it share the partitions\n"
         ),
+        NewTrigger::Sftp => format!(
+            "  sftp:\n    url: \"sftp://{name}@127.0.0.1:22/inbox/{name}\"  # the server and folder\n    key: keys/{name}  # a private key file; or password: ${{env:SFTP_PASSWORD}}\n    known_hosts: keys/known_hosts  # the server's host key must be in it\n    glob: \"*.json\"\n"
+        ),
         NewTrigger::Schedule => format!(
             "  schedule:\n    every: 1m  # or cron: \"0 */5 * * * *\" (UTC)\n    payload: {{ id: {name} }}\n"
         ),

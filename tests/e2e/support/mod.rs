@@ -19,6 +19,7 @@ pub mod process;
 pub mod raw_http;
 pub mod sandbox;
 pub mod services;
+pub mod sftp;
 pub mod signing;
 pub mod test_server;
 pub mod tls_servers;

@@ -21,11 +21,12 @@ use tokio_util::sync::CancellationToken;
 /// The longest wait between two tries to move a finished file.
 const MAX_SETTLE_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How the messages of one file ended, counted as they settle.
 #[derive(Default)]
-pub(super) struct Tally {
-    pub(super) delivered: usize,
-    pub(super) filtered: usize,
-    pub(super) failed: Vec<FailedRecord>,
+pub(crate) struct Tally {
+    pub(crate) delivered: usize,
+    pub(crate) filtered: usize,
+    pub(crate) failed: Vec<FailedRecord>,
 }
 
 /// One claimed file: counts its outstanding messages and moves it when the last is acked.
@@ -40,51 +41,87 @@ pub(super) struct Claim {
 }
 
 /// The log line that says what happened to a finished file, written once it is in place.
-pub(super) enum Summary {
+pub(crate) enum Summary {
     Quiet,
     Done(String),
     Failed(String),
 }
 
-impl Claim {
-    fn flow(&self) -> &str {
-        &self.busy.shared.flow
+impl Summary {
+    /// Writes the line, once the file is in place (`to`: where it went).
+    pub(crate) fn log(self, flow: &str, file: &str, to: &str) {
+        match self {
+            Summary::Quiet => {
+                tracing::debug!(flow = %flow, file = %file, to = %to, "file done")
+            }
+            Summary::Done(line) => {
+                tracing::info!(flow = %flow, file = %file, to = %to, "{line}")
+            }
+            Summary::Failed(line) => {
+                tracing::warn!(flow = %flow, file = %file, to = %to, "{line}")
+            }
+        }
     }
+}
 
+/// Where a finished file goes, its sidecar, and the line that says so: decided once every
+/// message of the file has settled, the same way for every trigger that takes files (the
+/// local folder, SFTP).
+pub(crate) struct Verdict {
+    /// Its end.
+    pub(crate) disposition: Disposition,
+    /// The `<name>.error.json` written beside it, if it failed.
+    pub(crate) sidecar: Option<Value>,
+    /// The log line, written once it is in place.
+    pub(crate) summary: Summary,
+}
+
+impl Verdict {
     /// The file could not be read at all: `.error/`, with the reason.
-    pub(super) fn fail_unread(self: Arc<Self>, error: ErrorEnvelope) {
-        let sidecar = Sidecar::unread(&self.busy.name, &error).to_value();
-        let summary = Summary::Failed(format!(
-            "file not processed: {}; see its .error.json (message id {})",
-            error.message, error.message_id
-        ));
-        self.settle(Disposition::Error, Some(sidecar), summary);
+    pub(crate) fn unread(name: &str, error: &ErrorEnvelope) -> Verdict {
+        Verdict {
+            disposition: Disposition::Error,
+            sidecar: Some(Sidecar::unread(name, error).to_value()),
+            summary: Summary::Failed(format!(
+                "file not processed: {}; see its .error.json (message id {})",
+                error.message, error.message_id
+            )),
+        }
     }
 
-    /// Every message has settled: decide where the file goes and what its sidecar says.
-    pub(super) fn complete(self: Arc<Self>) {
-        let mut tally = std::mem::take(&mut *lock(&self.tally));
+    /// Every message of a file of `total` (records, when `multi`) has settled as `tally`
+    /// says.
+    pub(crate) fn of(
+        name: &str,
+        mut tally: Tally,
+        total: usize,
+        multi: bool,
+        on_success: OnSuccess,
+    ) -> Verdict {
         let failed = tally.failed.len();
-        let total = self.total;
         let succeeded = total.saturating_sub(failed);
         let counts = format!("{} delivered, {} filtered", tally.delivered, tally.filtered);
         if failed == 0 {
-            let disposition = match self.busy.shared.config.on_success {
+            let disposition = match on_success {
                 OnSuccess::Move => Disposition::Done,
                 OnSuccess::Delete => Disposition::Delete,
             };
-            let summary = if self.multi {
+            let summary = if multi {
                 Summary::Done(format!(
                     "file done: all {total} records succeeded ({counts})"
                 ))
             } else {
                 Summary::Quiet
             };
-            return self.settle(disposition, None, summary);
+            return Verdict {
+                disposition,
+                sidecar: None,
+                summary,
+            };
         }
         tally.failed.sort_by_key(|f| f.line);
         let dead_lettered = tally.failed.iter().filter(|f| f.dead_lettered).count();
-        let (disposition, summary) = if self.multi && succeeded > 0 {
+        let (disposition, summary) = if multi && succeeded > 0 {
             (
                 Disposition::Partial,
                 format!(
@@ -97,7 +134,7 @@ impl Claim {
             } else {
                 Disposition::Error
             };
-            let what = if self.multi {
+            let what = if multi {
                 format!("all {total} records failed ({dead_lettered} of them dead-lettered)")
             } else {
                 let first = &tally.failed[0];
@@ -116,9 +153,46 @@ impl Claim {
                 format!("file not processed: {what}; see its .error.json"),
             )
         };
-        let sidecar = Sidecar::failed(&self.busy.name, &tally.failed, total, self.multi)
-            .map(|sidecar| sidecar.to_value());
-        self.settle(disposition, sidecar, Summary::Failed(summary));
+        let sidecar =
+            Sidecar::failed(name, &tally.failed, total, multi).map(|sidecar| sidecar.to_value());
+        Verdict {
+            disposition,
+            sidecar,
+            summary: Summary::Failed(summary),
+        }
+    }
+}
+
+impl Claim {
+    fn flow(&self) -> &str {
+        &self.busy.shared.flow
+    }
+
+    /// The file could not be read at all: `.error/`, with the reason.
+    pub(super) fn fail_unread(self: Arc<Self>, error: ErrorEnvelope) {
+        let Verdict {
+            disposition,
+            sidecar,
+            summary,
+        } = Verdict::unread(&self.busy.name, &error);
+        self.settle(disposition, sidecar, summary);
+    }
+
+    /// Every message has settled: decide where the file goes and what its sidecar says.
+    pub(super) fn complete(self: Arc<Self>) {
+        let tally = std::mem::take(&mut *lock(&self.tally));
+        let Verdict {
+            disposition,
+            sidecar,
+            summary,
+        } = Verdict::of(
+            &self.busy.name,
+            tally,
+            self.total,
+            self.multi,
+            self.busy.shared.config.on_success,
+        );
+        self.settle(disposition, sidecar, summary);
     }
 
     /// Queues the move of the file to its place for the drain task (`drain.rs`), which tries
@@ -199,16 +273,6 @@ impl Claim {
         if failures > 0 {
             tracing::info!(flow = %self.flow(), file = %self.busy.name, to = %to, "moved the finished file after {failures} failed attempts");
         }
-        match summary {
-            Summary::Quiet => {
-                tracing::debug!(flow = %self.flow(), file = %self.busy.name, to = %to, "file done")
-            }
-            Summary::Done(line) => {
-                tracing::info!(flow = %self.flow(), file = %self.busy.name, to = %to, "{line}")
-            }
-            Summary::Failed(line) => {
-                tracing::warn!(flow = %self.flow(), file = %self.busy.name, to = %to, "{line}")
-            }
-        }
+        summary.log(self.flow(), &self.busy.name, &to);
     }
 }

@@ -22,7 +22,7 @@ pub(super) type Read = Result<Result<(u64, Records), Unread>, std::io::Error>;
 
 /// Why a claimed file is set aside unread (to `.error/`, with its sidecar).
 #[derive(Debug, thiserror::Error)]
-pub(super) enum Unread {
+pub(crate) enum Unread {
     /// Larger than the trigger's `max_size`: not read into memory at all.
     #[error(
         "the file is {size} bytes, over the trigger's max_size of {max} bytes; it was not read (raise `max_size` to accept it)"

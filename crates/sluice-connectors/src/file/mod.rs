@@ -1,18 +1,18 @@
 //! The file connector: a trigger that claims stable files from a folder, and a sink that
 //! writes one file per message atomically.
 
-mod claim;
-mod decode;
+pub(crate) mod claim;
+pub(crate) mod decode;
 mod drain;
-mod emit;
-mod finish;
-mod ids;
+pub(crate) mod emit;
+pub(crate) mod finish;
+pub(crate) mod ids;
 mod mover;
 mod scan;
-mod sidecar;
-mod sink;
-mod stability;
-mod temp;
+pub(crate) mod sidecar;
+pub(crate) mod sink;
+pub(crate) mod stability;
+pub(crate) mod temp;
 mod trigger;
 mod xml_stream;
 

@@ -7,12 +7,12 @@ use serde::Serialize;
 use sluice_engine::{ErrorEnvelope, ErrorKind};
 
 /// How one failed record ended.
-pub(super) struct FailedRecord {
-    pub(super) line: Option<usize>,
-    pub(super) source_line: Option<usize>,
-    pub(super) envelope: ErrorEnvelope,
-    pub(super) kind: ErrorKind,
-    pub(super) dead_lettered: bool,
+pub(crate) struct FailedRecord {
+    pub(crate) line: Option<usize>,
+    pub(crate) source_line: Option<usize>,
+    pub(crate) envelope: ErrorEnvelope,
+    pub(crate) kind: ErrorKind,
+    pub(crate) dead_lettered: bool,
 }
 
 /// At most this many failed records are listed in a sidecar's `failed_records` (the first

@@ -76,7 +76,7 @@ impl FileSink {
 }
 
 /// A rendered name must be a plain file name inside the folder.
-fn check_name(name: &str) -> Result<(), FlowError> {
+pub(crate) fn check_name(name: &str) -> Result<(), FlowError> {
     let refuse = |why: &str| {
         Err(FlowError::permanent(
             ErrorKind::Sink,

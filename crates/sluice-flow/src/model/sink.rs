@@ -27,6 +27,8 @@ pub enum SinkConfig {
     Mysql(super::MysqlSinkConfig),
     /// Produces to a Kafka topic (idempotent, `acks=all`).
     Kafka(super::KafkaSinkConfig),
+    /// One file per message in a folder on an SSH server.
+    Sftp(super::SftpSinkConfig),
     /// An HTTP request per message.
     Http(crate::HttpSinkConfig),
 }

@@ -26,6 +26,8 @@ pub enum TriggerConfig {
     Mysql(super::MysqlTriggerConfig),
     /// Kafka topics, read through a consumer group.
     Kafka(super::KafkaTriggerConfig),
+    /// Files in a folder on an SSH server.
+    Sftp(super::SftpTriggerConfig),
     /// Requests on the shared HTTP listener.
     Http(crate::HttpTriggerConfig),
     /// A clock.
@@ -142,7 +144,7 @@ pub(crate) fn unspanned<T>(value: T) -> Spanned<T> {
     Spanned::new(value, nowhere, nowhere)
 }
 
-fn default_glob() -> Spanned<Text> {
+pub(super) fn default_glob() -> Spanned<Text> {
     unspanned(Text::from("*"))
 }
 fn default_delimiter() -> Spanned<Text> {
@@ -151,21 +153,21 @@ fn default_delimiter() -> Spanned<Text> {
 fn default_true() -> bool {
     true
 }
-fn default_max_size() -> ByteSize {
+pub(super) fn default_max_size() -> ByteSize {
     ByteSize(64 << 20)
 }
-fn default_min_age() -> Dur {
+pub(super) fn default_min_age() -> Dur {
     Dur(Duration::from_millis(500))
 }
-fn default_check_interval() -> Dur {
+pub(super) fn default_check_interval() -> Dur {
     Dur(Duration::from_millis(200))
 }
-fn default_stable_checks() -> u32 {
+pub(super) fn default_stable_checks() -> u32 {
     3
 }
 fn default_rescan_interval() -> Dur {
     Dur(Duration::from_secs(2))
 }
-fn default_max_in_flight() -> usize {
+pub(super) fn default_max_in_flight() -> usize {
     256
 }
