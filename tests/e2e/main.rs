@@ -44,6 +44,7 @@ mod http_trigger;
 mod listener_trust;
 mod named_steps;
 mod openapi;
+mod operate_dlq;
 mod ordering;
 mod outbound_trust;
 mod readme_samples;

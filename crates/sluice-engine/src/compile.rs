@@ -172,6 +172,8 @@ pub fn compile(
         version,
         path: flow.path.clone(),
         description: file.description.as_ref().map(|d| d.0.clone()),
+        owner: file.owner.as_ref().map(|o| o.0.clone()),
+        tags: file.tags.iter().map(|t| t.0.clone()).collect(),
         trigger_info,
         source: FlowSource::of(flow),
         trigger: Mutex::new(trigger),

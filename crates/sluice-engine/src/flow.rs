@@ -104,6 +104,10 @@ pub struct CompiledFlow {
     pub path: PathBuf,
     /// `description:`.
     pub description: Option<String>,
+    /// `owner:`.
+    pub owner: Option<String>,
+    /// `tags:`.
+    pub tags: Vec<String>,
     /// What the registry knows of the trigger: description, claim, broker, restart key.
     pub trigger_info: crate::connector::TriggerInfo,
     /// The flow file's text this version was built from (for later diagnostics).
@@ -214,6 +218,22 @@ impl CompiledFlow {
     /// Runs one message end to end, including sink writes, retries and the dead letter.
     pub async fn handle(&self, message: Message, want_reply: bool) -> Outcome {
         match self.process(message, want_reply, None).await {
+            Some(outcome) => outcome,
+            None => Outcome::Failed(Box::new(abandoned(self, "-"))),
+        }
+    }
+
+    /// Runs one message end to end for a dead-letter replay: like [`CompiledFlow::handle`],
+    /// except that a failure is not dead-lettered again (the entry being replayed keeps it,
+    /// with the new error appended).
+    pub async fn replay(&self, message: Message) -> Outcome {
+        let Message { payload, meta } = message;
+        let mode = Mode {
+            want_reply: false,
+            dead_letter: false,
+            dry: None,
+        };
+        match self.run(Exec::new(payload, meta), 0, mode).await {
             Some(outcome) => outcome,
             None => Outcome::Failed(Box::new(abandoned(self, "-"))),
         }

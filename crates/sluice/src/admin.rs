@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 mod bind;
+mod dlq;
 mod trust;
 
 #[derive(Clone)]
@@ -21,6 +22,8 @@ struct Admin {
     metrics: PrometheusHandle,
     token: Option<String>,
     server: String,
+    /// Held while dead letters are replayed or purged (one at a time).
+    replaying: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What `sluice run` says about the admin server.
@@ -71,6 +74,7 @@ pub async fn serve(
         metrics,
         token,
         server,
+        replaying: Arc::default(),
     };
     let app = axum::Router::new()
         .route("/healthz", get(healthz))
@@ -79,7 +83,10 @@ pub async fn serve(
         .route("/api/flows", get(flows))
         .route("/api/flows/{name}", get(flow))
         .route("/api/flows/{name}/messages", post(inject))
-        .route("/api/dead-letters", get(dead_letters))
+        .route("/api/dead-letters", get(dlq::list))
+        .route("/api/dead-letters/replay", post(dlq::replay))
+        .route("/api/dead-letters/purge", post(dlq::purge))
+        .route("/api/dead-letters/{id}", get(dlq::show))
         .route("/api/openapi.json", get(openapi))
         .route("/", get(dashboard))
         .layer(middleware::from_fn_with_state(trust, trust::guard))
@@ -143,6 +150,13 @@ async fn readyz(State(admin): State<Admin>) -> Response {
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> Response {
+    // Dead-letter depth is counted when it is asked for: nothing on the message path.
+    let folders = admin.registry.dead_letter_folders().await;
+    if let Ok(depths) = tokio::task::spawn_blocking(move || dlq::depths(&folders)).await {
+        for (flow, depth) in depths {
+            metrics::gauge!("sluice_dead_letters", "flow" => flow).set(depth as f64);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         admin.metrics.render(),
@@ -252,44 +266,6 @@ async fn inject(
 /// Whether the running version of flow `name` authenticates its own callers.
 fn has_own_auth(name: &str) -> bool {
     sluice_engine::directory::lookup(name).is_some_and(|flow| flow.trigger_info.authenticates)
-}
-
-async fn dead_letters(State(admin): State<Admin>) -> Json<Value> {
-    let folders = admin.registry.dead_letter_folders().await;
-    let entries = tokio::task::spawn_blocking(move || {
-        let mut entries = Vec::new();
-        for (flow, folder) in folders {
-            let Ok(dir) = std::fs::read_dir(&folder) else {
-                continue;
-            };
-            for entry in dir.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') {
-                    continue;
-                }
-                let path = entry.path();
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    continue;
-                };
-                let Ok(letter) = serde_json::from_str::<Value>(&text) else {
-                    continue;
-                };
-                let error = &letter["error"];
-                entries.push(json!({
-                    "flow": flow,
-                    "file": path.display().to_string(),
-                    "message_id": error["message_id"],
-                    "kind": error["kind"],
-                    "message": error["message"],
-                    "time": error["time"],
-                }));
-            }
-        }
-        entries
-    })
-    .await
-    .unwrap_or_default();
-    Json(Value::Array(entries))
 }
 
 async fn dashboard(State(admin): State<Admin>) -> Response {
