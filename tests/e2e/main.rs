@@ -45,6 +45,7 @@ mod listener_trust;
 mod named_steps;
 mod openapi;
 mod operate_dlq;
+mod operate_graph;
 mod ordering;
 mod outbound_trust;
 mod readme_samples;
