@@ -46,6 +46,7 @@ mod named_steps;
 mod openapi;
 mod operate_dlq;
 mod operate_graph;
+mod operate_tap;
 mod ordering;
 mod outbound_trust;
 mod readme_samples;

@@ -128,6 +128,8 @@ pub struct CompiledFlow {
     pub sinks: HashMap<String, Arc<dyn Sink>>,
     /// `errors.dead_letter`.
     pub dead_letter: Option<Arc<dyn Sink>>,
+    /// `sluice_sink_write_duration_seconds` of each sink (and `dead_letter`), made once.
+    pub sink_latency: HashMap<String, metrics::Histogram>,
     /// The folder of a `file` dead-letter sink (listed by the admin API).
     pub dead_letter_folder: Option<PathBuf>,
     /// `errors.dead_letter_answered`: dead-letter failures already answered to the caller.
@@ -181,6 +183,9 @@ impl CompiledFlow {
             );
             input.step = "input".to_owned();
             probe.record(input);
+        }
+        if start == 0 && !exec.dry && crate::tap::active() {
+            crate::tap::offer("input", exec, None);
         }
         if start == 0
             && let Some(contract) = &self.input_contract

@@ -34,6 +34,7 @@ mod script;
 mod state;
 mod stats;
 mod steps;
+pub mod tap;
 pub mod testing;
 mod value;
 mod watch;

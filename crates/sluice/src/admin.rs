@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 mod bind;
 mod dlq;
+mod tap;
 mod trust;
 
 #[derive(Clone)]
@@ -24,6 +25,12 @@ struct Admin {
     server: String,
     /// Held while dead letters are replayed or purged (one at a time).
     replaying: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the live tap is on: with a token, or on a loopback address.
+    tap_allowed: bool,
+    /// Ends open streams (the live tap) when the server stops.
+    stop: CancellationToken,
+    /// The version each flow's `sluice_flow_info` last showed (set to 0 when replaced).
+    versions: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 /// What `sluice run` says about the admin server.
@@ -69,7 +76,11 @@ pub async fn serve(
     };
     tracing::info!("admin server on {local}");
     let trust = trust::Trust::new(local, hosts, token.clone());
+    let tap_allowed = token.is_some() || local.ip().is_loopback();
     let state = Admin {
+        tap_allowed,
+        stop: stop.clone(),
+        versions: Arc::default(),
         registry,
         metrics,
         token,
@@ -83,6 +94,7 @@ pub async fn serve(
         .route("/api/flows", get(flows))
         .route("/api/flows/{name}", get(flow))
         .route("/api/flows/{name}/messages", post(inject))
+        .route("/api/flows/{name}/tap", get(tap::tap))
         .route("/api/dead-letters", get(dlq::list))
         .route("/api/dead-letters/replay", post(dlq::replay))
         .route("/api/dead-letters/purge", post(dlq::purge))
@@ -150,6 +162,7 @@ async fn readyz(State(admin): State<Admin>) -> Response {
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> Response {
+    flow_gauges(&admin).await;
     // Dead-letter depth is counted when it is asked for: nothing on the message path.
     let folders = admin.registry.dead_letter_folders().await;
     if let Ok(depths) = tokio::task::spawn_blocking(move || dlq::depths(&folders)).await {
@@ -162,6 +175,27 @@ async fn metrics_text(State(admin): State<Admin>) -> Response {
         admin.metrics.render(),
     )
         .into_response()
+}
+
+/// `sluice_trigger_connected` and `sluice_flow_info`, read from the registry's status when
+/// `/metrics` is scraped (nothing on the message path).
+async fn flow_gauges(admin: &Admin) {
+    let flows = admin.registry.status().await;
+    let mut versions = admin.versions.lock().unwrap_or_else(|p| p.into_inner());
+    for flow in flows {
+        let Some(version) = flow.version else {
+            continue;
+        };
+        let connected = if flow.state == "running" { 1.0 } else { 0.0 };
+        metrics::gauge!("sluice_trigger_connected", "flow" => flow.name.clone()).set(connected);
+        if let Some(old) = versions.insert(flow.name.clone(), version.clone())
+            && old != version
+        {
+            metrics::gauge!("sluice_flow_info", "flow" => flow.name.clone(), "version" => old)
+                .set(0.0);
+        }
+        metrics::gauge!("sluice_flow_info", "flow" => flow.name, "version" => version).set(1.0);
+    }
 }
 
 async fn flows(State(admin): State<Admin>) -> Json<Value> {

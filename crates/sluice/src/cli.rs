@@ -123,6 +123,24 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
+    /// Stream the messages passing a flow (or one step) of a running `sluice run`, through
+    /// its admin server, until Ctrl-C or `--limit`.
+    Tap {
+        #[command(flatten)]
+        remote: Remote,
+        /// The flow.
+        flow: String,
+        /// Only the messages leaving this step (its `name:`, or its label in `/api/flows`,
+        /// e.g. `steps[1] (script)`); `input` is the message as it entered the steps.
+        #[arg(long)]
+        step: Option<String>,
+        /// Show one message in N (the same messages at every step).
+        #[arg(long, default_value_t = 1, value_parser = positive_u64)]
+        sample: u64,
+        /// Stop after N samples.
+        #[arg(long, value_parser = positive_u64)]
+        limit: Option<u64>,
+    },
     /// Dead letters of a running `sluice run`, through its admin server: list, show,
     /// replay, purge.
     Dlq {
@@ -283,6 +301,13 @@ fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
     text.parse::<humantime::Duration>()
         .map(Into::into)
         .map_err(|e| format!("`{text}` is not a duration ({e}); e.g. 30s"))
+}
+
+fn positive_u64(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{text}` is not a count of at least 1; e.g. 10")),
+    }
 }
 
 fn positive_count(text: &str) -> Result<usize, String> {

@@ -6,6 +6,7 @@ mod dlq;
 mod exec;
 mod graph;
 mod remote;
+mod tap;
 use anyhow::{Context, bail};
 use exec::exec;
 use sluice_connectors::StandardConnectors;
@@ -46,6 +47,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::Check { folders, files } => check(&folders, files),
         Command::Dlq { remote, what } => dlq::dlq(&remote, what),
+        Command::Tap {
+            remote,
+            flow,
+            step,
+            sample,
+            limit,
+        } => tap::tap(&remote, &flow, step.as_deref(), sample, limit),
         Command::Graph { folders, format } => graph_command(&folders, format),
         Command::Test { folders, files } => test(&folders, files),
         Command::Exec {

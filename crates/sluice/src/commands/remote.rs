@@ -62,6 +62,18 @@ impl Admin {
         json_of(self.send(request).await?).await
     }
 
+    /// Opens a streaming `GET` (server-sent events).
+    pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let request = self
+            .request(reqwest::Method::GET, path)
+            .header("accept", "text/event-stream");
+        let response = self.send(request).await?;
+        if !response.status().is_success() {
+            return Err(answer_error(response).await);
+        }
+        Ok(response)
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         request.send().await.map_err(|e| {
             anyhow::anyhow!(
