@@ -155,6 +155,10 @@ pub fn describe_metrics() {
         "Time one sink write took, retries included."
     );
     describe_gauge!(
+        "sluice_ready",
+        "1 while /readyz answers 200 (every flow ready), else 0."
+    );
+    describe_gauge!(
         "sluice_trigger_connected",
         "1 while a flow's trigger works (consuming, listening), else 0."
     );

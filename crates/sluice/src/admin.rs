@@ -177,10 +177,12 @@ async fn metrics_text(State(admin): State<Admin>) -> Response {
         .into_response()
 }
 
-/// `sluice_trigger_connected` and `sluice_flow_info`, read from the registry's status when
+/// `sluice_ready` (what `/readyz` says), `sluice_trigger_connected` and `sluice_flow_info`, read from the registry's status when
 /// `/metrics` is scraped (nothing on the message path).
 async fn flow_gauges(admin: &Admin) {
     let flows = admin.registry.status().await;
+    let ready = flows.iter().all(|f| f.ready) && admin.registry.problem().await.is_none();
+    metrics::gauge!("sluice_ready").set(if ready { 1.0 } else { 0.0 });
     let mut versions = admin.versions.lock().unwrap_or_else(|p| p.into_inner());
     for flow in flows {
         let Some(version) = flow.version else {
