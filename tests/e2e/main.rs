@@ -47,6 +47,7 @@ mod openapi;
 mod operate_deploy;
 mod operate_dlq;
 mod operate_graph;
+mod operate_lag;
 mod operate_metrics;
 mod operate_tap;
 mod ordering;
