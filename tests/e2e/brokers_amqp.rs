@@ -46,7 +46,7 @@ impl Amqp {
         }
     }
 
-    fn declare(&self, queue: &str) {
+    pub(crate) fn declare(&self, queue: &str) {
         self.rt.block_on(async {
             self.channel
                 .queue_declare(
@@ -116,7 +116,7 @@ impl Amqp {
     }
 
     /// Publishes to the default exchange (routing key = queue) and waits for the confirm.
-    fn publish(&self, queue: &str, id: &str, body: &Value) {
+    pub(crate) fn publish(&self, queue: &str, id: &str, body: &Value) {
         let body = serde_json::to_vec(body).expect("serialize");
         self.publish_raw(queue, id, &body);
     }

@@ -38,7 +38,7 @@ impl Js {
         Js { rt, js }
     }
 
-    fn create_stream(&self, name: &str, subjects: &[&str]) {
+    pub(crate) fn create_stream(&self, name: &str, subjects: &[&str]) {
         self.rt.block_on(async {
             self.js
                 .get_or_create_stream(stream::Config {
@@ -58,7 +58,7 @@ impl Js {
     }
 
     /// Publishes with `Nats-Msg-Id: id`, retrying until JetStream acknowledges it.
-    fn publish(&self, subject: &str, id: &str, body: &Value) {
+    pub(crate) fn publish(&self, subject: &str, id: &str, body: &Value) {
         let body = serde_json::to_vec(body).expect("serialize");
         self.publish_raw(subject, id, &body);
     }

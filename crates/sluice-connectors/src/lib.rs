@@ -23,6 +23,8 @@ pub mod file;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(any(feature = "nats", feature = "redis", feature = "amqp"))]
+mod lag;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "mysql")]

@@ -167,11 +167,27 @@ pub fn compile(
         && steps.in_place()
         && sinks.values().all(|sink| sink.in_place())
         && dead_letter.as_ref().is_none_or(|sink| sink.in_place());
+    let sink_latency = sinks
+        .keys()
+        .map(String::as_str)
+        .chain(dead_letter.as_ref().map(|_| "dead_letter"))
+        .map(|sink| {
+            let histogram = metrics::histogram!(
+                "sluice_sink_write_duration_seconds",
+                "flow" => flow.name.clone(),
+                "sink" => sink.to_owned()
+            );
+            (sink.to_owned(), histogram)
+        })
+        .collect();
     Ok(CompiledFlow {
+        sink_latency,
         name: flow.name.clone(),
         version,
         path: flow.path.clone(),
         description: file.description.as_ref().map(|d| d.0.clone()),
+        owner: file.owner.as_ref().map(|o| o.0.clone()),
+        tags: file.tags.iter().map(|t| t.0.clone()).collect(),
         trigger_info,
         source: FlowSource::of(flow),
         trigger: Mutex::new(trigger),

@@ -104,6 +104,10 @@ pub struct CompiledFlow {
     pub path: PathBuf,
     /// `description:`.
     pub description: Option<String>,
+    /// `owner:`.
+    pub owner: Option<String>,
+    /// `tags:`.
+    pub tags: Vec<String>,
     /// What the registry knows of the trigger: description, claim, broker, restart key.
     pub trigger_info: crate::connector::TriggerInfo,
     /// The flow file's text this version was built from (for later diagnostics).
@@ -124,6 +128,8 @@ pub struct CompiledFlow {
     pub sinks: HashMap<String, Arc<dyn Sink>>,
     /// `errors.dead_letter`.
     pub dead_letter: Option<Arc<dyn Sink>>,
+    /// `sluice_sink_write_duration_seconds` of each sink (and `dead_letter`), made once.
+    pub sink_latency: HashMap<String, metrics::Histogram>,
     /// The folder of a `file` dead-letter sink (listed by the admin API).
     pub dead_letter_folder: Option<PathBuf>,
     /// `errors.dead_letter_answered`: dead-letter failures already answered to the caller.
@@ -178,6 +184,9 @@ impl CompiledFlow {
             input.step = "input".to_owned();
             probe.record(input);
         }
+        if start == 0 && !exec.dry && crate::tap::active() {
+            crate::tap::offer("input", exec, None);
+        }
         if start == 0
             && let Some(contract) = &self.input_contract
         {
@@ -214,6 +223,22 @@ impl CompiledFlow {
     /// Runs one message end to end, including sink writes, retries and the dead letter.
     pub async fn handle(&self, message: Message, want_reply: bool) -> Outcome {
         match self.process(message, want_reply, None).await {
+            Some(outcome) => outcome,
+            None => Outcome::Failed(Box::new(abandoned(self, "-"))),
+        }
+    }
+
+    /// Runs one message end to end for a dead-letter replay: like [`CompiledFlow::handle`],
+    /// except that a failure is not dead-lettered again (the entry being replayed keeps it,
+    /// with the new error appended).
+    pub async fn replay(&self, message: Message) -> Outcome {
+        let Message { payload, meta } = message;
+        let mode = Mode {
+            want_reply: false,
+            dead_letter: false,
+            dry: None,
+        };
+        match self.run(Exec::new(payload, meta), 0, mode).await {
             Some(outcome) => outcome,
             None => Outcome::Failed(Box::new(abandoned(self, "-"))),
         }

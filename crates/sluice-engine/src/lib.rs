@@ -34,6 +34,7 @@ mod script;
 mod state;
 mod stats;
 mod steps;
+pub mod tap;
 pub mod testing;
 mod value;
 mod watch;
@@ -56,8 +57,8 @@ pub use flow::{CompiledFlow, Executed, FlowSource};
 pub use hold::{BATCH_ID, BATCH_SIZE, Batch};
 pub use http_client::{CallError, HttpAnswer, HttpCall, use_ring};
 pub use message::{
-    BodyError, BodyErrorKind, CORRELATION_ID, Ids, MAX_DEPTH, MESSAGE_ID, Message, Meta, Payload,
-    check_numbers, parse_json,
+    BODY_ENCODING, BodyError, BodyErrorKind, CORRELATION_ID, Ids, MAX_DEPTH, MESSAGE_ID, Message,
+    Meta, Payload, UNDECODABLE, check_numbers, parse_json,
 };
 pub use registry::{
     FlowStatus, Registry, RegistryOptions, build_flow, duplicate_name, flow_files,

@@ -217,6 +217,33 @@ impl Registry {
         Some((id, outcome))
     }
 
+    /// Replays a dead-lettered message through the running version of flow `name`, with
+    /// the metadata given (a fresh `message_id` unless `meta` holds one); a failure is not
+    /// dead-lettered again. `None` when no such flow runs.
+    pub async fn replay(
+        &self,
+        name: &str,
+        payload: serde_json::Value,
+        meta: crate::message::Meta,
+    ) -> Option<(String, Outcome)> {
+        let (flow, stats) = {
+            let state = self.lock();
+            let flow = state.running.get(name)?.current.load_full();
+            (flow, state.stats.get(name).cloned())
+        };
+        let message = crate::message::Message::new(name, payload, meta);
+        let id = crate::message::Ids::message_id(&*message.meta).to_owned();
+        let started = std::time::Instant::now();
+        if let Some(stats) = &stats {
+            stats.started();
+        }
+        let outcome = flow.replay(message).await;
+        if let Some(stats) = &stats {
+            stats.finished(&outcome, started.elapsed());
+        }
+        Some((id, outcome))
+    }
+
     /// Stops every flow: triggers first, then in-flight messages finish (bounded).
     pub async fn shutdown(&self) {
         let flows = {

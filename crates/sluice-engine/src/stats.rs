@@ -149,6 +149,31 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Time from a message entering the steps to its acknowledgement."
     );
+    describe_histogram!(
+        "sluice_sink_write_duration_seconds",
+        Unit::Seconds,
+        "Time one sink write took, retries included."
+    );
+    describe_gauge!(
+        "sluice_ready",
+        "1 while /readyz answers 200 (every flow ready), else 0."
+    );
+    describe_gauge!(
+        "sluice_trigger_connected",
+        "1 while a flow's trigger works (consuming, listening), else 0."
+    );
+    describe_gauge!(
+        "sluice_flow_info",
+        "1 for the running version of each flow (label `version`), 0 for replaced ones."
+    );
+    describe_gauge!(
+        "sluice_dead_letters",
+        "Entries waiting in a flow's file dead-letter folder."
+    );
+    describe_counter!(
+        "sluice_tap_lost_total",
+        "Live-tap samples dropped because a reader was behind."
+    );
     describe_counter!("sluice_reloads_total", "Hot reloads, by result.");
     describe_counter!(
         "sluice_http_requests_total",

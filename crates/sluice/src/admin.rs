@@ -13,6 +13,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 mod bind;
+mod dlq;
+mod tap;
 mod trust;
 
 #[derive(Clone)]
@@ -21,6 +23,14 @@ struct Admin {
     metrics: PrometheusHandle,
     token: Option<String>,
     server: String,
+    /// Held while dead letters are replayed or purged (one at a time).
+    replaying: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the live tap is on: with a token, or on a loopback address.
+    tap_allowed: bool,
+    /// Ends open streams (the live tap) when the server stops.
+    stop: CancellationToken,
+    /// The version each flow's `sluice_flow_info` last showed (set to 0 when replaced).
+    versions: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 /// What `sluice run` says about the admin server.
@@ -66,11 +76,16 @@ pub async fn serve(
     };
     tracing::info!("admin server on {local}");
     let trust = trust::Trust::new(local, hosts, token.clone());
+    let tap_allowed = token.is_some() || local.ip().is_loopback();
     let state = Admin {
+        tap_allowed,
+        stop: stop.clone(),
+        versions: Arc::default(),
         registry,
         metrics,
         token,
         server,
+        replaying: Arc::default(),
     };
     let app = axum::Router::new()
         .route("/healthz", get(healthz))
@@ -79,7 +94,11 @@ pub async fn serve(
         .route("/api/flows", get(flows))
         .route("/api/flows/{name}", get(flow))
         .route("/api/flows/{name}/messages", post(inject))
-        .route("/api/dead-letters", get(dead_letters))
+        .route("/api/flows/{name}/tap", get(tap::tap))
+        .route("/api/dead-letters", get(dlq::list))
+        .route("/api/dead-letters/replay", post(dlq::replay))
+        .route("/api/dead-letters/purge", post(dlq::purge))
+        .route("/api/dead-letters/{id}", get(dlq::show))
         .route("/api/openapi.json", get(openapi))
         .route("/", get(dashboard))
         .layer(middleware::from_fn_with_state(trust, trust::guard))
@@ -143,11 +162,42 @@ async fn readyz(State(admin): State<Admin>) -> Response {
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> Response {
+    flow_gauges(&admin).await;
+    // Dead-letter depth is counted when it is asked for: nothing on the message path.
+    let folders = admin.registry.dead_letter_folders().await;
+    if let Ok(depths) = tokio::task::spawn_blocking(move || dlq::depths(&folders)).await {
+        for (flow, depth) in depths {
+            metrics::gauge!("sluice_dead_letters", "flow" => flow).set(depth as f64);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         admin.metrics.render(),
     )
         .into_response()
+}
+
+/// `sluice_ready` (what `/readyz` says), `sluice_trigger_connected` and `sluice_flow_info`, read from the registry's status when
+/// `/metrics` is scraped (nothing on the message path).
+async fn flow_gauges(admin: &Admin) {
+    let flows = admin.registry.status().await;
+    let ready = flows.iter().all(|f| f.ready) && admin.registry.problem().await.is_none();
+    metrics::gauge!("sluice_ready").set(if ready { 1.0 } else { 0.0 });
+    let mut versions = admin.versions.lock().unwrap_or_else(|p| p.into_inner());
+    for flow in flows {
+        let Some(version) = flow.version else {
+            continue;
+        };
+        let connected = if flow.state == "running" { 1.0 } else { 0.0 };
+        metrics::gauge!("sluice_trigger_connected", "flow" => flow.name.clone()).set(connected);
+        if let Some(old) = versions.insert(flow.name.clone(), version.clone())
+            && old != version
+        {
+            metrics::gauge!("sluice_flow_info", "flow" => flow.name.clone(), "version" => old)
+                .set(0.0);
+        }
+        metrics::gauge!("sluice_flow_info", "flow" => flow.name, "version" => version).set(1.0);
+    }
 }
 
 async fn flows(State(admin): State<Admin>) -> Json<Value> {
@@ -252,44 +302,6 @@ async fn inject(
 /// Whether the running version of flow `name` authenticates its own callers.
 fn has_own_auth(name: &str) -> bool {
     sluice_engine::directory::lookup(name).is_some_and(|flow| flow.trigger_info.authenticates)
-}
-
-async fn dead_letters(State(admin): State<Admin>) -> Json<Value> {
-    let folders = admin.registry.dead_letter_folders().await;
-    let entries = tokio::task::spawn_blocking(move || {
-        let mut entries = Vec::new();
-        for (flow, folder) in folders {
-            let Ok(dir) = std::fs::read_dir(&folder) else {
-                continue;
-            };
-            for entry in dir.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') {
-                    continue;
-                }
-                let path = entry.path();
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    continue;
-                };
-                let Ok(letter) = serde_json::from_str::<Value>(&text) else {
-                    continue;
-                };
-                let error = &letter["error"];
-                entries.push(json!({
-                    "flow": flow,
-                    "file": path.display().to_string(),
-                    "message_id": error["message_id"],
-                    "kind": error["kind"],
-                    "message": error["message"],
-                    "time": error["time"],
-                }));
-            }
-        }
-        entries
-    })
-    .await
-    .unwrap_or_default();
-    Json(Value::Array(entries))
 }
 
 async fn dashboard(State(admin): State<Admin>) -> Response {

@@ -115,10 +115,106 @@ pub enum Command {
         #[arg(long = "server", value_name = "URL")]
         servers: Vec<String>,
     },
+    /// Draw every flow and the edges between them (channels, `call`, files, HTTP routes).
+    Graph {
+        #[command(flatten)]
+        folders: Folders,
+        /// The output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Stream the messages passing a flow (or one step) of a running `sluice run`, through
+    /// its admin server, until Ctrl-C or `--limit`.
+    Tap {
+        #[command(flatten)]
+        remote: Remote,
+        /// The flow.
+        flow: String,
+        /// Only the messages leaving this step (its `name:`, or its label in `/api/flows`,
+        /// e.g. `steps[1] (script)`); `input` is the message as it entered the steps.
+        #[arg(long)]
+        step: Option<String>,
+        /// Show one message in N (the same messages at every step).
+        #[arg(long, default_value_t = 1, value_parser = positive_u64)]
+        sample: u64,
+        /// Stop after N samples.
+        #[arg(long, value_parser = positive_u64)]
+        limit: Option<u64>,
+    },
+    /// Dead letters of a running `sluice run`, through its admin server: list, show,
+    /// replay, purge.
+    Dlq {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        what: Dlq,
+    },
     /// Write something new from a template: `sluice new flow NAME --trigger http`.
     New {
         #[command(subcommand)]
         what: New,
+    },
+}
+
+/// What `sluice graph` prints.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum GraphFormat {
+    /// A Mermaid flowchart (renders in GitHub and GitLab Markdown).
+    Mermaid,
+    /// Graphviz DOT (`sluice graph --format dot | dot -Tsvg > flows.svg`).
+    Dot,
+    /// Flows, nodes and edges as JSON.
+    Json,
+}
+
+/// How a command reaches the admin server of a running `sluice run`.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// The admin server: `HOST:PORT` or a base URL.
+    #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:9850")]
+    pub admin: String,
+    /// The admin token, when `sluice run` has one.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Print the admin API's JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// What `sluice dlq` does.
+#[derive(Debug, Subcommand)]
+pub enum Dlq {
+    /// List the dead letters (of one flow, when named).
+    List {
+        /// Only this flow's.
+        flow: Option<String>,
+    },
+    /// Show one dead letter whole: the message, its metadata, the error, past replays.
+    Show {
+        /// The entry's id (`sluice dlq list` shows them).
+        id: String,
+    },
+    /// Run dead letters again through their flow's current version. A success moves the
+    /// entry to `replayed/`; a failure keeps it, with the new error appended.
+    Replay {
+        /// The entries' ids.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter (of `--flow`, when given).
+        #[arg(long)]
+        all: bool,
+        /// With `--all`: only this flow's.
+        #[arg(long, requires = "all")]
+        flow: Option<String>,
+        /// Edit the message in `$VISUAL` / `$EDITOR` before it is replayed (one id).
+        #[arg(long, conflicts_with = "all")]
+        edit: bool,
+    },
+    /// Delete dead letters (the `replayed/` area stays).
+    Purge {
+        /// The entries' ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
 }
 
@@ -208,6 +304,13 @@ fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
     text.parse::<humantime::Duration>()
         .map(Into::into)
         .map_err(|e| format!("`{text}` is not a duration ({e}); e.g. 30s"))
+}
+
+fn positive_u64(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{text}` is not a count of at least 1; e.g. 10")),
+    }
 }
 
 fn positive_count(text: &str) -> Result<usize, String> {

@@ -2,7 +2,11 @@
 
 use crate::cli::{Cli, Command, Folders};
 
+mod dlq;
 mod exec;
+mod graph;
+mod remote;
+mod tap;
 use anyhow::{Context, bail};
 use exec::exec;
 use sluice_connectors::StandardConnectors;
@@ -42,6 +46,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_hosts,
         }),
         Command::Check { folders, files } => check(&folders, files),
+        Command::Dlq { remote, what } => dlq::dlq(&remote, what),
+        Command::Tap {
+            remote,
+            flow,
+            step,
+            sample,
+            limit,
+        } => tap::tap(&remote, &flow, step.as_deref(), sample, limit),
+        Command::Graph { folders, format } => graph_command(&folders, format),
         Command::Test { folders, files } => test(&folders, files),
         Command::Exec {
             folders,
@@ -364,6 +377,39 @@ fn check(folders: &Folders, files: Vec<String>) -> anyhow::Result<ExitCode> {
         eprintln!("ok {} ({})", flow.name, flow.path.display());
     }
     eprintln!("{} flow files checked, all valid", files.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice graph`: every flow of the flows folder; nothing while a flow does not parse.
+fn graph_command(folders: &Folders, format: crate::cli::GraphFormat) -> anyhow::Result<ExitCode> {
+    let files = selected_files(folders, Vec::new())?;
+    let mut flows = Vec::new();
+    let mut invalid = 0;
+    for file in &files {
+        match sluice_flow::load_flow_file(file) {
+            Ok(flow) => flows.push(flow),
+            Err(d) => {
+                invalid += 1;
+                eprint!("{}", d.render());
+                eprintln!();
+            }
+        }
+    }
+    if invalid > 0 {
+        eprintln!(
+            "error: {invalid} of {} flow files invalid; no graph",
+            files.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let graph = graph::graph(&flows);
+    match format {
+        crate::cli::GraphFormat::Mermaid => out(graph.mermaid().trim_end()),
+        crate::cli::GraphFormat::Dot => out(graph.dot().trim_end()),
+        crate::cli::GraphFormat::Json => {
+            out(&serde_json::to_string_pretty(&graph.json()).unwrap_or_default())
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -52,8 +52,20 @@ impl Drop for KillOnDrop {
 }
 
 pub fn run_cli(cwd: &Path, args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> CliOutput {
+    run_cli_env(cwd, args, &[], stdin, timeout)
+}
+
+/// [`run_cli`] with extra environment variables for the command.
+pub fn run_cli_env(
+    cwd: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> CliOutput {
     let mut child = Command::new(SLUICE)
         .args(args)
+        .envs(envs.iter().copied())
         .current_dir(cwd)
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")

@@ -184,3 +184,10 @@ pub fn admin_flow(ports: Ports, name: &str) -> Value {
     assert_eq!(r.status, 200, "GET /api/flows/{name}:\n{r}");
     r.json()
 }
+
+/// [`admin_flow`] with the admin token.
+pub fn admin_flow_with(ports: Ports, name: &str, token: &str) -> Value {
+    let r = admin_get(ports, &format!("/api/flows/{name}"), Some(token));
+    assert_eq!(r.status, 200, "GET /api/flows/{name}:\n{r}");
+    r.json()
+}

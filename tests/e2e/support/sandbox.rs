@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::cli::{CliOutput, run_cli};
+use super::cli::{CliOutput, run_cli, run_cli_env};
 use super::gate::{self, Pass};
 use super::secs;
 
@@ -107,6 +107,11 @@ impl Sandbox {
     /// an optional stdin, and captures its output. Bounded by 60 s.
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> CliOutput {
         run_cli(self.root(), args, stdin, secs(60))
+    }
+
+    /// [`Sandbox::cli`] with extra environment variables.
+    pub fn cli_env(&self, args: &[&str], envs: &[(&str, &str)]) -> CliOutput {
+        run_cli_env(self.root(), args, envs, None, secs(60))
     }
 }
 

@@ -89,6 +89,31 @@ impl AmqpTrigger {
             })?;
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), queue = %self.queue, prefetch = self.prefetch, "amqp consumer ready");
+        // The queue's ready messages (a passive declare); RabbitMQ does not say how many are
+        // unacknowledged through AMQP.
+        let _lag = {
+            let (channel, queue) = (channel.clone(), self.queue.clone());
+            crate::lag::spawn(inlet.flow(), stop, move || {
+                let (channel, queue) = (channel.clone(), queue.clone());
+                async move {
+                    let declared = channel
+                        .queue_declare(
+                            queue.as_str().into(),
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..Default::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                        .ok()?;
+                    Some(crate::lag::Lag {
+                        lag: Some(u64::from(declared.message_count())),
+                        pending: None,
+                    })
+                }
+            })
+        };
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => {

@@ -86,7 +86,27 @@ pub struct XmlReading {
 }
 
 impl XmlReading {
-    /// Checks `xml:`; the error is about `xml.record`.
+    /// Checks a file trigger's `xml:` (the local or a remote one) against its `format`.
+    pub(crate) fn checked(
+        config: &XmlReadConfig,
+        format: FileFormat,
+        cx: &sluice_engine::BuildContext<'_>,
+    ) -> Result<Self, sluice_flow::Diagnostic> {
+        let Some(record) = &config.record else {
+            return Ok(XmlReading::new(config).unwrap_or_default());
+        };
+        if format != FileFormat::Xml {
+            return Err(cx
+                .diagnostic(record, "`xml.record` splits XML documents")
+                .with_help("add `format: xml`, or remove `xml`"));
+        }
+        XmlReading::new(config).map_err(|reason| {
+            cx.diagnostic(record, reason)
+                .with_help("the path of the record elements from the root, e.g. `/Orders/Order`")
+        })
+    }
+
+    /// Reads `xml:`; the error is about `xml.record`.
     pub fn new(config: &XmlReadConfig) -> Result<Self, String> {
         let record = match &config.record {
             Some(path) => Some(sluice_xml::RecordPath::parse(path.value.as_str())?),

@@ -57,22 +57,7 @@ impl FileTrigger {
                 )
                 .with_help("for example `,`, `;` or a tab"));
         }
-        let xml = XmlReading::new(&config.xml).map_err(|reason| {
-            let at = config
-                .xml
-                .record
-                .as_ref()
-                .expect("only the record path is checked");
-            cx.diagnostic(at, reason)
-                .with_help("the path of the record elements from the root, e.g. `/Orders/Order`")
-        })?;
-        if let Some(record) = &config.xml.record
-            && config.format != sluice_flow::FileFormat::Xml
-        {
-            return Err(cx
-                .diagnostic(record, "`xml.record` splits XML documents")
-                .with_help("add `format: xml`, or remove `xml`"));
-        }
+        let xml = XmlReading::checked(&config.xml, config.format, cx)?;
         // `max_in_flight: 0` is refused while the flow is parsed, at its own key.
         Ok(FileTrigger {
             folder: PathBuf::from(folder),

@@ -159,6 +159,20 @@ impl NatsTrigger {
             })?;
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), stream = %source.stream, durable = %source.durable, "nats consumer ready");
+        // The durable's `num_pending` (not yet delivered) and `num_ack_pending`.
+        let _lag = {
+            let consumer = consumer.clone();
+            crate::lag::spawn(inlet.flow(), stop, move || {
+                let consumer = consumer.clone();
+                async move {
+                    let info = consumer.get_info().await.ok()?;
+                    Some(crate::lag::Lag {
+                        lag: Some(info.num_pending),
+                        pending: Some(info.num_ack_pending as u64),
+                    })
+                }
+            })
+        };
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),

@@ -98,6 +98,26 @@ impl RedisTrigger {
         }
         inlet.set_healthy();
         tracing::info!(flow = %inlet.flow(), stream = %self.stream, group = %self.group, consumer = %self.consumer, "redis consumer ready");
+        // The group's lag (Redis 7: entries not yet delivered) and its pending entries.
+        let _lag = {
+            let (conn, stream, group) = (acks.clone(), self.stream.clone(), self.group.clone());
+            crate::lag::spawn(inlet.flow(), stop, move || {
+                let (mut conn, stream, group) = (conn.clone(), stream.clone(), group.clone());
+                async move {
+                    let reply: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+                        .arg("GROUPS")
+                        .arg(&stream)
+                        .query_async(&mut conn)
+                        .await
+                        .ok()?;
+                    let found = reply.groups.into_iter().find(|g| g.name == group)?;
+                    Some(crate::lag::Lag {
+                        lag: found.lag.map(|l| l as u64),
+                        pending: Some(found.pending as u64),
+                    })
+                }
+            })
+        };
         // Own pending entries first (a restart under a fixed consumer name), then new ones.
         let mut own_pending = true;
         let mut next_claim = Instant::now();

@@ -171,6 +171,7 @@ impl crate::TriggerComponent for sluice_flow::SftpTriggerConfig {
         sluice_engine::InputFormat {
             format: self.format,
             csv: self.csv.clone(),
+            xml: self.xml.clone(),
         }
     }
 }

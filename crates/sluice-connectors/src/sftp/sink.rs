@@ -22,6 +22,8 @@ pub struct SftpSink {
     link: Link,
     name: Template,
     format: OutputFormat,
+    /// The root element's name, for `format: xml`.
+    xml_root: Option<String>,
     on_conflict: OnConflict,
     /// Whether the folder was made (or found) on the server.
     made: AtomicBool,
@@ -52,10 +54,12 @@ impl SftpSink {
                     .with_help("a file name, without folders")
             })?;
         }
+        let xml_root = crate::file::sink::xml_root(config.format, &config.xml, cx)?;
         Ok(SftpSink {
             link: Link::new(remote),
             name,
             format: config.format,
+            xml_root,
             on_conflict: config.on_conflict,
             made: AtomicBool::new(false),
         })
@@ -193,7 +197,7 @@ enum Placed {
 impl Sink for SftpSink {
     async fn write(&self, out: &mut Outgoing) -> Result<(), FlowError> {
         let name = self.render_name(out)?;
-        let bytes = serialize(self.format, &mut out.payload)?;
+        let bytes = serialize(self.format, self.xml_root.as_deref(), &mut out.payload)?;
         self.put(&name, &bytes).await.map(|_| ())
     }
 

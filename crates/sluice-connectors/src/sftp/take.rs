@@ -7,7 +7,7 @@
 use super::place::place;
 use super::trigger::{Shared, lock};
 use crate::file::claim::{Tally, Verdict};
-use crate::file::decode::{Malformed, Record, decode_file};
+use crate::file::decode::{Malformed, Record, XmlReading, decode_file};
 use crate::file::emit::Unread;
 use crate::file::ids::next_v7;
 use crate::file::sidecar::FailedRecord;
@@ -159,8 +159,11 @@ async fn read(
         }));
     }
     let (format, csv) = (shared.config.format, shared.config.csv.clone());
+    // Checked at load (`XmlReading::checked`); a remote file is decoded from memory, so its
+    // records are split there too.
+    let xml = XmlReading::new(&shared.config.xml).unwrap_or_default();
     let decoded = tokio::task::spawn_blocking(move || {
-        decode_file(&bytes, format, &csv).map(|records| (bytes.len() as u64, records))
+        decode_file(&bytes, format, &csv, &xml).map(|records| (bytes.len() as u64, records))
     })
     .await
     .ok()?;

@@ -49,6 +49,7 @@ impl SftpTrigger {
                 )
                 .with_help("for example `,`, `;` or a tab"));
         }
+        crate::file::decode::XmlReading::checked(&config.xml, config.format, cx)?;
         if config.lease.0 < MIN_LEASE {
             return Err(cx
                 .diagnostic(&config.url, "the sftp trigger's `lease` is shorter than 3s")

@@ -138,12 +138,17 @@ impl CompiledFlow {
         sink: &dyn Sink,
         out: Outgoing,
     ) -> Result<(), (FlowError, u32)> {
-        with_retry(&self.retry, &self.name, sink_name, || {
+        let started = std::time::Instant::now();
+        let result = with_retry(&self.retry, &self.name, sink_name, || {
             let mut out = out.clone();
             async move { sink.write(&mut out).await }
         })
-        .await
-        .map_err(|(e, attempts)| (e.at_step(format!("sink {sink_name}")), attempts))
+        .await;
+        // Retries included: how long the message waited for this sink.
+        if let Some(histogram) = self.sink_latency.get(sink_name) {
+            histogram.record(started.elapsed().as_secs_f64());
+        }
+        result.map_err(|(e, attempts)| (e.at_step(format!("sink {sink_name}")), attempts))
     }
 
     pub(super) async fn dead_letter_write(

@@ -24,6 +24,10 @@ pub struct FlowStatus {
     pub ready: bool,
     /// `description:`.
     pub description: Option<String>,
+    /// `owner:`.
+    pub owner: Option<String>,
+    /// `tags:`.
+    pub tags: Vec<String>,
     /// The trigger, e.g. `http POST /orders`.
     pub trigger: Option<String>,
     /// The broker a trigger connects to, without user, password or query.
@@ -136,6 +140,8 @@ impl super::Registry {
                     state: state_of(&current.trigger_info, unhealthy.as_deref()),
                     ready: unhealthy.is_none(),
                     description: current.description.clone(),
+                    owner: current.owner.clone(),
+                    tags: current.tags.clone(),
                     trigger: Some(current.trigger_info.description.clone()),
                     url: broker_url(&current.trigger_info),
                     unhealthy,
@@ -163,6 +169,8 @@ impl super::Registry {
                 state: "invalid",
                 ready: !state.unloaded_at_start.contains(path),
                 description: None,
+                owner: None,
+                tags: Vec::new(),
                 trigger: None,
                 url: None,
                 unhealthy: None,

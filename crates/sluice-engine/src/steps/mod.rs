@@ -312,6 +312,10 @@ impl Steps {
                 Run::Wait(future) => future.await,
             };
             histogram.record(started.elapsed().as_secs_f64());
+            // One relaxed load when nobody taps (`sluice tap`).
+            if crate::tap::active() {
+                crate::tap::offer(label, exec, result.as_ref().err());
+            }
             match result {
                 Ok(Control::Continue) => {}
                 Ok(other) => return Ok((other, i)),

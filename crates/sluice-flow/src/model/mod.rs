@@ -43,6 +43,13 @@ pub struct FlowFile {
     pub name: Option<Spanned<Text>>,
     /// Free text for people and the admin API.
     pub description: Option<Text>,
+    /// Who answers for this flow (a team, a person, an address): shown by `sluice graph`
+    /// and `/api/flows`.
+    pub owner: Option<Text>,
+    /// Labels to group and find flows by (`billing`, `pii`): shown by `sluice graph` and
+    /// `/api/flows`.
+    #[serde(default)]
+    pub tags: Vec<Text>,
     /// Messages processed at once; defaults to the number of cores.
     #[schemars(with = "Option<usize>", range(min = 1))]
     pub concurrency: Option<Spanned<usize>>,

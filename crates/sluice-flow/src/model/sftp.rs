@@ -87,6 +87,9 @@ pub struct SftpTriggerConfig {
     /// CSV options, for `format: csv`.
     #[serde(default)]
     pub csv: CsvOptions,
+    /// XML options, for `format: xml`.
+    #[serde(default)]
+    pub xml: crate::XmlReadConfig,
 }
 
 /// The `sftp` sink: one file per message in a folder on an SSH server, written under a
@@ -117,6 +120,9 @@ pub struct SftpSinkConfig {
     /// Behaviour when the name exists with different content.
     #[serde(default)]
     pub on_conflict: OnConflict,
+    /// XML options, for `format: xml`.
+    #[serde(default)]
+    pub xml: crate::XmlWriteConfig,
 }
 
 impl SftpTriggerConfig {
