@@ -67,6 +67,16 @@ impl Shared {
         self.parts.get_mut(topic)?.get_mut(&partition)
     }
 
+    /// How many messages may wait in front of a full flow queue before every partition is
+    /// paused: four times `batch` per assigned partition, a bound a flow that keeps up never
+    /// reaches. Lower bounds paused and resumed all the time, and each pause drops
+    /// librdkafka's prefetch: `batch` in all ran the Kafka → Kafka benchmark at 0.09 of its
+    /// floor, `batch` per partition at 0.31-0.59, four times that at 0.88-1.36 (bench/README.md).
+    pub fn full_at(&self, batch: usize) -> usize {
+        let assigned: usize = self.parts.values().map(|parts| parts.len()).sum();
+        batch.saturating_mul(assigned.max(1)).saturating_mul(4)
+    }
+
     /// The interned name of an assigned topic.
     pub fn topic(&self, topic: &str) -> Option<Arc<str>> {
         self.parts

@@ -64,16 +64,20 @@ impl Run<'_> {
                         Some(true) => continue,
                         Some(false) => break,
                         // The flow's queue is full: what arrives meanwhile waits here, and
-                        // past `batch` of it every partition is paused (`take`).
+                        // past `batch` per assigned partition of it every partition is paused
+                        // (`take`).
                         None => sending = Some(send),
                     }
                 }
             }
-            // Resumed once the waiting messages are down to half of `batch`: a pause drops
-            // what librdkafka fetched ahead, so pausing and resuming at one threshold would
-            // fetch the same messages again and again.
-            let waiting = lock(&self.shared).ready.len();
-            if waiting <= self.trigger.batch / 2 {
+            // Resumed once the waiting messages are down to half of the pause threshold: a
+            // pause drops what librdkafka fetched ahead, so pausing and resuming at one
+            // threshold would fetch the same messages again and again.
+            let (waiting, full_at) = {
+                let shared = lock(&self.shared);
+                (shared.ready.len(), shared.full_at(self.trigger.batch))
+            };
+            if waiting <= full_at / 2 {
                 self.resume_all(consumer);
             }
             let resume_at = self.next_resume();
@@ -183,7 +187,7 @@ impl Run<'_> {
                 envelope,
             });
         }
-        let full = shared.ready.len() >= batch;
+        let full = shared.ready.len() >= shared.full_at(batch);
         drop(shared);
         if let Some(list) = pause {
             let _ = consumer.pause(&list);
