@@ -13,7 +13,7 @@ pub(crate) mod sidecar;
 pub(crate) mod sink;
 pub(crate) mod stability;
 pub(crate) mod temp;
-mod trigger;
+pub(crate) mod trigger;
 mod xml_stream;
 
 pub use decode::DecodeError;

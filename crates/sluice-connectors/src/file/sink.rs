@@ -36,23 +36,7 @@ impl FileSink {
                 .diagnostic(&config.path, "the sink `path` is empty")
                 .with_help("give the folder to write into, e.g. `outbox/orders`"));
         }
-        let name = Template::compile(config.name.value.as_str()).map_err(|e| {
-            let span = sluice_flow::diagnostic::position_in_scalar(
-                &cx.flow.source,
-                Span::of(&config.name),
-                0,
-                e.offset,
-            );
-            cx.flow.diagnostic(span, e.message).with_help(
-                "a name template is text with `{{ jmespath }}` holes, e.g. \"{{order_id}}.json\"",
-            )
-        })?;
-        if name.is_literal() {
-            check_name(config.name.value.as_str()).map_err(|e| {
-                cx.diagnostic(&config.name, e.message)
-                    .with_help("a file name, without folders")
-            })?;
-        }
+        let name = name_template(&config.name, cx)?;
         let xml_root = xml_root(config.format, &config.xml, cx)?;
         Ok(FileSink {
             flow: cx.flow.name.as_str().into(),
@@ -102,6 +86,31 @@ pub(crate) fn check_name(name: &str) -> Result<(), FlowError> {
         return refuse("it is longer than 255 bytes, the longest file name filesystems accept");
     }
     Ok(())
+}
+
+/// A sink's file name template, compiled; a literal name is checked now (shared with `sftp`).
+pub(crate) fn name_template(
+    name: &sluice_flow::Spanned<sluice_flow::Text>,
+    cx: &BuildContext<'_>,
+) -> Result<Template, Diagnostic> {
+    let template = Template::compile(name.value.as_str()).map_err(|e| {
+        let span = sluice_flow::diagnostic::position_in_scalar(
+            &cx.flow.source,
+            Span::of(name),
+            0,
+            e.offset,
+        );
+        cx.flow.diagnostic(span, e.message).with_help(
+            "a name template is text with `{{ jmespath }}` holes, e.g. \"{{order_id}}.json\"",
+        )
+    })?;
+    if template.is_literal() {
+        check_name(name.value.as_str()).map_err(|e| {
+            cx.diagnostic(name, e.message)
+                .with_help("a file name, without folders")
+        })?;
+    }
+    Ok(template)
 }
 
 /// The checked `xml.root` of a sink writing `format`.

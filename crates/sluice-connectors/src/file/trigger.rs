@@ -41,22 +41,8 @@ impl FileTrigger {
                 .diagnostic(&config.path, "the trigger `path` is empty")
                 .with_help("give the folder to watch, e.g. `inbox/orders`"));
         }
-        let glob = globset::GlobBuilder::new(config.glob.value.as_str())
-            .literal_separator(true)
-            .build()
-            .map_err(|e| {
-                cx.diagnostic(&config.glob, format!("invalid glob: {}", e.kind()))
-                    .with_help("a file-name pattern such as `*.json` or `order-*.csv`")
-            })?
-            .compile_matcher();
-        if config.csv.delimiter.value.len() != 1 {
-            return Err(cx
-                .diagnostic(
-                    &config.csv.delimiter,
-                    "the csv delimiter must be one ASCII character",
-                )
-                .with_help("for example `,`, `;` or a tab"));
-        }
+        let glob = name_glob(&config.glob, cx)?;
+        check_csv(&config.csv, cx)?;
         let xml = XmlReading::checked(&config.xml, config.format, cx)?;
         // `max_in_flight: 0` is refused while the flow is parsed, at its own key.
         Ok(FileTrigger {
@@ -66,6 +52,37 @@ impl FileTrigger {
             xml: Arc::new(xml),
         })
     }
+}
+
+/// A trigger's `glob`, matched against file names (not paths); shared with `sftp`.
+pub(crate) fn name_glob(
+    glob: &sluice_flow::Spanned<sluice_flow::Text>,
+    cx: &BuildContext<'_>,
+) -> Result<globset::GlobMatcher, Diagnostic> {
+    Ok(globset::GlobBuilder::new(glob.value.as_str())
+        .literal_separator(true)
+        .build()
+        .map_err(|e| {
+            cx.diagnostic(glob, format!("invalid glob: {}", e.kind()))
+                .with_help("a file-name pattern such as `*.json` or `order-*.csv`")
+        })?
+        .compile_matcher())
+}
+
+/// A trigger's `csv` options, checked; shared with `sftp`.
+pub(crate) fn check_csv(
+    csv: &sluice_flow::CsvOptions,
+    cx: &BuildContext<'_>,
+) -> Result<(), Diagnostic> {
+    if csv.delimiter.value.len() != 1 {
+        return Err(cx
+            .diagnostic(
+                &csv.delimiter,
+                "the csv delimiter must be one ASCII character",
+            )
+            .with_help("for example `,`, `;` or a tab"));
+    }
+    Ok(())
 }
 
 /// State shared by the scanner, the drain task and the files in flight.

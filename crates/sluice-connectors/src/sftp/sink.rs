@@ -12,7 +12,7 @@ use crate::file::sink::{check_name, serialize};
 use crate::file::temp::temp_path;
 use async_trait::async_trait;
 use sluice_engine::{BuildContext, ErrorKind, FlowError, Outgoing, Sink, Template};
-use sluice_flow::{Diagnostic, OnConflict, OutputFormat, SftpSinkConfig, Span};
+use sluice_flow::{Diagnostic, OnConflict, OutputFormat, SftpSinkConfig};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::AsyncReadExt;
@@ -37,23 +37,7 @@ impl SftpSink {
         cx: &BuildContext<'_>,
     ) -> Result<Self, Diagnostic> {
         let remote = Remote::load(&config.url, &config.auth(), &config.known_hosts, cx)?;
-        let name = Template::compile(config.name.value.as_str()).map_err(|e| {
-            let span = sluice_flow::diagnostic::position_in_scalar(
-                &cx.flow.source,
-                Span::of(&config.name),
-                0,
-                e.offset,
-            );
-            cx.flow.diagnostic(span, e.message).with_help(
-                "a name template is text with `{{ jmespath }}` holes, e.g. \"{{order_id}}.json\"",
-            )
-        })?;
-        if name.is_literal() {
-            check_name(config.name.value.as_str()).map_err(|e| {
-                cx.diagnostic(&config.name, e.message)
-                    .with_help("a file name, without folders")
-            })?;
-        }
+        let name = crate::file::sink::name_template(&config.name, cx)?;
         let xml_root = crate::file::sink::xml_root(config.format, &config.xml, cx)?;
         Ok(SftpSink {
             link: Link::new(remote),

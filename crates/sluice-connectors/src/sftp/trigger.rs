@@ -33,22 +33,8 @@ impl SftpTrigger {
     /// Checks the configuration; nothing is opened until the trigger runs.
     pub fn new(config: &SftpTriggerConfig, cx: &BuildContext<'_>) -> Result<Self, Diagnostic> {
         let remote = Remote::load(&config.url, &config.auth(), &config.known_hosts, cx)?;
-        let glob = globset::GlobBuilder::new(config.glob.value.as_str())
-            .literal_separator(true)
-            .build()
-            .map_err(|e| {
-                cx.diagnostic(&config.glob, format!("invalid glob: {}", e.kind()))
-                    .with_help("a file-name pattern such as `*.json` or `order-*.csv`")
-            })?
-            .compile_matcher();
-        if config.csv.delimiter.value.len() != 1 {
-            return Err(cx
-                .diagnostic(
-                    &config.csv.delimiter,
-                    "the csv delimiter must be one ASCII character",
-                )
-                .with_help("for example `,`, `;` or a tab"));
-        }
+        let glob = crate::file::trigger::name_glob(&config.glob, cx)?;
+        crate::file::trigger::check_csv(&config.csv, cx)?;
         crate::file::decode::XmlReading::checked(&config.xml, config.format, cx)?;
         if config.lease.0 < MIN_LEASE {
             return Err(cx
