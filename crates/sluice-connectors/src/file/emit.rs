@@ -2,7 +2,7 @@
 //! acker that counts its outcome towards the file's claim (`claim.rs`).
 
 use super::claim::{Claim, Tally};
-use super::decode::{DecodeError, Malformed};
+use super::decode::{DecodeError, Malformed, Record};
 use super::ids::next_v7;
 use super::sidecar::FailedRecord;
 use super::trigger::{Shared, lock};
@@ -117,33 +117,19 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
         if stop.is_cancelled() {
             return;
         }
-        let mut meta = Meta::new();
-        // Made here rather than by the engine, which draws a random id per message.
-        meta.insert("message_id".to_owned(), next_v7().to_string());
-        meta.insert("file.name".to_owned(), name.clone());
-        meta.insert("file.path".to_owned(), original.clone());
-        meta.insert("file.size".to_owned(), size.to_string());
-        if let Some(line) = record.line {
-            meta.insert("file.line".to_owned(), line.to_string());
-        }
-        if let Some(line) = record.source_line {
-            meta.insert("file.source_line".to_owned(), line.to_string());
-        }
-        // Shown to expressions; the engine reads the envelope's typed batch.
-        meta.insert(BATCH_ID.to_owned(), batch_id.clone());
-        meta.insert(BATCH_SIZE.to_owned(), batch_size.clone());
-        let message = match record.content {
-            Ok(payload) => Message::new(&shared.flow, payload, meta),
-            // A malformed line or row fails alone, as a `trigger` error whose dead letter
-            // keeps the record exactly as it is in the file.
-            Err(Malformed { raw, reason }) => {
-                Message::undecodable(&shared.flow, &raw, reason, meta)
-            }
+        let file = FileOrigin {
+            name: &name,
+            path: &original,
+            size,
+            batch_id: &batch_id,
+            batch_size: &batch_size,
         };
+        let (line, source_line) = (record.line, record.source_line);
+        let message = file.message(&shared.flow, record);
         let ack = Box::new(FileAck {
             claim: claim.clone(),
-            line: record.line,
-            source_line: record.source_line,
+            line,
+            source_line,
         });
         let envelope = Envelope::new(message, ack).in_batch(batch);
         // A file of one record runs here, to its end, when the flow allows it
@@ -156,6 +142,44 @@ pub(super) async fn emit(busy: Busy, read: Read, inlet: &Inlet, stop: &Cancellat
         };
         if handed.is_err() {
             return;
+        }
+    }
+}
+
+/// Where a record came from: the metadata every message of a file carries (the local folder's
+/// and a remote one's alike).
+pub(crate) struct FileOrigin<'a> {
+    pub(crate) name: &'a str,
+    /// The file's original path (in the watched folder, or on the server).
+    pub(crate) path: &'a str,
+    pub(crate) size: u64,
+    pub(crate) batch_id: &'a str,
+    pub(crate) batch_size: &'a str,
+}
+
+impl FileOrigin<'_> {
+    /// The message of one record, with its `file.*` and batch metadata.
+    pub(crate) fn message(&self, flow: &str, record: Record) -> Message {
+        let mut meta = Meta::new();
+        // Made here rather than by the engine, which draws a random id per message.
+        meta.insert("message_id".to_owned(), next_v7().to_string());
+        meta.insert("file.name".to_owned(), self.name.to_owned());
+        meta.insert("file.path".to_owned(), self.path.to_owned());
+        meta.insert("file.size".to_owned(), self.size.to_string());
+        if let Some(line) = record.line {
+            meta.insert("file.line".to_owned(), line.to_string());
+        }
+        if let Some(line) = record.source_line {
+            meta.insert("file.source_line".to_owned(), line.to_string());
+        }
+        // Shown to expressions; the engine reads the envelope's typed batch.
+        meta.insert(BATCH_ID.to_owned(), self.batch_id.to_owned());
+        meta.insert(BATCH_SIZE.to_owned(), self.batch_size.to_owned());
+        match record.content {
+            Ok(payload) => Message::new(flow, payload, meta),
+            // A malformed line or row fails alone, as a `trigger` error whose dead letter
+            // keeps the record exactly as it is in the file.
+            Err(Malformed { raw, reason }) => Message::undecodable(flow, &raw, reason, meta),
         }
     }
 }

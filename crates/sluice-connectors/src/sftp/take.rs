@@ -7,13 +7,12 @@
 use super::place::place;
 use super::trigger::{Shared, lock};
 use crate::file::claim::{Tally, Verdict};
-use crate::file::decode::{Malformed, Record, XmlReading, decode_file};
+use crate::file::decode::{Record, XmlReading, decode_file};
 use crate::file::emit::Unread;
-use crate::file::ids::next_v7;
 use crate::file::sidecar::FailedRecord;
 use async_trait::async_trait;
-use sluice_engine::{Acker, Envelope, ErrorKind, FlowError, Inlet, Message, Meta, Outcome};
-use sluice_engine::{BATCH_ID, BATCH_SIZE, Batch};
+use sluice_engine::Batch;
+use sluice_engine::{Acker, Envelope, ErrorKind, FlowError, Inlet, Outcome};
 use sluice_flow::FileFormat;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -230,29 +229,19 @@ async fn emit(held: Held, read: Result<(u64, Vec<Record>), Unread>, inlet: &Inle
         if shared.stop.is_cancelled() {
             return;
         }
-        let mut meta = Meta::new();
-        meta.insert("message_id".to_owned(), next_v7().to_string());
-        meta.insert("file.name".to_owned(), name.clone());
-        meta.insert("file.path".to_owned(), original.clone());
-        meta.insert("file.size".to_owned(), size.to_string());
-        if let Some(line) = record.line {
-            meta.insert("file.line".to_owned(), line.to_string());
-        }
-        if let Some(line) = record.source_line {
-            meta.insert("file.source_line".to_owned(), line.to_string());
-        }
-        meta.insert(BATCH_ID.to_owned(), batch_id.clone());
-        meta.insert(BATCH_SIZE.to_owned(), batch_size.clone());
-        let message = match record.content {
-            Ok(payload) => Message::new(&shared.flow, payload, meta),
-            Err(Malformed { raw, reason }) => {
-                Message::undecodable(&shared.flow, &raw, reason, meta)
-            }
+        let file = crate::file::emit::FileOrigin {
+            name: &name,
+            path: &original,
+            size,
+            batch_id: &batch_id,
+            batch_size: &batch_size,
         };
+        let (line, source_line) = (record.line, record.source_line);
+        let message = file.message(&shared.flow, record);
         let ack = Box::new(SftpAck {
             claim: claim.clone(),
-            line: record.line,
-            source_line: record.source_line,
+            line,
+            source_line,
         });
         if inlet
             .send(Envelope::new(message, ack).in_batch(batch))
